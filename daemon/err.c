@@ -33,11 +33,11 @@ int ckpt_err_set(struct ckpt_err *err, enum ckpt_err_kind kind, int code, const 
 const char *ckpt_err_kind_name(enum ckpt_err_kind kind)
 {
     static const char *const names[] = {
-        [CKPT_ERR_NONE] = "none",         [CKPT_ERR_IO] = "io",
-        [CKPT_ERR_NETWORK] = "network",   [CKPT_ERR_AUTH] = "auth",
+        [CKPT_ERR_NONE] = "none",           [CKPT_ERR_IO] = "io",
+        [CKPT_ERR_NETWORK] = "network",     [CKPT_ERR_AUTH] = "auth",
         [CKPT_ERR_NOT_FOUND] = "not-found", [CKPT_ERR_CONFLICT] = "conflict",
-        [CKPT_ERR_PROTOCOL] = "protocol", [CKPT_ERR_REJECTED] = "rejected",
-        [CKPT_ERR_SERVER] = "server",     [CKPT_ERR_INPUT] = "input",
+        [CKPT_ERR_PROTOCOL] = "protocol",   [CKPT_ERR_REJECTED] = "rejected",
+        [CKPT_ERR_SERVER] = "server",       [CKPT_ERR_INPUT] = "input",
     };
     if ((unsigned)kind >= sizeof(names) / sizeof(names[0]))
         return "unknown";
