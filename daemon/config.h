@@ -1,0 +1,51 @@
+/* config.h - the daemon's effective configuration: command-line flags over the environment
+ * (Hugging Face conventions: HF_TOKEN, HF_TOKEN_PATH, HF_HOME, HF_ENDPOINT), validated all at once
+ * before anything starts. Owns the token: it is only ever handed to the hub module. Runs at
+ * startup on the main thread, before the loop.
+ */
+#ifndef CKPT_CONFIG_H
+#define CKPT_CONFIG_H
+
+#include <stdbool.h>
+
+#include "err.h"
+#include "log.h"
+
+/* Exit codes of ckptpushd, documented in README. */
+enum ckpt_exit {
+    CKPT_EXIT_OK = 0,
+    CKPT_EXIT_FAILURE = 1,     /* a push failed or an internal error */
+    CKPT_EXIT_USAGE = 2,       /* unknown flag, missing argument */
+    CKPT_EXIT_INVALID = 3,     /* a value is invalid (repo id, number, URL, token format) */
+    CKPT_EXIT_WATCH = 4,       /* the watched directory cannot be used */
+    CKPT_EXIT_AUTH = 5,        /* the hub rejected the token */
+    CKPT_EXIT_UNREACHABLE = 6, /* the hub cannot be reached */
+};
+
+enum config_strategy { STRATEGY_EVERY_SAVE };
+
+struct config {
+    char *watch_dir;    /* absolute, resolved */
+    char *staging_dir;  /* absolute; default <watch_dir>/.ckptpush */
+    char *repo_id;      /* "namespace/name" */
+    char *endpoint;     /* no trailing slash */
+    char *token;        /* secret: never logged */
+    char *token_source; /* where it came from, for messages: "HF_TOKEN", a file path */
+    enum config_strategy strategy;
+    bool private_repo;
+    bool dry_run;
+    unsigned quiet_ms;
+    unsigned drain_timeout_s;
+    enum log_level log_level;
+    bool show_help;
+    bool show_version;
+};
+
+/* Fills cfg from argv and the environment. On failure returns the exit code to use (usage or
+ * invalid) and err says every problem found, one per line. */
+int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err);
+void config_release(struct config *cfg);
+const char *config_strategy_name(enum config_strategy strategy);
+void config_print_usage(void);
+
+#endif

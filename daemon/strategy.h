@@ -1,0 +1,31 @@
+/* strategy.h - what a sealed checkpoint becomes in the repo: which of its files go to which repo
+ * paths, and the commit message, following the Hub strategies transformers users know. Pure
+ * functions; no I/O.
+ */
+#ifndef CKPT_STRATEGY_H
+#define CKPT_STRATEGY_H
+
+#include <stddef.h>
+
+#include "config.h"
+
+struct strategy_item {
+    char *path_in_repo;
+    const char *file; /* borrowed: relative to the checkpoint root, as given */
+};
+
+struct strategy_plan {
+    struct strategy_item *items;
+    size_t count;
+    char *message;
+};
+
+/* layout: the detector's layout name ("trainer", "single-file", "model-root", ...); name: the
+ * checkpoint's root-relative path ("" for the output root); step: -1 when unknown. Returns 0 or
+ * -ENOMEM; a plan may hold zero items (nothing of this checkpoint is pushed by the strategy). */
+int strategy_plan(enum config_strategy strategy, const char *layout, const char *name,
+                  long long step, const char *const *files, size_t file_count,
+                  struct strategy_plan *ret);
+void strategy_plan_release(struct strategy_plan *plan);
+
+#endif

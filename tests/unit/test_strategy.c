@@ -1,0 +1,57 @@
+/* test_strategy.c - every_save maps Trainer checkpoints, single files and the output root. */
+#include "strategy.h"
+
+#include "check.h"
+
+static void test_trainer_checkpoint(void)
+{
+    const char *files[] = {"config.json",      "generation_config.json", "model.safetensors",
+                           "optimizer.pt",     "rng_state.pth",          "scheduler.pt",
+                           "tokenizer.json",   "tokenizer_config.json",  "trainer_state.json",
+                           "training_args.bin"};
+    struct strategy_plan plan;
+
+    CHECK_INT(strategy_plan(STRATEGY_EVERY_SAVE, "trainer", "checkpoint-10", 10, files, 10, &plan),
+              0);
+    CHECK_STR(plan.message, "Training in progress, step 10");
+    CHECK_INT(plan.count, 6);
+    for (size_t i = 0; i < plan.count; i++) {
+        CHECK_STR(plan.items[i].path_in_repo, plan.items[i].file);
+        CHECK(strcmp(plan.items[i].file, "optimizer.pt") != 0);
+        CHECK(strcmp(plan.items[i].file, "trainer_state.json") != 0);
+    }
+    strategy_plan_release(&plan);
+}
+
+static void test_single_file_and_root(void)
+{
+    const char *single[] = {"step_300.pt"};
+    const char *root[] = {"config.json", "model.safetensors", "trainer_state.json"};
+    struct strategy_plan plan;
+
+    CHECK_INT(strategy_plan(STRATEGY_EVERY_SAVE, "single-file", "ckpts/step_300.pt", 300, single, 1,
+                            &plan),
+              0);
+    CHECK_INT(plan.count, 1);
+    CHECK_STR(plan.items[0].path_in_repo, "ckpts/step_300.pt");
+    CHECK_STR(plan.message, "Training in progress, step 300");
+    strategy_plan_release(&plan);
+
+    CHECK_INT(strategy_plan(STRATEGY_EVERY_SAVE, "single-file", "last.ckpt", -1, single, 1, &plan),
+              0);
+    CHECK_STR(plan.message, "Add checkpoint last.ckpt");
+    strategy_plan_release(&plan);
+
+    /* The end of training keeps trainer_state.json: the card and resumption read it. */
+    CHECK_INT(strategy_plan(STRATEGY_EVERY_SAVE, "model-root", "", -1, root, 3, &plan), 0);
+    CHECK_INT(plan.count, 3);
+    CHECK_STR(plan.message, "End of training");
+    strategy_plan_release(&plan);
+}
+
+int main(void)
+{
+    test_trainer_checkpoint();
+    test_single_file_and_root();
+    return check_report("test_strategy");
+}
