@@ -1,8 +1,62 @@
-/* main.c - placeholder until the daemon lands. */
+/* main.c - ckptpushd's entry point: configuration, the loop, the exit code. */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
-int main(void)
+#include <curl/curl.h>
+#include <uv.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "log.h"
+
+int main(int argc, char **argv)
 {
-    fputs("ckptpushd: not built yet\n", stderr);
-    return 1;
+    struct config cfg;
+    struct ckpt_err err;
+    struct daemon *daemon = NULL;
+    uv_loop_t loop;
+    int code;
+
+    code = config_load(&cfg, argc, argv, &err);
+    if (cfg.show_help) {
+        config_print_usage();
+        config_release(&cfg);
+        return CKPT_EXIT_OK;
+    }
+    if (cfg.show_version) {
+        printf("ckptpushd %s\n", CKPT_VERSION);
+        config_release(&cfg);
+        return CKPT_EXIT_OK;
+    }
+    if (code != 0) {
+        /* One line per problem, each naming what is wrong. */
+        for (char *line = err.msg, *next; line != NULL; line = next) {
+            next = strchr(line, '\n');
+            if (next != NULL)
+                *next++ = '\0';
+            fprintf(stderr, "ckptpushd: %s\n", line);
+        }
+        config_release(&cfg);
+        return code;
+    }
+    log_set_level(cfg.log_level);
+
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fputs("ckptpushd: cannot initialise libcurl\n", stderr);
+        config_release(&cfg);
+        return CKPT_EXIT_FAILURE;
+    }
+    uv_loop_init(&loop);
+    if (daemon_start(&daemon, &loop, &cfg, &code, &err) < 0)
+        fprintf(stderr, "ckptpushd: %s\n", err.msg);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    if (code == CKPT_EXIT_OK && daemon != NULL)
+        code = daemon_exit_code(daemon);
+    daemon_free(daemon);
+    if (uv_loop_close(&loop) != 0)
+        log_warn("loop-not-empty", "reason='handles left open at exit'");
+    curl_global_cleanup();
+    config_release(&cfg);
+    return code;
 }
