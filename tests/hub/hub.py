@@ -498,6 +498,12 @@ class Store:
         self.tmp = os.path.join(self.root, "tmp")
         for d in ("git", "lfs", "repos", "multipart", "tmp"):
             os.makedirs(os.path.join(self.root, d), exist_ok=True)
+        # bodies that were being received when a previous run died
+        for name in os.listdir(self.tmp):
+            try:
+                os.unlink(os.path.join(self.tmp, name))
+            except OSError:
+                pass
         keyf = os.path.join(self.root, "url-signing.key")
         with self.lock:
             if not os.path.exists(keyf):
@@ -907,6 +913,7 @@ class Handler(BaseHTTPRequestHandler):
         self.fault = None
         self.fault_note = None
         self.responded = False
+        self.logged = False
         self.body = None
         self.user = None
         raw = self.path
@@ -959,6 +966,10 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def write_log(self):
+        """Logged before the answer goes out, so a client that saw it can read its line."""
+        if self.logged:
+            return
+        self.logged = True
         rec = {"t": round(self.t0, 6), "method": self.command, "path": self.path,
                "status": self.status, "bytes_in": self.body.read_bytes if self.body else 0,
                "bytes_out": self.bytes_out, "auth": "Authorization" in self.headers,
@@ -975,6 +986,7 @@ class Handler(BaseHTTPRequestHandler):
     def abort(self, note):
         """Tear the connection down with RST (SO_LINGER 0) and answer nothing."""
         self.fault_note = note
+        self.write_log()
         try:
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                        struct.pack("ii", 1, 0))
@@ -998,8 +1010,8 @@ class Handler(BaseHTTPRequestHandler):
                 d = self.body.read(min(1 << 16, want - got))
                 got += len(d)
             self.abort(f"reset_after_bytes={want}")
-        if "status" in f:
-            st = int(f["status"])
+        if "status" in f or "retry_after" in f or "ratelimit_t" in f:
+            st = int(f.get("status") or (429 if "ratelimit_t" in f else 503))
             hdrs = {}
             if "retry_after" in f:
                 hdrs["Retry-After"] = str(int(f["retry_after"]))
@@ -1034,6 +1046,8 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         b = self.body
+        self.bytes_out = 0 if self.command == "HEAD" else length
+        self.write_log()
         if self.close_connection or (b is not None and not b.done and (
                 (self.expect_continue and not b.continued) or b.chunked
                 or b.remaining > DRAIN_MAX)):
@@ -1054,14 +1068,12 @@ class Handler(BaseHTTPRequestHandler):
     def write_out(self, data, rate):
         if not rate:
             self.wfile.write(data)
-            self.bytes_out += len(data)
             return
         step = max(1, int(rate) // 10)
         for i in range(0, len(data), step):
             piece = data[i:i + step]
             self.wfile.write(piece)
             self.wfile.flush()
-            self.bytes_out += len(piece)
             time.sleep(len(piece) / float(rate))
 
     def send_json(self, status, obj, headers=None, ctype="application/json"):
