@@ -536,6 +536,8 @@ class Store:
         typ = raw[:nul].split(b" ")[0].decode()
         res = (typ, raw[nul + 1:])
         if typ != "blob" or len(raw) < 4096:
+            if len(self._obj_cache) > 200000:
+                self._obj_cache.clear()
             self._obj_cache[sha] = res
         return res
 
@@ -635,6 +637,8 @@ class Store:
 
         rec(self.read_commit(commit_sha)["tree"], "")
         res = (files, dirs)
+        if len(self._walk_cache) > 256:
+            self._walk_cache.clear()
         self._walk_cache[commit_sha] = res
         return res
 
@@ -880,6 +884,21 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):
         pass
 
+    def send_error(self, code, message=None, explain=None):
+        """Errors raised by http.server itself (bad request line, unknown method): JSON too."""
+        msg = message or self.responses.get(code, ("error",))[0]
+        body = json.dumps({"error": msg}).encode()
+        self.close_connection = True
+        self.send_response(code, msg)
+        self.send_header("X-Request-Id", getattr(self, "req_id", None) or uuid.uuid4().hex)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("X-Error-Message", msg.encode("ascii", "replace").decode())
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
     def handle_expect_100(self):
         self.expect_continue = True
         return True
@@ -896,7 +915,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         self.dispatch()
 
-    do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_GET
+    do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = do_GET
 
     # -- plumbing ---------------------------------------------------------------------------
 
