@@ -1247,10 +1247,16 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- repo lookup ------------------------------------------------------------------------
 
+    def repo_load(self, t, rid):
+        ns, _, name = rid.partition("/")
+        if validate_repo_name(ns) or validate_repo_name(name):
+            return None
+        return self.hub.store.repo_load(t, rid)
+
     def repo_read(self, t, rid):
         """Repo meta for reading; 401/404 for missing or private-not-yours."""
         user = self.auth_user()
-        meta = self.hub.store.repo_load(t, rid)
+        meta = self.repo_load(t, rid)
         if meta is None or (meta["private"] and not self.member_of(user, rid.split("/")[0])):
             if user is None and meta is not None:
                 raise HubError(401, "Repository not found", code="RepoNotFound")
@@ -1259,7 +1265,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def repo_write(self, t, rid):
         user = self.auth_user(required=True)
-        meta = self.hub.store.repo_load(t, rid)
+        meta = self.repo_load(t, rid)
         ns = rid.split("/")[0]
         if meta is None or (meta["private"] and not self.member_of(user, ns)):
             raise HubError(404, "Repository not found", code="RepoNotFound")
@@ -1349,9 +1355,10 @@ class Handler(BaseHTTPRequestHandler):
             raise HubError(403, f"You don't have the rights to create a repo under the "
                            f"namespace '{ns}'")
         vis = body.get("visibility")
-        if vis is not None and vis not in ("public", "private"):
-            raise HubError(400, '"visibility" must be one of [public, private]')
-        private = vis == "private" if vis is not None else bool(body.get("private", False))
+        if vis is not None and vis not in ("public", "private", "protected"):
+            raise HubError(400, '"visibility" must be one of [public, private, protected]')
+        # "protected" (spaces) is served like private here
+        private = vis != "public" if vis is not None else bool(body.get("private", False))
         rid = f"{ns}/{name}"
         st = self.hub.store
         files = {".gitattributes": st.put_object("blob", DEFAULT_GITATTRIBUTES.encode())}

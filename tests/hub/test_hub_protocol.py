@@ -41,12 +41,17 @@ class HubProc:
                "--log", self.log, "--user", "alice:" + TOKEN, "--user", "bob:" + TOKEN_B,
                "--multipart-threshold", str(THRESHOLD), "--chunk-size", str(CHUNK),
                *extra]
-        self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # stderr to a file: a pipe nobody drains could block the hub
+        self.errpath = os.path.join(self.dir, "hub-stderr.txt")
+        self.err = open(self.errpath, "ab")
+        self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.err,
                                   env=dict(os.environ, **(env or {})))
         line = self.p.stdout.readline().decode()
         if "hub listening on" not in line:
             self.p.kill()
-            raise RuntimeError("hub did not start: %r %r" % (line, self.p.stderr.read()))
+            self.p.wait()
+            with open(self.errpath) as f:
+                raise RuntimeError("hub did not start: %r %s" % (line, f.read()))
         with open(pf) as f:
             self.port = int(f.read())
         self.base = "http://127.0.0.1:%d" % self.port
@@ -60,7 +65,7 @@ class HubProc:
                 self.p.kill()
                 self.p.wait()
         self.p.stdout.close()
-        self.p.stderr.close()
+        self.err.close()
         return self.p.returncode
 
     def log_lines(self):
@@ -738,6 +743,8 @@ class TestRestartExpiryFaults(Base):
         self.assertTrue(put[0]["auth_on_presigned"])
         self.assertEqual(put[0]["bytes_in"], 4)
         self.assertEqual(put[0]["status"], 200)
+        with open(HUBP.errpath) as f:
+            self.assertIn("Authorization header sent to presigned URL", f.read())
         cr = [ln for ln in lines if ln["route"] == "repo_create" and ln["status"] == 200]
         self.assertTrue(cr and all(ln["auth"] for ln in cr))
         routes = {ln["route"] for ln in lines}
