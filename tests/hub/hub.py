@@ -2262,7 +2262,13 @@ def main(argv=None):
     if faults_env:
         for f in json.loads(faults_env):
             hub.faults.add(f)
-    srv = Server((args.host, args.port), Handler)
+    if ":" in args.host:
+        Server.address_family = socket.AF_INET6
+    try:
+        srv = Server((args.host, args.port), Handler)
+    except OSError as e:
+        print(f"hub: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 1
     srv.hub = hub
     port = srv.server_address[1]
 
