@@ -616,6 +616,44 @@ class TestUploads(Base):
             s.close()
 
 
+class TestConcurrency(Base):
+    def test_parallel_commits_and_client_abort(self):
+        import threading
+        rid = self.new_repo()
+        results = []
+
+        def one(i):
+            r = self.commit(rid, {"key": "file", "value": {
+                "path": "f%02d.txt" % i, "content": base64.b64encode(b"%d\n" % i).decode()}},
+                summary="c%02d" % i)
+            results.append(r.status)
+
+        ts = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        self.assertEqual(results, [200] * 12)
+        c = self.call("GET", "/api/models/%s/commits/main" % rid).json()
+        self.assertEqual(len(c), 3)  # page size 3 in this run; history is linear
+        files = self.call("GET", "/api/models/%s?blobs=true" % rid).json()["siblings"]
+        self.assertEqual(len(files), 13)
+        # a client that dies mid-body leaves nothing behind and the hub keeps serving
+        data = os.urandom(CHUNK)
+        oid = hashlib.sha256(data).hexdigest()
+        href = self.batch(rid, [(oid, len(data))], transfers=("basic",))["objects"][0][
+            "actions"]["upload"]["href"]
+        u = urllib.parse.urlsplit(href)
+        s = socket.create_connection(("127.0.0.1", HUBP.port), timeout=10)
+        s.sendall(("PUT %s?%s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                   % (u.path, u.query, len(data))).encode() + data[:1000])
+        s.close()
+        time.sleep(0.2)
+        self.assertIn("actions", self.batch(rid, [(oid, len(data))])["objects"][0])
+        self.assertEqual(os.listdir(os.path.join(HUBP.data, "tmp")), [])
+        self.assertEqual(self.call("GET", "/api/whoami-v2").status, 200)
+
+
 class TestRestartExpiryFaults(Base):
     def test_restart_mid_multipart(self):
         global HUBP
