@@ -536,6 +536,8 @@ class Store:
         typ = raw[:nul].split(b" ")[0].decode()
         res = (typ, raw[nul + 1:])
         if typ != "blob" or len(raw) < 4096:
+            if len(self._obj_cache) > 200000:
+                self._obj_cache.clear()
             self._obj_cache[sha] = res
         return res
 
@@ -635,6 +637,8 @@ class Store:
 
         rec(self.read_commit(commit_sha)["tree"], "")
         res = (files, dirs)
+        if len(self._walk_cache) > 256:
+            self._walk_cache.clear()
         self._walk_cache[commit_sha] = res
         return res
 
@@ -880,6 +884,21 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):
         pass
 
+    def send_error(self, code, message=None, explain=None):
+        """Errors raised by http.server itself (bad request line, unknown method): JSON too."""
+        msg = message or self.responses.get(code, ("error",))[0]
+        body = json.dumps({"error": msg}).encode()
+        self.close_connection = True
+        self.send_response(code, msg)
+        self.send_header("X-Request-Id", getattr(self, "req_id", None) or uuid.uuid4().hex)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("X-Error-Message", msg.encode("ascii", "replace").decode())
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
     def handle_expect_100(self):
         self.expect_continue = True
         return True
@@ -896,7 +915,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         self.dispatch()
 
-    do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_GET
+    do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = do_GET
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -1228,10 +1247,16 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- repo lookup ------------------------------------------------------------------------
 
+    def repo_load(self, t, rid):
+        ns, _, name = rid.partition("/")
+        if validate_repo_name(ns) or validate_repo_name(name):
+            return None
+        return self.hub.store.repo_load(t, rid)
+
     def repo_read(self, t, rid):
         """Repo meta for reading; 401/404 for missing or private-not-yours."""
         user = self.auth_user()
-        meta = self.hub.store.repo_load(t, rid)
+        meta = self.repo_load(t, rid)
         if meta is None or (meta["private"] and not self.member_of(user, rid.split("/")[0])):
             if user is None and meta is not None:
                 raise HubError(401, "Repository not found", code="RepoNotFound")
@@ -1240,7 +1265,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def repo_write(self, t, rid):
         user = self.auth_user(required=True)
-        meta = self.hub.store.repo_load(t, rid)
+        meta = self.repo_load(t, rid)
         ns = rid.split("/")[0]
         if meta is None or (meta["private"] and not self.member_of(user, ns)):
             raise HubError(404, "Repository not found", code="RepoNotFound")
@@ -1330,9 +1355,10 @@ class Handler(BaseHTTPRequestHandler):
             raise HubError(403, f"You don't have the rights to create a repo under the "
                            f"namespace '{ns}'")
         vis = body.get("visibility")
-        if vis is not None and vis not in ("public", "private"):
-            raise HubError(400, '"visibility" must be one of [public, private]')
-        private = vis == "private" if vis is not None else bool(body.get("private", False))
+        if vis is not None and vis not in ("public", "private", "protected"):
+            raise HubError(400, '"visibility" must be one of [public, private, protected]')
+        # "protected" (spaces) is served like private here
+        private = vis != "public" if vis is not None else bool(body.get("private", False))
         rid = f"{ns}/{name}"
         st = self.hub.store
         files = {".gitattributes": st.put_object("blob", DEFAULT_GITATTRIBUTES.encode())}
@@ -2236,7 +2262,13 @@ def main(argv=None):
     if faults_env:
         for f in json.loads(faults_env):
             hub.faults.add(f)
-    srv = Server((args.host, args.port), Handler)
+    if ":" in args.host:
+        Server.address_family = socket.AF_INET6
+    try:
+        srv = Server((args.host, args.port), Handler)
+    except OSError as e:
+        print(f"hub: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 1
     srv.hub = hub
     port = srv.server_address[1]
 

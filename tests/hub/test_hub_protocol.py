@@ -41,12 +41,17 @@ class HubProc:
                "--log", self.log, "--user", "alice:" + TOKEN, "--user", "bob:" + TOKEN_B,
                "--multipart-threshold", str(THRESHOLD), "--chunk-size", str(CHUNK),
                *extra]
-        self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # stderr to a file: a pipe nobody drains could block the hub
+        self.errpath = os.path.join(self.dir, "hub-stderr.txt")
+        self.err = open(self.errpath, "ab")
+        self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.err,
                                   env=dict(os.environ, **(env or {})))
         line = self.p.stdout.readline().decode()
         if "hub listening on" not in line:
             self.p.kill()
-            raise RuntimeError("hub did not start: %r %r" % (line, self.p.stderr.read()))
+            self.p.wait()
+            with open(self.errpath) as f:
+                raise RuntimeError("hub did not start: %r %s" % (line, f.read()))
         with open(pf) as f:
             self.port = int(f.read())
         self.base = "http://127.0.0.1:%d" % self.port
@@ -60,7 +65,7 @@ class HubProc:
                 self.p.kill()
                 self.p.wait()
         self.p.stdout.close()
-        self.p.stderr.close()
+        self.err.close()
         return self.p.returncode
 
     def log_lines(self):
@@ -611,6 +616,44 @@ class TestUploads(Base):
             s.close()
 
 
+class TestConcurrency(Base):
+    def test_parallel_commits_and_client_abort(self):
+        import threading
+        rid = self.new_repo()
+        results = []
+
+        def one(i):
+            r = self.commit(rid, {"key": "file", "value": {
+                "path": "f%02d.txt" % i, "content": base64.b64encode(b"%d\n" % i).decode()}},
+                summary="c%02d" % i)
+            results.append(r.status)
+
+        ts = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        self.assertEqual(results, [200] * 12)
+        c = self.call("GET", "/api/models/%s/commits/main" % rid).json()
+        self.assertEqual(len(c), 3)  # page size 3 in this run; history is linear
+        files = self.call("GET", "/api/models/%s?blobs=true" % rid).json()["siblings"]
+        self.assertEqual(len(files), 13)
+        # a client that dies mid-body leaves nothing behind and the hub keeps serving
+        data = os.urandom(CHUNK)
+        oid = hashlib.sha256(data).hexdigest()
+        href = self.batch(rid, [(oid, len(data))], transfers=("basic",))["objects"][0][
+            "actions"]["upload"]["href"]
+        u = urllib.parse.urlsplit(href)
+        s = socket.create_connection(("127.0.0.1", HUBP.port), timeout=10)
+        s.sendall(("PUT %s?%s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                   % (u.path, u.query, len(data))).encode() + data[:1000])
+        s.close()
+        time.sleep(0.2)
+        self.assertIn("actions", self.batch(rid, [(oid, len(data))])["objects"][0])
+        self.assertEqual(os.listdir(os.path.join(HUBP.data, "tmp")), [])
+        self.assertEqual(self.call("GET", "/api/whoami-v2").status, 200)
+
+
 class TestRestartExpiryFaults(Base):
     def test_restart_mid_multipart(self):
         global HUBP
@@ -738,6 +781,8 @@ class TestRestartExpiryFaults(Base):
         self.assertTrue(put[0]["auth_on_presigned"])
         self.assertEqual(put[0]["bytes_in"], 4)
         self.assertEqual(put[0]["status"], 200)
+        with open(HUBP.errpath) as f:
+            self.assertIn("Authorization header sent to presigned URL", f.read())
         cr = [ln for ln in lines if ln["route"] == "repo_create" and ln["status"] == 200]
         self.assertTrue(cr and all(ln["auth"] for ln in cr))
         routes = {ln["route"] for ln in lines}
