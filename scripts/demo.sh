@@ -23,8 +23,8 @@ if [[ ! -f build/CMakeCache.txt ]]; then
     cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 fi
 cmake --build build -j"$(nproc)" >/dev/null
-daemon_bin="$here/build/ckptpushd"
-[[ -x $daemon_bin ]] || die "build/ckptpushd was not built"
+daemon_bin="${CKPTPUSHD:-$here/build/ckptpushd}"
+[[ -x $daemon_bin ]] || die "$daemon_bin was not built"
 
 tmp=$(mktemp -d -t ckptpush-demo.XXXXXX)
 pids=()
