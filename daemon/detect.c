@@ -348,10 +348,16 @@ static bool root_match(const char *path, bool is_dir, struct match *m)
     return true;
 }
 
+/* A tokenizer or config saved at the root early in a run is not the model: wait for weights. */
 static bool root_complete(const struct detect *d, const struct detect_cand *c)
 {
     (void)d;
-    return c->n_members > 0;
+    for (size_t i = 0; i < c->n_members; i++) {
+        const char *b = c->members[i]->path;
+        if (is_weight_name(b) && strcmp(b, "training_args.bin") != 0)
+            return true;
+    }
+    return false;
 }
 
 static bool file_match(const char *path, bool is_dir, struct match *m)
@@ -377,7 +383,7 @@ static bool file_complete(const struct detect *d, const struct detect_cand *c)
 static const struct layout layouts[] = {
     {"transformers-trainer", true, false, true, trainer_match, trainer_complete,
      "trainer_state.json closed"},
-    {"model-root", false, false, false, root_match, root_complete, "no file open"},
+    {"model-root", false, false, false, root_match, root_complete, "model weights present"},
     {"single-file", false, true, false, file_match, file_complete, "file closed"},
 };
 
@@ -984,9 +990,11 @@ int detect_feed(struct detect *d, const struct watch_event *ev, int64_t now_ms)
     case WATCH_SCANNED:
         return on_write(d, path, false, true, now_ms);
     case WATCH_ATTRIB: {
+        /* Unknown: nothing new (a scan found what exists), and after a delete the name is
+         * gone, so it must not come back as a file. */
         struct drec *r = rec_get(d, path);
         if (r == NULL)
-            return on_write(d, path, false, true, now_ms);
+            return 0;
         if (r->cand != NULL && !r->cand->sealed)
             r->cand->last_ms = now_ms;
         return 0;

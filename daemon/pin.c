@@ -41,6 +41,7 @@ struct pin_req {
     struct copy_ent *copies; /* COPY: a snapshot taken when it starts */
     pin_done_cb cb;
     void *ctx;
+    size_t base_len; /* of the root, in dst */
     int status;
     bool link_impossible;
 };
@@ -103,12 +104,15 @@ static char *cand_dir(const struct pin *p, uint64_t id)
 
 /* --- worker side (pool threads): syscalls only, no shared state ---------------------------- */
 
-/* Creates the parents of path below base (which exists or is created first). */
-static int mkdir_parents(const char *path)
+/* Creates the parents of path below its first base_len bytes (the root: never recreated, a
+ * deleted root must not come back as a staging tree). */
+static int mkdir_parents(const char *path, size_t base_len)
 {
     char buf[PATH_MAX];
     snprintf(buf, sizeof(buf), "%s", path);
-    for (char *s = buf + 1; *s != '\0'; s++) {
+    if (base_len >= strlen(buf))
+        return -EINVAL;
+    for (char *s = buf + base_len + 1; *s != '\0'; s++) {
         if (*s != '/')
             continue;
         *s = '\0';
@@ -119,10 +123,10 @@ static int mkdir_parents(const char *path)
     return 0;
 }
 
-static int do_link(const char *src, const char *dst)
+static int do_link(const char *src, const char *dst, size_t base_len)
 {
     struct stat st;
-    int rc = mkdir_parents(dst);
+    int rc = mkdir_parents(dst, base_len);
     if (rc < 0)
         return rc;
     if (lstat(src, &st) < 0)
@@ -139,7 +143,7 @@ static int do_link(const char *src, const char *dst)
     return link(src, dst) == 0 ? 0 : -errno;
 }
 
-static int do_copy(const char *src, const char *dst)
+static int do_copy(const char *src, const char *dst, size_t base_len)
 {
     char tmp[PATH_MAX], buf[1 << 16];
     struct stat st;
@@ -147,7 +151,7 @@ static int do_copy(const char *src, const char *dst)
 
     if ((size_t)snprintf(tmp, sizeof(tmp), "%s.copy-tmp", dst) >= sizeof(tmp))
         return -ENAMETOOLONG;
-    rc = mkdir_parents(dst);
+    rc = mkdir_parents(dst, base_len);
     if (rc < 0)
         return rc;
     in = open(src, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -208,11 +212,11 @@ static void work_run(uv_work_t *wk)
     struct pin_req *r = wk->data;
     switch (r->op) {
     case REQ_ADD:
-        r->status = do_link(r->src, r->dst);
+        r->status = do_link(r->src, r->dst, r->base_len);
         r->link_impossible = r->status == -EXDEV || r->status == -EPERM;
         break;
     case REQ_RENAME:
-        r->status = mkdir_parents(r->dst);
+        r->status = mkdir_parents(r->dst, r->base_len);
         if (r->status == 0 && rename(r->src, r->dst) < 0)
             r->status = -errno;
         break;
@@ -226,7 +230,7 @@ static void work_run(uv_work_t *wk)
             if ((size_t)snprintf(dst, sizeof(dst), "%s/%s", r->dst, e->relpath) >= sizeof(dst))
                 e->status = -ENAMETOOLONG;
             else
-                e->status = do_copy(e->src, dst);
+                e->status = do_copy(e->src, dst, r->base_len);
             if (e->status < 0 && e->status != -ENOENT && r->status == 0)
                 r->status = e->status;
         }
@@ -530,6 +534,7 @@ static int enqueue(struct pin *p, uint64_t id, enum req_op op, char *src, char *
         return -ENOMEM;
     }
     r->pc = pc;
+    r->base_len = strlen(p->root);
     r->op = op;
     r->src = src;
     r->dst = dst;
@@ -640,6 +645,8 @@ int pin_new(struct pin **ret, struct uv_loop_s *loop, const char *root, const ch
         pin_free(p);
         return -ENOMEM;
     }
+    for (size_t n = strlen(p->root); n > 1 && p->root[n - 1] == '/'; n--)
+        p->root[n - 1] = '\0';
     *ret = p;
     return 0;
 }

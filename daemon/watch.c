@@ -404,8 +404,15 @@ static void process_batch(struct watch *w, const char *buf, size_t len)
                     break;
                 }
             }
-            if (dd != NULL && join(to, sizeof(to), dd->path, w->batch[j]->name) == 0) {
+            if (dd != NULL) {
                 w->consumed[j] = true;
+                /* Into the staging dir is out of the tree, like anywhere unwatched. */
+                if ((dd->path[0] == '\0' && w->skip != NULL &&
+                     strcmp(w->batch[j]->name, w->skip) == 0) ||
+                    join(to, sizeof(to), dd->path, w->batch[j]->name) < 0)
+                    dd = NULL;
+            }
+            if (dd != NULL) {
                 emit(w, WATCH_RENAMED, is_dir, to, from);
                 if (is_dir) {
                     dirs_rename_subtree(w, from, to);

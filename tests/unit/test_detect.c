@@ -583,8 +583,39 @@ static void test_overflow_and_scan(void)
     free(r);
 }
 
+static void test_root_waits_for_weights(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 1000);
+
+    /* A tokenizer saved at the start of a run is not the model. */
+    feed(d, r, 0, WATCH_CLOSE_WRITE, false, "tokenizer.json", NULL);
+    feed(d, r, 1, WATCH_CLOSE_WRITE, false, "training_args.bin", NULL);
+    advance(d, r, 50000);
+    CHECK(r->n_seals == 0);
+    CHECK(detect_next_deadline_ms(d) == -1);
+    /* Loose weights with other names are checkpoints of their own. */
+    feed(d, r, 50000, WATCH_CLOSE_WRITE, false, "step_200.pt", NULL);
+    feed(d, r, 60000, WATCH_CREATE, false, "pytorch_model.bin", NULL);
+    feed(d, r, 60500, WATCH_CLOSE_WRITE, false, "pytorch_model.bin", NULL);
+    finish(d, r);
+    CHECK(r->n_seals == 2);
+    const struct seal *s = find_seal(r, "step_200.pt");
+    CHECK(s != NULL && s->step == 200 && strcmp(s->layout, "single-file") == 0);
+    s = find_seal(r, "");
+    const char *want[] = {"pytorch_model.bin", "tokenizer.json", "training_args.bin"};
+    CHECK(files_are(s, want, 3) && s->at_ms == 61500);
+    CHECK(s != NULL && strcmp(s->rule, "model weights present, 1000 ms quiet") == 0);
+    /* Unknown ATTRIB (e.g. after a delete) brings nothing back. */
+    feed(d, r, 70000, WATCH_ATTRIB, false, "model.safetensors", NULL);
+    CHECK(detect_pending(d) == 0);
+    detect_free(d);
+    free(r);
+}
+
 int main(void)
 {
+    test_root_waits_for_weights();
     test_trainer_trace(1000);
     test_trainer_trace(100);
     test_sharded_trace();
