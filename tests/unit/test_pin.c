@@ -2,7 +2,10 @@
  * follow renames and replacements, fall back to copies across file systems, and release cleanly.
  * Requests are made and checked on the loop thread; the work runs in libuv's pool.
  */
+#include "detect.h"
+#include "err.h"
 #include "pin.h"
+#include "watch.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -244,6 +247,217 @@ static void test_copy_fallback(void)
     nftw(shm, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* --- the whole "see a checkpoint" path: real files -> watch -> detect -> pin ------------------ */
+
+struct pl {
+    uv_loop_t loop;
+    uv_timer_t deadline; /* detect's one timer */
+    uv_timer_t script;
+    struct watch *w;
+    struct detect *d;
+    struct pin *pin;
+    char root[1024];
+    int step;
+    int sealed, dropped, idle_checked, closed;
+    uint64_t ids[2];
+    char rules[2][160];
+};
+
+static void pl_on_deadline(uv_timer_t *h);
+
+static void pl_rearm(struct pl *pl)
+{
+    int64_t t = detect_next_deadline_ms(pl->d);
+    if (t < 0) {
+        uv_timer_stop(&pl->deadline);
+        return;
+    }
+    int64_t now = (int64_t)uv_now(&pl->loop);
+    uv_timer_start(&pl->deadline, pl_on_deadline, t > now ? (uint64_t)(t - now) : 1, 0);
+}
+
+static void pl_on_deadline(uv_timer_t *h)
+{
+    struct pl *pl = h->data;
+    detect_tick(pl->d, (int64_t)uv_now(&pl->loop));
+    pl_rearm(pl);
+}
+
+static void pl_on_event(void *ctx, const struct watch_event *ev)
+{
+    struct pl *pl = ctx;
+    CHECK(ev->kind != WATCH_ERROR && ev->kind != WATCH_OVERFLOW);
+    CHECK(detect_feed(pl->d, ev, (int64_t)uv_now(&pl->loop)) == 0);
+    pl_rearm(pl);
+}
+
+static void pl_added(void *ctx, const struct detect_cand *c, const char *rel)
+{
+    struct pl *pl = ctx;
+    char src[PATH_MAX];
+    CHECK(detect_cand_source(c, rel, src, sizeof(src)) == 0);
+    CHECK(pin_add(pl->pin, detect_cand_id(c), src, rel) == 0);
+}
+
+static void pl_renamed(void *ctx, const struct detect_cand *c, const char *from, const char *to)
+{
+    struct pl *pl = ctx;
+    CHECK(pin_rename(pl->pin, detect_cand_id(c), from, to) == 0);
+}
+
+static void pl_removed(void *ctx, const struct detect_cand *c, const char *rel)
+{
+    struct pl *pl = ctx;
+    CHECK(pin_remove(pl->pin, detect_cand_id(c), rel) == 0);
+}
+
+static void pl_dropped(void *ctx, const struct detect_cand *c, const char *why)
+{
+    struct pl *pl = ctx;
+    fprintf(stderr, "dropped '%s': %s\n", detect_cand_name(c), why);
+    pl->dropped++;
+}
+
+static void pl_pins_checked(void *ctx, int status);
+
+static void pl_sealed(void *ctx, const struct detect_cand *c)
+{
+    struct pl *pl = ctx;
+    int k = pl->sealed++;
+    CHECK(k < 2);
+    if (k >= 2)
+        return;
+    CHECK(strcmp(detect_cand_name(c), k == 0 ? "checkpoint-1" : "checkpoint-2") == 0);
+    CHECK(detect_cand_n_files(c) == 3);
+    CHECK(strcmp(detect_cand_file(c, 0), "config.json") == 0);
+    CHECK(strcmp(detect_cand_file(c, 1), "model.safetensors") == 0);
+    CHECK(strcmp(detect_cand_file(c, 2), "trainer_state.json") == 0);
+    pl->ids[k] = detect_cand_id(c);
+    snprintf(pl->rules[k], sizeof(pl->rules[k]), "%s", detect_cand_rule(c));
+    CHECK(pin_when_idle(pl->pin, detect_cand_id(c), pl_pins_checked, pl) == 0);
+}
+
+static bool pl_staged_is(struct pl *pl, uint64_t id, const char *rel, const char *want)
+{
+    char p[PATH_MAX];
+    CHECK(pin_path(pl->pin, id, rel, p, sizeof(p)) == 0);
+    return same_content(p, want, strlen(want));
+}
+
+static void pl_released(void *ctx, int status)
+{
+    (void)ctx;
+    CHECK(status == 0);
+}
+
+static void pl_pins_checked(void *ctx, int status)
+{
+    struct pl *pl = ctx;
+    uint64_t id = pl->ids[pl->idle_checked++];
+    CHECK(status == 0);
+    /* Complete bytes although checkpoint-1 was deleted before its quiet period ended. */
+    CHECK(pl_staged_is(pl, id, "config.json", "{\"a\": 1}"));
+    CHECK(pl_staged_is(pl, id, "model.safetensors", "weights-part1weights-part2"));
+    CHECK(pl_staged_is(pl, id, "trainer_state.json", "{\"global_step\": 1}"));
+    CHECK(pin_release(pl->pin, id, pl_released, pl) == 0);
+}
+
+static void pl_write(struct pl *pl, const char *rel, const char *data)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof(p), "%s/%s", pl->root, rel);
+    write_file(p, data, strlen(data));
+}
+
+static void pl_closed(void *ctx)
+{
+    ((struct pl *)ctx)->closed++;
+}
+
+static void pl_write_checkpoint(struct pl *pl, int n)
+{
+    char p[PATH_MAX], q[PATH_MAX], rel[64];
+    snprintf(p, sizeof(p), "%s/checkpoint-%d", pl->root, n);
+    CHECK(mkdir(p, 0755) == 0);
+    snprintf(rel, sizeof(rel), "checkpoint-%d/config.json", n);
+    pl_write(pl, rel, "{\"a\": 1}");
+    /* safetensors: written under a hidden temporary name, renamed before it is closed. */
+    snprintf(p, sizeof(p), "%s/checkpoint-%d/.tmpW", pl->root, n);
+    snprintf(q, sizeof(q), "%s/checkpoint-%d/model.safetensors", pl->root, n);
+    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    CHECK(fd >= 0);
+    CHECK(write(fd, "weights-part1", 13) == 13);
+    CHECK(rename(p, q) == 0);
+    CHECK(write(fd, "weights-part2", 13) == 13);
+    close(fd);
+    snprintf(rel, sizeof(rel), "checkpoint-%d/trainer_state.json", n);
+    pl_write(pl, rel, "{\"global_step\": 1}");
+}
+
+static void pl_script(uv_timer_t *h)
+{
+    struct pl *pl = h->data;
+    char p[PATH_MAX];
+    switch (pl->step++) {
+    case 0:
+        pl_write_checkpoint(pl, 1);
+        break;
+    case 1:
+        /* Rotation, well inside the quiet period. */
+        CHECK(pl->sealed == 0);
+        snprintf(p, sizeof(p), "%s/checkpoint-1", pl->root);
+        nftw(p, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        pl_write_checkpoint(pl, 2);
+        break;
+    case 2:
+        if (pl->idle_checked < 2 && pl->step < 40) {
+            pl->step--;
+            break; /* wait for checkpoint-2's quiet period and the pin checks */
+        }
+        CHECK(pl->sealed == 2 && pl->idle_checked == 2 && pl->dropped == 0);
+        CHECK(strstr(pl->rules[0], "early") != NULL);
+        CHECK(strcmp(pl->rules[1], "trainer_state.json closed, 300 ms quiet") == 0);
+        watch_close(pl->w, pl_closed, pl);
+        pin_close(pl->pin, pl_closed, pl);
+        uv_close((uv_handle_t *)&pl->deadline, NULL);
+        uv_close((uv_handle_t *)&pl->script, NULL);
+        return;
+    }
+    uv_timer_start(&pl->script, pl_script, 100, 0);
+}
+
+static void test_pipeline(void)
+{
+    static struct pl pl;
+    struct ckpt_err err;
+    struct detect_config cfg = {300};
+    struct detect_callbacks cbs = {&pl,       pl_added,   pl_renamed, pl_removed,
+                                   pl_sealed, pl_dropped, NULL};
+    const char *tmp = getenv("TMPDIR");
+
+    snprintf(pl.root, sizeof(pl.root), "%s/ckpt-test-pipeline-XXXXXX", tmp ? tmp : "/tmp");
+    CHECK(mkdtemp(pl.root) != NULL);
+    CHECK(uv_loop_init(&pl.loop) == 0);
+    CHECK(detect_new(&pl.d, &cfg, &cbs) == 0);
+    CHECK(pin_new(&pl.pin, &pl.loop, pl.root, ".ckptpush", NULL, NULL) == 0);
+    CHECK(watch_start(&pl.w, &pl.loop, pl.root, ".ckptpush", pl_on_event, &pl, &err) == 0);
+    uv_timer_init(&pl.loop, &pl.deadline);
+    uv_timer_init(&pl.loop, &pl.script);
+    pl.deadline.data = &pl;
+    pl.script.data = &pl;
+    uv_timer_start(&pl.script, pl_script, 50, 0);
+    uv_run(&pl.loop, UV_RUN_DEFAULT);
+    CHECK(pl.closed == 2);
+    CHECK(uv_loop_close(&pl.loop) == 0);
+    /* Released: no staging tree left behind. */
+    char p[PATH_MAX];
+    struct stat st;
+    snprintf(p, sizeof(p), "%s/.ckptpush/pins/1", pl.root);
+    CHECK(lstat(p, &st) < 0);
+    detect_free(pl.d);
+    nftw(pl.root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 int main(void)
 {
     static struct t t;
@@ -282,6 +496,7 @@ int main(void)
     nftw(t.root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 
     test_copy_fallback();
+    test_pipeline();
     if (failures != 0) {
         fprintf(stderr, "test_pin: %d failures\n", failures);
         return 1;
