@@ -24,7 +24,7 @@
     (IN_CREATE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE |            \
      IN_DELETE_SELF | IN_ATTRIB | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK)
 #define READ_BUF 65536
-#define MAX_BATCH (READ_BUF / sizeof(struct inotify_event))
+#define MAX_BATCH (READ_BUF / sizeof(struct inotify_event) + 1) /* + a pending MOVED_FROM */
 #define SCAN_STEPS_IDLE 16   /* directory listings per loop iteration for big scans */
 #define SCAN_STEPS_URGENT 64 /* listings done at once for a directory that just appeared */
 
@@ -57,6 +57,9 @@ struct watch {
     size_t n_scan;
     const struct inotify_event **batch;
     bool *consumed;
+    /* A MOVED_FROM that ended a read, kept for its MOVED_TO in the next read of the drain. */
+    alignas(struct inotify_event) char pending[sizeof(struct inotify_event) + NAME_MAX + 1];
+    bool has_pending;
 };
 
 const char *watch_kind_name(enum watch_kind kind)
@@ -338,7 +341,14 @@ static void process_batch(struct watch *w, const char *buf, size_t len)
 {
     size_t n = 0;
     char from[PATH_MAX], to[PATH_MAX];
+    const struct inotify_event *pending = (const struct inotify_event *)w->pending;
 
+    if (w->has_pending) {
+        w->has_pending = false;
+        w->batch[n] = pending;
+        w->consumed[n] = false;
+        n++;
+    }
     for (size_t off = 0; off + sizeof(struct inotify_event) <= len && n < MAX_BATCH;) {
         const struct inotify_event *ev = (const struct inotify_event *)(buf + off);
         w->batch[n] = ev;
@@ -404,6 +414,12 @@ static void process_batch(struct watch *w, const char *buf, size_t len)
                     break;
                 }
             }
+            if (j >= n && i == n - 1 && ev != pending && ev->cookie != 0 &&
+                sizeof(*ev) + ev->len <= sizeof(w->pending) && buf != NULL) {
+                memcpy(w->pending, ev, sizeof(*ev) + ev->len);
+                w->has_pending = true;
+                continue;
+            }
             if (dd != NULL) {
                 w->consumed[j] = true;
                 /* Into the staging dir is out of the tree, like anywhere unwatched. */
@@ -459,6 +475,8 @@ static void on_readable(uv_poll_t *h, int status, int events)
         if (w->closing)
             return;
     }
+    if (w->has_pending)
+        process_batch(w, NULL, 0); /* its MOVED_TO never came: moved out */
     if (w->rescan_all) {
         w->rescan_all = false;
         if (scan_push(w, "", false) == 0)
