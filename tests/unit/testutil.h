@@ -165,33 +165,22 @@ struct test_hub {
     char endpoint[64];
 };
 
-static inline void test_hub_start(struct test_hub *t, const char *dir)
+/* Starts argv (stdout/stderr to dir/<name>.out) and waits for it to write its port. */
+static inline void test_spawn(struct test_hub *t, const char *dir, const char *name,
+                              char *const argv[], const char *portfile)
 {
-    const char *src = getenv("CKPT_SOURCE_DIR");
-    REQUIRE(src != NULL);
-    char script[1024], data[600], portfile[600];
-    snprintf(script, sizeof(script), "%s/tests/hub/hub.py", src);
-    if (access(script, R_OK) != 0) {
-        fprintf(stderr, "test hub '%s' missing\n", script);
-        exit(77);
-    }
     snprintf(t->dir, sizeof(t->dir), "%s", dir);
-    snprintf(data, sizeof(data), "%s/hubdata", dir);
-    snprintf(portfile, sizeof(portfile), "%s/port", dir);
-    snprintf(t->log, sizeof(t->log), "%s/req.log", dir);
     pid_t pid = fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
         char out[600];
-        snprintf(out, sizeof(out), "%s/hub.out", dir);
+        snprintf(out, sizeof(out), "%s/%s.out", dir, name);
         int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fd >= 0) {
             dup2(fd, 1);
             dup2(fd, 2);
         }
-        execlp("python3", "python3", script, "--data", data, "--port", "0", "--port-file", portfile,
-               "--log", t->log, "--user", "alice:hf_alice_token", "--multipart-threshold",
-               "5242880", "--chunk-size", "5242880", (char *)NULL);
+        execvp(argv[0], argv);
         _exit(127);
     }
     t->pid = pid;
@@ -207,17 +196,65 @@ static inline void test_hub_start(struct test_hub *t, const char *dir)
                 return;
             }
         }
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            fprintf(stderr, "test hub exited early\n");
+        if (waitpid(pid, NULL, WNOHANG) == pid) {
+            fprintf(stderr, "%s exited early\n", name);
             exit(1);
         }
         test_sleep_ms(50);
     }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    fprintf(stderr, "test hub did not start\n");
+    fprintf(stderr, "%s did not start\n", name);
     exit(1);
+}
+
+static inline const char *test_source_file(char *buf, size_t size, const char *rel)
+{
+    const char *src = getenv("CKPT_SOURCE_DIR");
+    REQUIRE(src != NULL);
+    snprintf(buf, size, "%s/%s", src, rel);
+    if (access(buf, R_OK) != 0) {
+        fprintf(stderr, "'%s' missing\n", buf);
+        exit(1);
+    }
+    return buf;
+}
+
+/* The test hub, as the brief for the upload tests gives it. */
+static inline void test_hub_start(struct test_hub *t, const char *dir)
+{
+    char script[1024], data[600], portfile[600];
+    test_source_file(script, sizeof(script), "tests/hub/hub.py");
+    snprintf(data, sizeof(data), "%s/hubdata", dir);
+    snprintf(portfile, sizeof(portfile), "%s/port", dir);
+    snprintf(t->log, sizeof(t->log), "%s/req.log", dir);
+    char *const argv[] = {"python3",
+                          script,
+                          "--data",
+                          data,
+                          "--port",
+                          "0",
+                          "--port-file",
+                          portfile,
+                          "--log",
+                          t->log,
+                          "--user",
+                          "alice:hf_alice_token",
+                          "--multipart-threshold",
+                          "5242880",
+                          "--chunk-size",
+                          "5242880",
+                          NULL};
+    test_spawn(t, dir, "hub", argv, portfile);
+}
+
+/* tests/unit/http_echo.py: echoes requests and injects failures. */
+static inline void test_echo_start(struct test_hub *t, const char *dir)
+{
+    char script[1024], portfile[600];
+    test_source_file(script, sizeof(script), "tests/unit/http_echo.py");
+    snprintf(portfile, sizeof(portfile), "%s/echo.port", dir);
+    t->log[0] = '\0';
+    char *const argv[] = {"python3", script, "--port-file", portfile, NULL};
+    test_spawn(t, dir, "echo", argv, portfile);
 }
 
 static inline void test_hub_stop(struct test_hub *t)
