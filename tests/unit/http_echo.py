@@ -7,6 +7,8 @@ ANY /flaky/<key>/<n>/<code>[?retry_after=N]       -> <code> for the first n call
 ANY /reset/<key>/<n>/<bytes>           -> the first n calls of key read <bytes> then reset; then echo
 GET /big/<n>                           -> n bytes
 GET /slow                              -> answers after 20 s
+POST /_canned {"status","headers","body"} queues an answer; any /hub/... request pops one (FIFO)
+GET /_last                             -> the last /hub/... request: method, path, headers, body
 Standard library only. Prints the port to --port-file.
 """
 import argparse
@@ -22,6 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 
 counters = {}
 lock = threading.Lock()
+canned = []
+last = {}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -79,6 +83,31 @@ class Handler(BaseHTTPRequestHandler):
             extra["RateLimit"] = f'"api";r=0;t={q["ratelimit_t"][0]}'
         if s[:1] == ["echo"]:
             return self.echo()
+        if s[:1] == ["_canned"]:
+            n = int(self.headers.get("Content-Length") or 0)
+            with lock:
+                canned.append(json.loads(self.rfile.read(n)))
+            return self.reply(200, {})
+        if s[:1] == ["_last"]:
+            with lock:
+                return self.reply(200, dict(last))
+        if s[:1] == ["hub"]:
+            n = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(n)
+            with lock:
+                last.clear()
+                last.update({"method": self.command, "path": self.path,
+                             "headers": {k.lower(): v for k, v in self.headers.items()},
+                             "body": body.decode("utf-8", "replace")})
+                c = canned.pop(0) if canned else {"status": 500, "body": "{}"}
+            data = c.get("body", "").encode()
+            self.send_response(int(c.get("status", 200)))
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in c.get("headers", {"Content-Type": "application/json"}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+            return
         if s[:1] == ["status"]:
             self.read_body()
             return self.reply(int(s[1]), {"error": f"status {s[1]}"}, extra)
