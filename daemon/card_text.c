@@ -159,12 +159,13 @@ void card_put_yaml_str(struct card_buf *b, const char *s)
     FOR_EACH_CP((const char *)p, p, n, cp, len)
     {
         /* \" is avoided on purpose: simple front-matter scanners (the Hub emulation among them)
-         * toggle their quote state on every quote character. */
+         * toggle their quote state on every quote character. < and > are escaped so that no
+         * tag or ckptpush marker appears anywhere in the file. */
         if (cp < 0)
             card_buf_puts(b, "\\ufffd");
-        else if (cp == '"' || cp == '\\' || cp == '#' || cp < 0x20 || cp == 0x7F ||
-                 (cp >= 0x80 && cp <= 0x9F) || cp == 0xFEFF || cp == 0xFFFE || cp == 0xFFFF ||
-                 cp == 0x2028 || cp == 0x2029)
+        else if (cp == '"' || cp == '\\' || cp == '#' || cp == '<' || cp == '>' || cp < 0x20 ||
+                 cp == 0x7F || (cp >= 0x80 && cp <= 0x9F) || cp == 0xFEFF || cp == 0xFFFE ||
+                 cp == 0xFFFF || cp == 0x2028 || cp == 0x2029)
             card_buf_printf(b, "\\u%04lx", cp);
         else
             card_buf_put(b, (const char *)p, len);
@@ -251,13 +252,35 @@ void card_put_md(struct card_buf *b, const char *s)
     }
 }
 
+/* A line of only -, =, * or _ (and spaces) would turn the paragraph above into a heading or
+ * draw a rule; such lines are prose here. */
+static bool rule_line(const unsigned char *p)
+{
+    size_t marks = 0;
+    unsigned char c = 0;
+
+    for (; *p && *p != '\n'; p++) {
+        if (*p == ' ' || *p == '\t' || *p == '\r')
+            continue;
+        if (strchr("-=*_", *p) == NULL || (c && *p != c))
+            return false;
+        c = *p;
+        marks++;
+    }
+    return marks > 0;
+}
+
 void card_put_md_block(struct card_buf *b, const char *s)
 {
     const unsigned char *p = (const unsigned char *)(s ? s : "");
+    bool line_start = true;
     long cp;
 
     FOR_EACH_CP((const char *)p, p, n, cp, len)
     {
+        if (line_start && rule_line(p))
+            card_buf_put(b, "\\", 1);
+        line_start = cp == '\n';
         if (cp < 0)
             card_buf_puts(b, "\xEF\xBF\xBD");
         else if (cp == '\r')
