@@ -137,13 +137,12 @@ static void on_watch_event(void *ctx, const struct watch_event *ev)
 static void on_file_added(void *ctx, const struct detect_cand *c, const char *relpath)
 {
     struct daemon *d = ctx;
-    char source[PATH_MAX], abs[PATH_MAX];
+    char source[PATH_MAX];
     int rc;
 
     if (detect_cand_source(c, relpath, source, sizeof(source)) != 0)
         return;
-    snprintf(abs, sizeof(abs), "%s/%s", d->cfg->watch_dir, source);
-    rc = pin_add(d->pin, detect_cand_id(c), abs, relpath);
+    rc = pin_add(d->pin, detect_cand_id(c), source, relpath);
     if (rc < 0)
         log_warn("pin-failed", "ckpt='%s' file='%s' reason='%s'", detect_cand_name(c), relpath,
                  uv_strerror(rc));
@@ -162,6 +161,24 @@ static void on_file_removed(void *ctx, const struct detect_cand *c, const char *
     struct daemon *d = ctx;
 
     pin_remove(d->pin, detect_cand_id(c), relpath);
+}
+
+static void on_pin_result(void *ctx, const struct pin_result *res)
+{
+    (void)ctx;
+    if (res->status == -ENOENT)
+        log_warn("pin-lost", "pin=%" PRIu64 " file='%s' reason='gone before it could be pinned'",
+                 res->id, res->relpath);
+    else if (res->status < 0)
+        log_warn("pin-failed", "pin=%" PRIu64 " file='%s' reason='%s'", res->id, res->relpath,
+                 strerror(-res->status));
+    else if (res->copy_at_seal)
+        log_warn("pin-copy",
+                 "pin=%" PRIu64 " file='%s' reason='hard links impossible here: the "
+                 "file will be copied when its checkpoint is sealed'",
+                 res->id, res->relpath);
+    else
+        log_debug("pinned", "pin=%" PRIu64 " file='%s'", res->id, res->relpath);
 }
 
 static void on_sealed(void *ctx, const struct detect_cand *c)
@@ -311,12 +328,30 @@ fail_logged:
     finish_push(d, p);
 }
 
+static void on_pins_copied(void *ctx, int status)
+{
+    struct push *p = ctx;
+    struct daemon *d = p->daemon;
+
+    if (status < 0)
+        log_warn("pin-copy-failed", "ckpt='%s' reason='%s'", p->name, strerror(-status));
+    if (d->cfg->dry_run) {
+        if (pin_release(d->pin, p->id, on_released, p) < 0)
+            finish_push(d, p);
+        return;
+    }
+    start_upload(p);
+}
+
 static void on_pins_idle(void *ctx, int status)
 {
     struct push *p = ctx;
     struct daemon *d = p->daemon;
 
-    (void)status; /* a lost file was already logged by the pin; push what is there */
+    (void)status; /* a lost file was already logged by on_pin_result; push what is there */
+    if (pin_copies_pending(d->pin, p->id) > 0 &&
+        pin_copy_pending(d->pin, p->id, on_pins_copied, p) == 0)
+        return;
     if (d->cfg->dry_run) {
         if (pin_release(d->pin, p->id, on_released, p) < 0)
             finish_push(d, p);
@@ -448,6 +483,13 @@ static void on_http_closed(void *ctx)
     d->http = NULL;
 }
 
+static void on_pin_closed(void *ctx)
+{
+    struct daemon *d = ctx;
+
+    d->pin = NULL;
+}
+
 static void on_watch_closed(void *ctx)
 {
     struct daemon *d = ctx;
@@ -474,7 +516,8 @@ static void daemon_stop(struct daemon *d, int exit_code)
         watch_close(d->watch, on_watch_closed, d);
     if (d->http != NULL)
         http_close(d->http, on_http_closed, d);
-    pin_close(d->pin);
+    if (d->pin != NULL)
+        pin_close(d->pin, on_pin_closed, d);
     log_info("stopped", "exit=%d committed=%u failed=%u", exit_code, d->committed, d->failed);
 }
 
@@ -527,7 +570,7 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
         *ret_exit = CKPT_EXIT_WATCH;
         goto error;
     }
-    if ((rc = pin_init(&d->pin, loop, cfg->staging_dir)) < 0 ||
+    if ((rc = pin_new(&d->pin, loop, cfg->watch_dir, STAGING_SKIP_NAME, on_pin_result, d)) < 0 ||
         (rc = hash_pool_init(&d->hashes, loop, 2)) < 0 ||
         (rc = detect_new(&d->detect, &detect_cfg, &callbacks)) < 0) {
         ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start: %s", uv_strerror(rc));
@@ -571,6 +614,8 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
 error:
     if (d->http != NULL)
         http_close(d->http, on_http_closed, d);
+    if (d->pin != NULL)
+        pin_close(d->pin, on_pin_closed, d);
     /* The loop must run once more to close what was opened; daemon_free is safe after it. */
     d->stopping = true;
     *ret = d;
@@ -591,6 +636,5 @@ void daemon_free(struct daemon *d)
     hub_free(d->hub);
     hash_pool_free(d->hashes);
     detect_free(d->detect);
-    pin_free(d->pin);
     free(d);
 }
