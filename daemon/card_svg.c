@@ -64,6 +64,16 @@ static double nice_step(double range)
     return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * mag;
 }
 
+/* A tick label with as many decimals as the step needs, so 4.35 never prints 4.3500000000000005. */
+static void tick_label(char *dst, size_t size, double t, double step)
+{
+    int decimals = step >= 1 ? 0 : (int)ceil(-log10(step) - 1e-9);
+
+    if (fabs(t) < step * 1e-6)
+        t = 0;
+    snprintf(dst, size, "%.*f", decimals > 12 ? 12 : decimals, t);
+}
+
 static void widen(double *lo, double *hi)
 {
     if (*hi - *lo <= 0 || !isfinite(*hi - *lo)) {
@@ -76,7 +86,8 @@ static void widen(double *lo, double *hi)
 static void panel(struct card_buf *b, const struct card_data *d, struct series *ser, size_t nser,
                   int y0, const char *title)
 {
-    double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY, step, t;
+    double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY, step, t, first;
+    int k;
     int pw = SVG_W - M_LEFT - M_RIGHT, ph = PANEL_H - M_TOP - M_BOTTOM;
     int top = y0 + M_TOP, bottom = y0 + PANEL_H - M_BOTTOM;
     size_t s, i;
@@ -110,9 +121,11 @@ static void panel(struct card_buf *b, const struct card_data *d, struct series *
                     M_LEFT, top, pw, ph);
     /* y ticks with grid lines */
     step = nice_step(ymax - ymin);
-    for (t = ceil(ymin / step) * step; t <= ymax + step * 1e-9; t += step) {
+    first = ceil(ymin / step) * step;
+    /* counted, not accumulated: with huge values t += step may never move */
+    for (k = 0; k < 40 && (t = first + k * step) <= ymax + step * 1e-9; k++) {
         double y = PY(t);
-        card_fmt_num(num, sizeof(num), fabs(t) < step * 1e-9 ? 0 : round(t / step) * step);
+        tick_label(num, sizeof(num), t, step);
         card_buf_printf(b,
                         "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" class=\"grid\"/>"
                         "<text x=\"%d\" y=\"%.1f\" class=\"ytick\">%s</text>\n",
@@ -121,9 +134,10 @@ static void panel(struct card_buf *b, const struct card_data *d, struct series *
     step = nice_step(xmax - xmin);
     if (step < 1 && xmax - xmin >= 1)
         step = 1;
-    for (t = ceil(xmin / step) * step; t <= xmax + step * 1e-9; t += step) {
+    first = ceil(xmin / step) * step;
+    for (k = 0; k < 40 && (t = first + k * step) <= xmax + step * 1e-9; k++) {
         double x = PX(t);
-        card_fmt_num(num, sizeof(num), round(t / step) * step);
+        tick_label(num, sizeof(num), t, step);
         card_buf_printf(b,
                         "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" class=\"axis\"/>"
                         "<text x=\"%.1f\" y=\"%d\" class=\"xtick\">%s</text>\n",
@@ -138,13 +152,14 @@ static void panel(struct card_buf *b, const struct card_data *d, struct series *
 
     for (s = 0; s < nser; s++) {
         const char *color = palette[s % (sizeof(palette) / sizeof(palette[0]))];
-        size_t every = ser[s].n > MAX_POINTS ? (ser[s].n + MAX_POINTS - 1) / MAX_POINTS : 1, k = 0;
+        size_t every = ser[s].n > MAX_POINTS ? (ser[s].n + MAX_POINTS - 1) / MAX_POINTS : 1,
+               seen = 0;
 
         card_buf_printf(b, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"",
                         color);
         for (i = 0; i < d->n_log; i++) {
             double v;
-            if (!point_of(d, &ser[s], i, &v) || k++ % every != 0)
+            if (!point_of(d, &ser[s], i, &v) || seen++ % every != 0)
                 continue;
             card_buf_printf(b, "%.1f,%.1f ", PX(d->log[i].step), PY(v));
         }

@@ -772,6 +772,15 @@ static void test_missing_and_malformed(void)
     free(readme);
     free(svg);
 
+    /* extreme values: the axes still end (ticks are counted, not accumulated) */
+    in.trainer_state_json = "{\"log_history\":[{\"step\":1,\"loss\":1e17},{\"step\":2,"
+                            "\"loss\":1.0000000000000002e17,\"eval_loss\":-1e300},"
+                            "{\"step\":1e15,\"loss\":1e308,\"eval_loss\":1e-300}]}";
+    CHECK_INT(card_render(&in, &readme, &svg, &err), 0);
+    CHECK(svg != NULL && strstr(svg, "</svg>") != NULL);
+    free(readme);
+    free(svg);
+
     CHECK(card_is_pickle_path("a/optimizer.pt"));
     CHECK(card_is_pickle_path("last.ckpt"));
     CHECK(card_is_pickle_path("pytorch_model.bin"));
