@@ -1,7 +1,8 @@
-/* config.h - the daemon's effective configuration: command-line flags over the environment
- * (Hugging Face conventions: HF_TOKEN, HF_TOKEN_PATH, HF_HOME, HF_ENDPOINT), validated all at once
- * before anything starts. Owns the token: it is only ever handed to the hub module. Runs at
- * startup on the main thread, before the loop.
+/* config.h - the daemon's effective configuration: command-line flags over the environment over
+ * a JSON configuration file (--config, $CKPTPUSH_CONFIG), with the Hugging Face conventions for
+ * the environment (HF_TOKEN, HF_TOKEN_PATH, HF_HOME, HF_ENDPOINT, HF_HUB_OFFLINE), validated all
+ * at once before anything starts. Owns the token: it is only ever handed to the hub module. Runs
+ * at startup on the main thread, before the loop.
  */
 #ifndef CKPT_CONFIG_H
 #define CKPT_CONFIG_H
@@ -15,14 +16,17 @@
 enum ckpt_exit {
     CKPT_EXIT_OK = 0,
     CKPT_EXIT_FAILURE = 1,     /* a push failed or an internal error */
-    CKPT_EXIT_USAGE = 2,       /* unknown flag, missing argument */
-    CKPT_EXIT_INVALID = 3,     /* a value is invalid (repo id, number, URL, token format) */
+    CKPT_EXIT_USAGE = 2,       /* unknown flag, missing argument or required setting */
+    CKPT_EXIT_INVALID = 3,     /* a value is invalid (config file, repo id, number, URL, token) */
     CKPT_EXIT_WATCH = 4,       /* the watched directory cannot be used */
     CKPT_EXIT_AUTH = 5,        /* the hub rejected the token */
     CKPT_EXIT_UNREACHABLE = 6, /* the hub cannot be reached */
 };
 
 enum config_strategy { STRATEGY_EVERY_SAVE };
+
+/* The largest configuration file read. */
+#define CONFIG_FILE_MAX (1024 * 1024)
 
 struct config {
     char *watch_dir;    /* absolute, resolved */
@@ -31,21 +35,33 @@ struct config {
     char *endpoint;     /* no trailing slash */
     char *token;        /* secret: never logged */
     char *token_source; /* where it came from, for messages: "HF_TOKEN", a file path */
+    char *token_path;   /* token file named by the config (HF_TOKEN_PATH, token_path), or NULL */
+    char *config_path;  /* the configuration file read, or NULL */
+    char *metrics_path; /* Prometheus textfile, or NULL */
+    char *socket_path;  /* control socket, or NULL for the default */
+    char *job;          /* job name (socket name, status lines), or NULL */
     enum config_strategy strategy;
+    enum log_format log_format;
     bool private_repo;
     bool dry_run;
+    bool offline; /* HF_HUB_OFFLINE: only a dry run may start */
     unsigned quiet_ms;
     unsigned drain_timeout_s;
     enum log_level log_level;
     bool show_help;
     bool show_version;
+    bool check_only; /* --check-config */
 };
 
-/* Fills cfg from argv and the environment. On failure returns the exit code to use (usage or
- * invalid) and err says every problem found, one per line. */
+/* Fills cfg from argv, the environment and the configuration file. On failure returns the exit
+ * code to use (usage or invalid or watch) and err says every problem found, one per line, each
+ * naming the flag, variable or file key at fault. */
 int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err);
 void config_release(struct config *cfg);
 const char *config_strategy_name(enum config_strategy strategy);
 void config_print_usage(void);
+/* The effective configuration as one JSON object (token redacted to "hf_***" with its source),
+ * newline-terminated; free() the result. NULL when out of memory. */
+char *config_to_json(const struct config *cfg);
 
 #endif

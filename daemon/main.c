@@ -30,7 +30,7 @@ int main(int argc, char **argv)
         return CKPT_EXIT_OK;
     }
     if (code != 0) {
-        /* One line per problem, each naming what is wrong. */
+        /* One line per problem, each naming what is wrong; all of them before anything starts. */
         for (char *line = err.msg, *next; line != NULL; line = next) {
             next = strchr(line, '\n');
             if (next != NULL)
@@ -40,7 +40,16 @@ int main(int argc, char **argv)
         config_release(&cfg);
         return code;
     }
+    if (cfg.check_only) {
+        char *text = config_to_json(&cfg);
+        code = text != NULL && fputs(text, stdout) >= 0 ? CKPT_EXIT_OK : CKPT_EXIT_FAILURE;
+        free(text);
+        config_release(&cfg);
+        return code;
+    }
     log_set_level(cfg.log_level);
+    log_set_format(cfg.log_format);
+    log_set_journal(log_fd_is_journal(2));
 
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         fputs("ckptpushd: cannot initialise libcurl\n", stderr);
