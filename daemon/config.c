@@ -14,6 +14,7 @@
 #include <getopt.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,22 +28,21 @@
 #define WHY_MAX 320
 #define JOB_MAX 64
 
-static void add_problem(struct ckpt_err *err, const char *fmt, ...)
+static void add_problem(struct config *cfg, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /* Collects every problem so that the user fixes them all in one go. */
-static void add_problem(struct ckpt_err *err, const char *fmt, ...)
+static void add_problem(struct config *cfg, const char *fmt, ...)
 {
-    size_t used = strlen(err->msg);
+    size_t used = strlen(cfg->problems);
     va_list ap;
 
-    if (used > 0 && used + 1 < sizeof(err->msg))
-        err->msg[used++] = '\n';
-    err->msg[used] = '\0';
+    if (used > 0 && used + 1 < sizeof(cfg->problems))
+        cfg->problems[used++] = '\n';
+    cfg->problems[used] = '\0';
     va_start(ap, fmt);
-    vsnprintf(err->msg + used, sizeof(err->msg) - used, fmt, ap);
+    vsnprintf(cfg->problems + used, sizeof(cfg->problems) - used, fmt, ap);
     va_end(ap);
-    err->kind = CKPT_ERR_INPUT;
 }
 
 static void set_code(int *code, int value)
@@ -324,17 +324,17 @@ static const struct key_def keys[] = {
 };
 #define KEY_COUNT (sizeof(keys) / sizeof(keys[0]))
 
-static void apply(struct config *cfg, const struct key_def *k, const char *value,
-                  const char *where, struct ckpt_err *err, int *code)
+static void apply(struct config *cfg, const struct key_def *k, const char *value, const char *where,
+                  int *code)
 {
     char why[WHY_MAX] = "";
     int rc = k->set(cfg, value, why, sizeof(why));
 
     if (rc == -ENOMEM) {
-        add_problem(err, "%s: out of memory", where);
+        add_problem(cfg, "%s: out of memory", where);
         set_code(code, CKPT_EXIT_FAILURE);
     } else if (rc < 0) {
-        add_problem(err, "%s: %s", where, why);
+        add_problem(cfg, "%s: %s", where, why);
         set_code(code, CKPT_EXIT_INVALID);
     }
 }
@@ -407,7 +407,7 @@ static const struct key_def *find_key(const char *name)
     return NULL;
 }
 
-static void load_file(struct config *cfg, const char *path, struct ckpt_err *err, int *code)
+static void load_file(struct config *cfg, const char *path, int *code)
 {
     char *text = NULL, where[PATH_MAX + 80];
     cJSON *root, *item;
@@ -416,8 +416,8 @@ static void load_file(struct config *cfg, const char *path, struct ckpt_err *err
     if (cfg->config_path == NULL)
         cfg->config_path = strdup(path);
     if (rc < 0) {
-        add_problem(err, "cannot read config '%s': %s", path,
-                    rc == -EFBIG   ? "larger than 1 MiB"
+        add_problem(cfg, "cannot read config '%s': %s", path,
+                    rc == -EFBIG    ? "larger than 1 MiB"
                     : rc == -EINVAL ? "not a regular file"
                                     : strerror(-rc));
         set_code(code, CKPT_EXIT_INVALID);
@@ -432,9 +432,9 @@ static void load_file(struct config *cfg, const char *path, struct ckpt_err *err
             for (const char *p = text; p < at; p++)
                 line += *p == '\n';
         if (root == NULL)
-            add_problem(err, "config '%s': invalid JSON near line %u", path, line);
+            add_problem(cfg, "config '%s': invalid JSON near line %u", path, line);
         else
-            add_problem(err, "config '%s': must be one JSON object", path);
+            add_problem(cfg, "config '%s': must be one JSON object", path);
         set_code(code, CKPT_EXIT_INVALID);
         cJSON_Delete(root);
         free(text);
@@ -448,7 +448,7 @@ static void load_file(struct config *cfg, const char *path, struct ckpt_err *err
 
         snprintf(where, sizeof(where), "config '%s': %s", path, item->string);
         if (k == NULL) {
-            add_problem(err, "config '%s': unknown key '%s'", path, item->string);
+            add_problem(cfg, "config '%s': unknown key '%s'", path, item->string);
             set_code(code, CKPT_EXIT_INVALID);
             continue;
         }
@@ -474,14 +474,14 @@ static void load_file(struct config *cfg, const char *path, struct ckpt_err *err
             break;
         }
         if (value == NULL) {
-            add_problem(err, "%s: must be %s", where, want);
+            add_problem(cfg, "%s: must be %s", where, want);
             set_code(code, CKPT_EXIT_INVALID);
         } else if (k->path && value[0] != '/') {
             /* relative to what? the daemon's working directory differs between launchers */
-            add_problem(err, "%s: '%s' must be an absolute path", where, value);
+            add_problem(cfg, "%s: '%s' must be an absolute path", where, value);
             set_code(code, CKPT_EXIT_INVALID);
         } else {
-            apply(cfg, k, value, where, err, code);
+            apply(cfg, k, value, where, code);
         }
     }
     cJSON_Delete(root);
@@ -497,7 +497,7 @@ static const char *env_value(const char *name)
     return v != NULL && v[0] != '\0' ? v : NULL;
 }
 
-static void load_env(struct config *cfg, struct ckpt_err *err, int *code)
+static void load_env(struct config *cfg, int *code)
 {
     for (size_t i = 0; i < KEY_COUNT; i++) {
         char name[64];
@@ -511,11 +511,11 @@ static void load_env(struct config *cfg, struct ckpt_err *err, int *code)
             (value = env_value(keys[i].env_alias)) != NULL)
             snprintf(name, sizeof(name), "%s", keys[i].env_alias);
         if (value != NULL)
-            apply(cfg, &keys[i], value, name, err, code);
+            apply(cfg, &keys[i], value, name, code);
     }
     if (env_value("HF_HUB_OFFLINE") != NULL &&
         parse_bool(env_value("HF_HUB_OFFLINE"), &cfg->offline) != 0) {
-        add_problem(err, "HF_HUB_OFFLINE: '%s' is not a boolean (1 or 0)",
+        add_problem(cfg, "HF_HUB_OFFLINE: '%s' is not a boolean (1 or 0)",
                     env_value("HF_HUB_OFFLINE"));
         set_code(code, CKPT_EXIT_INVALID);
     }
@@ -570,7 +570,7 @@ static int read_token_file(const char *path, char **ret)
 
 /* HF_TOKEN, HUGGING_FACE_HUB_TOKEN, the systemd credential, then the first token file that
  * exists of: token_path (HF_TOKEN_PATH), $HF_HOME/token, the XDG cache, ~/.cache. */
-static void find_token(struct config *cfg, struct ckpt_err *err)
+static void find_token(struct config *cfg)
 {
     static const char *const env_names[] = {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"};
     char path[PATH_MAX];
@@ -596,7 +596,7 @@ static void find_token(struct config *cfg, struct ckpt_err *err)
         snprintf(path, sizeof(path), "%s/hf_token", home);
         rc = read_token_file(path, &cfg->token);
         if (rc < 0) {
-            add_problem(err, "cannot read token credential '%s': %s", path, strerror(-rc));
+            add_problem(cfg, "cannot read token credential '%s': %s", path, strerror(-rc));
             return;
         }
         if (cfg->token != NULL) {
@@ -616,20 +616,20 @@ static void find_token(struct config *cfg, struct ckpt_err *err)
         return;
     rc = read_token_file(path, &cfg->token);
     if (rc < 0) {
-        add_problem(err, "cannot read token file '%s': %s", path, strerror(-rc));
+        add_problem(cfg, "cannot read token file '%s': %s", path, strerror(-rc));
         return;
     }
     if (cfg->token != NULL)
         cfg->token_source = strdup(path);
 check:
     if (cfg->token != NULL && !token_is_clean(cfg->token))
-        add_problem(err, "the token from '%s' contains spaces or control characters",
+        add_problem(cfg, "the token from '%s' contains spaces or control characters",
                     cfg->token_source);
 }
 
 /* --- paths ---------------------------------------------------------------------------------- */
 
-static void check_watch_dir(struct config *cfg, struct ckpt_err *err, int *code)
+static void check_watch_dir(struct config *cfg, int *code)
 {
     char resolved[PATH_MAX];
     struct stat st;
@@ -637,14 +637,14 @@ static void check_watch_dir(struct config *cfg, struct ckpt_err *err, int *code)
 
     cfg->watch_dir = NULL;
     if (realpath(dir, resolved) == NULL || stat(resolved, &st) != 0) {
-        add_problem(err, "cannot watch '%s': %s", dir, strerror(errno));
+        add_problem(cfg, "cannot watch '%s': %s", dir, strerror(errno));
         set_code(code, CKPT_EXIT_WATCH);
     } else if (!S_ISDIR(st.st_mode)) {
-        add_problem(err, "cannot watch '%s': not a directory", dir);
+        add_problem(cfg, "cannot watch '%s': not a directory", dir);
         set_code(code, CKPT_EXIT_WATCH);
     } else if (access(resolved, R_OK | W_OK | X_OK) != 0) {
         /* Write access is needed for the staging directory of pins. */
-        add_problem(err, "cannot watch '%s': %s (read, write and search access needed)", dir,
+        add_problem(cfg, "cannot watch '%s': %s (read, write and search access needed)", dir,
                     strerror(errno));
         set_code(code, CKPT_EXIT_WATCH);
     } else {
@@ -672,7 +672,7 @@ struct flag_value {
     const char *value;
 };
 
-int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
+static int load(struct config *cfg, int argc, char **argv)
 {
     enum { OPT_CONFIG = 256, OPT_CHECK, OPT_KEY = 512 };
     struct option options[KEY_COUNT + 5];
@@ -681,8 +681,6 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
     const char *config_file = NULL;
     int code = 0, opt;
 
-    memset(cfg, 0, sizeof(*cfg));
-    ckpt_err_clear(err);
     cfg->private_repo = true;
     cfg->quiet_ms = 1000;
     cfg->drain_timeout_s = 60;
@@ -692,9 +690,9 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
 
     for (size_t i = 0; i < KEY_COUNT; i++)
         if (keys[i].flag != NULL)
-            options[n++] = (struct option){keys[i].flag,
-                                           keys[i].flag_value ? no_argument : required_argument,
-                                           NULL, OPT_KEY + (int)i};
+            options[n++] =
+                (struct option){keys[i].flag, keys[i].flag_value ? no_argument : required_argument,
+                                NULL, OPT_KEY + (int)i};
     options[n++] = (struct option){"config", required_argument, NULL, OPT_CONFIG};
     options[n++] = (struct option){"check-config", no_argument, NULL, OPT_CHECK};
     options[n++] = (struct option){"help", no_argument, NULL, 'h'};
@@ -704,7 +702,7 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
     /* Flags are applied last (they win), but read first: --config names the file. */
     flags = calloc((size_t)argc + 1, sizeof(*flags));
     if (flags == NULL) {
-        add_problem(err, "out of memory");
+        add_problem(cfg, "out of memory");
         return CKPT_EXIT_FAILURE;
     }
     opterr = 0;
@@ -731,17 +729,17 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
             free(flags);
             return 0;
         case ':':
-            add_problem(err, "option '%s' needs a value", argv[optind - 1]);
+            add_problem(cfg, "option '%s' needs a value", argv[optind - 1]);
             free(flags);
             return CKPT_EXIT_USAGE;
         default:
-            add_problem(err, "unknown option '%s' (see --help)", argv[optind - 1]);
+            add_problem(cfg, "unknown option '%s' (see --help)", argv[optind - 1]);
             free(flags);
             return CKPT_EXIT_USAGE;
         }
     }
     if (optind < argc) {
-        add_problem(err, "unexpected argument '%s' (see --help)", argv[optind]);
+        add_problem(cfg, "unexpected argument '%s' (see --help)", argv[optind]);
         free(flags);
         return CKPT_EXIT_USAGE;
     }
@@ -749,12 +747,12 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
     if (config_file == NULL)
         config_file = env_value("CKPTPUSH_CONFIG");
     if (config_file != NULL)
-        load_file(cfg, config_file, err, &code);
-    load_env(cfg, err, &code);
+        load_file(cfg, config_file, &code);
+    load_env(cfg, &code);
     for (size_t i = 0; i < n_flags; i++) {
         char where[64];
         snprintf(where, sizeof(where), "--%s", flags[i].key->flag);
-        apply(cfg, flags[i].key, flags[i].value, where, err, &code);
+        apply(cfg, flags[i].key, flags[i].value, where, &code);
     }
     free(flags);
     make_absolute(&cfg->staging_dir);
@@ -762,41 +760,53 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
     make_absolute(&cfg->token_path);
 
     if (cfg->watch_dir == NULL) {
-        add_problem(err, "missing --watch DIR (or 'watch' in the config, CKPTPUSH_WATCH)");
+        add_problem(cfg, "missing --watch DIR (or 'watch' in the config, CKPTPUSH_WATCH)");
         set_code(&code, CKPT_EXIT_USAGE);
     }
     if (cfg->repo_id == NULL && !cfg->dry_run) {
-        add_problem(err, "missing --repo NAMESPACE/NAME (or 'repo' in the config, CKPTPUSH_REPO)");
+        add_problem(cfg, "missing --repo NAMESPACE/NAME (or 'repo' in the config, CKPTPUSH_REPO)");
         set_code(&code, CKPT_EXIT_USAGE);
     }
     if (cfg->endpoint == NULL && (cfg->endpoint = strdup(DEFAULT_ENDPOINT)) == NULL)
         set_code(&code, CKPT_EXIT_FAILURE);
     if (cfg->offline && !cfg->dry_run) {
         /* Refusing is clearer than quietly pushing nothing: a dry run must be asked for. */
-        add_problem(err, "HF_HUB_OFFLINE is set: pushing needs the Hub; unset it, or run with "
+        add_problem(cfg, "HF_HUB_OFFLINE is set: pushing needs the Hub; unset it, or run with "
                          "--dry-run to detect and pin without pushing");
         set_code(&code, CKPT_EXIT_INVALID);
     }
 
     {
-        size_t before = strlen(err->msg);
-        find_token(cfg, err);
-        if (strlen(err->msg) != before)
+        size_t before = strlen(cfg->problems);
+        find_token(cfg);
+        if (strlen(cfg->problems) != before)
             set_code(&code, CKPT_EXIT_INVALID);
     }
     if (cfg->token == NULL && !cfg->dry_run) {
-        add_problem(err, "no Hugging Face token: set HF_TOKEN, or write one to $HF_HOME/token, "
+        add_problem(cfg, "no Hugging Face token: set HF_TOKEN, or write one to $HF_HOME/token, "
                          "or give the unit the credential 'hf_token'");
         set_code(&code, CKPT_EXIT_INVALID);
     }
 
     if (cfg->watch_dir != NULL)
-        check_watch_dir(cfg, err, &code);
+        check_watch_dir(cfg, &code);
     if (cfg->watch_dir != NULL && cfg->staging_dir == NULL) {
         char path[PATH_MAX + 16];
         snprintf(path, sizeof(path), "%s/.ckptpush", cfg->watch_dir);
         cfg->staging_dir = strdup(path);
     }
+    return code;
+}
+
+int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
+{
+    int code;
+
+    memset(cfg, 0, sizeof(*cfg));
+    ckpt_err_clear(err);
+    code = load(cfg, argc, argv);
+    if (cfg->problems[0] != '\0')
+        ckpt_err_set(err, CKPT_ERR_INPUT, -EINVAL, "%s", cfg->problems);
     return code;
 }
 
@@ -863,5 +873,5 @@ void config_release(struct config *cfg)
     free(cfg->staging_dir);
     free(cfg->repo_id);
     free(cfg->endpoint);
-    memset(cfg, 0, sizeof(*cfg));
+    memset(cfg, 0, offsetof(struct config, problems));
 }

@@ -27,6 +27,7 @@ enum config_strategy { STRATEGY_EVERY_SAVE };
 
 /* The largest configuration file read. */
 #define CONFIG_FILE_MAX (1024 * 1024)
+#define CONFIG_PROBLEMS_MAX 8192
 
 struct config {
     char *watch_dir;    /* absolute, resolved */
@@ -51,11 +52,14 @@ struct config {
     bool show_help;
     bool show_version;
     bool check_only; /* --check-config */
+    /* Every problem config_load found, one a line (err->msg holds as many as fit); kept by
+     * config_release so that it can be printed after. */
+    char problems[CONFIG_PROBLEMS_MAX];
 };
 
 /* Fills cfg from argv, the environment and the configuration file. On failure returns the exit
- * code to use (usage or invalid or watch) and err says every problem found, one per line, each
- * naming the flag, variable or file key at fault. */
+ * code to use (usage or invalid or watch) and cfg->problems says every problem found, one per
+ * line, each naming the flag, variable or file key at fault (err->msg: as many as fit). */
 int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err);
 void config_release(struct config *cfg);
 const char *config_strategy_name(enum config_strategy strategy);

@@ -138,8 +138,8 @@ static int is_number(const char *s, size_t len)
 
 static int is_key_char(char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '_' || c == '-' || c == '.';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-' || c == '.';
 }
 
 /* Turns `key=value key='quoted value' ...` into JSON fields. A quoted value ends at the quote

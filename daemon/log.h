@@ -3,10 +3,10 @@
  * Format: `<UTC time> <level> <event> key=value ...`, or with LOG_FORMAT_JSON one object a line
  * {"time", "level", "event", and each key=value as a field}. Under journald (log_set_journal)
  * lines start with the syslog priority `<N>` and carry no time of their own. The caller formats
- * the key=value part; user-controlled strings go in single quotes ('%s'). Every control character and every byte
- * that is not printable ASCII in the formatted text is written as \xNN, so a file name cannot
- * forge a log line. Never pass a token: tokens only ever reach the Authorization header.
- * Thread-safe (one write(2) per line), but only the loop thread should decide to log.
+ * the key=value part; user-controlled strings go in single quotes ('%s'). Every control character
+ * and every byte that is not printable ASCII in the formatted text is written as \xNN, so a file
+ * name cannot forge a log line. Never pass a token: tokens only ever reach the Authorization
+ * header. Thread-safe (one write(2) per line), but only the loop thread should decide to log.
  */
 #ifndef CKPT_LOG_H
 #define CKPT_LOG_H

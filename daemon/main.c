@@ -31,7 +31,7 @@ int main(int argc, char **argv)
     }
     if (code != 0) {
         /* One line per problem, each naming what is wrong; all of them before anything starts. */
-        for (char *line = err.msg, *next; line != NULL; line = next) {
+        for (char *line = cfg.problems, *next; line != NULL; line = next) {
             next = strchr(line, '\n');
             if (next != NULL)
                 *next++ = '\0';
