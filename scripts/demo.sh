@@ -9,6 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$(pwd)
 
+# True while the process exists and is not a zombie waiting to be reaped.
+running() {
+    local st
+    st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+    [[ $st != Z* ]]
+}
 step() { printf '\n== %s\n' "$*"; }
 die() {
     printf 'demo: %s\n' "$*" >&2
@@ -23,8 +29,8 @@ if [[ ! -f build/CMakeCache.txt ]]; then
     cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 fi
 cmake --build build -j"$(nproc)" >/dev/null
-daemon_bin="$here/build/ckptpushd"
-[[ -x $daemon_bin ]] || die "build/ckptpushd was not built"
+daemon_bin="${CKPTPUSHD:-$here/build/ckptpushd}"
+[[ -x $daemon_bin ]] || die "$daemon_bin was not built"
 
 tmp=$(mktemp -d -t ckptpush-demo.XXXXXX)
 pids=()
@@ -36,7 +42,7 @@ cleanup() {
     done
     for pid in "${pids[@]}"; do
         for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
+            running "$pid" || break
             sleep 0.1
         done
         kill -KILL -- "-$pid" 2>/dev/null || true
@@ -122,8 +128,8 @@ while True:
         label = name if name else "final model (output root)"
         g = lambda k, dflt="?": d.get(k, dflt)
         if event == "ready":
-            print(f"  ready: watching {g('watch')}, pushing to {g('repo')}")
             if want == 0:
+                print(f"  ready: watching {g('watch')}, pushing to {g('repo')}")
                 sys.exit(0)
         elif event == "sealed":
             print(f"  sealed     {label:28} {g('files')} files, "
@@ -189,7 +195,16 @@ for c in json.load(open(sys.argv[1])):
 EOF
 
 step "stopping"
+# SIGTERM: the daemon seals what is complete, finishes queued pushes and exits 0.
 kill -TERM "$daemon_pid"
+for _ in $(seq 900); do
+    running "$daemon_pid" || break
+    sleep 0.1
+done
+if running "$daemon_pid"; then
+    tail -n 20 "$tmp/daemon.log" >&2
+    die "ckptpushd did not stop within 90 s of SIGTERM"
+fi
 rc=0
 wait "$daemon_pid" || rc=$?
 [[ $rc -eq 0 ]] || {

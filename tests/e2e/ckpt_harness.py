@@ -263,6 +263,10 @@ class Daemon:
     def stop(self, sig=signal.SIGTERM, timeout=60.0):
         rc = stop_process(self.proc, sig, timeout)
         self.thread.join(5)
+        self.stdout_thread.join(5)
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None and not f.closed and not self.thread.is_alive():
+                f.close()
         return rc
 
 

@@ -10,6 +10,8 @@ Timing: --speed F is a TIME SCALE. An event recorded at t seconds is performed t
 the replay starts: 1 = recorded timing, 0.2 = five times faster, 0.1 = ten times faster,
 2 = twice as slow, 0 = no sleeping at all.
 
+Content: random (seeded with --seed); printable ASCII for text-like names (*.json, *.md, ...).
+
 Sizes: every recorded size is multiplied by --size-scale (a non-empty size stays at least 1 byte).
 A file's size at CLOSE_WRITE is its final size (if the trace recorded null there because the file
 was already renamed, the next size recorded for the same file, following renames, is used).
@@ -43,6 +45,11 @@ import time
 
 OPEN_FLAGS = os.O_WRONLY | os.O_CLOEXEC
 WRITE_CHUNK = 1 << 20
+# Files a framework writes as text get printable random content, as a hub sees real JSON or a
+# model card (the Hub refuses binary content committed inline); weights etc. get random bytes.
+TEXT_SUFFIXES = (".json", ".md", ".txt", ".yaml", ".yml", ".jinja", ".csv")
+_TEXT_ALPHABET = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 \n"
+TEXT_TABLE = bytes(_TEXT_ALPHABET[i % len(_TEXT_ALPHABET)] for i in range(256))
 
 
 def load_trace(path):
@@ -111,10 +118,11 @@ class Replayer:
             return 0
         return max(1, int(round(size * self.size_scale)))
 
-    def randbytes(self, n):
-        if self.rng is not None:
-            return self.rng.randbytes(n)
-        return os.urandom(n)
+    def randbytes(self, n, rel=""):
+        b = self.rng.randbytes(n) if self.rng is not None else os.urandom(n)
+        if rel.endswith(TEXT_SUFFIXES):
+            b = b.translate(TEXT_TABLE)
+        return b
 
     def abs(self, rel):
         return os.path.join(self.into, rel)
@@ -213,7 +221,7 @@ class Replayer:
         n = target - of[1]
         left = n
         while left > 0:
-            chunk = self.randbytes(min(left, WRITE_CHUNK))
+            chunk = self.randbytes(min(left, WRITE_CHUNK), rel)
             mv = memoryview(chunk)
             while mv:
                 k = os.write(of[0], mv)
@@ -341,7 +349,7 @@ class Replayer:
                 left = size
                 while left > 0:
                     n = min(left, WRITE_CHUNK)
-                    f.write(self.randbytes(n))
+                    f.write(self.randbytes(n, rel))
                     left -= n
             self.log(t, "write-outside", rel, size=size)
         if os.path.isdir(self.abs(rel)) and "ISDIR" not in ev["ev"]:

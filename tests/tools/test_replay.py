@@ -98,6 +98,8 @@ class ReplayCase(unittest.TestCase):
                                 "trainer_state.json", "train_results.json", "all_results.json",
                                 "eval_results.json", "README.md"})
         self.assertEqual(t["all_results.json"], 340)
+        with open(os.path.join(into, "README.md"), "rb") as f:
+            self.assertTrue(f.read().isascii())
         self.assertEqual(t["model.safetensors"], 1679496)
         self.assertEqual(t, m["final_tree"])
         # No temporary file survives, nothing is written outside DIR.

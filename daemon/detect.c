@@ -1,0 +1,1164 @@
+/* detect.c - layout rules: grouping files into checkpoint candidates and sealing them.
+ *
+ * Owns file records (open/closed state by root-relative path) and candidates; knows nothing of
+ * inotify, pins or uploads. Pure and single-threaded (the loop thread), driven by the caller's
+ * clock, so unit tests replay recorded traces with their own timestamps.
+ */
+#include "detect.h"
+
+#include "watch.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PATH_MAX_LEN 4095
+
+/* --- a string-keyed hash map; keys are owned by the values ------------------------------- */
+
+struct smap_ent {
+    const char *key; /* NULL: empty; &tomb: deleted */
+    void *val;
+};
+
+struct smap {
+    struct smap_ent *e;
+    size_t cap, n, used; /* used counts tombstones too */
+};
+
+static const char tomb;
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s != '\0'; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static struct smap_ent *smap_find(const struct smap *m, const char *key)
+{
+    if (m->cap == 0)
+        return NULL;
+    for (size_t i = hash_str(key) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+        struct smap_ent *e = &m->e[i];
+        if (e->key == NULL)
+            return NULL;
+        if (e->key != &tomb && strcmp(e->key, key) == 0)
+            return e;
+    }
+}
+
+static void *smap_get(const struct smap *m, const char *key)
+{
+    struct smap_ent *e = smap_find(m, key);
+    return e != NULL ? e->val : NULL;
+}
+
+static int smap_grow(struct smap *m)
+{
+    size_t cap = m->cap == 0 ? 64 : (m->n * 2 > m->cap ? m->cap * 2 : m->cap);
+    struct smap_ent *e = calloc(cap, sizeof(*e));
+    if (e == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < m->cap; i++) {
+        if (m->e[i].key == NULL || m->e[i].key == &tomb)
+            continue;
+        size_t j = hash_str(m->e[i].key) & (cap - 1);
+        while (e[j].key != NULL)
+            j = (j + 1) & (cap - 1);
+        e[j] = m->e[i];
+    }
+    free(m->e);
+    m->e = e;
+    m->cap = cap;
+    m->used = m->n;
+    return 0;
+}
+
+/* key must not be present. */
+static int smap_put(struct smap *m, const char *key, void *val)
+{
+    if ((m->used + 1) * 4 > m->cap * 3) {
+        int r = smap_grow(m);
+        if (r < 0)
+            return r;
+    }
+    size_t i = hash_str(key) & (m->cap - 1);
+    while (m->e[i].key != NULL && m->e[i].key != &tomb)
+        i = (i + 1) & (m->cap - 1);
+    if (m->e[i].key == NULL)
+        m->used++;
+    m->e[i].key = key;
+    m->e[i].val = val;
+    m->n++;
+    return 0;
+}
+
+static void smap_del(struct smap *m, const char *key)
+{
+    struct smap_ent *e = smap_find(m, key);
+    if (e == NULL)
+        return;
+    e->key = &tomb;
+    e->val = NULL;
+    m->n--;
+}
+
+/* --- records and candidates --------------------------------------------------------------- */
+
+struct layout;
+
+struct drec {
+    char *path;               /* root-relative; the map key */
+    struct detect_cand *cand; /* candidate it is attributed to, or NULL */
+    size_t rel_off;           /* path + rel_off: relative to cand->dir */
+    bool member;              /* part of what is pushed (visible) */
+    bool open;                /* CREATE/MODIFY seen without CLOSE_WRITE */
+    bool closed;              /* closed after writing, or found complete */
+    bool late;                /* late write already reported */
+};
+
+struct detect_cand {
+    uint64_t id;
+    char *name;
+    char *dir; /* the directory relpaths are relative to: name, or name's parent for files */
+    size_t dir_len;
+    const struct layout *layout;
+    int64_t step;
+    int64_t last_ms;
+    size_t n_open;
+    struct drec **members;
+    size_t n_members, cap_members;
+    bool sealed;
+    char rule[160];
+    char **files; /* sorted snapshot, once sealed */
+    size_t n_files;
+};
+
+struct match {
+    const struct layout *layout;
+    size_t name_len; /* candidate name = path[0..name_len) */
+    size_t dir_len;
+    size_t rel_off;
+    bool member;
+};
+
+/* One entry per layout. match() says whether a path belongs to a candidate of this layout;
+ * complete() is the layout's marker, checked together with "nothing open" and the quiet
+ * period. New layouts (DCP .metadata, DeepSpeed latest, Orbax...) are one more entry. */
+struct layout {
+    const char *name;
+    bool folder;            /* the candidate is a directory that exists before its files */
+    bool reopen_after_seal; /* a new write to a sealed candidate is a new checkpoint */
+    bool seal_on_delete;    /* a delete inside a marked, closed candidate seals it at once */
+    bool (*match)(const char *path, bool is_dir, struct match *m);
+    bool (*complete)(const struct detect *d, const struct detect_cand *c);
+    const char *marker; /* for the rule string */
+};
+
+struct detect {
+    struct detect_config cfg;
+    struct detect_callbacks cbs;
+    struct smap files; /* path -> struct drec */
+    struct smap names; /* candidate name -> struct detect_cand (the live one for that name) */
+    struct detect_cand **cands; /* id order */
+    size_t n_cands, cap_cands;
+    uint64_t next_id;
+};
+
+/* --- path helpers ----------------------------------------------------------------------- */
+
+static bool path_valid(const char *p)
+{
+    if (p == NULL || p[0] == '/')
+        return false;
+    for (const char *s = p; *s != '\0';) {
+        size_t n = strcspn(s, "/");
+        if (n == 2 && s[0] == '.' && s[1] == '.')
+            return false;
+        s += n;
+        if (*s == '/')
+            s++;
+    }
+    return strlen(p) <= PATH_MAX_LEN;
+}
+
+static bool under(const char *path, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    if (n == 0)
+        return path[0] != '\0';
+    return strncmp(path, prefix, n) == 0 && path[n] == '/';
+}
+
+static const char *base_name(const char *path)
+{
+    const char *s = strrchr(path, '/');
+    return s != NULL ? s + 1 : path;
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+static bool all_digits(const char *s, size_t n)
+{
+    if (n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+    }
+    return true;
+}
+
+/* Any component of path[0..n) hidden? */
+static bool has_hidden(const char *path, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (path[i] == '.' && (i == 0 || path[i - 1] == '/'))
+            return true;
+    }
+    return false;
+}
+
+/* "model-00001-of-00007.safetensors", "pytorch_model-00001-of-00002.bin" */
+static bool is_shard_name(const char *b, const char *prefix, const char *ext)
+{
+    size_t p = strlen(prefix);
+    if (strncmp(b, prefix, p) != 0 || b[p] != '-')
+        return false;
+    const char *s = b + p + 1;
+    size_t d1 = strspn(s, "0123456789");
+    if (d1 == 0 || strncmp(s + d1, "-of-", 4) != 0)
+        return false;
+    s += d1 + 4;
+    size_t d2 = strspn(s, "0123456789");
+    return d2 > 0 && strcmp(s + d2, ext) == 0;
+}
+
+/* What save_model()/save_pretrained() and the end of training write at the output root. */
+static bool is_model_file_name(const char *b)
+{
+    static const char *const exact[] = {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+        "tf_model.h5",
+        "flax_model.msgpack",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.json",
+        "vocab.txt",
+        "merges.txt",
+        "tokenizer.model",
+        "spiece.model",
+        "sentencepiece.bpe.model",
+        "chat_template.jinja",
+        "chat_template.json",
+        "preprocessor_config.json",
+        "processor_config.json",
+        "feature_extractor_config.json",
+        "image_processor_config.json",
+        "training_args.bin",
+        "trainer_state.json",
+        "README.md",
+    };
+    for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++) {
+        if (strcmp(b, exact[i]) == 0)
+            return true;
+    }
+    if (strncmp(b, "adapter_", 8) == 0)
+        return true;
+    if (ends_with(b, "_results.json"))
+        return true;
+    return is_shard_name(b, "model", ".safetensors") || is_shard_name(b, "pytorch_model", ".bin");
+}
+
+static bool is_weight_name(const char *b)
+{
+    static const char *const ext[] = {".safetensors", ".pt", ".pth", ".ckpt", ".bin"};
+    for (size_t i = 0; i < sizeof(ext) / sizeof(ext[0]); i++) {
+        if (ends_with(b, ext[i]) && strlen(b) > strlen(ext[i]))
+            return true;
+    }
+    return false;
+}
+
+/* --- layouts ------------------------------------------------------------------------------ */
+
+static struct drec *rec_get(const struct detect *d, const char *path)
+{
+    return smap_get(&d->files, path);
+}
+
+/* checkpoint-<N>/ at any depth; the first such component owns everything below it. */
+static bool trainer_match(const char *path, bool is_dir, struct match *m)
+{
+    const char *s = path;
+    while (*s != '\0') {
+        size_t n = strcspn(s, "/");
+        bool last = s[n] == '\0';
+        if (s[0] == '.')
+            return false; /* hidden directory before any checkpoint folder */
+        if (last && !is_dir)
+            return false;
+        if (n > 11 && strncmp(s, "checkpoint-", 11) == 0 && all_digits(s + 11, n - 11)) {
+            m->name_len = (size_t)(s - path) + n;
+            m->dir_len = m->name_len;
+            m->rel_off = last ? m->name_len : m->name_len + 1;
+            m->member = !last && !has_hidden(path + m->rel_off, strlen(path + m->rel_off));
+            return true;
+        }
+        s += n;
+        if (*s == '/')
+            s++;
+    }
+    return false;
+}
+
+static bool trainer_complete(const struct detect *d, const struct detect_cand *c)
+{
+    char p[PATH_MAX_LEN + 32];
+    snprintf(p, sizeof(p), "%s/trainer_state.json", c->dir);
+    struct drec *r = rec_get(d, p);
+    return r != NULL && r->cand == c && r->member && r->closed && !r->open;
+}
+
+static bool root_match(const char *path, bool is_dir, struct match *m)
+{
+    if (is_dir || strchr(path, '/') != NULL || path[0] == '.' || !is_model_file_name(path))
+        return false;
+    m->name_len = 0;
+    m->dir_len = 0;
+    m->rel_off = 0;
+    m->member = true;
+    return true;
+}
+
+/* A tokenizer or config saved at the root early in a run is not the model: wait for weights. */
+static bool root_complete(const struct detect *d, const struct detect_cand *c)
+{
+    (void)d;
+    for (size_t i = 0; i < c->n_members; i++) {
+        const char *b = c->members[i]->path;
+        if (is_weight_name(b) && strcmp(b, "training_args.bin") != 0)
+            return true;
+    }
+    return false;
+}
+
+static bool file_match(const char *path, bool is_dir, struct match *m)
+{
+    const char *b = base_name(path);
+    if (is_dir || b[0] == '.' || !is_weight_name(b) || has_hidden(path, (size_t)(b - path)))
+        return false;
+    if (b == path && is_model_file_name(b))
+        return false; /* the root's model files belong to model-root */
+    m->name_len = strlen(path);
+    m->dir_len = b == path ? 0 : (size_t)(b - path) - 1;
+    m->rel_off = (size_t)(b - path);
+    m->member = true;
+    return true;
+}
+
+static bool file_complete(const struct detect *d, const struct detect_cand *c)
+{
+    (void)d;
+    return c->n_members == 1 && c->members[0]->closed && !c->members[0]->open;
+}
+
+static const struct layout layouts[] = {
+    {"transformers-trainer", true, false, true, trainer_match, trainer_complete,
+     "trainer_state.json closed"},
+    {"model-root", false, false, false, root_match, root_complete, "model weights present"},
+    {"single-file", false, true, false, file_match, file_complete, "file closed"},
+};
+
+static bool classify(const char *path, bool is_dir, struct match *m)
+{
+    for (size_t i = 0; i < sizeof(layouts) / sizeof(layouts[0]); i++) {
+        memset(m, 0, sizeof(*m));
+        if (layouts[i].match(path, is_dir, m)) {
+            m->layout = &layouts[i];
+            return true;
+        }
+    }
+    return false;
+}
+
+/* --- candidates --------------------------------------------------------------------------- */
+
+static int64_t parse_step(const struct detect_cand *c)
+{
+    const char *b = base_name(c->name);
+    if (c->layout->folder)
+        return strtoll(b + strlen("checkpoint-"), NULL, 10);
+    if (c->name[0] == '\0')
+        return -1;
+    const char *s = strstr(b, "step");
+    if (s != NULL) {
+        s += 4;
+        s += strspn(s, "=_-");
+        if (*s >= '0' && *s <= '9')
+            return strtoll(s, NULL, 10);
+    }
+    /* Exactly one number in the name: that is the step (or epoch); shard names have two. */
+    int64_t found = -1;
+    int runs = 0;
+    for (const char *p = b; *p != '\0' && *p != '.';) {
+        if (*p >= '0' && *p <= '9') {
+            runs++;
+            found = strtoll(p, NULL, 10);
+            p += strspn(p, "0123456789");
+        } else {
+            p++;
+        }
+    }
+    return runs == 1 ? found : -1;
+}
+
+static void cand_free(struct detect_cand *c)
+{
+    if (c == NULL)
+        return;
+    for (size_t i = 0; i < c->n_files; i++)
+        free(c->files[i]);
+    free(c->files);
+    free(c->members);
+    free(c->dir);
+    free(c->name);
+    free(c);
+}
+
+static int cand_new(struct detect *d, const char *path, const struct match *m, int64_t now,
+                    struct detect_cand **ret)
+{
+    if (d->n_cands >= DETECT_MAX_CANDS)
+        return -ENOSPC;
+    if (d->n_cands == d->cap_cands) {
+        size_t cap = d->cap_cands == 0 ? 16 : d->cap_cands * 2;
+        struct detect_cand **a = realloc(d->cands, cap * sizeof(*a));
+        if (a == NULL)
+            return -ENOMEM;
+        d->cands = a;
+        d->cap_cands = cap;
+    }
+    struct detect_cand *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return -ENOMEM;
+    c->name = strndup(path, m->name_len);
+    if (c->name == NULL) {
+        free(c);
+        return -ENOMEM;
+    }
+    c->dir = strndup(path, m->dir_len);
+    if (c->dir == NULL) {
+        free(c->name);
+        free(c);
+        return -ENOMEM;
+    }
+    c->dir_len = m->dir_len;
+    c->layout = m->layout;
+    c->last_ms = now;
+    c->id = ++d->next_id;
+    c->step = parse_step(c);
+    if (smap_put(&d->names, c->name, c) < 0) {
+        cand_free(c);
+        return -ENOMEM;
+    }
+    d->cands[d->n_cands++] = c;
+    *ret = c;
+    return 0;
+}
+
+static int members_add(struct detect_cand *c, struct drec *r)
+{
+    if (c->n_members == c->cap_members) {
+        size_t cap = c->cap_members == 0 ? 16 : c->cap_members * 2;
+        struct drec **a = realloc(c->members, cap * sizeof(*a));
+        if (a == NULL)
+            return -ENOMEM;
+        c->members = a;
+        c->cap_members = cap;
+    }
+    c->members[c->n_members++] = r;
+    return 0;
+}
+
+static void members_del(struct detect_cand *c, struct drec *r)
+{
+    for (size_t i = 0; i < c->n_members; i++) {
+        if (c->members[i] == r) {
+            c->members[i] = c->members[--c->n_members];
+            return;
+        }
+    }
+}
+
+static void rec_detach(struct drec *r)
+{
+    struct detect_cand *c = r->cand;
+    if (c == NULL)
+        return;
+    if (r->open)
+        c->n_open--;
+    if (r->member)
+        members_del(c, r);
+    r->cand = NULL;
+    r->member = false;
+}
+
+/* Unlinks a candidate from everything and frees it; its records stay, unattributed. */
+static void cand_destroy(struct detect *d, struct detect_cand *c)
+{
+    for (size_t i = 0; i < d->files.cap; i++) {
+        struct smap_ent *e = &d->files.e[i];
+        if (e->key != NULL && e->key != &tomb && ((struct drec *)e->val)->cand == c)
+            rec_detach(e->val);
+    }
+    if (smap_get(&d->names, c->name) == c)
+        smap_del(&d->names, c->name);
+    for (size_t i = 0; i < d->n_cands; i++) {
+        if (d->cands[i] == c) {
+            memmove(&d->cands[i], &d->cands[i + 1], (d->n_cands - i - 1) * sizeof(*d->cands));
+            d->n_cands--;
+            break;
+        }
+    }
+    cand_free(c);
+}
+
+static void rec_free(struct detect *d, struct drec *r)
+{
+    rec_detach(r);
+    smap_del(&d->files, r->path);
+    free(r->path);
+    free(r);
+}
+
+static bool cand_ready(const struct detect *d, const struct detect_cand *c)
+{
+    return !c->sealed && c->n_open == 0 && c->layout->complete(d, c);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void cand_seal(struct detect *d, struct detect_cand *c, const char *how)
+{
+    c->files = calloc(c->n_members > 0 ? c->n_members : 1, sizeof(*c->files));
+    if (c->files != NULL) {
+        for (size_t i = 0; i < c->n_members; i++) {
+            c->files[c->n_files] = strdup(c->members[i]->path + c->members[i]->rel_off);
+            if (c->files[c->n_files] != NULL)
+                c->n_files++;
+        }
+        qsort(c->files, c->n_files, sizeof(*c->files), cmp_str);
+    }
+    snprintf(c->rule, sizeof(c->rule), "%s, %s", c->layout->marker, how);
+    c->sealed = true;
+    if (d->cbs.sealed != NULL)
+        d->cbs.sealed(d->cbs.ctx, c);
+}
+
+static void cand_drop(struct detect *d, struct detect_cand *c, const char *why)
+{
+    if (d->cbs.dropped != NULL)
+        d->cbs.dropped(d->cbs.ctx, c, why);
+    cand_destroy(d, c);
+}
+
+/* --- events ------------------------------------------------------------------------------- */
+
+static int rec_new(struct detect *d, const char *path, struct drec **ret)
+{
+    if (d->files.n >= DETECT_MAX_FILES)
+        return -ENOSPC;
+    struct drec *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return -ENOMEM;
+    r->path = strdup(path);
+    if (r->path == NULL || smap_put(&d->files, r->path, r) < 0) {
+        free(r->path);
+        free(r);
+        return -ENOMEM;
+    }
+    *ret = r;
+    return 0;
+}
+
+static void rec_set_open(struct drec *r, bool open)
+{
+    if (r->open == open)
+        return;
+    r->open = open;
+    if (r->cand != NULL) {
+        if (open)
+            r->cand->n_open++;
+        else
+            r->cand->n_open--;
+    }
+}
+
+static void report_late(struct detect *d, struct detect_cand *c, struct drec *r)
+{
+    if (r->late || has_hidden(r->path, strlen(r->path)))
+        return;
+    r->late = true;
+    if (d->cbs.late_write != NULL)
+        d->cbs.late_write(d->cbs.ctx, c, r->path + (c->dir_len == 0 ? 0 : c->dir_len + 1));
+}
+
+/* Finds (or makes) the live candidate for a matched path. A sealed single file written again
+ * is a new checkpoint under the same name: the sealed one is forgotten. */
+static int cand_for(struct detect *d, const char *path, const struct match *m, int64_t now,
+                    struct detect_cand **ret)
+{
+    char name[PATH_MAX_LEN + 1];
+    snprintf(name, sizeof(name), "%.*s", (int)m->name_len, path);
+    struct detect_cand *c = smap_get(&d->names, name);
+    if (c != NULL && c->sealed && c->layout->reopen_after_seal) {
+        cand_destroy(d, c);
+        c = NULL;
+    }
+    if (c == NULL)
+        return cand_new(d, path, m, now, ret);
+    *ret = c;
+    return 0;
+}
+
+/* Attributes a record to the candidate its path belongs to; content says the event wrote it
+ * (as opposed to a rename carrying the state). Reports file_added for new members. */
+static int rec_attach(struct detect *d, struct drec *r, int64_t now, bool *ret_added)
+{
+    struct match m;
+    struct detect_cand *c;
+    int rc;
+
+    *ret_added = false;
+    if (!classify(r->path, false, &m))
+        return 0;
+    rc = cand_for(d, r->path, &m, now, &c);
+    if (rc < 0)
+        return rc;
+    if (c->sealed) {
+        report_late(d, c, r);
+        return 0;
+    }
+    if (m.member) {
+        rc = members_add(c, r);
+        if (rc < 0)
+            return rc;
+    }
+    r->cand = c;
+    r->rel_off = m.rel_off;
+    r->member = m.member;
+    if (r->open)
+        c->n_open++;
+    c->last_ms = now;
+    *ret_added = m.member;
+    return 0;
+}
+
+static const char *rec_rel(const struct drec *r)
+{
+    return r->path + r->rel_off;
+}
+
+static int on_write(struct detect *d, const char *path, bool close, bool scan, int64_t now)
+{
+    struct drec *r = rec_get(d, path);
+    bool added;
+    int rc;
+
+    if (r != NULL && scan)
+        return 0; /* known: a scan cannot tell more than the events did */
+    if (r != NULL && r->cand != NULL && r->cand->sealed) {
+        if (r->cand->layout->reopen_after_seal) {
+            rec_detach(r);
+        } else {
+            report_late(d, r->cand, r);
+            rec_set_open(r, !close);
+            return 0;
+        }
+    }
+    if (r == NULL || r->cand == NULL) {
+        if (r == NULL) {
+            rc = rec_new(d, path, &r);
+            if (rc < 0)
+                return rc;
+        }
+        r->open = !close && !scan;
+        r->closed = close || scan;
+        rc = rec_attach(d, r, now, &added);
+        if (rc < 0) {
+            rec_free(d, r);
+            return rc;
+        }
+        if (added && d->cbs.file_added != NULL)
+            d->cbs.file_added(d->cbs.ctx, r->cand, rec_rel(r));
+    } else {
+        rec_set_open(r, !close);
+        if (close)
+            r->closed = true;
+        if (!r->cand->sealed)
+            r->cand->last_ms = now;
+    }
+    /* Closed files outside every candidate are forgotten: only open ones matter (renames). */
+    if (r->cand == NULL && !r->open)
+        rec_free(d, r);
+    return 0;
+}
+
+/* A delete inside a marked, closed checkpoint means its writer is done with it (rotation):
+ * seal now, the pins hold the bytes, rather than lose it to the quiet period. */
+static bool seal_early(struct detect *d, struct detect_cand *c)
+{
+    if (c->sealed || !c->layout->seal_on_delete || !cand_ready(d, c))
+        return false;
+    cand_seal(d, c, "sealed early: deleted (rotation) before the quiet period ended");
+    return true;
+}
+
+static void on_remove(struct detect *d, struct drec *r, int64_t now)
+{
+    struct detect_cand *c = r->cand;
+    if (c == NULL || c->sealed) {
+        rec_free(d, r);
+        if (c != NULL && c->layout->reopen_after_seal && c->n_members == 0)
+            cand_destroy(d, c);
+        return;
+    }
+    if (seal_early(d, c)) {
+        rec_free(d, r);
+        return;
+    }
+    if (r->member && d->cbs.file_removed != NULL)
+        d->cbs.file_removed(d->cbs.ctx, c, rec_rel(r));
+    rec_free(d, r);
+    c->last_ms = now;
+    if (!c->layout->folder && c->n_members == 0)
+        cand_drop(d, c, "its files were deleted before it was sealed");
+}
+
+/* Records under prefix (all when prefix is ""), collected first: callbacks change the map. */
+static int collect(struct detect *d, const char *prefix, struct drec ***ret, size_t *ret_n)
+{
+    struct drec **a = NULL;
+    size_t n = 0, cap = 0;
+    for (size_t i = 0; i < d->files.cap; i++) {
+        struct smap_ent *e = &d->files.e[i];
+        if (e->key == NULL || e->key == &tomb || !under(e->key, prefix))
+            continue;
+        if (n == cap) {
+            cap = cap == 0 ? 16 : cap * 2;
+            struct drec **b = realloc(a, cap * sizeof(*b));
+            if (b == NULL) {
+                free(a);
+                return -ENOMEM;
+            }
+            a = b;
+        }
+        a[n++] = e->val;
+    }
+    *ret = a;
+    *ret_n = n;
+    return 0;
+}
+
+static int on_dir_gone(struct detect *d, const char *path, int64_t now)
+{
+    struct drec **recs;
+    size_t n;
+    int rc;
+
+    /* Folder candidates at or under path: seal if complete, else drop; sealed ones are done. */
+    for (size_t i = 0; i < d->n_cands;) {
+        struct detect_cand *c = d->cands[i];
+        if (c->layout->folder && (strcmp(c->name, path) == 0 || under(c->name, path))) {
+            if (!c->sealed && !seal_early(d, c))
+                cand_drop(d, c, "folder deleted before it was sealed");
+            else
+                cand_destroy(d, c);
+            continue;
+        }
+        i++;
+    }
+    rc = collect(d, path, &recs, &n);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        /* A previous removal may have dropped a candidate, but records stay valid. */
+        on_remove(d, recs[i], now);
+    }
+    free(recs);
+    return 0;
+}
+
+static int on_dir_seen(struct detect *d, const char *path, int64_t now)
+{
+    struct match m;
+    struct detect_cand *c;
+    if (!classify(path, true, &m) || !m.layout->folder || m.name_len != strlen(path))
+        return 0;
+    int rc = cand_for(d, path, &m, now, &c);
+    if (rc < 0)
+        return rc;
+    if (!c->sealed)
+        c->last_ms = now;
+    return 0;
+}
+
+/* from may be NULL (renamed in from outside): no writer is known, the file counts as closed. */
+static int on_rename(struct detect *d, const char *from, const char *to, int64_t now)
+{
+    struct drec *r = from != NULL ? rec_get(d, from) : NULL;
+    struct drec *t = rec_get(d, to);
+    struct detect_cand *oc = NULL;
+    char oldrel[PATH_MAX_LEN + 1] = "";
+    bool old_member = false, added;
+    int rc;
+
+    if (t != NULL && t != r) {
+        /* Replaced by the rename: its old inode is gone from this name. */
+        struct match m;
+        struct detect_cand *tc = t->cand;
+        bool same = r != NULL && tc != NULL && !tc->sealed && classify(to, false, &m) && m.member &&
+                    r->cand == tc;
+        if (same)
+            rec_free(d, t);
+        else
+            on_remove(d, t, now);
+    }
+    if (r == NULL) {
+        rc = rec_new(d, to, &r);
+        if (rc < 0)
+            return rc;
+        r->closed = true;
+    } else {
+        oc = r->cand;
+        if (oc != NULL && r->member) {
+            old_member = true;
+            snprintf(oldrel, sizeof(oldrel), "%s", rec_rel(r));
+        }
+        char *np = strdup(to);
+        if (np == NULL)
+            return -ENOMEM;
+        rec_detach(r);
+        smap_del(&d->files, r->path);
+        free(r->path);
+        r->path = np;
+        if (smap_put(&d->files, r->path, r) < 0) {
+            free(r->path);
+            free(r);
+            return -ENOMEM;
+        }
+        if (!r->open)
+            r->closed = true;
+    }
+    r->late = false;
+    rc = rec_attach(d, r, now, &added);
+    if (rc < 0) {
+        rec_free(d, r);
+        return rc;
+    }
+    if (oc != NULL && oc == r->cand && old_member && added) {
+        if (d->cbs.file_renamed != NULL)
+            d->cbs.file_renamed(d->cbs.ctx, oc, oldrel, rec_rel(r));
+    } else {
+        if (oc != NULL && !oc->sealed) {
+            if (old_member && d->cbs.file_removed != NULL)
+                d->cbs.file_removed(d->cbs.ctx, oc, oldrel);
+            oc->last_ms = now;
+        }
+        if (added && d->cbs.file_added != NULL)
+            d->cbs.file_added(d->cbs.ctx, r->cand, rec_rel(r));
+        if (oc != NULL && oc != r->cand && !oc->layout->folder && oc->n_members == 0) {
+            if (oc->sealed)
+                cand_destroy(d, oc);
+            else
+                cand_drop(d, oc, "its file was renamed away before it was sealed");
+        }
+    }
+    if (r->cand == NULL && !r->open)
+        rec_free(d, r);
+    return 0;
+}
+
+static int on_dir_rename(struct detect *d, const char *from, const char *to, int64_t now)
+{
+    struct drec **recs;
+    size_t n, fl = strlen(from);
+    int rc = collect(d, from, &recs, &n);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        char np[PATH_MAX_LEN + 1], op[PATH_MAX_LEN + 1];
+        if ((size_t)snprintf(np, sizeof(np), "%s%s", to, recs[i]->path + fl) >= sizeof(np))
+            continue;
+        snprintf(op, sizeof(op), "%s", recs[i]->path);
+        rc = on_rename(d, op, np, now);
+    }
+    free(recs);
+    if (rc < 0)
+        return rc;
+    /* Folder candidates that lived at the old place are gone from there. */
+    for (size_t i = 0; i < d->n_cands;) {
+        struct detect_cand *c = d->cands[i];
+        if (c->layout->folder && (strcmp(c->name, from) == 0 || under(c->name, from))) {
+            if (c->sealed)
+                cand_destroy(d, c);
+            else
+                cand_drop(d, c, "folder renamed before it was sealed");
+            continue;
+        }
+        i++;
+    }
+    return on_dir_seen(d, to, now);
+}
+
+static void on_overflow(struct detect *d, int64_t now)
+{
+    struct drec **recs;
+    size_t n;
+    /* Closes were lost: forget open states and restart quiet periods; the rescan that follows
+     * refills what is there, and writers still at work show up again with MODIFY. */
+    if (collect(d, "", &recs, &n) < 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        rec_set_open(recs[i], false);
+        if (recs[i]->cand == NULL)
+            rec_free(d, recs[i]);
+    }
+    free(recs);
+    for (size_t i = 0; i < d->n_cands; i++)
+        d->cands[i]->last_ms = now;
+}
+
+int detect_feed(struct detect *d, const struct watch_event *ev, int64_t now_ms)
+{
+    const char *path = ev->path != NULL ? ev->path : "";
+
+    if (ev->kind == WATCH_OVERFLOW) {
+        on_overflow(d, now_ms);
+        return 0;
+    }
+    if (ev->kind == WATCH_ERROR)
+        return 0;
+    if (!path_valid(path) || (ev->kind == WATCH_RENAMED && !path_valid(ev->old_path)))
+        return strlen(path) > PATH_MAX_LEN ? -ENAMETOOLONG : -EINVAL;
+    detect_tick(d, now_ms);
+
+    if (ev->is_dir) {
+        switch (ev->kind) {
+        case WATCH_CREATE:
+        case WATCH_SCANNED:
+        case WATCH_MOVED_IN:
+            return on_dir_seen(d, path, now_ms);
+        case WATCH_DELETE:
+        case WATCH_MOVED_OUT:
+            return on_dir_gone(d, path, now_ms);
+        case WATCH_RENAMED:
+            return on_dir_rename(d, ev->old_path, path, now_ms);
+        default:
+            return 0;
+        }
+    }
+    if (path[0] == '\0')
+        return -EINVAL;
+    switch (ev->kind) {
+    case WATCH_CREATE:
+    case WATCH_MODIFY:
+        return on_write(d, path, false, false, now_ms);
+    case WATCH_CLOSE_WRITE:
+        return on_write(d, path, true, false, now_ms);
+    case WATCH_SCANNED:
+        return on_write(d, path, false, true, now_ms);
+    case WATCH_ATTRIB: {
+        /* Unknown: nothing new (a scan found what exists), and after a delete the name is
+         * gone, so it must not come back as a file. */
+        struct drec *r = rec_get(d, path);
+        if (r == NULL)
+            return 0;
+        if (r->cand != NULL && !r->cand->sealed)
+            r->cand->last_ms = now_ms;
+        return 0;
+    }
+    case WATCH_MOVED_IN:
+        return on_rename(d, NULL, path, now_ms);
+    case WATCH_RENAMED:
+        return on_rename(d, ev->old_path, path, now_ms);
+    case WATCH_DELETE:
+    case WATCH_MOVED_OUT: {
+        struct drec *r = rec_get(d, path);
+        if (r != NULL)
+            on_remove(d, r, now_ms);
+        return 0;
+    }
+    default:
+        return 0;
+    }
+}
+
+/* --- time --------------------------------------------------------------------------------- */
+
+int64_t detect_next_deadline_ms(const struct detect *d)
+{
+    int64_t best = -1;
+    for (size_t i = 0; i < d->n_cands; i++) {
+        const struct detect_cand *c = d->cands[i];
+        if (!cand_ready(d, c))
+            continue;
+        int64_t t = c->last_ms + d->cfg.quiet_ms;
+        if (best < 0 || t < best)
+            best = t;
+    }
+    return best;
+}
+
+void detect_tick(struct detect *d, int64_t now_ms)
+{
+    char how[64];
+    snprintf(how, sizeof(how), "%lld ms quiet", (long long)d->cfg.quiet_ms);
+    for (size_t i = 0; i < d->n_cands; i++) {
+        struct detect_cand *c = d->cands[i];
+        if (cand_ready(d, c) && now_ms >= c->last_ms + d->cfg.quiet_ms)
+            cand_seal(d, c, how);
+    }
+}
+
+void detect_seal_all_complete(struct detect *d, int64_t now_ms)
+{
+    detect_tick(d, now_ms);
+    for (size_t i = 0; i < d->n_cands; i++) {
+        struct detect_cand *c = d->cands[i];
+        if (cand_ready(d, c))
+            cand_seal(d, c, "shutdown, quiet period skipped");
+    }
+}
+
+void detect_forget(struct detect *d, uint64_t id)
+{
+    for (size_t i = 0; i < d->n_cands; i++) {
+        if (d->cands[i]->id == id && d->cands[i]->sealed) {
+            cand_destroy(d, d->cands[i]);
+            return;
+        }
+    }
+}
+
+size_t detect_pending(const struct detect *d)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < d->n_cands; i++)
+        n += !d->cands[i]->sealed;
+    return n;
+}
+
+/* --- lifecycle and accessors -------------------------------------------------------------- */
+
+int detect_new(struct detect **ret, const struct detect_config *cfg,
+               const struct detect_callbacks *cbs)
+{
+    struct detect *d = calloc(1, sizeof(*d));
+    if (d == NULL)
+        return -ENOMEM;
+    if (cfg != NULL)
+        d->cfg = *cfg;
+    if (d->cfg.quiet_ms <= 0)
+        d->cfg.quiet_ms = DETECT_DEFAULT_QUIET_MS;
+    if (cbs != NULL)
+        d->cbs = *cbs;
+    *ret = d;
+    return 0;
+}
+
+void detect_free(struct detect *d)
+{
+    if (d == NULL)
+        return;
+    for (size_t i = 0; i < d->files.cap; i++) {
+        struct smap_ent *e = &d->files.e[i];
+        if (e->key != NULL && e->key != &tomb) {
+            struct drec *r = e->val;
+            free(r->path);
+            free(r);
+        }
+    }
+    for (size_t i = 0; i < d->n_cands; i++)
+        cand_free(d->cands[i]);
+    free(d->cands);
+    free(d->files.e);
+    free(d->names.e);
+    free(d);
+}
+
+uint64_t detect_cand_id(const struct detect_cand *c)
+{
+    return c->id;
+}
+
+const char *detect_cand_name(const struct detect_cand *c)
+{
+    return c->name;
+}
+
+const char *detect_cand_dir(const struct detect_cand *c)
+{
+    return c->dir;
+}
+
+const char *detect_cand_layout(const struct detect_cand *c)
+{
+    return c->layout->name;
+}
+
+const char *detect_cand_rule(const struct detect_cand *c)
+{
+    return c->rule;
+}
+
+int64_t detect_cand_step(const struct detect_cand *c)
+{
+    return c->step;
+}
+
+bool detect_cand_sealed(const struct detect_cand *c)
+{
+    return c->sealed;
+}
+
+size_t detect_cand_n_files(const struct detect_cand *c)
+{
+    return c->n_files;
+}
+
+const char *detect_cand_file(const struct detect_cand *c, size_t i)
+{
+    return i < c->n_files ? c->files[i] : NULL;
+}
+
+int detect_cand_source(const struct detect_cand *c, const char *relpath, char *buf, size_t size)
+{
+    int n;
+    if (c->dir_len == 0)
+        n = snprintf(buf, size, "%s", relpath);
+    else
+        n = snprintf(buf, size, "%s/%s", c->dir, relpath);
+    return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
+}

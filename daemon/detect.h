@@ -1,0 +1,75 @@
+/* detect.h - which files form a checkpoint and when it is complete ("sealed").
+ *
+ * Pure logic: fed watch events and the time, it groups files into candidates by layout rules
+ * (a small table in detect.c) and seals each exactly once. No I/O, no uv: the caller owns the one
+ * timer (detect_next_deadline_ms / detect_tick). Single-threaded; run it on the loop thread.
+ * Callbacks run inside detect_feed/tick/seal_all; they must not call back into detect.
+ */
+#ifndef CKPT_DETECT_H
+#define CKPT_DETECT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct detect;
+struct detect_cand;
+struct watch_event;
+
+#define DETECT_MAX_FILES (1 << 20) /* files tracked at once */
+#define DETECT_MAX_CANDS (1 << 16) /* candidates alive at once */
+#define DETECT_DEFAULT_QUIET_MS 1000
+
+struct detect_config {
+    int64_t quiet_ms; /* quiet period after the last event of a candidate; 0 -> default */
+};
+
+/* A candidate pointer is valid during the callback only; keep its id. Relative paths are
+ * relative to detect_cand_dir(). file_added may come again for a relpath already added: the file
+ * was replaced by a rename (new inode), pin it again. */
+struct detect_callbacks {
+    void *ctx;
+    void (*file_added)(void *ctx, const struct detect_cand *c, const char *relpath);
+    void (*file_renamed)(void *ctx, const struct detect_cand *c, const char *from, const char *to);
+    void (*file_removed)(void *ctx, const struct detect_cand *c, const char *relpath);
+    void (*sealed)(void *ctx, const struct detect_cand *c);
+    void (*dropped)(void *ctx, const struct detect_cand *c, const char *why);
+    void (*late_write)(void *ctx, const struct detect_cand *c, const char *relpath);
+};
+
+int detect_new(struct detect **ret, const struct detect_config *cfg,
+               const struct detect_callbacks *cbs);
+void detect_free(struct detect *d);
+
+/* Returns 0, -EINVAL for a path with a leading '/' or a '..' segment, -ENAMETOOLONG, or -ENOSPC
+ * when DETECT_MAX_FILES / DETECT_MAX_CANDS is reached (the event is then ignored). Seals what
+ * was due before now_ms first, so a late timer cannot let an event postpone a due seal. */
+int detect_feed(struct detect *d, const struct watch_event *ev, int64_t now_ms);
+/* Earliest time a candidate may seal, -1 when none can without further events. */
+int64_t detect_next_deadline_ms(const struct detect *d);
+void detect_tick(struct detect *d, int64_t now_ms);
+/* Shutdown: seals every candidate whose layout marker holds and that has no open file, without
+ * waiting for the quiet period. A checkpoint folder without its marker stays unsealed. */
+void detect_seal_all_complete(struct detect *d, int64_t now_ms);
+/* Forgets a sealed candidate (after its push): later writes under its name start a new one. */
+void detect_forget(struct detect *d, uint64_t id);
+/* Unsealed candidates alive now (tests, status). */
+size_t detect_pending(const struct detect *d);
+
+uint64_t detect_cand_id(const struct detect_cand *c);
+/* Root-relative path of the folder or file; "" for the model-root candidate. */
+const char *detect_cand_name(const struct detect_cand *c);
+/* Root-relative directory the relpaths are relative to ("" for the root). */
+const char *detect_cand_dir(const struct detect_cand *c);
+const char *detect_cand_layout(const struct detect_cand *c);
+/* Why it sealed, e.g. "trainer_state.json closed, 1000 ms quiet"; "" before. */
+const char *detect_cand_rule(const struct detect_cand *c);
+int64_t detect_cand_step(const struct detect_cand *c);
+bool detect_cand_sealed(const struct detect_cand *c);
+/* Files, sorted, once sealed (0 before). */
+size_t detect_cand_n_files(const struct detect_cand *c);
+const char *detect_cand_file(const struct detect_cand *c, size_t i);
+/* Writes dir + "/" + relpath (root-relative source path of a file) into buf. */
+int detect_cand_source(const struct detect_cand *c, const char *relpath, char *buf, size_t size);
+
+#endif

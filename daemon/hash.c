@@ -1,0 +1,229 @@
+/* hash.c - file digests on the libuv thread pool, at most max_jobs at a time.
+ *
+ * The loop thread queues jobs and runs completions; hash_work runs on a pool thread and is the
+ * only place file data is read. Reads use pread in HASH_CHUNK pieces and tell the kernel to drop
+ * the pages behind us, so pushing a checkpoint does not evict the training job's page cache.
+ */
+#include "hash.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#define HASH_CHUNK (2u * 1024 * 1024)
+
+struct hash_job {
+    uv_work_t work;
+    struct hash_pool *pool;
+    struct hash_job *next;
+    hash_done_cb cb;
+    void *ctx;
+    int status;
+    struct hash_result res;
+    char path[]; /* flexible: the copied path */
+};
+
+struct hash_pool {
+    uv_loop_t *loop;
+    int max_jobs;
+    int running;
+    size_t queued;
+    struct hash_job *head, *tail;
+};
+
+static void hex(char *dst, const unsigned char *src, size_t n)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        dst[2 * i] = digits[src[i] >> 4];
+        dst[2 * i + 1] = digits[src[i] & 15];
+    }
+    dst[2 * n] = '\0';
+}
+
+/* Pool thread. Returns 0 or a negative errno. */
+static int hash_fd(int fd, struct hash_result *res)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if (!S_ISREG(st.st_mode))
+        return -EINVAL;
+
+    uint64_t size = (uint64_t)st.st_size;
+    int want_sha1 = size <= HASH_GIT_SHA1_MAX;
+    unsigned char *buf = malloc(HASH_CHUNK);
+    EVP_MD_CTX *sha256 = EVP_MD_CTX_new();
+    EVP_MD_CTX *sha1 = want_sha1 ? EVP_MD_CTX_new() : NULL;
+    int r = -ENOMEM;
+    if (buf == NULL || sha256 == NULL || (want_sha1 && sha1 == NULL))
+        goto out;
+    r = -EIO;
+    if (EVP_DigestInit_ex(sha256, EVP_sha256(), NULL) != 1)
+        goto out;
+    if (want_sha1) {
+        char hdr[32];
+        int n = snprintf(hdr, sizeof(hdr), "blob %llu", (unsigned long long)size);
+        /* the header includes its terminating NUL, as git's does */
+        if (EVP_DigestInit_ex(sha1, EVP_sha1(), NULL) != 1 ||
+            EVP_DigestUpdate(sha1, hdr, (size_t)n + 1) != 1)
+            goto out;
+    }
+    (void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+
+    uint64_t off = 0;
+    res->sample_len = 0;
+    while (off < size) {
+        size_t want = size - off < HASH_CHUNK ? (size_t)(size - off) : HASH_CHUNK;
+        ssize_t n = pread(fd, buf, want, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            r = -errno;
+            goto out;
+        }
+        if (n == 0) {
+            r = -EIO; /* the file shrank under us: the digest would not match its size */
+            goto out;
+        }
+        if (res->sample_len < HASH_SAMPLE_MAX) {
+            size_t take = HASH_SAMPLE_MAX - res->sample_len;
+            if (take > (size_t)n)
+                take = (size_t)n;
+            memcpy(res->sample + res->sample_len, buf, take);
+            res->sample_len += take;
+        }
+        if (EVP_DigestUpdate(sha256, buf, (size_t)n) != 1 ||
+            (want_sha1 && EVP_DigestUpdate(sha1, buf, (size_t)n) != 1)) {
+            r = -EIO;
+            goto out;
+        }
+        (void)posix_fadvise(fd, (off_t)off, n, POSIX_FADV_DONTNEED);
+        off += (uint64_t)n;
+    }
+
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    if (EVP_DigestFinal_ex(sha256, md, &mdlen) != 1 || mdlen != 32)
+        goto out;
+    hex(res->sha256, md, 32);
+    res->git_sha1[0] = '\0';
+    if (want_sha1) {
+        if (EVP_DigestFinal_ex(sha1, md, &mdlen) != 1 || mdlen != 20)
+            goto out;
+        hex(res->git_sha1, md, 20);
+    }
+    res->size = size;
+    r = 0;
+out:
+    EVP_MD_CTX_free(sha1);
+    EVP_MD_CTX_free(sha256);
+    free(buf);
+    return r;
+}
+
+static void hash_work(uv_work_t *w)
+{
+    struct hash_job *job = w->data;
+    /* O_NONBLOCK: a FIFO in place of a file must fail, not block a pool thread */
+    int fd = open(job->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) {
+        job->status = -errno;
+        return;
+    }
+    job->status = hash_fd(fd, &job->res);
+    close(fd);
+}
+
+static void hash_pump(struct hash_pool *p);
+
+static void hash_after(uv_work_t *w, int status)
+{
+    struct hash_job *job = w->data;
+    struct hash_pool *p = job->pool;
+    p->running--;
+    if (status == 0)
+        status = job->status;
+    job->cb(job->ctx, status, status == 0 ? &job->res : NULL);
+    free(job);
+    hash_pump(p);
+}
+
+static void hash_pump(struct hash_pool *p)
+{
+    while (p->running < p->max_jobs && p->head != NULL) {
+        struct hash_job *job = p->head;
+        p->head = job->next;
+        if (p->head == NULL)
+            p->tail = NULL;
+        p->queued--;
+        job->work.data = job;
+        int r = uv_queue_work(p->loop, &job->work, hash_work, hash_after);
+        if (r < 0) {
+            /* uv_queue_work fails only on bad arguments; report it rather than lose the job */
+            job->cb(job->ctx, r, NULL);
+            free(job);
+            continue;
+        }
+        p->running++;
+    }
+}
+
+int hash_pool_init(struct hash_pool **ret, uv_loop_t *loop, int max_jobs)
+{
+    struct hash_pool *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return UV_ENOMEM;
+    p->loop = loop;
+    p->max_jobs = max_jobs > 0 ? max_jobs : 2;
+    *ret = p;
+    return 0;
+}
+
+int hash_file(struct hash_pool *p, const char *path, hash_done_cb cb, void *ctx)
+{
+    if (p->queued >= HASH_QUEUE_MAX)
+        return UV_ENOBUFS;
+    size_t len = strlen(path);
+    struct hash_job *job = calloc(1, sizeof(*job) + len + 1);
+    if (job == NULL)
+        return UV_ENOMEM;
+    memcpy(job->path, path, len + 1);
+    job->pool = p;
+    job->cb = cb;
+    job->ctx = ctx;
+    if (p->tail != NULL)
+        p->tail->next = job;
+    else
+        p->head = job;
+    p->tail = job;
+    p->queued++;
+    hash_pump(p);
+    return 0;
+}
+
+uv_loop_t *hash_pool_loop(const struct hash_pool *p)
+{
+    return p->loop;
+}
+
+size_t hash_pool_pending(const struct hash_pool *p)
+{
+    return p->queued + (size_t)p->running;
+}
+
+int hash_pool_free(struct hash_pool *p)
+{
+    if (p == NULL)
+        return 0;
+    if (hash_pool_pending(p) > 0)
+        return UV_EBUSY;
+    free(p);
+    return 0;
+}

@@ -1,0 +1,47 @@
+/* hash.h - SHA-256 (and git blob SHA-1 for small files) of local files on the libuv thread pool.
+ *
+ * Owns a bounded set of hash jobs in flight and a FIFO of waiting ones, so hashing never takes
+ * every pool thread away from uv_fs_* calls. Does not decide what to hash or when. The API is
+ * called on the loop thread; file reading and digesting run on pool threads.
+ */
+#ifndef CKPT_HASH_H
+#define CKPT_HASH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#define HASH_SAMPLE_MAX 512
+/* Files up to this size also get the git blob sha1 (the Hub's oid for regular files). */
+#define HASH_GIT_SHA1_MAX (10u * 1024 * 1024)
+#define HASH_QUEUE_MAX 65536
+
+struct hash_pool;
+
+struct hash_result {
+    uint64_t size;
+    char sha256[65];
+    char git_sha1[41]; /* "" when size > HASH_GIT_SHA1_MAX */
+    unsigned char sample[HASH_SAMPLE_MAX];
+    size_t sample_len;
+};
+
+/* status: 0, or a negative errno (UV_ELOOP for a symlink, UV_EINVAL for a non-regular file,
+ * UV_EIO when the file shrank while being read). res is NULL unless status is 0 and is only
+ * valid during the call. */
+typedef void (*hash_done_cb)(void *ctx, int status, const struct hash_result *res);
+
+/* max_jobs <= 0 means the default, 2. */
+int hash_pool_init(struct hash_pool **ret, uv_loop_t *loop, int max_jobs);
+/* Queues path (copied). Fails at once (no callback) with UV_ENOBUFS when HASH_QUEUE_MAX jobs
+ * wait, or UV_ENOMEM. */
+int hash_file(struct hash_pool *p, const char *path, hash_done_cb cb, void *ctx);
+/* The loop the pool's jobs complete on. */
+uv_loop_t *hash_pool_loop(const struct hash_pool *p);
+/* Jobs queued or running. */
+size_t hash_pool_pending(const struct hash_pool *p);
+/* NULL-safe. Returns UV_EBUSY (and frees nothing) while jobs are pending. */
+int hash_pool_free(struct hash_pool *p);
+
+#endif

@@ -1,0 +1,60 @@
+/* upload.h - push one set of local files to the Hub as one commit.
+ *
+ * Owns the sequence hash -> preupload -> LFS batch -> PUTs -> read regular files -> commit, the
+ * skipping of content already on the Hub, and the progress counters. Does not decide what to
+ * push or when, and does not log the outcome (the caller does). Loop thread only.
+ */
+#ifndef CKPT_UPLOAD_H
+#define CKPT_UPLOAD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+struct hub;
+struct hash_pool;
+struct upload;
+
+#define UPLOAD_FILES_MAX 20000
+#define UPLOAD_REGULAR_BYTES_MAX (128u * 1024 * 1024) /* base64 in one commit body */
+#define UPLOAD_COMMIT_ATTEMPTS 3
+
+struct upload_file {
+    const char *path_in_repo;
+    const char *local_path;
+};
+
+struct upload_progress {
+    uint64_t bytes_total; /* sum of file sizes, known once hashing is done */
+    uint64_t bytes_hashed;
+    uint64_t bytes_sent;    /* LFS bytes handed to the network, minus restarted bodies */
+    uint64_t bytes_to_send; /* LFS bytes the Hub does not have, known after the batch */
+    size_t files_total;
+    size_t files_skipped; /* same content already on the Hub */
+    size_t files_ignored; /* the Hub's .gitignore matched */
+};
+
+struct upload_opts {
+    unsigned max_transfers; /* PUTs (whole files or parts) in flight; 0 -> 4 */
+};
+
+/* err is NULL on success. commit_oid is the new commit, or the current head when nothing
+ * changed (no commit is made then). A cancelled upload reports kind CKPT_ERR_IO with code
+ * UV_ECANCELED. Both pointers are valid only during the call. */
+typedef void (*upload_done_cb)(void *ctx, const struct ckpt_err *err, const char *commit_oid);
+
+/* Copies files[] and the message. Fails at once (no callback) with UV_EINVAL (no files, empty
+ * message, duplicate path_in_repo), UV_E2BIG (more than UPLOAD_FILES_MAX) or UV_ENOMEM. hub and
+ * hashes must outlive the upload. opts may be NULL. */
+int upload_start(struct upload **ret, struct hub *hub, struct hash_pool *hashes,
+                 const struct upload_file *files, size_t n, const char *commit_message,
+                 const struct upload_opts *opts, upload_done_cb cb, void *ctx);
+void upload_get_progress(const struct upload *u, struct upload_progress *ret);
+/* Stops everything in flight; cb runs later with the cancelled error (unless it already ran). */
+void upload_cancel(struct upload *u);
+/* NULL-safe. After cb ran: frees now. Before: cancels, never calls cb, and frees once the work in
+ * flight has drained. */
+void upload_free(struct upload *u);
+
+#endif

@@ -1,0 +1,614 @@
+/* watch.c - recursive inotify read through a uv_poll, with scans for what predates a watch.
+ *
+ * Owns the inotify fd, the wd -> path map and the scan queue; reports root-relative events and
+ * knows nothing of checkpoints. Runs on the loop thread only (see watch.h for the scan budget).
+ */
+#include "watch.h"
+
+#include "err.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdalign.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define WATCH_MASK                                                                                 \
+    (IN_CREATE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE |            \
+     IN_DELETE_SELF | IN_ATTRIB | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK)
+#define READ_BUF 65536
+#define MAX_BATCH (READ_BUF / sizeof(struct inotify_event) + 1) /* + a pending MOVED_FROM */
+#define SCAN_STEPS_IDLE 16   /* directory listings per loop iteration for big scans */
+#define SCAN_STEPS_URGENT 64 /* listings done at once for a directory that just appeared */
+
+struct wdir {
+    int wd;
+    char *path; /* "" for the root */
+};
+
+struct scan_item {
+    struct scan_item *next;
+    char path[];
+};
+
+struct watch {
+    uv_poll_t poll;
+    uv_idle_t idle;
+    int fd;
+    int handles_open;
+    bool closing;
+    bool rescan_all;
+    char *root;
+    char *skip;
+    watch_event_cb cb;
+    void *ctx;
+    watch_closed_cb closed_cb;
+    void *closed_ctx;
+    struct wdir *dirs; /* sorted by wd */
+    size_t n_dirs, cap_dirs;
+    struct scan_item *scan_head, *scan_tail;
+    size_t n_scan;
+    const struct inotify_event **batch;
+    bool *consumed;
+    /* A MOVED_FROM that ended a read, kept for its MOVED_TO in the next read of the drain. */
+    alignas(struct inotify_event) char pending[sizeof(struct inotify_event) + NAME_MAX + 1];
+    bool has_pending;
+};
+
+const char *watch_kind_name(enum watch_kind kind)
+{
+    static const char *const names[] = {
+        [WATCH_CREATE] = "create",
+        [WATCH_MODIFY] = "modify",
+        [WATCH_CLOSE_WRITE] = "close_write",
+        [WATCH_MOVED_IN] = "moved_in",
+        [WATCH_RENAMED] = "renamed",
+        [WATCH_MOVED_OUT] = "moved_out",
+        [WATCH_DELETE] = "delete",
+        [WATCH_ATTRIB] = "attrib",
+        [WATCH_OVERFLOW] = "overflow",
+        [WATCH_SCANNED] = "scanned",
+        [WATCH_ERROR] = "error",
+    };
+    return (unsigned)kind < sizeof(names) / sizeof(names[0]) ? names[kind] : "unknown";
+}
+
+unsigned watch_count(const struct watch *w)
+{
+    return (unsigned)w->n_dirs;
+}
+
+static void emit(struct watch *w, enum watch_kind kind, bool is_dir, const char *path,
+                 const char *old_path)
+{
+    struct watch_event ev = {kind, is_dir, path, old_path, 0, NULL};
+    if (!w->closing)
+        w->cb(w->ctx, &ev);
+}
+
+static void emit_error(struct watch *w, const char *path, int error)
+{
+    char msg[PATH_MAX + 160];
+    struct watch_event ev = {WATCH_ERROR, true, path, NULL, error, msg};
+    if (error == -ENOSPC)
+        snprintf(msg, sizeof(msg),
+                 "cannot watch '%s': inotify watch limit reached, raise "
+                 "fs.inotify.max_user_watches (or %d directories watched)",
+                 path, WATCH_MAX_DIRS);
+    else
+        snprintf(msg, sizeof(msg), "cannot watch '%s': %s", path, strerror(-error));
+    if (!w->closing)
+        w->cb(w->ctx, &ev);
+}
+
+static int join(char *buf, size_t size, const char *dir, const char *name)
+{
+    int n =
+        dir[0] == '\0' ? snprintf(buf, size, "%s", name) : snprintf(buf, size, "%s/%s", dir, name);
+    return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
+}
+
+static bool under_or_at(const char *path, const char *prefix, size_t n)
+{
+    return strncmp(path, prefix, n) == 0 && (path[n] == '\0' || path[n] == '/');
+}
+
+/* --- wd map ------------------------------------------------------------------------------- */
+
+static size_t dirs_lower(const struct watch *w, int wd)
+{
+    size_t lo = 0, hi = w->n_dirs;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (w->dirs[mid].wd < wd)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static struct wdir *dirs_find(struct watch *w, int wd)
+{
+    size_t i = dirs_lower(w, wd);
+    return i < w->n_dirs && w->dirs[i].wd == wd ? &w->dirs[i] : NULL;
+}
+
+static int dirs_set(struct watch *w, int wd, const char *path)
+{
+    size_t i = dirs_lower(w, wd);
+    char *p = strdup(path);
+    if (p == NULL)
+        return -ENOMEM;
+    if (i < w->n_dirs && w->dirs[i].wd == wd) {
+        free(w->dirs[i].path);
+        w->dirs[i].path = p;
+        return 0;
+    }
+    if (w->n_dirs >= WATCH_MAX_DIRS) {
+        free(p);
+        return -ENOSPC;
+    }
+    if (w->n_dirs == w->cap_dirs) {
+        size_t cap = w->cap_dirs == 0 ? 64 : w->cap_dirs * 2;
+        struct wdir *a = realloc(w->dirs, cap * sizeof(*a));
+        if (a == NULL) {
+            free(p);
+            return -ENOMEM;
+        }
+        w->dirs = a;
+        w->cap_dirs = cap;
+    }
+    memmove(&w->dirs[i + 1], &w->dirs[i], (w->n_dirs - i) * sizeof(*w->dirs));
+    w->dirs[i].wd = wd;
+    w->dirs[i].path = p;
+    w->n_dirs++;
+    return 0;
+}
+
+static void dirs_del_at(struct watch *w, size_t i)
+{
+    free(w->dirs[i].path);
+    memmove(&w->dirs[i], &w->dirs[i + 1], (w->n_dirs - i - 1) * sizeof(*w->dirs));
+    w->n_dirs--;
+}
+
+/* Forgets the watches at and under path; rm asks the kernel too (moved out: still alive). */
+static void dirs_drop_subtree(struct watch *w, const char *path, bool rm)
+{
+    size_t n = strlen(path);
+    for (size_t i = 0; i < w->n_dirs;) {
+        if (under_or_at(w->dirs[i].path, path, n)) {
+            if (rm)
+                inotify_rm_watch(w->fd, w->dirs[i].wd);
+            dirs_del_at(w, i);
+            continue;
+        }
+        i++;
+    }
+}
+
+static void dirs_rename_subtree(struct watch *w, const char *from, const char *to)
+{
+    size_t n = strlen(from);
+    char buf[PATH_MAX];
+    for (size_t i = 0; i < w->n_dirs; i++) {
+        if (!under_or_at(w->dirs[i].path, from, n))
+            continue;
+        if ((size_t)snprintf(buf, sizeof(buf), "%s%s", to, w->dirs[i].path + n) >= sizeof(buf))
+            continue;
+        char *p = strdup(buf);
+        if (p == NULL)
+            continue;
+        free(w->dirs[i].path);
+        w->dirs[i].path = p;
+    }
+}
+
+/* --- scans -------------------------------------------------------------------------------- */
+
+static int scan_push(struct watch *w, const char *path, bool front)
+{
+    if (w->n_scan >= WATCH_MAX_DIRS)
+        return -ENOSPC;
+    size_t n = strlen(path) + 1;
+    struct scan_item *it = malloc(sizeof(*it) + n);
+    if (it == NULL)
+        return -ENOMEM;
+    memcpy(it->path, path, n);
+    it->next = NULL;
+    if (w->scan_head == NULL) {
+        w->scan_head = w->scan_tail = it;
+    } else if (front) {
+        it->next = w->scan_head;
+        w->scan_head = it;
+    } else {
+        w->scan_tail->next = it;
+        w->scan_tail = it;
+    }
+    w->n_scan++;
+    return 0;
+}
+
+/* Watch first, then list: whatever appears after the watch is an event, whatever was there
+ * before is in the listing; the overlap is harmless (consumers treat scans as idempotent). */
+static void scan_one(struct watch *w, const char *rel, bool urgent)
+{
+    char abs[PATH_MAX], child[PATH_MAX];
+    struct dirent *de;
+    int wd, dfd, rc;
+    DIR *dir;
+
+    if (rel[0] == '\0')
+        snprintf(abs, sizeof(abs), "%s", w->root);
+    else if (join(abs, sizeof(abs), w->root, rel) < 0)
+        return;
+    wd = inotify_add_watch(w->fd, abs, WATCH_MASK);
+    if (wd < 0) {
+        rc = -errno;
+        if (rc != -ENOENT && rc != -ENOTDIR && rc != -ELOOP)
+            emit_error(w, rel, rc);
+        return;
+    }
+    rc = dirs_set(w, wd, rel);
+    if (rc < 0) {
+        inotify_rm_watch(w->fd, wd);
+        emit_error(w, rel, rc);
+        return;
+    }
+    dfd = open(abs, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (dfd < 0)
+        return; /* gone meanwhile: its IN_IGNORED drops the watch */
+    dir = fdopendir(dfd);
+    if (dir == NULL) {
+        close(dfd);
+        return;
+    }
+    while (!w->closing && (de = readdir(dir)) != NULL) {
+        unsigned char type = de->d_type;
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        if (rel[0] == '\0' && w->skip != NULL && strcmp(de->d_name, w->skip) == 0)
+            continue;
+        if (join(child, sizeof(child), rel, de->d_name) < 0)
+            continue;
+        if (type == DT_UNKNOWN) {
+            struct stat st;
+            if (fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                continue;
+            type = S_ISDIR(st.st_mode) ? DT_DIR : S_ISREG(st.st_mode) ? DT_REG : DT_UNKNOWN;
+        }
+        if (type == DT_DIR) {
+            emit(w, WATCH_SCANNED, true, child, NULL);
+            rc = scan_push(w, child, urgent);
+            if (rc < 0)
+                emit_error(w, child, rc);
+        } else if (type == DT_REG) {
+            emit(w, WATCH_SCANNED, false, child, NULL);
+        }
+    }
+    closedir(dir);
+}
+
+static void on_idle(uv_idle_t *h);
+
+static void idle_kick(struct watch *w)
+{
+    if (w->scan_head != NULL && !w->closing)
+        uv_idle_start(&w->idle, on_idle);
+}
+
+static void scan_run(struct watch *w, int steps, bool urgent)
+{
+    while (steps-- > 0 && w->scan_head != NULL && !w->closing) {
+        struct scan_item *it = w->scan_head;
+        w->scan_head = it->next;
+        if (w->scan_head == NULL)
+            w->scan_tail = NULL;
+        w->n_scan--;
+        scan_one(w, it->path, urgent);
+        free(it);
+    }
+    idle_kick(w);
+}
+
+static void on_idle(uv_idle_t *h)
+{
+    struct watch *w = h->data;
+    scan_run(w, SCAN_STEPS_IDLE, false);
+    if (w->scan_head == NULL || w->closing)
+        uv_idle_stop(&w->idle);
+}
+
+/* A directory appeared (created, moved in, renamed): watch and list it now, and its subdirs
+ * ahead of any background scan, so a tree made by mkdir -p is caught up at once. */
+static void scan_now(struct watch *w, const char *rel)
+{
+    scan_one(w, rel, true);
+    scan_run(w, SCAN_STEPS_URGENT, true);
+}
+
+/* --- reading ------------------------------------------------------------------------------ */
+
+static void process_batch(struct watch *w, const char *buf, size_t len)
+{
+    size_t n = 0;
+    char from[PATH_MAX], to[PATH_MAX];
+    const struct inotify_event *pending = (const struct inotify_event *)w->pending;
+
+    if (w->has_pending) {
+        w->has_pending = false;
+        w->batch[n] = pending;
+        w->consumed[n] = false;
+        n++;
+    }
+    for (size_t off = 0; off + sizeof(struct inotify_event) <= len && n < MAX_BATCH;) {
+        const struct inotify_event *ev = (const struct inotify_event *)(buf + off);
+        w->batch[n] = ev;
+        w->consumed[n] = false;
+        n++;
+        off += sizeof(*ev) + ev->len;
+    }
+    for (size_t i = 0; i < n && !w->closing; i++) {
+        const struct inotify_event *ev = w->batch[i];
+        bool is_dir = (ev->mask & IN_ISDIR) != 0;
+        struct wdir *d;
+
+        if (w->consumed[i])
+            continue;
+        if (ev->mask & IN_Q_OVERFLOW) {
+            emit(w, WATCH_OVERFLOW, false, "", NULL);
+            w->rescan_all = true;
+            continue;
+        }
+        d = dirs_find(w, ev->wd);
+        if (d == NULL)
+            continue; /* dropped already (moved out, deleted) */
+        if (ev->mask & IN_IGNORED) {
+            dirs_del_at(w, (size_t)(d - w->dirs));
+            continue;
+        }
+        if (ev->mask & IN_DELETE_SELF) {
+            /* The parent reports the delete; only the root has no parent here. */
+            if (d->path[0] == '\0')
+                emit(w, WATCH_DELETE, true, "", NULL);
+            continue;
+        }
+        if (ev->len == 0 || ev->name[0] == '\0')
+            continue;
+        if (d->path[0] == '\0' && w->skip != NULL && strcmp(ev->name, w->skip) == 0)
+            continue;
+        if (join(from, sizeof(from), d->path, ev->name) < 0)
+            continue;
+
+        if (ev->mask & IN_CREATE) {
+            emit(w, WATCH_CREATE, is_dir, from, NULL);
+            if (is_dir)
+                scan_now(w, from);
+        }
+        if (ev->mask & IN_MODIFY)
+            emit(w, WATCH_MODIFY, is_dir, from, NULL);
+        if (ev->mask & IN_ATTRIB)
+            emit(w, WATCH_ATTRIB, is_dir, from, NULL);
+        if (ev->mask & IN_CLOSE_WRITE)
+            emit(w, WATCH_CLOSE_WRITE, is_dir, from, NULL);
+        if (ev->mask & IN_DELETE) {
+            if (is_dir)
+                dirs_drop_subtree(w, from, false);
+            emit(w, WATCH_DELETE, is_dir, from, NULL);
+        }
+        if (ev->mask & IN_MOVED_FROM) {
+            struct wdir *dd = NULL;
+            size_t j;
+            for (j = i + 1; j < n && ev->cookie != 0; j++) {
+                const struct inotify_event *e2 = w->batch[j];
+                if ((e2->mask & IN_MOVED_TO) && e2->cookie == ev->cookie && !w->consumed[j]) {
+                    dd = dirs_find(w, e2->wd);
+                    break;
+                }
+            }
+            if (j >= n && i == n - 1 && ev != pending && ev->cookie != 0 &&
+                sizeof(*ev) + ev->len <= sizeof(w->pending) && buf != NULL) {
+                memcpy(w->pending, ev, sizeof(*ev) + ev->len);
+                w->has_pending = true;
+                continue;
+            }
+            if (dd != NULL) {
+                w->consumed[j] = true;
+                /* Into the staging dir is out of the tree, like anywhere unwatched. */
+                if ((dd->path[0] == '\0' && w->skip != NULL &&
+                     strcmp(w->batch[j]->name, w->skip) == 0) ||
+                    join(to, sizeof(to), dd->path, w->batch[j]->name) < 0)
+                    dd = NULL;
+            }
+            if (dd != NULL) {
+                emit(w, WATCH_RENAMED, is_dir, to, from);
+                if (is_dir) {
+                    dirs_rename_subtree(w, from, to);
+                    scan_now(w, to);
+                }
+            } else {
+                if (is_dir)
+                    dirs_drop_subtree(w, from, true);
+                emit(w, WATCH_MOVED_OUT, is_dir, from, NULL);
+            }
+        }
+        if (ev->mask & IN_MOVED_TO) {
+            emit(w, WATCH_MOVED_IN, is_dir, from, NULL);
+            if (is_dir)
+                scan_now(w, from);
+        }
+    }
+}
+
+static void on_readable(uv_poll_t *h, int status, int events)
+{
+    struct watch *w = h->data;
+    alignas(struct inotify_event) char buf[READ_BUF];
+
+    (void)events;
+    if (w->closing)
+        return;
+    if (status < 0) {
+        emit_error(w, "", status);
+        return;
+    }
+    for (;;) {
+        ssize_t n = read(w->fd, buf, sizeof(buf));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN)
+                emit_error(w, "", -errno);
+            break;
+        }
+        if (n == 0)
+            break;
+        process_batch(w, buf, (size_t)n);
+        if (w->closing)
+            return;
+    }
+    if (w->has_pending)
+        process_batch(w, NULL, 0); /* its MOVED_TO never came: moved out */
+    if (w->rescan_all) {
+        w->rescan_all = false;
+        if (scan_push(w, "", false) == 0)
+            idle_kick(w);
+    }
+    idle_kick(w);
+}
+
+/* --- lifecycle ---------------------------------------------------------------------------- */
+
+static void watch_free(struct watch *w)
+{
+    if (w->fd >= 0)
+        close(w->fd);
+    for (size_t i = 0; i < w->n_dirs; i++)
+        free(w->dirs[i].path);
+    while (w->scan_head != NULL) {
+        struct scan_item *it = w->scan_head;
+        w->scan_head = it->next;
+        free(it);
+    }
+    free(w->dirs);
+    free(w->batch);
+    free(w->consumed);
+    free(w->root);
+    free(w->skip);
+    free(w);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct watch *w = h->data;
+    if (--w->handles_open > 0)
+        return;
+    watch_closed_cb cb = w->closed_cb;
+    void *ctx = w->closed_ctx;
+    watch_free(w);
+    if (cb != NULL)
+        cb(ctx);
+}
+
+void watch_close(struct watch *w, watch_closed_cb closed_cb, void *ctx)
+{
+    if (w == NULL || w->closing)
+        return;
+    w->closing = true;
+    w->closed_cb = closed_cb;
+    w->closed_ctx = ctx;
+    uv_close((uv_handle_t *)&w->poll, on_handle_closed);
+    uv_close((uv_handle_t *)&w->idle, on_handle_closed);
+}
+
+static int start_error(struct ckpt_err *err, const char *root, int code)
+{
+    if (code == -ENOSPC)
+        return ckpt_err_set(err, CKPT_ERR_IO, code,
+                            "cannot watch '%s': inotify watch limit reached, raise "
+                            "fs.inotify.max_user_watches",
+                            root);
+    if (code == -EMFILE)
+        return ckpt_err_set(err, CKPT_ERR_IO, code,
+                            "cannot create an inotify instance: limit reached, raise "
+                            "fs.inotify.max_user_instances");
+    return ckpt_err_set(err, CKPT_ERR_IO, code, "cannot watch '%s': %s", root, strerror(-code));
+}
+
+int watch_start(struct watch **ret, struct uv_loop_s *loop, const char *root, const char *skip_name,
+                watch_event_cb cb, void *ctx, struct ckpt_err *err)
+{
+    struct watch *w;
+    int rc, wd;
+
+    if (root == NULL || root[0] == '\0' || cb == NULL)
+        return ckpt_err_set(err, CKPT_ERR_INPUT, -EINVAL, "watch root missing");
+    if (strlen(root) >= PATH_MAX - 256)
+        return start_error(err, root, -ENAMETOOLONG);
+    w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return -ENOMEM;
+    w->fd = -1;
+    w->cb = cb;
+    w->ctx = ctx;
+    w->root = strdup(root);
+    w->skip = skip_name != NULL && skip_name[0] != '\0' ? strdup(skip_name) : NULL;
+    w->batch = calloc(MAX_BATCH, sizeof(*w->batch));
+    w->consumed = calloc(MAX_BATCH, sizeof(*w->consumed));
+    if (w->root == NULL || w->batch == NULL || w->consumed == NULL ||
+        (skip_name != NULL && skip_name[0] != '\0' && w->skip == NULL)) {
+        rc = -ENOMEM;
+        goto error;
+    }
+    /* "dir/" and "dir" are the same root; keep joins free of "//". */
+    for (size_t n = strlen(w->root); n > 1 && w->root[n - 1] == '/'; n--)
+        w->root[n - 1] = '\0';
+
+    w->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (w->fd < 0) {
+        rc = start_error(err, root, -errno);
+        goto error;
+    }
+    wd = inotify_add_watch(w->fd, w->root, WATCH_MASK);
+    if (wd < 0) {
+        rc = start_error(err, root, -errno);
+        goto error;
+    }
+    rc = dirs_set(w, wd, "");
+    if (rc < 0)
+        goto error;
+    rc = scan_push(w, "", false);
+    if (rc < 0)
+        goto error;
+    rc = uv_poll_init(loop, &w->poll, w->fd);
+    if (rc < 0) {
+        start_error(err, root, rc);
+        goto error;
+    }
+    /* From here on the handles exist: failures go through uv_close. */
+    w->poll.data = w;
+    uv_idle_init(loop, &w->idle);
+    w->idle.data = w;
+    w->handles_open = 2;
+    rc = uv_poll_start(&w->poll, UV_READABLE, on_readable);
+    if (rc < 0) {
+        start_error(err, root, rc);
+        watch_close(w, NULL, NULL);
+        return rc;
+    }
+    idle_kick(w);
+    *ret = w;
+    return 0;
+
+error:
+    watch_free(w);
+    return rc;
+}

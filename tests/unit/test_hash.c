@@ -1,0 +1,112 @@
+/* test_hash.c - hash.c against known vectors, `openssl dgst` and `git hash-object`. */
+#include "hash.h"
+
+#include "testutil.h"
+
+struct expect {
+    const char *path;
+    int status;
+    struct hash_result res;
+    int done;
+};
+
+static int n_done;
+
+static void on_hash(void *ctx, int status, const struct hash_result *res)
+{
+    struct expect *e = ctx;
+    e->status = status;
+    if (res != NULL)
+        e->res = *res;
+    CHECK((status == 0) == (res != NULL));
+    e->done = 1;
+    n_done++;
+}
+
+int main(void)
+{
+    char dir[512], path[16][600], cmd[1400], line[256];
+    test_mkdtemp(dir, sizeof(dir));
+    uv_loop_t loop;
+    REQUIRE(uv_loop_init(&loop) == 0);
+    struct hash_pool *pool;
+    REQUIRE(hash_pool_init(&pool, &loop, 2) == 0);
+
+    snprintf(path[0], sizeof(path[0]), "%s/abc", dir);
+    test_write_file(path[0], "abc", 3);
+    snprintf(path[1], sizeof(path[1]), "%s/empty", dir);
+    test_write_file(path[1], "", 0);
+    snprintf(path[2], sizeof(path[2]), "%s/random5m", dir);
+    test_random_file(path[2], 5 * 1024 * 1024 + 7, 1);
+    snprintf(path[3], sizeof(path[3]), "%s/random11m", dir);
+    test_random_file(path[3], 11 * 1024 * 1024, 2);
+    snprintf(path[4], sizeof(path[4]), "%s/link", dir);
+    REQUIRE(symlink(path[0], path[4]) == 0);
+    snprintf(path[5], sizeof(path[5]), "%s/missing", dir);
+    snprintf(path[6], sizeof(path[6]), "%s", dir); /* a directory */
+    snprintf(path[7], sizeof(path[7]), "%s/fifo", dir);
+    REQUIRE(mkfifo(path[7], 0600) == 0);
+    int n_paths = 8;
+    /* more jobs than the pool runs at once: the FIFO queue must drain them all */
+    for (int i = 8; i < 16; i++) {
+        snprintf(path[i], sizeof(path[i]), "%s/q%d", dir, i);
+        test_random_file(path[i], 300000 + (size_t)i, (unsigned)i);
+        n_paths++;
+    }
+
+    struct expect ex[16];
+    memset(ex, 0, sizeof(ex));
+    for (int i = 0; i < n_paths; i++) {
+        ex[i].path = path[i];
+        REQUIRE(hash_file(pool, path[i], on_hash, &ex[i]) == 0);
+    }
+    CHECK(hash_pool_pending(pool) == (size_t)n_paths);
+    CHECK(hash_pool_free(pool) == UV_EBUSY);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(n_done == n_paths);
+    CHECK(hash_pool_pending(pool) == 0);
+
+    CHECK(ex[0].status == 0);
+    CHECK(ex[0].res.size == 3);
+    CHECK(strcmp(ex[0].res.sha256,
+                 "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad") == 0);
+    CHECK(strcmp(ex[0].res.git_sha1, "f2ba8f84ab5c1bce84a7b441cb1959cfc7093b7f") == 0);
+    CHECK(ex[0].res.sample_len == 3 && memcmp(ex[0].res.sample, "abc", 3) == 0);
+
+    CHECK(ex[1].status == 0 && ex[1].res.size == 0 && ex[1].res.sample_len == 0);
+    CHECK(strcmp(ex[1].res.sha256,
+                 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855") == 0);
+    CHECK(strcmp(ex[1].res.git_sha1, "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391") == 0);
+
+    for (int i = 2; i < n_paths; i++) {
+        if (i >= 4 && i < 8)
+            continue;
+        CHECK(ex[i].status == 0);
+        snprintf(cmd, sizeof(cmd), "openssl dgst -sha256 -r '%s'", path[i]);
+        test_command_line(cmd, line, sizeof(line));
+        line[64] = '\0';
+        CHECK(strcmp(ex[i].res.sha256, line) == 0);
+        struct stat st;
+        REQUIRE(stat(path[i], &st) == 0);
+        CHECK(ex[i].res.size == (uint64_t)st.st_size);
+        CHECK(ex[i].res.sample_len == 512);
+        if (i == 3) {
+            CHECK(ex[i].res.git_sha1[0] == '\0'); /* above 10 MiB */
+        } else {
+            snprintf(cmd, sizeof(cmd), "git hash-object --no-filters '%s'", path[i]);
+            test_command_line(cmd, line, sizeof(line));
+            CHECK(strcmp(ex[i].res.git_sha1, line) == 0);
+        }
+    }
+    CHECK(ex[4].status == UV_ELOOP);
+    CHECK(ex[5].status == UV_ENOENT);
+    CHECK(ex[6].status == UV_EINVAL);
+    CHECK(ex[7].status == UV_EINVAL);
+
+    CHECK(hash_pool_free(pool) == 0);
+    test_close_loop(&loop);
+    test_rm_rf(dir);
+    if (test_failures == 0)
+        printf("test_hash: ok\n");
+    return test_failures == 0 ? 0 : 1;
+}

@@ -1,0 +1,475 @@
+/* test_hub.c - hub.c's requests and its handling of hostile or broken answers.
+ *
+ * A canned-answer server (tests/unit/http_echo.py, /hub/ prefix: also exercises an endpoint
+ * with a path prefix) gives each reply; the test checks what hub.c sent and what it made of the
+ * answer: parsed outputs, or a ckpt_err of the right kind, never a crash, never the token.
+ */
+#include "http.h"
+#include "hub.h"
+
+#include "testutil.h"
+
+#define TOKEN "hf_hub_test_token_0123456789"
+#define HEAD1 "0123456789abcdef0123456789abcdef01234567"
+#define SHA_A "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+#define SHA_B "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+
+static uv_loop_t loop;
+static struct http *http;
+static struct hub *hub;
+static struct test_hub srv;
+
+struct res {
+    int done;
+    int ok;
+    struct ckpt_err err;
+    char str[256];
+};
+
+static void on_done(void *ctx, const struct ckpt_err *err)
+{
+    struct res *r = ctx;
+    r->done = 1;
+    r->ok = err == NULL;
+    if (err != NULL)
+        r->err = *err;
+}
+
+static void on_str(void *ctx, const struct ckpt_err *err, const char *s)
+{
+    on_done(ctx, err);
+    snprintf(((struct res *)ctx)->str, sizeof(((struct res *)ctx)->str), "%s", s ? s : "");
+}
+
+static void wait_res(struct res *r)
+{
+    test_run_until(&loop, &r->done);
+    CHECK(strstr(r->err.msg, TOKEN) == NULL);
+}
+
+/* Queues one answer: status, a JSON object of headers (NULL: JSON content type), body. */
+static void canned(int status, const char *headers, const char *body)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "status", status);
+    cJSON_AddItemToObject(j, "headers",
+                          cJSON_Parse(headers ? headers
+                                              : "{\"Content-Type\":"
+                                                "\"application/json\"}"));
+    cJSON_AddStringToObject(j, "body", body);
+    char *s = cJSON_PrintUnformatted(j);
+    char url[256];
+    struct test_buf b;
+    snprintf(url, sizeof(url), "%s/_canned", srv.endpoint);
+    REQUIRE(test_http("POST", url, NULL, s, &b) == 200);
+    free(b.p);
+    free(s);
+    cJSON_Delete(j);
+}
+
+/* The last request hub.c sent (free with cJSON_Delete). */
+static cJSON *last(void)
+{
+    char url[256];
+    struct test_buf b;
+    snprintf(url, sizeof(url), "%s/_last", srv.endpoint);
+    REQUIRE(test_http("GET", url, NULL, NULL, &b) == 200);
+    cJSON *j = cJSON_Parse(b.p);
+    free(b.p);
+    return j;
+}
+
+static const char *jpath(const cJSON *j, const char *a, const char *b)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, a);
+    if (b != NULL)
+        v = cJSON_GetObjectItemCaseSensitive(v, b);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+static void preupload_case(const char *answer, enum ckpt_err_kind want, const char *hint,
+                           struct hub_preupload_file *f, size_t n)
+{
+    struct res r = {0};
+    canned(200, NULL, answer);
+    REQUIRE(hub_preupload(hub, f, n, on_str, &r, NULL) == 0);
+    wait_res(&r);
+    if (want == CKPT_ERR_NONE) {
+        CHECK(r.ok);
+    } else {
+        CHECK(!r.ok && r.err.kind == want);
+        if (hint != NULL && strstr(r.err.msg, hint) == NULL) {
+            fprintf(stderr, "message '%s' lacks '%s'\n", r.err.msg, hint);
+            test_failures++;
+        }
+    }
+}
+
+static void batch_case(const char *answer, enum ckpt_err_kind want, const char *hint,
+                       struct hub_lfs_object *o, size_t n)
+{
+    struct res r = {0};
+    canned(200, NULL, answer);
+    REQUIRE(hub_lfs_batch(hub, o, n, on_done, &r, NULL) == 0);
+    wait_res(&r);
+    if (want == CKPT_ERR_NONE) {
+        CHECK(r.ok);
+        if (!r.ok)
+            fprintf(stderr, "batch: %s\n", r.err.msg);
+    } else {
+        CHECK(!r.ok && r.err.kind == want);
+        if (hint != NULL && strstr(r.err.msg, hint) == NULL) {
+            fprintf(stderr, "message '%s' lacks '%s'\n", r.err.msg, hint);
+            test_failures++;
+        }
+    }
+}
+
+static void on_closed(void *ctx)
+{
+    *(int *)ctx = 1;
+}
+
+static void test_repo_ids(void)
+{
+    struct ckpt_err e;
+    CHECK(hub_validate_repo_id("alice/model-1.v2_x", &e) == 0);
+    const char *bad[] = {
+        "alice",  "a/b/c",    "../x",       "alice/--x",           "alice/x.", "", "/x",
+        "alice/", "al ice/x", "alice/a..b", "alice/x\n'; rm -rf /"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ckpt_err_clear(&e);
+        CHECK(hub_validate_repo_id(bad[i], &e) < 0);
+        CHECK(e.kind == CKPT_ERR_INPUT && strncmp(e.msg, "invalid repo id '", 17) == 0);
+        CHECK(strchr(e.msg, '\n') == NULL);
+    }
+    struct hub *h2;
+    struct hub_config cfg = {.endpoint = "ftp://x", .repo_id = "a/b"};
+    CHECK(hub_init(&h2, http, &cfg, &e) == UV_EINVAL && e.kind == CKPT_ERR_INPUT);
+    cfg.endpoint = "http://x";
+    cfg.repo_id = "a/../b";
+    CHECK(hub_init(&h2, http, &cfg, &e) == UV_EINVAL && strstr(e.msg, "a/../b") != NULL);
+    cfg.repo_id = "a/b";
+    cfg.repo_type = "bucket";
+    CHECK(hub_init(&h2, http, &cfg, &e) == UV_EINVAL);
+}
+
+int main(void)
+{
+    char dir[512], endpoint[300];
+    test_mkdtemp(dir, sizeof(dir));
+    test_echo_start(&srv, dir);
+    REQUIRE(uv_loop_init(&loop) == 0);
+    struct http_opts opts = {.backoff_base_ms = 20, .backoff_cap_ms = 40, .max_attempts = 2};
+    REQUIRE(http_init(&http, &loop, &opts) == 0);
+    test_repo_ids();
+
+    snprintf(endpoint, sizeof(endpoint), "%s/hub///", srv.endpoint);
+    struct hub_config cfg = {.endpoint = endpoint,
+                             .token = TOKEN,
+                             .repo_id = "alice/m",
+                             .revision = "refs/pr/1",
+                             .private_repo = true};
+    struct ckpt_err e;
+    REQUIRE(hub_init(&hub, http, &cfg, &e) == 0);
+    CHECK(strcmp(hub_endpoint(hub), srv.endpoint) > 0 &&
+          strcmp(hub_endpoint(hub) + strlen(srv.endpoint), "/hub") == 0);
+    struct res r;
+    cJSON *j;
+
+    /* whoami */
+    memset(&r, 0, sizeof(r));
+    canned(200, NULL, "{\"name\":\"alice\",\"auth\":{}}");
+    REQUIRE(hub_whoami(hub, on_str, &r, NULL) == 0);
+    wait_res(&r);
+    CHECK(r.ok && strcmp(r.str, "alice") == 0);
+    j = last();
+    CHECK(strcmp(jpath(j, "path", NULL), "/hub/api/whoami-v2") == 0);
+    CHECK(strcmp(jpath(j, "headers", "authorization"), "Bearer " TOKEN) == 0);
+    CHECK(strncmp(jpath(j, "headers", "user-agent"), "ckptpush/", 9) == 0);
+    cJSON_Delete(j);
+    memset(&r, 0, sizeof(r));
+    canned(200, NULL, "{\"name\":17}");
+    REQUIRE(hub_whoami(hub, on_str, &r, NULL) == 0);
+    wait_res(&r);
+    CHECK(!r.ok && r.err.kind == CKPT_ERR_PROTOCOL);
+
+    /* create repo: 409 is fine; the body asks for a private model */
+    memset(&r, 0, sizeof(r));
+    canned(409, NULL, "{\"error\":\"You already created this model repo\"}");
+    REQUIRE(hub_ensure_repo(hub, on_done, &r, NULL) == 0);
+    wait_res(&r);
+    CHECK(r.ok);
+    j = last();
+    cJSON *body = cJSON_Parse(jpath(j, "body", NULL));
+    CHECK(strcmp(jpath(body, "name", NULL), "m") == 0);
+    CHECK(strcmp(jpath(body, "organization", NULL), "alice") == 0);
+    CHECK(strcmp(jpath(body, "visibility", NULL), "private") == 0);
+    CHECK(strcmp(jpath(body, "type", NULL), "model") == 0);
+    cJSON_Delete(body);
+    cJSON_Delete(j);
+
+    /* error mapping; a server echoing the token never gets it into a message */
+    struct {
+        int status;
+        const char *headers, *body;
+        enum ckpt_err_kind kind;
+        const char *hint;
+    } errs[] = {
+        {401, NULL, "{\"error\":\"Invalid credentials: " TOKEN "\"}", CKPT_ERR_AUTH, "alice/m"},
+        {403, NULL, "{\"error\":\"forbidden\"}", CKPT_ERR_AUTH, "token"},
+        {404, "{\"X-Error-Code\":\"RepoNotFound\"}", "{}", CKPT_ERR_NOT_FOUND, "alice/m"},
+        {404, "{\"X-Error-Code\":\"RevisionNotFound\",\"X-Error-Message\":\"Invalid rev id\"}",
+         "{}", CKPT_ERR_NOT_FOUND, "refs/pr/1"},
+        {412, NULL, "{\"error\":\"The branch was updated\"}", CKPT_ERR_CONFLICT, "branch"},
+        {422, NULL, "{\"error\":[\"Invalid path '..\\\\x'\"]}", CKPT_ERR_REJECTED, "Invalid path"},
+        {413, NULL, "{\"errors\":[{\"message\":\"too many files\"}]}", CKPT_ERR_REJECTED,
+         "too many files"},
+        {400, "{\"Content-Type\":\"text/plain\"}", "plain words", CKPT_ERR_REJECTED, "plain"},
+        {302, NULL, "{}", CKPT_ERR_PROTOCOL, "302"},
+    };
+    for (size_t i = 0; i < sizeof(errs) / sizeof(errs[0]); i++) {
+        memset(&r, 0, sizeof(r));
+        canned(errs[i].status, errs[i].headers, errs[i].body);
+        REQUIRE(hub_get_head(hub, on_str, &r, NULL) == 0);
+        wait_res(&r);
+        CHECK(!r.ok && r.err.kind == errs[i].kind && r.err.code == errs[i].status);
+        if (strstr(r.err.msg, errs[i].hint) == NULL) {
+            fprintf(stderr, "HTTP %d: message '%s' lacks '%s'\n", errs[i].status, r.err.msg,
+                    errs[i].hint);
+            test_failures++;
+        }
+    }
+    /* 5xx is retried (2 attempts here), then a server error */
+    memset(&r, 0, sizeof(r));
+    canned(500, NULL, "{\"error\":\"boom\"}");
+    canned(503, NULL, "{\"error\":\"still boom\"}");
+    REQUIRE(hub_get_head(hub, on_str, &r, NULL) == 0);
+    wait_res(&r);
+    CHECK(!r.ok && r.err.kind == CKPT_ERR_SERVER && strstr(r.err.msg, "still boom") != NULL);
+    /* head: revision percent-encoded as one segment */
+    memset(&r, 0, sizeof(r));
+    canned(200, NULL, "{\"sha\":\"" HEAD1 "\"}");
+    REQUIRE(hub_get_head(hub, on_str, &r, NULL) == 0);
+    wait_res(&r);
+    CHECK(r.ok && strcmp(r.str, HEAD1) == 0);
+    j = last();
+    CHECK(strcmp(jpath(j, "path", NULL), "/hub/api/models/alice/m/revision/refs%2Fpr%2F1") == 0);
+    cJSON_Delete(j);
+
+    /* preupload: the request, then every kind of broken answer */
+    struct hub_preupload_file f[2] = {
+        {.path = "a/model.safetensors",
+         .size = 100,
+         .sample = (const unsigned char *)"abc",
+         .sample_len = 3},
+        {.path = "a/empty.bin", .size = 0, .sample = (const unsigned char *)"", .sample_len = 0},
+    };
+    preupload_case("{\"files\":[{\"path\":\"a/model.safetensors\",\"uploadMode\":\"lfs\","
+                   "\"shouldIgnore\":false,\"oid\":\"" SHA_A "\"},{\"path\":\"a/empty.bin\","
+                   "\"uploadMode\":\"lfs\",\"shouldIgnore\":true}],\"commitOid\":\"" HEAD1 "\"}",
+                   CKPT_ERR_NONE, NULL, f, 2);
+    CHECK(f[0].mode == HUB_MODE_LFS && strcmp(f[0].remote_oid, SHA_A) == 0);
+    CHECK(!f[0].should_ignore);
+    CHECK(f[1].mode == HUB_MODE_REGULAR && f[1].should_ignore && f[1].remote_oid[0] == '\0');
+    j = last();
+    CHECK(strcmp(jpath(j, "path", NULL), "/hub/api/models/alice/m/preupload/refs%2Fpr%2F1") == 0);
+    body = cJSON_Parse(jpath(j, "body", NULL));
+    cJSON *files = cJSON_GetObjectItemCaseSensitive(body, "files");
+    CHECK(cJSON_GetArraySize(files) == 2);
+    CHECK(strcmp(jpath(cJSON_GetArrayItem(files, 0), "sample", NULL), "YWJj") == 0);
+    CHECK(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(files, 0), "size")->valuedouble ==
+          100);
+    cJSON_Delete(body);
+    cJSON_Delete(j);
+    const char *ok_tail = "],\"commitOid\":\"" HEAD1 "\"}";
+    char ans[1024];
+    struct {
+        const char *files;
+        const char *hint;
+    } bad_pre[] = {
+        {"\"files\":\"x\"", "'files'"},
+        {"\"files\":[{\"path\":\"a/model.safetensors\"}", "uploadMode"},
+        {"\"files\":[{\"path\":\"a/model.safetensors\",\"uploadMode\":\"xet\"}", "uploadMode"},
+        {"\"files\":[{\"path\":\"a/model.safetensors\",\"uploadMode\":\"lfs\",\"shouldIgnore\":"
+         "\"no\"}",
+         "shouldIgnore"},
+        {"\"files\":[{\"path\":\"a/model.safetensors\",\"uploadMode\":\"lfs\",\"oid\":5}", "oid"},
+        {"\"files\":[{\"path\":7,\"uploadMode\":\"lfs\"}", "path"},
+        {"\"files\":[{\"path\":\"a/model.safetensors\",\"uploadMode\":\"lfs\"}", "missing"},
+    };
+    for (size_t i = 0; i < sizeof(bad_pre) / sizeof(bad_pre[0]); i++) {
+        snprintf(ans, sizeof(ans), "{%s%s", bad_pre[i].files,
+                 strchr(bad_pre[i].files, '[') ? ok_tail : ",\"commitOid\":\"" HEAD1 "\"}");
+        preupload_case(ans, CKPT_ERR_PROTOCOL, bad_pre[i].hint, f, 2);
+    }
+    preupload_case(
+        "{\"files\":[{\"path\":\"a/model.safetensors\",\"uploadMode\":\"lfs\"},{\"path\":"
+        "\"a/empty.bin\",\"uploadMode\":\"regular\"}]}",
+        CKPT_ERR_PROTOCOL, "commitOid", f, 2);
+    preupload_case("<html>oops</html>", CKPT_ERR_PROTOCOL, "JSON", f, 2);
+    preupload_case("[1,2,3]", CKPT_ERR_PROTOCOL, "JSON", f, 2);
+
+    /* LFS batch */
+    struct hub_lfs_object o[3];
+    memset(o, 0, sizeof(o));
+    memcpy(o[0].oid, SHA_A, 65);
+    o[0].size = 12;
+    memcpy(o[1].oid, SHA_B, 65);
+    o[1].size = 25;
+    batch_case("{\"transfer\":\"multipart\",\"objects\":[{\"oid\":\"" SHA_A "\",\"size\":12},"
+               "{\"oid\":\"" SHA_B "\",\"size\":25,\"actions\":{\"upload\":{\"href\":"
+               "\"http://s/complete\",\"header\":{\"chunk_size\":\"10\",\"00002\":\"http://s/2\","
+               "\"00001\":\"http://s/1\",\"00003\":\"http://s/3\"}}}}]}",
+               CKPT_ERR_NONE, NULL, o, 2);
+    CHECK(o[0].action == HUB_LFS_STORED);
+    CHECK(o[1].action == HUB_LFS_MULTIPART && o[1].chunk_size == 10 && o[1].n_parts == 3);
+    CHECK(o[1].n_parts == 3 && strcmp(o[1].part_urls[0], "http://s/1") == 0 &&
+          strcmp(o[1].part_urls[2], "http://s/3") == 0);
+    CHECK(o[1].href != NULL && strcmp(o[1].href, "http://s/complete") == 0);
+    hub_lfs_object_release(&o[1]);
+    j = last();
+    CHECK(strcmp(jpath(j, "path", NULL), "/hub/alice/m.git/info/lfs/objects/batch") == 0);
+    CHECK(strcmp(jpath(j, "headers", "accept"), "application/vnd.git-lfs+json") == 0);
+    body = cJSON_Parse(jpath(j, "body", NULL));
+    CHECK(strcmp(jpath(body, "hash_algo", NULL), "sha256") == 0);
+    CHECK(strcmp(jpath(body, "ref", "name"), "refs/pr/1") == 0);
+    CHECK(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(body, "transfers")) == 2);
+    cJSON_Delete(body);
+    cJSON_Delete(j);
+    batch_case("{\"objects\":[{\"oid\":\"" SHA_A "\",\"size\":12,\"actions\":{\"upload\":{\"href\":"
+               "\"http://s/put\"}}}]}",
+               CKPT_ERR_NONE, NULL, o, 1);
+    CHECK(o[0].action == HUB_LFS_BASIC && strcmp(o[0].href, "http://s/put") == 0);
+    hub_lfs_object_release(&o[0]);
+    struct {
+        const char *obj;
+        enum ckpt_err_kind kind;
+        const char *hint;
+    } bad_batch[] = {
+        {"{\"oid\":\"" SHA_A "\",\"size\":12,\"error\":{\"code\":422,\"message\":\"too big\"}}",
+         CKPT_ERR_REJECTED, "too big"},
+        {"{\"oid\":\"" SHA_A "\",\"size\":\"twelve\"}", CKPT_ERR_PROTOCOL, "size"},
+        {"{\"oid\":\"" SHA_A "\",\"size\":12,\"actions\":{\"upload\":{\"href\":3}}}",
+         CKPT_ERR_PROTOCOL, "href"},
+        {"{\"oid\":\"" SHA_A "\",\"size\":12,\"actions\":{\"upload\":{\"href\":\"file:///etc/"
+         "passwd\"}}}",
+         CKPT_ERR_PROTOCOL, "href"},
+        {"{\"oid\":\"" SHA_A "\",\"size\":12,\"actions\":{\"upload\":{\"href\":\"http://s/c\","
+         "\"header\":{\"chunk_size\":\"5\",\"1\":\"http://s/1\",\"2\":\"http://s/2\"}}}}",
+         CKPT_ERR_PROTOCOL, "2 part URLs"},
+        {"{\"oid\":\"" SHA_A "\",\"size\":12,\"actions\":{\"upload\":{\"href\":\"http://s/c\","
+         "\"header\":{\"chunk_size\":\"10\",\"1\":\"http://s/1\",\"3\":\"http://s/3\"}}}}",
+         CKPT_ERR_PROTOCOL, "1..N"},
+        {"{\"oid\":\"" SHA_A "\",\"size\":12,\"actions\":{\"upload\":{\"href\":\"http://s/c\","
+         "\"header\":{\"chunk_size\":\"0\"}}}}",
+         CKPT_ERR_PROTOCOL, "chunk_size"},
+        {"{\"oid\":\"" SHA_B "\",\"size\":12}", CKPT_ERR_PROTOCOL, "missing"},
+    };
+    for (size_t i = 0; i < sizeof(bad_batch) / sizeof(bad_batch[0]); i++) {
+        snprintf(ans, sizeof(ans), "{\"objects\":[%s]}", bad_batch[i].obj);
+        batch_case(ans, bad_batch[i].kind, bad_batch[i].hint, o, 1);
+        CHECK(o[0].href == NULL && o[0].part_urls == NULL);
+    }
+
+    /* multipart completion: no token, parts in order, ETags verbatim */
+    memset(&r, 0, sizeof(r));
+    const char *etags[] = {"\"e1\"", "\"e2\""};
+    char curl_[300];
+    snprintf(curl_, sizeof(curl_), "%s/hub/complete?sig=x", srv.endpoint);
+    canned(200, NULL, "{}");
+    REQUIRE(hub_lfs_complete(hub, curl_, SHA_A, etags, 2, on_done, &r, NULL) == 0);
+    wait_res(&r);
+    CHECK(r.ok);
+    j = last();
+    CHECK(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "headers"),
+                                           "authorization") == NULL);
+    CHECK(strcmp(jpath(j, "headers", "content-type"), "application/vnd.git-lfs+json") == 0);
+    body = cJSON_Parse(jpath(j, "body", NULL));
+    cJSON *parts = cJSON_GetObjectItemCaseSensitive(body, "parts");
+    CHECK(cJSON_GetArraySize(parts) == 2);
+    CHECK(strcmp(jpath(cJSON_GetArrayItem(parts, 1), "etag", NULL), "\"e2\"") == 0);
+    CHECK(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(parts, 1), "partNumber")->valueint ==
+          2);
+    cJSON_Delete(body);
+    cJSON_Delete(j);
+    /* a storage 403 (expired URL) is not blamed on the token */
+    memset(&r, 0, sizeof(r));
+    canned(403, NULL, "{\"error\":\"expired\"}");
+    REQUIRE(hub_lfs_complete(hub, curl_, SHA_A, etags, 2, on_done, &r, NULL) == 0);
+    wait_res(&r);
+    CHECK(!r.ok && r.err.kind == CKPT_ERR_REJECTED && strstr(r.err.msg, "sig=") == NULL);
+
+    /* commit: NDJSON lines; one attempt even on 5xx */
+    struct hub_commit_op ops[] = {
+        {.kind = HUB_COMMIT_FILE, .path = "a/c.json", .content = "{}\n", .content_len = 3},
+        {.kind = HUB_COMMIT_LFS, .path = "a/m.safetensors", .oid = SHA_A, .size = 12},
+        {.kind = HUB_COMMIT_DELETE, .path = "a/old.bin"},
+    };
+    memset(&r, 0, sizeof(r));
+    canned(200, NULL, "{\"success\":true,\"commitOid\":\"" HEAD1 "\"}");
+    REQUIRE(hub_commit(hub, "step 40", "desc", HEAD1, ops, 3, on_str, &r, NULL) == 0);
+    wait_res(&r);
+    CHECK(r.ok && strcmp(r.str, HEAD1) == 0);
+    j = last();
+    CHECK(strcmp(jpath(j, "headers", "content-type"), "application/x-ndjson") == 0);
+    const char *nd = jpath(j, "body", NULL);
+    char *copy = strdup(nd);
+    int line = 0;
+    for (char *s = strtok(copy, "\n"); s != NULL; s = strtok(NULL, "\n"), line++) {
+        cJSON *l = cJSON_Parse(s);
+        const char *key = jpath(l, "key", NULL);
+        cJSON *v = cJSON_GetObjectItemCaseSensitive(l, "value");
+        if (line == 0)
+            CHECK(strcmp(key, "header") == 0 && strcmp(jpath(v, "summary", NULL), "step 40") == 0 &&
+                  strcmp(jpath(v, "parentCommit", NULL), HEAD1) == 0);
+        if (line == 1)
+            CHECK(strcmp(key, "file") == 0 && strcmp(jpath(v, "content", NULL), "e30K") == 0 &&
+                  strcmp(jpath(v, "encoding", NULL), "base64") == 0);
+        if (line == 2)
+            CHECK(strcmp(key, "lfsFile") == 0 && strcmp(jpath(v, "oid", NULL), SHA_A) == 0 &&
+                  strcmp(jpath(v, "algo", NULL), "sha256") == 0 &&
+                  cJSON_GetObjectItemCaseSensitive(v, "size")->valuedouble == 12);
+        if (line == 3)
+            CHECK(strcmp(key, "deletedFile") == 0 &&
+                  strcmp(jpath(v, "path", NULL), "a/old.bin") == 0);
+        cJSON_Delete(l);
+    }
+    CHECK(line == 4);
+    free(copy);
+    cJSON_Delete(j);
+    memset(&r, 0, sizeof(r));
+    canned(500, NULL, "{\"error\":\"commit failed\"}");
+    canned(200, NULL, "{\"success\":true,\"commitOid\":\"" HEAD1 "\"}");
+    REQUIRE(hub_commit(hub, "step 40", NULL, NULL, ops, 3, on_str, &r, NULL) == 0);
+    wait_res(&r);
+    CHECK(!r.ok && r.err.kind == CKPT_ERR_SERVER && strstr(r.err.msg, "1 attempts") != NULL);
+    CHECK(hub_commit(hub, "", NULL, NULL, ops, 3, on_str, &r, NULL) == UV_EINVAL);
+    /* drain the unused canned answer so the server state is clean */
+    memset(&r, 0, sizeof(r));
+    REQUIRE(hub_get_head(hub, on_str, &r, NULL) == 0);
+    wait_res(&r);
+
+    /* nobody listening: a network error naming the endpoint */
+    struct hub *dead;
+    struct hub_config dcfg = {.endpoint = "http://127.0.0.1:1", .token = TOKEN, .repo_id = "a/b"};
+    REQUIRE(hub_init(&dead, http, &dcfg, &e) == 0);
+    memset(&r, 0, sizeof(r));
+    REQUIRE(hub_whoami(dead, on_str, &r, NULL) == 0);
+    wait_res(&r);
+    CHECK(!r.ok && r.err.kind == CKPT_ERR_NETWORK &&
+          strncmp(r.err.msg, "cannot reach 'http://127.0.0.1:1'", 33) == 0);
+    hub_free(dead);
+
+    hub_free(hub);
+    int closed = 0;
+    http_close(http, on_closed, &closed);
+    test_run_until(&loop, &closed);
+    test_close_loop(&loop);
+    test_hub_stop(&srv);
+    test_rm_rf(dir);
+    curl_global_cleanup();
+    if (test_failures == 0)
+        printf("test_hub: ok\n");
+    return test_failures == 0 ? 0 : 1;
+}
