@@ -52,7 +52,7 @@ int strategy_plan(enum config_strategy strategy, const char *layout, const char 
                   long long step, const char *const *files, size_t file_count,
                   struct strategy_plan *ret)
 {
-    bool at_root = strcmp(layout, "trainer") == 0 || strcmp(layout, "model-root") == 0;
+    bool at_root = strcmp(layout, "transformers-trainer") == 0 || strcmp(layout, "model-root") == 0;
     bool single = strcmp(layout, "single-file") == 0;
 
     (void)strategy; /* every_save is the only strategy so far */
@@ -65,7 +65,7 @@ int strategy_plan(enum config_strategy strategy, const char *layout, const char 
     for (size_t i = 0; i < file_count; i++) {
         struct strategy_item *item = &ret->items[ret->count];
 
-        if (strcmp(layout, "trainer") == 0 && is_training_state(files[i]))
+        if (strcmp(layout, "transformers-trainer") == 0 && is_training_state(files[i]))
             continue;
         if (at_root)
             item->path_in_repo = strdup(files[i]);

@@ -132,12 +132,12 @@ while True:
                 print(f"  ready: watching {g('watch')}, pushing to {g('repo')}")
                 sys.exit(0)
         elif event == "sealed":
-            print(f"  sealed     {label:28} {g('files')} files, "
-                  f"{size(g('bytes', 0))} ({g('layout')}: {g('rule', '')})")
+            print(f"  sealed     {label:28} {g('files')} files "
+                  f"({g('layout')}: {g('rule', '')})")
         elif event == "committed":
             commits += 1
             print(f"  committed  {label:28} {g('commit')[:12]}  "
-                  f"'{g('message', '')}'  {g('files')} files in {g('seconds')} s")
+                  f"'{g('message', '')}'  {g('files')} files, {size(g('bytes', 0))} in {g('seconds')} s")
         elif event == "push-failed" or level == "error":
             print(f"  FAILED     {line}", file=sys.stderr)
             sys.exit(1)

@@ -22,8 +22,8 @@ SETTLE_S = 1.5  # after the last expected seal, time for a duplicate seal to sho
 NOT_TRAINER = object()
 EXPECTED = {
     "hf-trainer-5.17-save-steps.jsonl": {
-        "sealed": {"checkpoint-10": "trainer", "checkpoint-20": "trainer",
-                   "checkpoint-30": "trainer", "checkpoint-40": "trainer", "": None},
+        "sealed": {"checkpoint-10": "transformers-trainer", "checkpoint-20": "transformers-trainer",
+                   "checkpoint-30": "transformers-trainer", "checkpoint-40": "transformers-trainer", "": None},
         "files": {"checkpoint-10": 10, "checkpoint-20": 10, "checkpoint-30": 10,
                   "checkpoint-40": 10},
     },
@@ -75,7 +75,7 @@ class DetectTraces(unittest.TestCase):
             ckpt = rec["kv"]["ckpt"]
             layout = exp["sealed"][ckpt]
             if layout is NOT_TRAINER:
-                self.assertNotEqual(rec["kv"].get("layout"), "trainer", rec["line"])
+                self.assertNotEqual(rec["kv"].get("layout"), "transformers-trainer", rec["line"])
             elif layout is not None:
                 self.assertEqual(rec["kv"].get("layout"), layout, rec["line"])
             if ckpt in exp.get("files", {}):

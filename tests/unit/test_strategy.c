@@ -11,7 +11,8 @@ static void test_trainer_checkpoint(void)
                            "training_args.bin"};
     struct strategy_plan plan;
 
-    CHECK_INT(strategy_plan(STRATEGY_EVERY_SAVE, "trainer", "checkpoint-10", 10, files, 10, &plan),
+    CHECK_INT(strategy_plan(STRATEGY_EVERY_SAVE, "transformers-trainer", "checkpoint-10", 10, files,
+                            10, &plan),
               0);
     CHECK_STR(plan.message, "Training in progress, step 10");
     CHECK_INT(plan.count, 6);
