@@ -5,7 +5,6 @@
 #include "control.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,7 +167,9 @@ static void do_flush(struct control *c, struct ipc_request *req)
             ipc_reply_error(req, IPC_ERR_BAD_REQUEST, msg);
             return;
         }
-        deadline = (unsigned)ceil(t->valuedouble);
+        deadline = (unsigned)t->valuedouble;
+        if ((double)deadline < t->valuedouble)
+            deadline++; /* round up: never a shorter wait than asked */
     }
     op = calloc(1, sizeof(*op));
     if (op == NULL) {

@@ -363,9 +363,10 @@ int ipc_reply_error(struct ipc_request *req, const char *code, const char *messa
 /* ---- input --------------------------------------------------------------------------------- */
 static bool id_valid(const cJSON *id)
 {
+    /* Integral and exact in a double; no libm (ckptcore does not link it). */
     if (cJSON_IsNumber(id))
-        return isfinite(id->valuedouble) && floor(id->valuedouble) == id->valuedouble &&
-               fabs(id->valuedouble) <= 9007199254740992.0;
+        return id->valuedouble >= -9007199254740992.0 && id->valuedouble <= 9007199254740992.0 &&
+               (double)(long long)id->valuedouble == id->valuedouble;
     if (cJSON_IsString(id))
         return strlen(id->valuestring) <= IPC_MAX_ID;
     return false;
