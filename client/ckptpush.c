@@ -422,8 +422,12 @@ static bool state_final(const char *state)
 /* Nothing left to do: every checkpoint reached a final state. */
 static bool status_idle(const cJSON *st)
 {
+    const char *state = jstr(cJSON_GetObjectItemCaseSensitive(st, "daemon"), "state");
     const cJSON *ck;
 
+    /* "pushing", "starting", "draining": work is under way even if no item shows it yet. */
+    if (state != NULL && strcmp(state, "idle") != 0 && strcmp(state, "paused") != 0)
+        return false;
     cJSON_ArrayForEach(ck, cJSON_GetObjectItemCaseSensitive(st, "checkpoints"))
     {
         if (!state_final(jstr(ck, "state")))

@@ -66,9 +66,11 @@ static void on_flush_done(void *ctx, const struct ckpt_err *err, const char *com
 
     (void)commit_oid;
     if (err != NULL && err->kind != CKPT_ERR_NONE) {
-        /* daemon_flush fails only when its deadline passed. */
-        ipc_reply_error_kind(op->req, IPC_ERR_TIMEOUT, ckpt_err_kind_name(err->kind),
-                             err->msg[0] != '\0' ? err->msg : "flush deadline passed");
+        /* The daemon marks a passed deadline with -ETIMEDOUT; anything else is a failed push. */
+        bool late = err->code == -ETIMEDOUT;
+        ipc_reply_error_kind(op->req, late ? IPC_ERR_TIMEOUT : IPC_ERR_FAILED,
+                             ckpt_err_kind_name(err->kind),
+                             err->msg[0] != '\0' ? err->msg : "flush did not complete");
     } else {
         out = cJSON_CreateObject();
         cJSON_AddBoolToObject(out, "flushed", true);

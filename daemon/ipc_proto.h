@@ -43,14 +43,14 @@
 #define IPC_TYPE_SUBSCRIBE "subscribe" /* -> {"subscribed":true}, then events */
 #define IPC_TYPE_SHUTDOWN "shutdown"   /* -> {"shutting_down":true}, then a drain */
 
-/* Events ("event"), as daemon_set_event_sink streams them. */
-#define IPC_EVENT_SEALED "sealed"
-#define IPC_EVENT_PROGRESS "progress"
-#define IPC_EVENT_COMMITTED "committed"
-#define IPC_EVENT_FAILED "failed"
-#define IPC_EVENT_PAUSED "paused"
-#define IPC_EVENT_RESUMED "resumed"
-#define IPC_EVENT_FINAL "final"
+/* Events ("event"), as daemon_set_event_sink streams them; fields are one checkpoint as in
+ * status's "checkpoints" list. Clients must ignore events they do not know. */
+#define IPC_EVENT_SEALED "sealed"       /* queued for pushing */
+#define IPC_EVENT_STARTED "started"     /* pinning and hashing */
+#define IPC_EVENT_PROGRESS "progress"   /* uploading: bytes_done, rate_bps, eta_s */
+#define IPC_EVENT_COMMITTED "committed" /* "commit" holds the commit id */
+#define IPC_EVENT_FAILED "failed"       /* "error" says why */
+#define IPC_EVENT_SKIPPED "skipped"
 
 /* Error codes ("error.code"). The first group is the client's fault (ckptpush exits 4). */
 #define IPC_ERR_BAD_JSON "bad-json"         /* not JSON, or not one object */
