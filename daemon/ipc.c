@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -843,6 +844,9 @@ int ipc_server_start(struct ipc_server **ret, uv_loop_t *loop, const char *path,
         return ckpt_err_set(err, CKPT_ERR_INPUT, -ENAMETOOLONG,
                             "socket path '%s' is longer than %zu bytes", path,
                             sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+    /* libuv writes with write(2): a reply to a client that just closed must cost us EPIPE, not
+     * the process. Process-wide, and what a daemon wants anyway. */
+    signal(SIGPIPE, SIG_IGN);
     r = prepare_dir(path, err);
     if (r < 0)
         return r;
