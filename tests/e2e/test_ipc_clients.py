@@ -194,7 +194,7 @@ class IpcClients(unittest.TestCase):
                               what="a waiting checkpoint")
         self.assertEqual(st["daemon"]["state"], "paused")
         waiting = [c for c in st["checkpoints"] if c["state"] == "waiting"]
-        self.assertTrue(all(c["bytes_total"] > 0 for c in waiting), waiting)
+        self.assertTrue(all(c["files"] > 0 for c in waiting), waiting)
         rc, out, err = self.cli("status")
         self.assertEqual(rc, 0, err)
         self.assertRegex(out, r"checkpoint-\d+\s+waiting")
