@@ -36,9 +36,11 @@ static void add_problem(struct ckpt_err *err, const char *fmt, ...)
 
 void config_print_usage(void)
 {
-    fputs("usage: ckptpushd --watch DIR --repo NAMESPACE/NAME [options]\n"
+    fputs("usage: ckptpushd --watch DIR --repo NAMESPACE/NAME [options] [run -- CMD ARGS...]\n"
           "\n"
           "Watches DIR for checkpoints and pushes each complete one to a Hugging Face Hub repo.\n"
+          "With `run`, starts the training command, passes signals on, makes the final push\n"
+          "when it exits and exits with its status (7: it succeeded but the push failed).\n"
           "\n"
           "  --watch DIR          training output directory to watch (required)\n"
           "  --repo ID            target repository, namespace/name (required unless --dry-run)\n"
@@ -222,7 +224,9 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
 
     opterr = 0;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, ":hV", options, NULL)) != -1) {
+    /* '+': options end at the first word that is not one ("run"), so the wrapped command's own
+     * flags are never taken for ours. */
+    while ((opt = getopt_long(argc, argv, "+:hV", options, NULL)) != -1) {
         switch (opt) {
         case 'w':
             watch = optarg;
@@ -284,7 +288,16 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
             return CKPT_EXIT_USAGE;
         }
     }
-    if (optind < argc) {
+    if (optind < argc && strcmp(argv[optind], "run") == 0) {
+        int first = optind + 1;
+        if (first < argc && strcmp(argv[first], "--") == 0)
+            first++;
+        if (first >= argc) {
+            add_problem(err, "run: missing the command to run (run -- CMD ARGS...)");
+            return CKPT_EXIT_USAGE;
+        }
+        cfg->child_argv = argv + first;
+    } else if (optind < argc) {
         add_problem(err, "unexpected argument '%s' (see --help)", argv[optind]);
         return CKPT_EXIT_USAGE;
     }
