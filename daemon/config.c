@@ -22,11 +22,11 @@
 #include <unistd.h>
 
 #include "hub.h"
+#include "ipc_proto.h"
 
 #define DEFAULT_ENDPOINT "https://huggingface.co"
 #define TOKEN_MAX 4096
 #define WHY_MAX 320
-#define JOB_MAX 64
 
 static void add_problem(struct config *cfg, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -53,10 +53,12 @@ static void set_code(int *code, int value)
 
 void config_print_usage(void)
 {
-    fputs("usage: ckptpushd --watch DIR --repo NAMESPACE/NAME [options]\n"
+    fputs("usage: ckptpushd --watch DIR --repo NAMESPACE/NAME [options] [run -- CMD ARGS...]\n"
           "       ckptpushd --config FILE [--check-config]\n"
           "\n"
           "Watches DIR for checkpoints and pushes each complete one to a Hugging Face Hub repo.\n"
+          "With `run`, starts the training command, passes signals on, makes the final push\n"
+          "when it exits and exits with its status (7: it succeeded but the push failed).\n"
           "\n"
           "  --watch DIR          training output directory to watch (required)\n"
           "  --repo ID            target repository, namespace/name (required unless --dry-run)\n"
@@ -70,8 +72,8 @@ void config_print_usage(void)
           "  --log-level LEVEL    debug, info, warn or error (info)\n"
           "  --log-format FORMAT  kv (default) or json: one object a line\n"
           "  --metrics-path FILE  write Prometheus metrics to FILE (textfile collector)\n"
-          "  --socket PATH        control socket (default: per job, see README)\n"
-          "  --job NAME           job name: names the socket and the status lines\n"
+          "  --socket PATH        control socket (default: $XDG_RUNTIME_DIR/ckptpush/JOB.sock)\n"
+          "  --job NAME           job name for the default socket (default: DIR's basename)\n"
           "  --token-path FILE    read the token from FILE (like HF_TOKEN_PATH)\n"
           "  --config FILE        JSON configuration file (also $CKPTPUSH_CONFIG)\n"
           "  --check-config       print the effective configuration as JSON and exit\n"
@@ -273,14 +275,14 @@ SETTER(set_job)
     /* The job names a socket file and a systemd instance: keep it a plain file name. */
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)v[i];
-        if (!(isalnum(c) || c == '-' || c == '_' || c == '.' || c == '@')) {
+        if (!(isalnum(c) || c == '-' || c == '_' || c == '.')) {
             n = 0;
             break;
         }
     }
-    if (n == 0 || n > JOB_MAX || v[0] == '.') {
+    if (n == 0 || n > IPC_MAX_JOB || v[0] == '.') {
         snprintf(why, why_size,
-                 "'%.100s' is not a job name (1-64 of [A-Za-z0-9._@-], not starting with '.')", v);
+                 "'%.100s' is not a job name (1-64 of [A-Za-z0-9._-], not starting with '.')", v);
         return -EINVAL;
     }
     return replace(&cfg->job, v);
@@ -707,7 +709,9 @@ static int load(struct config *cfg, int argc, char **argv)
     }
     opterr = 0;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, ":hV", options, NULL)) != -1) {
+    /* '+': options end at the first word that is not one ("run"), so the wrapped command's own
+     * flags are never taken for ours. */
+    while ((opt = getopt_long(argc, argv, "+:hV", options, NULL)) != -1) {
         if (opt >= OPT_KEY) {
             const struct key_def *k = &keys[opt - OPT_KEY];
             flags[n_flags++] = (struct flag_value){k, k->flag_value ? k->flag_value : optarg};
@@ -738,7 +742,17 @@ static int load(struct config *cfg, int argc, char **argv)
             return CKPT_EXIT_USAGE;
         }
     }
-    if (optind < argc) {
+    if (optind < argc && strcmp(argv[optind], "run") == 0) {
+        int first = optind + 1;
+        if (first < argc && strcmp(argv[first], "--") == 0)
+            first++;
+        if (first >= argc) {
+            add_problem(cfg, "run: missing the command to run (run -- CMD ARGS...)");
+            free(flags);
+            return CKPT_EXIT_USAGE;
+        }
+        cfg->child_argv = argv + first;
+    } else if (optind < argc) {
         add_problem(cfg, "unexpected argument '%s' (see --help)", argv[optind]);
         free(flags);
         return CKPT_EXIT_USAGE;
@@ -794,6 +808,19 @@ static int load(struct config *cfg, int argc, char **argv)
         char path[PATH_MAX + 16];
         snprintf(path, sizeof(path), "%s/.ckptpush", cfg->watch_dir);
         cfg->staging_dir = strdup(path);
+    }
+    if (cfg->watch_dir != NULL) {
+        char name[IPC_MAX_JOB + 1], path[PATH_MAX];
+        ipc_proto_job_name(name, sizeof(name), cfg->job ? cfg->job : cfg->watch_dir);
+        replace(&cfg->job, name);
+        if (cfg->socket_path == NULL) {
+            if (ipc_proto_default_path(path, sizeof(path), name) == 0) {
+                replace(&cfg->socket_path, path);
+            } else {
+                add_problem(cfg, "the default control socket path is too long: set --socket");
+                set_code(&code, CKPT_EXIT_INVALID);
+            }
+        }
     }
     return code;
 }

@@ -21,6 +21,7 @@ enum ckpt_exit {
     CKPT_EXIT_WATCH = 4,       /* the watched directory cannot be used */
     CKPT_EXIT_AUTH = 5,        /* the hub rejected the token */
     CKPT_EXIT_UNREACHABLE = 6, /* the hub cannot be reached */
+    CKPT_EXIT_WRAPPED_PUSH_FAILED = 7, /* run mode: the command succeeded, its push did not */
 };
 
 enum config_strategy { STRATEGY_EVERY_SAVE };
@@ -39,8 +40,8 @@ struct config {
     char *token_path;   /* token file named by the config (HF_TOKEN_PATH, token_path), or NULL */
     char *config_path;  /* the configuration file read, or NULL */
     char *metrics_path; /* Prometheus textfile, or NULL */
-    char *socket_path;  /* control socket, or NULL for the default */
-    char *job;          /* job name (socket name, status lines), or NULL */
+    char *socket_path;  /* the control socket; default from ipc_proto_default_path */
+    char *job;          /* names the control socket; default: the watched dir's basename */
     enum config_strategy strategy;
     enum log_format log_format;
     bool private_repo;
@@ -52,6 +53,9 @@ struct config {
     bool show_help;
     bool show_version;
     bool check_only; /* --check-config */
+    /* `ckptpushd [options] run -- CMD ARGS...`: the training command, NULL-terminated; borrowed
+     * from argv. NULL when not wrapping a command. */
+    char **child_argv;
     /* Every problem config_load found, one a line (err->msg holds as many as fit); kept by
      * config_release so that it can be printed after. */
     char problems[CONFIG_PROBLEMS_MAX];

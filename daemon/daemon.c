@@ -81,10 +81,30 @@ struct daemon {
     bool final_requested;
     bool end_commit_queued; /* the model-root or card-only commit of this run */
     unsigned cards_pending;
+
+    /* run mode: the wrapped training command */
+    uv_process_t child;
+    bool child_running;
+    int child_exit;      /* its exit status, 128+signal when killed */
+    int startup_failure; /* exit code of a failed hub check, reported after the child ends */
 };
 
 static void daemon_stop(struct daemon *d, int exit_code);
 static void on_detect_timer(uv_timer_t *timer);
+
+/* How a drain that ran to its end exits: in run mode the command's status comes first. */
+static int drained_exit_code(const struct daemon *d)
+{
+    bool pushed_all = queue_failed_count(d->queue) == 0 && d->startup_failure == 0;
+
+    if (d->cfg->child_argv == NULL)
+        return pushed_all           ? CKPT_EXIT_OK
+               : d->startup_failure ? d->startup_failure
+                                    : CKPT_EXIT_FAILURE;
+    if (d->child_exit != 0)
+        return d->child_exit;
+    return pushed_all ? CKPT_EXIT_OK : CKPT_EXIT_WRAPPED_PUSH_FAILED;
+}
 
 static int64_t now_ms(struct daemon *d)
 {
@@ -253,7 +273,7 @@ static void on_card_written(void *ctx, const struct ckpt_err *err,
                      (const char *const *)e->files, e->count);
     end_commit_free(e);
     if (d->draining && queue_pending(d->queue) == 0 && d->cards_pending == 0)
-        daemon_stop(d, queue_failed_count(d->queue) ? CKPT_EXIT_FAILURE : CKPT_EXIT_OK);
+        daemon_stop(d, drained_exit_code(d));
 }
 
 static void write_card(struct end_commit *e)
@@ -485,7 +505,7 @@ static void on_queue_event(void *ctx, const struct queue_item_view *v)
         return;
     finish_waiters(d);
     if (d->draining)
-        daemon_stop(d, queue_failed_count(d->queue) ? CKPT_EXIT_FAILURE : CKPT_EXIT_OK);
+        daemon_stop(d, drained_exit_code(d));
 }
 
 /* --- startup: check the token and the repository before saying ready --------------------- */
@@ -511,6 +531,21 @@ static void log_ready(struct daemon *d)
                  d->cfg->dry_run ? "nothing (dry run)" : d->cfg->repo_id);
 }
 
+/* A hub that cannot be used stops a plain daemon; in run mode the training goes on (its
+ * checkpoints stay pinned for the next start) and the failure becomes the exit code. */
+static void startup_failed(struct daemon *d, const struct ckpt_err *err)
+{
+    if (d->child_running) {
+        d->startup_failure = exit_code_for(err);
+        log_error("not-pushing",
+                  "reason='the hub cannot be used; the training command keeps running and its "
+                  "checkpoints stay pinned in %s'",
+                  d->cfg->staging_dir);
+        return;
+    }
+    daemon_stop(d, exit_code_for(err));
+}
+
 static void on_repo_ready(void *ctx, const struct ckpt_err *err)
 {
     struct daemon *d = ctx;
@@ -518,7 +553,7 @@ static void on_repo_ready(void *ctx, const struct ckpt_err *err)
     d->startup_op = NULL;
     if (err != NULL) {
         log_error("startup-failed", "repo='%s' reason='%s'", d->cfg->repo_id, err->msg);
-        daemon_stop(d, exit_code_for(err));
+        startup_failed(d, err);
         return;
     }
     d->hub_ready = true;
@@ -533,7 +568,7 @@ static void on_whoami(void *ctx, const struct ckpt_err *err, const char *user)
     d->startup_op = NULL;
     if (err != NULL) {
         log_error("startup-failed", "endpoint='%s' reason='%s'", d->cfg->endpoint, err->msg);
-        daemon_stop(d, exit_code_for(err));
+        startup_failed(d, err);
         return;
     }
     log_info("authenticated", "user='%s' endpoint='%s' token_source='%s'", user, d->cfg->endpoint,
@@ -558,6 +593,8 @@ static void start_drain(struct daemon *d, const char *why)
     if (d->stopping)
         return;
     if (d->draining) {
+        if (d->child_running)
+            return;
         log_warn("stopping", "reason='second %s: stopping now'", why);
         daemon_stop(d, CKPT_EXIT_FAILURE);
         return;
@@ -567,12 +604,15 @@ static void start_drain(struct daemon *d, const char *why)
     notify_sendf("STOPPING=1\nSTATUS=Draining after %s: %zu checkpoint(s) to push within %us", why,
                  queue_pending(d->queue), d->cfg->drain_timeout_s);
     detect_seal_all_complete(d->detect, now_ms(d));
-    start_card_only_commit(d);
+    if (d->hub_ready)
+        start_card_only_commit(d);
     if (queue_pending(d->queue) == 0 && d->cards_pending == 0) {
-        daemon_stop(d, queue_failed_count(d->queue) ? CKPT_EXIT_FAILURE : CKPT_EXIT_OK);
+        daemon_stop(d, drained_exit_code(d));
         return;
     }
-    uv_timer_start(&d->drain_timer, on_drain_timeout, (uint64_t)d->cfg->drain_timeout_s * 1000, 0);
+    if (!uv_is_active((uv_handle_t *)&d->drain_timer))
+        uv_timer_start(&d->drain_timer, on_drain_timeout, (uint64_t)d->cfg->drain_timeout_s * 1000,
+                       0);
 }
 
 static void on_signal(uv_signal_t *sig, int signum)
@@ -585,7 +625,56 @@ static void on_signal(uv_signal_t *sig, int signum)
         rearm_detect_timer(d);
         return;
     }
+    if (d->child_running) {
+        /* The command decides how to stop (a Trainer saves first); its exit starts the drain.
+         * The deadline runs from now, as a scheduler's grace period does. */
+        log_info("forwarding", "signal=%s pid=%d", signum == SIGTERM ? "SIGTERM" : "SIGINT",
+                 d->child.pid);
+        uv_process_kill(&d->child, signum);
+        if (!uv_is_active((uv_handle_t *)&d->drain_timer))
+            uv_timer_start(&d->drain_timer, on_drain_timeout,
+                           (uint64_t)d->cfg->drain_timeout_s * 1000, 0);
+        return;
+    }
     start_drain(d, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+static void on_child_exit(uv_process_t *child, int64_t status, int signum)
+{
+    struct daemon *d = child->data;
+
+    d->child_running = false;
+    d->child_exit = signum ? 128 + signum : (int)status;
+    log_info("command-exited", "pid=%d status=%d signal=%d", child->pid, (int)status, signum);
+    uv_close((uv_handle_t *)child, NULL);
+    start_drain(d, "the training command exited");
+}
+
+static int spawn_child(struct daemon *d, struct ckpt_err *err)
+{
+    uv_stdio_container_t stdio[3] = {
+        {.flags = UV_INHERIT_FD, .data.fd = 0},
+        {.flags = UV_INHERIT_FD, .data.fd = 1},
+        {.flags = UV_INHERIT_FD, .data.fd = 2},
+    };
+    uv_process_options_t options = {
+        .exit_cb = on_child_exit,
+        .file = d->cfg->child_argv[0],
+        .args = d->cfg->child_argv,
+        .stdio_count = 3,
+        .stdio = stdio,
+    };
+    int rc;
+
+    d->child.data = d;
+    if ((rc = uv_spawn(d->loop, &d->child, &options)) < 0) {
+        uv_close((uv_handle_t *)&d->child, NULL);
+        return ckpt_err_set(err, CKPT_ERR_INPUT, rc, "cannot run '%s': %s", d->cfg->child_argv[0],
+                            uv_strerror(rc));
+    }
+    d->child_running = true;
+    log_info("command-started", "pid=%d command='%s'", d->child.pid, d->cfg->child_argv[0]);
+    return 0;
 }
 
 static void on_http_closed(void *ctx)
@@ -621,6 +710,12 @@ static void daemon_stop(struct daemon *d, int exit_code)
     d->watchdog = NULL;
     if (d->startup_op != NULL)
         hub_op_cancel(d->startup_op);
+    if (d->child_running) {
+        /* Stopping must not kill the training: it runs on without us. */
+        log_warn("command-left-running", "pid=%d", d->child.pid);
+        uv_close((uv_handle_t *)&d->child, NULL);
+        d->child_running = false;
+    }
     if (d->queue != NULL)
         queue_stop(d->queue);
     finish_waiters(d);
@@ -994,6 +1089,10 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
     rc = watch_start(&d->watch, loop, cfg->watch_dir, STAGING_SKIP_NAME, on_watch_event, d, err);
     if (rc < 0) {
         *ret_exit = CKPT_EXIT_WATCH;
+        goto fail;
+    }
+    if (cfg->child_argv != NULL && (rc = spawn_child(d, err)) < 0) {
+        *ret_exit = CKPT_EXIT_USAGE;
         goto fail;
     }
     if (cfg->dry_run) {
