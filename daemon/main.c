@@ -1,4 +1,5 @@
 /* main.c - ckptpushd's entry point: configuration, the loop, the exit code. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,8 @@ int main(int argc, char **argv)
     log_set_level(cfg.log_level);
     log_set_format(cfg.log_format);
     log_set_journal(log_fd_is_journal(2));
+    /* A control client that hangs up mid-reply must not kill the daemon: EPIPE is handled. */
+    signal(SIGPIPE, SIG_IGN);
 
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         fputs("ckptpushd: cannot initialise libcurl\n", stderr);
