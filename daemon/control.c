@@ -5,6 +5,7 @@
 #include "control.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,7 @@ struct control {
 struct control_op {
     struct ipc_request *req; /* NULL: nobody waits (final without wait) */
     const char *what;
+    char *path; /* push */
 };
 
 static int reply_failed(struct ipc_request *req, const struct ckpt_err *err, const char *fallback)
@@ -99,26 +101,49 @@ static void do_status(struct control *c, struct ipc_request *req)
     ipc_reply(req, out);
 }
 
+static void on_push_queued(void *ctx, const struct ckpt_err *err, const char *commit_oid)
+{
+    struct control_op *op = ctx;
+    cJSON *out;
+
+    (void)commit_oid;
+    if (err != NULL && err->kind != CKPT_ERR_NONE) {
+        reply_failed(op->req, err, "push failed");
+    } else {
+        out = cJSON_CreateObject();
+        cJSON_AddStringToObject(out, "path", op->path);
+        cJSON_AddBoolToObject(out, "queued", true);
+        ipc_reply(op->req, out);
+    }
+    free(op->path);
+    free(op);
+}
+
 static void do_push(struct control *c, struct ipc_request *req)
 {
     const cJSON *path = cJSON_GetObjectItemCaseSensitive(ipc_request_json(req), "path");
-    struct ckpt_err err;
-    cJSON *out;
+    struct control_op *op;
+    int r;
 
     if (path->valuestring[0] == '\0') {
         ipc_reply_error(req, IPC_ERR_BAD_REQUEST, "field 'path' of 'push' must not be empty");
         return;
     }
-    ckpt_err_clear(&err);
-    if (daemon_push_path(c->daemon, path->valuestring, &err) < 0) {
-        reply_failed(req, &err, "push failed");
+    if ((op = calloc(1, sizeof(*op))) == NULL || (op->path = strdup(path->valuestring)) == NULL) {
+        free(op);
+        ipc_reply_error_kind(req, IPC_ERR_FAILED, "io", "out of memory");
         return;
     }
+    op->what = "push";
+    op->req = req;
     log_info("ipc-push", "path='%s'", path->valuestring);
-    out = cJSON_CreateObject();
-    cJSON_AddStringToObject(out, "path", path->valuestring);
-    cJSON_AddBoolToObject(out, "queued", true);
-    ipc_reply(req, out);
+    if ((r = daemon_push_path(c->daemon, path->valuestring, on_push_queued, op)) < 0) {
+        char msg[PATH_MAX + 64];
+        snprintf(msg, sizeof(msg), "cannot push '%s': %s", op->path, strerror(-r));
+        ipc_reply_error(req, IPC_ERR_FAILED, msg);
+        free(op->path);
+        free(op);
+    }
 }
 
 static void do_final(struct control *c, struct ipc_request *req)
