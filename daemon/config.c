@@ -593,8 +593,8 @@ static void find_token(struct config *cfg)
         }
     }
     if ((home = env_value("CREDENTIALS_DIRECTORY")) != NULL) {
-        /* systemd LoadCredential=hf_token:...: the unit asked for it, so a missing one is an
-         * error rather than a reason to look elsewhere */
+        /* systemd LoadCredential=hf_token:...; a unit may pass other credentials only, so a
+         * missing hf_token sends us on to the token files */
         snprintf(path, sizeof(path), "%s/hf_token", home);
         rc = read_token_file(path, &cfg->token);
         if (rc < 0) {
