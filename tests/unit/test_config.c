@@ -235,7 +235,8 @@ static void test_file_errors(void)
     write_file(path, text);
     setenv("CKPTPUSH_DRAIN_TIMEOUT_S", "-1", 1);
     CHECK_INT(load(&cfg, &err, 3, argv), CKPT_EXIT_INVALID);
-    CHECK(strstr(cfg.problems, "bad.json': watch: 'relative/dir' must be an absolute path") != NULL);
+    CHECK(strstr(cfg.problems, "bad.json': watch: 'relative/dir' must be an absolute path") !=
+          NULL);
     CHECK(strstr(cfg.problems, "bad.json': repo: invalid repo id 'no-slash'") != NULL);
     CHECK(strstr(cfg.problems, "bad.json': quiet_ms: must be a whole number") != NULL);
     CHECK(strstr(cfg.problems, "bad.json': drain_timeout_s: '100000' is not a number of seconds") !=
@@ -248,7 +249,8 @@ static void test_file_errors(void)
     CHECK(strstr(cfg.problems, "bad.json': strategy: unknown strategy 'sometimes'") != NULL);
     CHECK(strstr(cfg.problems, "bad.json': endpoint: invalid endpoint 'ftp://x'") != NULL);
     CHECK(strstr(cfg.problems, "bad.json': log_level: must be a string") != NULL);
-    CHECK(strstr(cfg.problems, "CKPTPUSH_DRAIN_TIMEOUT_S: '-1' is not a number of seconds") != NULL);
+    CHECK(strstr(cfg.problems, "CKPTPUSH_DRAIN_TIMEOUT_S: '-1' is not a number of seconds") !=
+          NULL);
     /* watch was refused, so it is also missing */
     CHECK(strstr(cfg.problems, "missing --watch") != NULL);
     config_release(&cfg);
