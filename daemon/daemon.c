@@ -10,6 +10,7 @@
 #include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -735,6 +736,10 @@ static void daemon_stop(struct daemon *d, int exit_code)
     uv_close((uv_handle_t *)&d->sig_term, NULL);
     uv_close((uv_handle_t *)&d->sig_int, NULL);
     uv_close((uv_handle_t *)&d->sig_usr1, NULL);
+    /* Closing the handles restores the default actions: a late SIGTERM while the loop winds
+     * down would kill us with the pushes already done but the exit code lost. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
     if (d->watch != NULL)
         watch_close(d->watch, on_watch_closed, d);
     if (d->control != NULL)
