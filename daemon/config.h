@@ -32,6 +32,8 @@ struct config {
     char *endpoint;     /* no trailing slash */
     char *token;        /* secret: never logged */
     char *token_source; /* where it came from, for messages: "HF_TOKEN", a file path */
+    char *job;          /* names the control socket; default: the watched dir's basename */
+    char *socket_path;  /* the control socket; default from ipc_proto_default_path */
     enum config_strategy strategy;
     bool private_repo;
     bool dry_run;

@@ -17,6 +17,7 @@
 
 #include "card.h"
 #include "card_job.h"
+#include "control.h"
 #include "detect.h"
 #include "hash.h"
 #include "http.h"
@@ -49,6 +50,7 @@ struct daemon {
     struct hub *hub;
     struct hub_op *startup_op;
     struct queue *queue;
+    struct control *control;
 
     uv_timer_t detect_timer;
     uv_timer_t drain_timer;
@@ -438,7 +440,8 @@ static void finish_waiters(struct daemon *d)
         }
         ckpt_err_clear(&err);
         if (pending > 0)
-            ckpt_err_set(&err, CKPT_ERR_SERVER, 0, "%zu checkpoint(s) still pushing %s", pending,
+            ckpt_err_set(&err, CKPT_ERR_SERVER, d->stopping ? -ESHUTDOWN : -ETIMEDOUT,
+                         "%zu checkpoint(s) still pushing %s", pending,
                          d->stopping ? "when the daemon stopped" : "at the deadline");
         else if (queue_failed_count(d->queue) > w.failed_before)
             ckpt_err_set(&err, CKPT_ERR_SERVER, 0, "%u push(es) failed: see the daemon log",
@@ -660,6 +663,13 @@ static void on_watch_closed(void *ctx)
     d->watch = NULL;
 }
 
+static void on_control_closed(void *ctx)
+{
+    struct daemon *d = ctx;
+
+    d->control = NULL;
+}
+
 static void on_pin_closed(void *ctx)
 {
     struct daemon *d = ctx;
@@ -692,6 +702,8 @@ static void daemon_stop(struct daemon *d, int exit_code)
     uv_close((uv_handle_t *)&d->sig_usr1, NULL);
     if (d->watch != NULL)
         watch_close(d->watch, on_watch_closed, d);
+    if (d->control != NULL)
+        control_close(d->control, on_control_closed, d);
     if (d->http != NULL)
         http_close(d->http, on_http_closed, d);
     if (d->pin != NULL)
@@ -748,6 +760,8 @@ int daemon_status(struct daemon *d, cJSON *out)
 struct explicit_push {
     uv_work_t work;
     struct daemon *daemon;
+    daemon_done_cb cb;
+    void *ctx;
     char *path; /* absolute */
     char **files;
     size_t count;
@@ -843,21 +857,29 @@ static void list_files_done(uv_work_t *work, int status)
 {
     struct explicit_push *e = work->data;
     struct daemon *d = e->daemon;
+    struct ckpt_err err;
     const char *base;
     int rc = status < 0 ? status : e->status;
 
+    ckpt_err_clear(&err);
     if (rc == 0 && e->count == 0)
         rc = -ENOENT;
     base = e->is_dir ? strrchr(e->path, '/') + 1 : e->files ? e->files[0] : "";
-    if (rc == 0 && !d->stopping)
+    if (rc == 0 && d->stopping)
+        rc = -ESHUTDOWN;
+    if (rc == 0)
         rc =
             queue_add(d->queue, d->explicit_ids--, base, e->is_dir ? "explicit-dir" : "single-file",
                       -1, e->path, (const char *const *)e->files, e->count);
-    if (rc < 0)
-        log_error("push-failed", "path='%s' reason='%s'", e->path,
-                  rc == -ENOENT ? "no files to push" : strerror(-rc));
-    else
+    if (rc < 0) {
+        ckpt_err_set(
+            &err, rc == -ENOENT ? CKPT_ERR_INPUT : CKPT_ERR_IO, rc, "cannot push '%s': %s", e->path,
+            rc == -ENOENT && status >= 0 && e->status == 0 ? "no files in it" : strerror(-rc));
+        log_error("push-failed", "path='%s' reason='%s'", e->path, err.msg);
+    } else {
         log_info("push-requested", "path='%s' files=%zu", e->path, e->count);
+    }
+    e->cb(e->ctx, rc < 0 ? &err : NULL, NULL);
     for (size_t i = 0; i < e->count; i++)
         free(e->files[i]);
     free(e->files);
@@ -865,13 +887,31 @@ static void list_files_done(uv_work_t *work, int status)
     free(e);
 }
 
-int daemon_push_path(struct daemon *d, const char *path, struct ckpt_err *err)
+/* A path inside the watched tree that the detector knows is sealed now rather than pushed a
+ * second time beside it. Returns true when that took care of the request. */
+static bool push_known_checkpoint(struct daemon *d, const char *abs)
+{
+    size_t root_len = strlen(d->cfg->watch_dir);
+    const char *rel;
+
+    if (strncmp(abs, d->cfg->watch_dir, root_len) != 0 || abs[root_len] != '/')
+        return false;
+    rel = abs + root_len + 1;
+    detect_seal_all_complete(d->detect, now_ms(d));
+    rearm_detect_timer(d);
+    if (!queue_knows(d->queue, rel))
+        return false;
+    log_info("push-requested", "path='%s' reason='already sealed by the watcher'", abs);
+    return true;
+}
+
+int daemon_push_path(struct daemon *d, const char *path, daemon_done_cb cb, void *ctx)
 {
     struct explicit_push *e;
     char joined[PATH_MAX];
 
     if (path[0] == '\0' || strlen(path) >= PATH_MAX - strlen(d->cfg->watch_dir) - 2)
-        return ckpt_err_set(err, CKPT_ERR_INPUT, -EINVAL, "invalid path");
+        return -EINVAL;
     if (path[0] == '/')
         snprintf(joined, sizeof(joined), "%s", path);
     else
@@ -879,12 +919,18 @@ int daemon_push_path(struct daemon *d, const char *path, struct ckpt_err *err)
     while (strlen(joined) > 1 && joined[strlen(joined) - 1] == '/')
         joined[strlen(joined) - 1] = '\0';
     if (d->stopping)
-        return ckpt_err_set(err, CKPT_ERR_INPUT, -ESHUTDOWN, "the daemon is stopping");
+        return -ESHUTDOWN;
+    if (push_known_checkpoint(d, joined)) {
+        cb(ctx, NULL, NULL);
+        return 0;
+    }
     if ((e = calloc(1, sizeof(*e))) == NULL || (e->path = strdup(joined)) == NULL) {
         free(e);
-        return ckpt_err_set(err, CKPT_ERR_IO, -ENOMEM, "out of memory");
+        return -ENOMEM;
     }
     e->daemon = d;
+    e->cb = cb;
+    e->ctx = ctx;
     e->work.data = e;
     uv_queue_work(d->loop, &e->work, list_files_work, list_files_done);
     return 0;
@@ -1042,6 +1088,11 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
         *ret_exit = CKPT_EXIT_WATCH;
         goto fail;
     }
+    if ((rc = control_start(&d->control, loop, d, cfg->socket_path, err)) < 0) {
+        *ret_exit = CKPT_EXIT_INVALID;
+        goto fail;
+    }
+    log_info("listening", "socket='%s'", cfg->socket_path);
     if (cfg->child_argv != NULL && (rc = spawn_child(d, err)) < 0) {
         *ret_exit = CKPT_EXIT_USAGE;
         goto fail;
