@@ -254,13 +254,15 @@ static void sec_usage(struct card_buf *b, const struct card_data *d, const struc
         card_buf_puts(b, "```\n");
     } else if (d->has_config && pushed(in, ".safetensors", &path)) {
         /* PyTorchModelHubMixin saves its init arguments as config.json beside the weights */
-        card_buf_printf(b,
-                        "The weights were saved with `PyTorchModelHubMixin`: load them with the "
-                        "model class that was trained.\n\n```python\nfrom "
-                        "huggingface_hub import PyTorchModelHubMixin\n\n"
-                        "class MyModel(nn.Module, PyTorchModelHubMixin):  # your class\n"
-                        "    ...\n\nmodel = MyModel.from_pretrained(\"%s\")\n```\n",
-                        repo);
+        card_buf_printf(
+            b,
+            "A `config.json` without a transformers architecture beside safetensors "
+            "weights is what `PyTorchModelHubMixin` saves; if that is how they were "
+            "saved, load them with the model class that was trained.\n\n```python\nfrom "
+            "huggingface_hub import PyTorchModelHubMixin\n\n"
+            "class MyModel(nn.Module, PyTorchModelHubMixin):  # your class\n"
+            "    ...\n\nmodel = MyModel.from_pretrained(\"%s\")\n```\n",
+            repo);
     } else if (pushed(in, ".safetensors", &path)) {
         card_buf_printf(b,
                         "```python\nfrom huggingface_hub import hf_hub_download\nfrom "
