@@ -66,7 +66,6 @@ void config_print_usage(void)
           "  --strategy NAME      what to push: every_save (default)\n"
           "  --public             create the repo public (default: private)\n"
           "  --quiet-ms N         quiet period before a checkpoint counts as complete (1000)\n"
-          "  --staging DIR        where pins live (default: DIR/.ckptpush)\n"
           "  --drain-timeout S    on SIGTERM, seconds to finish pushes before exiting (60)\n"
           "  --dry-run            detect and pin, push nothing\n"
           "  --log-level LEVEL    debug, info, warn or error (info)\n"
@@ -154,11 +153,6 @@ static int set_path(char **field, const char *value, char *why, size_t why_size)
 SETTER(set_watch)
 {
     return set_path(&cfg->watch_dir, v, why, why_size);
-}
-
-SETTER(set_staging)
-{
-    return set_path(&cfg->staging_dir, v, why, why_size);
 }
 
 SETTER(set_repo)
@@ -314,7 +308,6 @@ static const struct key_def keys[] = {
     {"strategy", "strategy", NULL, NULL, KEY_TEXT, false, set_strategy},
     {"private", "public", "false", NULL, KEY_BOOL, false, set_private},
     {"quiet_ms", "quiet-ms", NULL, NULL, KEY_NUMBER, false, set_quiet_ms},
-    {"staging", "staging", NULL, NULL, KEY_TEXT, true, set_staging},
     {"drain_timeout_s", "drain-timeout", NULL, NULL, KEY_NUMBER, false, set_drain_timeout},
     {"dry_run", "dry-run", "true", NULL, KEY_BOOL, false, set_dry_run},
     {"log_level", "log-level", NULL, NULL, KEY_TEXT, false, set_log_level},
@@ -769,7 +762,6 @@ static int load(struct config *cfg, int argc, char **argv)
         apply(cfg, flags[i].key, flags[i].value, where, &code);
     }
     free(flags);
-    make_absolute(&cfg->staging_dir);
     make_absolute(&cfg->metrics_path);
     make_absolute(&cfg->token_path);
 

@@ -135,8 +135,7 @@ class ConfigExample(unittest.TestCase):
             example_text = f.read()
         keys = re.findall(r'^\s*"([a-z_]+)":', example_text, re.M)
         # The example's own paths do not exist here: flags override them (flags win).
-        r = subprocess.run([DAEMON, "--config", EXAMPLE, "--watch", tmp, "--staging",
-                            os.path.join(tmp, ".ckptpush"), "--check-config"],
+        r = subprocess.run([DAEMON, "--config", EXAMPLE, "--watch", tmp, "--check-config"],
                            capture_output=True, text=True, timeout=30,
                            env=clean_env(HF_TOKEN="hf_example", HOME=tmp))
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -152,7 +151,7 @@ class ConfigExample(unittest.TestCase):
             self.assertIn(k, eff, f"example key '{k}' is not a setting")
             self.assertIn(f"| `{k}` |", readme, f"key '{k}' is not documented")
         # Every setting the daemon reports appears in the example.
-        settings = set(eff) - {"token", "token_source", "config_file", "offline"}
+        settings = set(eff) - {"token", "token_source", "config_file", "offline", "staging"}
         self.assertEqual(settings - set(keys), set(), "settings missing from the example")
 
     def test_invalid_file_reports_every_key(self):
