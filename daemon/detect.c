@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,9 +157,10 @@ struct layout {
     bool folder;            /* the candidate is a directory that exists before its files */
     bool reopen_after_seal; /* a new write to a sealed candidate is a new checkpoint */
     bool seal_on_delete;    /* a delete inside a marked, closed candidate seals it at once */
-    bool (*match)(const char *path, bool is_dir, struct match *m);
-    bool (*complete)(const struct detect *d, const struct detect_cand *c);
-    const char *marker; /* for the rule string */
+    /* d is read only to find a folder candidate already owning the path's directory. */
+    bool (*match)(const struct detect *d, const char *path, bool is_dir, struct match *m);
+    /* why (may be NULL) gets the marker that holds, for the rule string of the seal. */
+    bool (*complete)(const struct detect *d, const struct detect_cand *c, char *why, size_t n);
 };
 
 struct detect {
@@ -304,9 +306,68 @@ static struct drec *rec_get(const struct detect *d, const char *path)
     return smap_get(&d->files, path);
 }
 
-/* checkpoint-<N>/ at any depth; the first such component owns everything below it. */
-static bool trainer_match(const char *path, bool is_dir, struct match *m)
+static bool rec_done(const struct detect_cand *c, const struct drec *r)
 {
+    return r != NULL && r->cand == c && r->member && r->closed && !r->open;
+}
+
+/* The member dir/base of c, closed? */
+static bool member_closed(const struct detect *d, const struct detect_cand *c, const char *base)
+{
+    char p[PATH_MAX_LEN + 2];
+    if (c->dir_len == 0)
+        snprintf(p, sizeof(p), "%s", base);
+    else if ((size_t)snprintf(p, sizeof(p), "%s/%s", c->dir, base) >= sizeof(p))
+        return false;
+    return rec_done(c, rec_get(d, p));
+}
+
+static void say(char *why, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void say(char *why, size_t n, const char *fmt, ...)
+{
+    va_list ap;
+    if (why == NULL || n == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(why, n, fmt, ap);
+    va_end(ap);
+}
+
+/* Layout name of the folder candidate named path[0..dir_len), or NULL: a folder once recognised
+ * by one of its files owns the other files written directly into it (temporaries included). */
+static const char *owner_of(const struct detect *d, const char *path, size_t dir_len)
+{
+    char name[PATH_MAX_LEN + 1];
+    if (dir_len == 0 || dir_len > PATH_MAX_LEN)
+        return NULL;
+    memcpy(name, path, dir_len);
+    name[dir_len] = '\0';
+    const struct detect_cand *c = smap_get(&d->names, name);
+    return c != NULL && c->layout->folder ? c->layout->name : NULL;
+}
+
+/* A file directly in a (non-hidden) subdirectory: fills the match for that directory. */
+static bool in_subdir(const char *path, bool is_dir, struct match *m, const char **ret_base)
+{
+    const char *b = base_name(path);
+    if (is_dir || b == path)
+        return false;
+    size_t dl = (size_t)(b - path) - 1;
+    if (has_hidden(path, dl))
+        return false;
+    m->name_len = dl;
+    m->dir_len = dl;
+    m->rel_off = dl + 1;
+    m->member = b[0] != '.';
+    *ret_base = b;
+    return true;
+}
+
+/* checkpoint-<N>/ at any depth; the first such component owns everything below it. */
+static bool trainer_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    (void)d;
     const char *s = path;
     while (*s != '\0') {
         size_t n = strcspn(s, "/");
@@ -329,16 +390,153 @@ static bool trainer_match(const char *path, bool is_dir, struct match *m)
     return false;
 }
 
-static bool trainer_complete(const struct detect *d, const struct detect_cand *c)
+static bool trainer_complete(const struct detect *d, const struct detect_cand *c, char *why,
+                             size_t n)
 {
-    char p[PATH_MAX_LEN + 32];
-    snprintf(p, sizeof(p), "%s/trainer_state.json", c->dir);
-    struct drec *r = rec_get(d, p);
-    return r != NULL && r->cand == c && r->member && r->closed && !r->open;
+    say(why, n, "trainer_state.json closed");
+    return member_closed(d, c, "trainer_state.json");
 }
 
-static bool root_match(const char *path, bool is_dir, struct match *m)
+/* "__<rank>_<n>.distcp": torch.distributed.checkpoint's data files. */
+static bool is_distcp_name(const char *b)
 {
+    if (strncmp(b, "__", 2) != 0 || !ends_with(b, ".distcp"))
+        return false;
+    const char *s = b + 2;
+    size_t d1 = strspn(s, "0123456789");
+    if (d1 == 0 || s[d1] != '_')
+        return false;
+    s += d1 + 1;
+    size_t d2 = strspn(s, "0123456789");
+    return d2 > 0 && strcmp(s + d2, ".distcp") == 0;
+}
+
+/* torch.distributed.checkpoint into a subdirectory: the coordinator writes .metadata last (as
+ * .metadata.tmp renamed into place), after every rank's .distcp. .metadata is hidden but it is
+ * the checkpoint's index: a member. */
+static bool dcp_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    const char *b;
+    if (!in_subdir(path, is_dir, m, &b))
+        return false;
+    bool named = is_distcp_name(b) || strcmp(b, ".metadata") == 0;
+    if (!named) {
+        const char *o = owner_of(d, path, m->dir_len);
+        if (o == NULL || strcmp(o, "torch-dcp") != 0)
+            return false;
+    }
+    m->member = b[0] != '.' || strcmp(b, ".metadata") == 0;
+    return true;
+}
+
+static bool dcp_complete(const struct detect *d, const struct detect_cand *c, char *why, size_t n)
+{
+    size_t data = 0;
+    for (size_t i = 0; i < c->n_members; i++)
+        data += is_distcp_name(base_name(c->members[i]->path));
+    say(why, n, ".metadata written after %zu .distcp", data);
+    return member_closed(d, c, ".metadata");
+}
+
+/* "<prefix>-<k>-of-<n>.<ext>": save_pretrained's shards (model-00001-of-00007.safetensors,
+ * pytorch_model-00001-of-00002.bin, diffusion_pytorch_model-00001-of-00002.safetensors). */
+static bool parse_shard(const char *b, long *ret_k, long *ret_n)
+{
+    for (const char *s = strchr(b, '-'); s != NULL; s = strchr(s + 1, '-')) {
+        const char *p = s + 1;
+        size_t d1 = strspn(p, "0123456789");
+        if (d1 == 0 || strncmp(p + d1, "-of-", 4) != 0)
+            continue;
+        const char *q = p + d1 + 4;
+        size_t d2 = strspn(q, "0123456789");
+        if (d2 == 0 || q[d2] != '.' || q[d2 + 1] == '\0')
+            continue;
+        *ret_k = strtol(p, NULL, 10);
+        *ret_n = strtol(q, NULL, 10);
+        return *ret_k >= 1 && *ret_n >= 1 && *ret_k <= *ret_n;
+    }
+    return false;
+}
+
+/* One file that is the whole model (unsharded save_pretrained, PEFT adapter-only save). */
+static bool is_whole_weights(const char *b)
+{
+    static const char *const names[] = {
+        "model.safetensors",
+        "pytorch_model.bin",
+        "tf_model.h5",
+        "flax_model.msgpack",
+        "adapter_model.safetensors",
+        "adapter_model.bin",
+        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.bin",
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (strcmp(b, names[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* save_pretrained() into a subdirectory: a folder holding model files (config, weights,
+ * shards and their index, tokenizer, adapter). */
+static bool model_dir_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    const char *b;
+    long k, n;
+    if (!in_subdir(path, is_dir, m, &b))
+        return false;
+    bool named = b[0] != '.' && (is_model_file_name(b) || is_whole_weights(b) ||
+                                 parse_shard(b, &k, &n) || ends_with(b, ".index.json"));
+    if (!named) {
+        const char *o = owner_of(d, path, m->dir_len);
+        if (o == NULL || strcmp(o, "model-dir") != 0)
+            return false;
+    }
+    return true;
+}
+
+/* The detector reads no file, so the index's weight_map is not visible: the shard names say
+ * how many there are ("-of-N"). Complete when N shards of the largest N seen and an
+ * *.index.json are closed; without shards, when one whole-model weights file is closed. */
+static bool model_dir_complete(const struct detect *d, const struct detect_cand *c, char *why,
+                               size_t n)
+{
+    (void)d;
+    long want = 0, have = 0, k, total;
+    bool index = false, whole = false;
+    const char *whole_name = "";
+    for (size_t i = 0; i < c->n_members; i++) {
+        const struct drec *r = c->members[i];
+        const char *b = r->path + r->rel_off;
+        if (parse_shard(b, &k, &total) && total > want)
+            want = total;
+    }
+    for (size_t i = 0; i < c->n_members; i++) {
+        const struct drec *r = c->members[i];
+        const char *b = r->path + r->rel_off;
+        if (!r->closed)
+            continue;
+        if (want > 0 && parse_shard(b, &k, &total) && total == want)
+            have++;
+        else if (ends_with(b, ".index.json"))
+            index = true;
+        else if (is_whole_weights(b)) {
+            whole = true;
+            whole_name = b;
+        }
+    }
+    if (want > 0) {
+        say(why, n, "index and %ld of %ld shards closed", have, want);
+        return index && have == want;
+    }
+    say(why, n, "%s closed", whole_name);
+    return whole;
+}
+
+static bool root_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    (void)d;
     if (is_dir || strchr(path, '/') != NULL || path[0] == '.' || !is_model_file_name(path))
         return false;
     m->name_len = 0;
@@ -349,9 +547,10 @@ static bool root_match(const char *path, bool is_dir, struct match *m)
 }
 
 /* A tokenizer or config saved at the root early in a run is not the model: wait for weights. */
-static bool root_complete(const struct detect *d, const struct detect_cand *c)
+static bool root_complete(const struct detect *d, const struct detect_cand *c, char *why, size_t n)
 {
     (void)d;
+    say(why, n, "model weights present");
     for (size_t i = 0; i < c->n_members; i++) {
         const char *b = c->members[i]->path;
         if (is_weight_name(b) && strcmp(b, "training_args.bin") != 0)
@@ -360,8 +559,9 @@ static bool root_complete(const struct detect *d, const struct detect_cand *c)
     return false;
 }
 
-static bool file_match(const char *path, bool is_dir, struct match *m)
+static bool file_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
 {
+    (void)d;
     const char *b = base_name(path);
     if (is_dir || b[0] == '.' || !is_weight_name(b) || has_hidden(path, (size_t)(b - path)))
         return false;
@@ -374,24 +574,28 @@ static bool file_match(const char *path, bool is_dir, struct match *m)
     return true;
 }
 
-static bool file_complete(const struct detect *d, const struct detect_cand *c)
+static bool file_complete(const struct detect *d, const struct detect_cand *c, char *why, size_t n)
 {
     (void)d;
+    say(why, n, "file closed");
     return c->n_members == 1 && c->members[0]->closed && !c->members[0]->open;
 }
 
+/* Order is priority: the first match wins, and a folder first recognised by a weaker layout
+ * (model-dir from its config.json) is upgraded when a stronger one's file shows up. */
 static const struct layout layouts[] = {
-    {"transformers-trainer", true, false, true, trainer_match, trainer_complete,
-     "trainer_state.json closed"},
-    {"model-root", false, false, false, root_match, root_complete, "model weights present"},
-    {"single-file", false, true, false, file_match, file_complete, "file closed"},
+    {"transformers-trainer", true, false, true, trainer_match, trainer_complete},
+    {"torch-dcp", true, false, true, dcp_match, dcp_complete},
+    {"model-dir", true, true, true, model_dir_match, model_dir_complete},
+    {"model-root", false, false, false, root_match, root_complete},
+    {"single-file", false, true, false, file_match, file_complete},
 };
 
-static bool classify(const char *path, bool is_dir, struct match *m)
+static bool classify(const struct detect *d, const char *path, bool is_dir, struct match *m)
 {
     for (size_t i = 0; i < sizeof(layouts) / sizeof(layouts[0]); i++) {
         memset(m, 0, sizeof(*m));
-        if (layouts[i].match(path, is_dir, m)) {
+        if (layouts[i].match(d, path, is_dir, m)) {
             m->layout = &layouts[i];
             return true;
         }
@@ -404,7 +608,7 @@ static bool classify(const char *path, bool is_dir, struct match *m)
 static int64_t parse_step(const struct detect_cand *c)
 {
     const char *b = base_name(c->name);
-    if (c->layout->folder)
+    if (strcmp(c->layout->name, "transformers-trainer") == 0)
         return strtoll(b + strlen("checkpoint-"), NULL, 10);
     if (c->name[0] == '\0')
         return -1;
@@ -418,7 +622,7 @@ static int64_t parse_step(const struct detect_cand *c)
     /* Exactly one number in the name: that is the step (or epoch); shard names have two. */
     int64_t found = -1;
     int runs = 0;
-    for (const char *p = b; *p != '\0' && *p != '.';) {
+    for (const char *p = b; *p != '\0' && (c->layout->folder || *p != '.');) {
         if (*p >= '0' && *p <= '9') {
             runs++;
             found = strtoll(p, NULL, 10);
@@ -551,7 +755,7 @@ static void rec_free(struct detect *d, struct drec *r)
 
 static bool cand_ready(const struct detect *d, const struct detect_cand *c)
 {
-    return !c->sealed && c->n_open == 0 && c->layout->complete(d, c);
+    return !c->sealed && c->n_open == 0 && c->layout->complete(d, c, NULL, 0);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -570,7 +774,9 @@ static void cand_seal(struct detect *d, struct detect_cand *c, const char *how)
         }
         qsort(c->files, c->n_files, sizeof(*c->files), cmp_str);
     }
-    snprintf(c->rule, sizeof(c->rule), "%s, %s", c->layout->marker, how);
+    char why[96] = "";
+    c->layout->complete(d, c, why, sizeof(why));
+    snprintf(c->rule, sizeof(c->rule), "%s, %s", why, how);
     c->sealed = true;
     if (d->cbs.sealed != NULL)
         d->cbs.sealed(d->cbs.ctx, c);
@@ -632,9 +838,43 @@ static int cand_for(struct detect *d, const char *path, const struct match *m, i
     char name[PATH_MAX_LEN + 1];
     snprintf(name, sizeof(name), "%.*s", (int)m->name_len, path);
     struct detect_cand *c = smap_get(&d->names, name);
+    if (c != NULL && !c->sealed && c->layout != m->layout && c->layout->folder &&
+        m->layout->folder && m->layout < c->layout) {
+        /* e.g. a folder seen as model-dir by its config.json gets its first .distcp */
+        c->layout = m->layout;
+        c->step = parse_step(c);
+    }
     if (c != NULL && c->sealed && c->layout->reopen_after_seal) {
+        struct drec **keep = NULL;
+        size_t n_keep = 0;
+        int rc;
+        if (c->layout->folder && c->n_members > 0) {
+            /* A folder saved again (save_pretrained into the same directory): the new version
+             * holds its files still there, written again or not. */
+            keep = malloc(c->n_members * sizeof(*keep));
+            if (keep == NULL)
+                return -ENOMEM;
+            memcpy(keep, c->members, c->n_members * sizeof(*keep));
+            n_keep = c->n_members;
+        }
         cand_destroy(d, c);
-        c = NULL;
+        rc = cand_new(d, path, m, now, &c);
+        for (size_t i = 0; rc == 0 && i < n_keep; i++) {
+            rc = members_add(c, keep[i]);
+            if (rc < 0)
+                break;
+            keep[i]->cand = c;
+            keep[i]->member = true;
+            if (keep[i]->open)
+                c->n_open++;
+            if (d->cbs.file_added != NULL)
+                d->cbs.file_added(d->cbs.ctx, c, keep[i]->path + keep[i]->rel_off);
+        }
+        free(keep);
+        if (rc < 0)
+            return rc;
+        *ret = c;
+        return 0;
     }
     if (c == NULL)
         return cand_new(d, path, m, now, ret);
@@ -651,7 +891,7 @@ static int rec_attach(struct detect *d, struct drec *r, int64_t now, bool *ret_a
     int rc;
 
     *ret_added = false;
-    if (!classify(r->path, false, &m))
+    if (!classify(d, r->path, false, &m))
         return 0;
     rc = cand_for(d, r->path, &m, now, &c);
     if (rc < 0)
@@ -814,7 +1054,7 @@ static int on_dir_seen(struct detect *d, const char *path, int64_t now)
 {
     struct match m;
     struct detect_cand *c;
-    if (!classify(path, true, &m) || !m.layout->folder || m.name_len != strlen(path))
+    if (!classify(d, path, true, &m) || !m.layout->folder || m.name_len != strlen(path))
         return 0;
     int rc = cand_for(d, path, &m, now, &c);
     if (rc < 0)
@@ -838,8 +1078,8 @@ static int on_rename(struct detect *d, const char *from, const char *to, int64_t
         /* Replaced by the rename: its old inode is gone from this name. */
         struct match m;
         struct detect_cand *tc = t->cand;
-        bool same = r != NULL && tc != NULL && !tc->sealed && classify(to, false, &m) && m.member &&
-                    r->cand == tc;
+        bool same = r != NULL && tc != NULL && !tc->sealed && classify(d, to, false, &m) &&
+                    m.member && r->cand == tc;
         if (same)
             rec_free(d, t);
         else

@@ -357,30 +357,120 @@ static void test_trainer_trace(int64_t quiet)
 
 static void test_sharded_trace(void)
 {
+    static const char *const want[] = {
+        "config.json",
+        "generation_config.json",
+        "model-00001-of-00007.safetensors",
+        "model-00002-of-00007.safetensors",
+        "model-00003-of-00007.safetensors",
+        "model-00004-of-00007.safetensors",
+        "model-00005-of-00007.safetensors",
+        "model-00006-of-00007.safetensors",
+        "model-00007-of-00007.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    };
     struct rec *r = calloc(1, sizeof(*r));
     struct tev *a;
     int n = load_trace("hf-save-pretrained-sharded.jsonl", &a);
     struct detect *d = make(r, 1000);
 
     replay(d, r, a, n);
-    /* Under the rules so far: a subdirectory's shards are single-file checkpoints; config,
-     * tokenizer and index outside the root are not weights and not pushed. */
-    CHECK(r->n_seals == 7);
-    for (int k = 1; k <= 7; k++) {
-        char name[160], base[128];
-        snprintf(base, sizeof(base), "model-%05d-of-00007.safetensors", k);
-        snprintf(name, sizeof(name), "out/%s", base);
-        const struct seal *s = find_seal(r, name);
-        const char *want[] = {base};
-        CHECK(s != NULL && strcmp(s->layout, "single-file") == 0);
-        CHECK(files_are(s, want, 1));
-        CHECK(s != NULL && s->step == -1);
-        CHECK(s != NULL && strcmp(s->rule, "file closed, 1000 ms quiet") == 0);
-    }
+    /* One model folder: 7 shards (named -of-00007) and the index, plus config and tokenizer. */
+    CHECK(r->n_seals == 1);
+    const struct seal *s = find_seal(r, "out");
+    CHECK(s != NULL && strcmp(s->layout, "model-dir") == 0);
+    CHECK(files_are(s, want, 12));
+    CHECK(s != NULL && s->step == -1);
+    CHECK(s != NULL && strcmp(s->rule, "index and 7 of 7 shards closed, 1000 ms quiet") == 0);
     check_timing(r, a, n, 1000);
     CHECK(!has_note(r, "dropped"));
+    CHECK(!has_note(r, "removed"));
+    for (int i = 0; i < r->n_notes; i++)
+        CHECK(strstr(r->notes[i], ".tmp") == NULL);
     detect_free(d);
     free(a);
+    free(r);
+}
+
+/* The same save cut short: the index never comes, or a shard is missing. */
+static void test_sharded_incomplete(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct tev *a;
+    int n = load_trace("hf-save-pretrained-sharded.jsonl", &a);
+    struct detect *d = make(r, 1000);
+    int cut = 0;
+
+    for (int i = 0; i < n; i++) {
+        if (strstr(a[i].path, "index.json") != NULL) {
+            cut = i;
+            break;
+        }
+    }
+    CHECK(cut > 0);
+    replay(d, r, a, cut);
+    CHECK(r->n_seals == 0 && detect_pending(d) == 1);
+    detect_free(d);
+
+    /* All but shard 4 of 7, then the index: still waiting. */
+    d = make(r, 1000);
+    feed(d, r, 0, WATCH_CLOSE_WRITE, false, "m/config.json", NULL);
+    for (int k = 1; k <= 7; k++) {
+        char p[64];
+        if (k == 4)
+            continue;
+        snprintf(p, sizeof(p), "m/model-%05d-of-00007.safetensors", k);
+        feed(d, r, 10 * k, WATCH_CLOSE_WRITE, false, p, NULL);
+    }
+    feed(d, r, 100, WATCH_CLOSE_WRITE, false, "m/model.safetensors.index.json", NULL);
+    advance(d, r, 60000);
+    CHECK(r->n_seals == 0);
+    feed(d, r, 60000, WATCH_CLOSE_WRITE, false, "m/model-00004-of-00007.safetensors", NULL);
+    finish(d, r);
+    const struct seal *s = find_seal(r, "m");
+    CHECK(s != NULL && s->n_files == 9 && s->at_ms == 61000);
+    detect_free(d);
+    free(a);
+    free(r);
+}
+
+/* Unsharded save_pretrained and a PEFT adapter-only save into subfolders; then the same folder
+ * saved again is a new version holding every file still there. */
+static void test_model_dir_whole(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 1000);
+
+    feed(d, r, 0, WATCH_CLOSE_WRITE, false, "final/config.json", NULL);
+    advance(d, r, 5000);
+    CHECK(r->n_seals == 0); /* a config alone is not a model */
+    feed(d, r, 5000, WATCH_CREATE, false, "final/model.safetensors", NULL);
+    feed(d, r, 5100, WATCH_CLOSE_WRITE, false, "final/model.safetensors", NULL);
+    feed(d, r, 5200, WATCH_CLOSE_WRITE, false, "lora/adapter_config.json", NULL);
+    feed(d, r, 5300, WATCH_CLOSE_WRITE, false, "lora/adapter_model.safetensors", NULL);
+    feed(d, r, 5400, WATCH_CLOSE_WRITE, false, "lora/README.md", NULL);
+    advance(d, r, 7000);
+    CHECK(r->n_seals == 2);
+    const struct seal *s = find_seal(r, "final");
+    const char *want[] = {"config.json", "model.safetensors"};
+    CHECK(files_are(s, want, 2) && s->at_ms == 6100 && strcmp(s->layout, "model-dir") == 0);
+    CHECK(s != NULL && strcmp(s->rule, "model.safetensors closed, 1000 ms quiet") == 0);
+    s = find_seal(r, "lora");
+    const char *lora[] = {"README.md", "adapter_config.json", "adapter_model.safetensors"};
+    CHECK(files_are(s, lora, 3) && s->at_ms == 6400);
+    /* Saved again: a temporary, renamed over the weights. */
+    feed(d, r, 9000, WATCH_CREATE, false, "final/.tmpX", NULL);
+    feed(d, r, 9100, WATCH_RENAMED, false, "final/model.safetensors", "final/.tmpX");
+    CHECK(detect_next_deadline_ms(d) == -1); /* still open */
+    feed(d, r, 9200, WATCH_CLOSE_WRITE, false, "final/model.safetensors", NULL);
+    finish(d, r);
+    CHECK(r->n_seals == 3 && strcmp(r->seals[2].name, "final") == 0);
+    CHECK(r->seals[2].n_files == 2 && r->seals[2].at_ms == 10200);
+    CHECK(r->seals[2].id > r->seals[0].id);
+    CHECK(!has_note(r, "late"));
+    detect_free(d);
     free(r);
 }
 
@@ -390,14 +480,52 @@ static void test_dcp_trace(void)
     struct tev *a;
     int n = load_trace("torch-dcp-save.jsonl", &a);
     struct detect *d = make(r, 1000);
+    static const char *const want[] = {".metadata", "__0_0.distcp"};
 
     replay(d, r, a, n);
-    /* No DCP rule yet: .distcp is no weight name and .metadata is hidden. */
-    CHECK(r->n_seals == 0);
-    CHECK(r->n_notes == 0);
+    CHECK(r->n_seals == 1);
+    const struct seal *s = find_seal(r, "step-100");
+    CHECK(s != NULL && strcmp(s->layout, "torch-dcp") == 0 && s->step == 100);
+    CHECK(files_are(s, want, 2));
+    CHECK(s != NULL && strcmp(s->rule, ".metadata written after 1 .distcp, 1000 ms quiet") == 0);
+    check_timing(r, a, n, 1000);
+    CHECK(!has_note(r, "dropped"));
     CHECK(detect_pending(d) == 0);
     detect_free(d);
     free(a);
+    free(r);
+}
+
+/* Several ranks; .metadata.tmp closed but not renamed yet; a config.json saved into the folder
+ * before any .distcp makes it a model-dir first, upgraded by the first .distcp. */
+static void test_dcp_ranks(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 1000);
+
+    feed(d, r, 0, WATCH_CREATE, true, "dcp/step_7", NULL);
+    feed(d, r, 1, WATCH_CLOSE_WRITE, false, "dcp/step_7/config.json", NULL);
+    for (int rank = 0; rank < 4; rank++) {
+        char p[64];
+        snprintf(p, sizeof(p), "dcp/step_7/__%d_0.distcp", rank);
+        feed(d, r, 10 + rank, WATCH_CREATE, false, p, NULL);
+    }
+    for (int rank = 0; rank < 4; rank++) {
+        char p[64];
+        snprintf(p, sizeof(p), "dcp/step_7/__%d_0.distcp", rank);
+        feed(d, r, 2000 + rank, WATCH_CLOSE_WRITE, false, p, NULL);
+    }
+    feed(d, r, 2100, WATCH_CREATE, false, "dcp/step_7/.metadata.tmp", NULL);
+    feed(d, r, 2110, WATCH_CLOSE_WRITE, false, "dcp/step_7/.metadata.tmp", NULL);
+    advance(d, r, 9000);
+    CHECK(r->n_seals == 0);
+    feed(d, r, 9000, WATCH_RENAMED, false, "dcp/step_7/.metadata", "dcp/step_7/.metadata.tmp");
+    finish(d, r);
+    const struct seal *s = find_seal(r, "dcp/step_7");
+    CHECK(s != NULL && strcmp(s->layout, "torch-dcp") == 0 && s->step == 7);
+    CHECK(s != NULL && s->n_files == 6 && s->at_ms == 10000);
+    CHECK(s != NULL && strcmp(s->rule, ".metadata written after 4 .distcp, 1000 ms quiet") == 0);
+    detect_free(d);
     free(r);
 }
 
@@ -553,7 +681,8 @@ static void test_folder_renamed_into_place(void)
     const char *want[] = {"config.json", "model.safetensors", "trainer_state.json"};
     const struct seal *s = find_seal(r, "checkpoint-7");
     CHECK(files_are(s, want, 3) && s->at_ms == 1010);
-    CHECK(has_note(r, "dropped 'tmp-checkpoint-7/model.safetensors'"));
+    /* Its model files made tmp-checkpoint-7 a model folder until the rename. */
+    CHECK(has_note(r, "dropped 'tmp-checkpoint-7' folder renamed before it was sealed"));
     /* Renames within a folder carry the pin. */
     feed(d, r, 2000, WATCH_CLOSE_WRITE, false, "checkpoint-8/a.bin", NULL);
     feed(d, r, 2001, WATCH_RENAMED, false, "checkpoint-8/b.bin", "checkpoint-8/a.bin");
@@ -619,7 +748,10 @@ int main(void)
     test_trainer_trace(1000);
     test_trainer_trace(100);
     test_sharded_trace();
+    test_sharded_incomplete();
+    test_model_dir_whole();
     test_dcp_trace();
+    test_dcp_ranks();
     test_moved_in_from_outside();
     test_tmp_renamed_before_close();
     test_open_at_deadline_and_seal_all();
