@@ -9,6 +9,7 @@
 #include "watch.h"
 
 #include <errno.h>
+#include <fnmatch.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -122,6 +123,7 @@ struct drec {
     bool open;                /* CREATE/MODIFY seen without CLOSE_WRITE */
     bool closed;              /* closed after writing, or found complete */
     bool late;                /* late write already reported */
+    int64_t wrote_ms;         /* last close or rename into this name */
 };
 
 struct detect_cand {
@@ -132,17 +134,22 @@ struct detect_cand {
     const struct layout *layout;
     int64_t step;
     int64_t last_ms;
+    int64_t quiet_ms;  /* the layout's or the custom rule's quiet period */
+    int rule_idx;      /* custom rules: index into detect.rules */
+    bool marked;       /* orbax: renamed from its temporary name */
+    unsigned replaced; /* versions of a file replaced before the seal (coalesced) */
     size_t n_open;
     struct drec **members;
     size_t n_members, cap_members;
     bool sealed;
-    char rule[160];
+    char rule[200];
     char **files; /* sorted snapshot, once sealed */
     size_t n_files;
 };
 
 struct match {
     const struct layout *layout;
+    int rule_idx;
     size_t name_len; /* candidate name = path[0..name_len) */
     size_t dir_len;
     size_t rel_off;
@@ -171,6 +178,9 @@ struct detect {
     struct detect_cand **cands; /* id order */
     size_t n_cands, cap_cands;
     uint64_t next_id;
+    struct detect_rule *rules; /* copies of the configured custom rules */
+    size_t n_rules;
+    char *force_layout; /* NULL: auto-detect */
 };
 
 /* --- path helpers ----------------------------------------------------------------------- */
@@ -581,24 +591,288 @@ static bool file_complete(const struct detect *d, const struct detect_cand *c, c
     return c->n_members == 1 && c->members[0]->closed && !c->members[0]->open;
 }
 
+/* Candidate named path[0..n) of the given layout, or NULL. */
+static struct detect_cand *cand_named(const struct detect *d, const char *path, size_t n,
+                                      const char *layout)
+{
+    char name[PATH_MAX_LEN + 1];
+    if (n == 0 || n > PATH_MAX_LEN)
+        return NULL;
+    memcpy(name, path, n);
+    name[n] = '\0';
+    struct detect_cand *c = smap_get(&d->names, name);
+    return c != NULL && strcmp(c->layout->name, layout) == 0 ? c : NULL;
+}
+
+static void match_prefix(struct match *m, const char *path, size_t n, bool is_dir)
+{
+    bool self = path[n] == '\0';
+    m->name_len = n;
+    m->dir_len = n;
+    m->rel_off = self ? n : n + 1;
+    m->member = !self && !is_dir && !has_hidden(path + m->rel_off, strlen(path + m->rel_off));
+}
+
+/* The first directory component for which pred() holds owns everything below it. */
+static bool component_match(const char *path, bool is_dir, struct match *m,
+                            bool (*pred)(const char *path, const char *s, size_t n))
+{
+    for (const char *s = path; *s != '\0';) {
+        size_t n = strcspn(s, "/");
+        bool last = s[n] == '\0';
+        if (s[0] == '.' || (last && !is_dir))
+            return false;
+        if (pred(path, s, n)) {
+            match_prefix(m, path, (size_t)(s - path) + n, is_dir);
+            return true;
+        }
+        s += n;
+        if (*s == '/')
+            s++;
+    }
+    return false;
+}
+
+/* An ancestor directory of path (or path itself, a directory) that is a candidate of layout. */
+static bool owner_match(const struct detect *d, const char *path, bool is_dir, struct match *m,
+                        const char *layout)
+{
+    size_t len = strlen(path);
+    for (size_t i = 1; i <= len; i++) {
+        if (path[i] != '/' && !(i == len && is_dir))
+            continue;
+        if (cand_named(d, path, i, layout) != NULL) {
+            match_prefix(m, path, i, is_dir);
+            return true;
+        }
+        if (i == len)
+            break;
+    }
+    return false;
+}
+
+/* DeepSpeed engine.save_checkpoint: tag folder global_step<N>/ (the default tag). */
+static bool ds_pred(const char *path, const char *s, size_t n)
+{
+    (void)path;
+    return n > 11 && strncmp(s, "global_step", 11) == 0 && all_digits(s + 11, n - 11);
+}
+
+static bool ds_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    (void)d;
+    return component_match(path, is_dir, m, ds_pred);
+}
+
+/* save_checkpoint writes <save_dir>/latest (the tag) after every file of the tag folder: the
+ * detector cannot read which tag it names, so "latest closed after the folder's last write". */
+static bool ds_complete(const struct detect *d, const struct detect_cand *c, char *why, size_t n)
+{
+    char p[PATH_MAX_LEN + 16];
+    const char *b = base_name(c->name);
+    int64_t last = -1;
+    if (b == c->name)
+        snprintf(p, sizeof(p), "latest");
+    else
+        snprintf(p, sizeof(p), "%.*slatest", (int)(b - c->name), c->name);
+    say(why, n, "'latest' written after the folder");
+    const struct drec *l = rec_get(d, p);
+    if (l == NULL || l->open || !l->closed || c->n_members == 0)
+        return false;
+    for (size_t i = 0; i < c->n_members; i++) {
+        if (c->members[i]->wrote_ms > last)
+            last = c->members[i]->wrote_ms;
+    }
+    return l->wrote_ms >= last;
+}
+
+/* accelerate save_state with automatic_checkpoint_naming: checkpoints/checkpoint_<i>/. */
+static bool acc_pred(const char *path, const char *s, size_t n)
+{
+    if (!(n > 11 && strncmp(s, "checkpoint_", 11) == 0 && all_digits(s + 11, n - 11)))
+        return false;
+    return s - path >= 12 && strncmp(s - 12, "checkpoints/", 12) == 0 &&
+           (s - path == 12 || s[-13] == '/');
+}
+
+static bool acc_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    (void)d;
+    return component_match(path, is_dir, m, acc_pred);
+}
+
+static bool acc_complete(const struct detect *d, const struct detect_cand *c, char *why, size_t n)
+{
+    (void)d;
+    say(why, n, "no marker: %zu files closed", c->n_members);
+    return c->n_members > 0;
+}
+
+#define ORBAX_TMP ".orbax-checkpoint-tmp-"
+
+static bool orbax_tmp_pred(const char *path, const char *s, size_t n)
+{
+    (void)path;
+    size_t k = strlen(ORBAX_TMP);
+    for (size_t i = 0; i + k <= n; i++) {
+        if (strncmp(s + i, ORBAX_TMP, k) == 0)
+            return i > 0;
+    }
+    return false;
+}
+
+/* Orbax: <step>.orbax-checkpoint-tmp-<ts>/ written, then renamed to <step>/ (utils.py
+ * create_tmp_directory / ensure_atomic_save); where renames are not atomic (GCS) it saves in
+ * place and writes commit_success.txt. The temporary folder is a candidate that never seals,
+ * so its files are pinned at first sight; the rename moves them to the final candidate. */
+static bool orbax_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    if (component_match(path, is_dir, m, orbax_tmp_pred))
+        return true;
+    return owner_match(d, path, is_dir, m, "orbax");
+}
+
+static bool orbax_complete(const struct detect *d, const struct detect_cand *c, char *why, size_t n)
+{
+    if (c->marked) {
+        say(why, n, "renamed from its " ORBAX_TMP "* folder");
+        return c->n_members > 0;
+    }
+    say(why, n, "commit_success.txt closed");
+    return strstr(base_name(c->name), ORBAX_TMP) == NULL &&
+           member_closed(d, c, "commit_success.txt");
+}
+
+/* NeMo ModelCheckpoint._save_checkpoint: touches <ckpt>-unfinished beside the checkpoint
+ * (a directory for distributed checkpoints), saves, then unlinks the marker. */
+#define NEMO_SUFFIX "-unfinished"
+
+static bool nemo_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    size_t len = strlen(path);
+    char p[PATH_MAX_LEN + 16];
+    for (size_t i = 1; i <= len; i++) {
+        if (path[i] != '/' && !(i == len && is_dir))
+            continue;
+        snprintf(p, sizeof(p), "%.*s" NEMO_SUFFIX, (int)i, path);
+        if (rec_get(d, p) != NULL || cand_named(d, path, i, "nemo") != NULL) {
+            match_prefix(m, path, i, is_dir);
+            /* a distributed checkpoint inside: DCP's .metadata is part of it */
+            if (!m->member && !is_dir && strcmp(base_name(path), ".metadata") == 0)
+                m->member = true;
+            return true;
+        }
+        if (i == len)
+            break;
+    }
+    return false;
+}
+
+static bool nemo_complete(const struct detect *d, const struct detect_cand *c, char *why, size_t n)
+{
+    char p[PATH_MAX_LEN + 16];
+    snprintf(p, sizeof(p), "%s" NEMO_SUFFIX, c->name);
+    say(why, n, "'%s" NEMO_SUFFIX "' removed", base_name(c->name));
+    return c->n_members > 0 && rec_get(d, p) == NULL;
+}
+
+/* torchsnapshot Snapshot.take: rank 0 writes .snapshot_metadata after a barrier that follows
+ * every rank's writes. Files written before it are adopted when it appears. */
+static bool tsnap_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    const char *b;
+    if (in_subdir(path, is_dir, m, &b) && strcmp(b, ".snapshot_metadata") == 0) {
+        m->member = true;
+        return true;
+    }
+    memset(m, 0, sizeof(*m));
+    return owner_match(d, path, is_dir, m, "torchsnapshot");
+}
+
+static bool tsnap_complete(const struct detect *d, const struct detect_cand *c, char *why, size_t n)
+{
+    say(why, n, ".snapshot_metadata written");
+    return member_closed(d, c, ".snapshot_metadata");
+}
+
+/* Custom rules (configuration): the first directory prefix of a path matching a rule's glob
+ * is the checkpoint; complete when the marker (a path inside it, hidden allowed) is closed, or
+ * without a marker when its files are closed; then the rule's quiet period. */
+static bool custom_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    size_t len = strlen(path);
+    char p[PATH_MAX_LEN + 1];
+    for (size_t i = 1; i <= len; i++) {
+        if (path[i] != '/' && !(i == len && is_dir))
+            continue;
+        memcpy(p, path, i);
+        p[i] = '\0';
+        for (size_t k = 0; k < d->n_rules; k++) {
+            if (fnmatch(d->rules[k].glob, p, FNM_PATHNAME) != 0)
+                continue;
+            match_prefix(m, path, i, is_dir);
+            m->rule_idx = (int)k;
+            const char *mk = d->rules[k].marker;
+            if (!m->member && mk != NULL && strcmp(path + m->rel_off, mk) == 0)
+                m->member = true;
+            return true;
+        }
+        if (i == len)
+            break;
+    }
+    return false;
+}
+
+static bool custom_complete(const struct detect *d, const struct detect_cand *c, char *why,
+                            size_t n)
+{
+    const struct detect_rule *r = &d->rules[c->rule_idx];
+    if (r->marker == NULL || r->marker[0] == '\0') {
+        say(why, n, "rule '%s': files closed", r->glob);
+        return c->n_members > 0;
+    }
+    say(why, n, "rule '%s': '%s' closed", r->glob, r->marker);
+    return member_closed(d, c, r->marker);
+}
+
 /* Order is priority: the first match wins, and a folder first recognised by a weaker layout
  * (model-dir from its config.json) is upgraded when a stronger one's file shows up. */
 static const struct layout layouts[] = {
+    {"custom", true, false, true, custom_match, custom_complete},
+    {"nemo", true, false, true, nemo_match, nemo_complete},
     {"transformers-trainer", true, false, true, trainer_match, trainer_complete},
+    {"deepspeed", true, false, true, ds_match, ds_complete},
+    {"accelerate", true, false, true, acc_match, acc_complete},
+    {"orbax", true, false, true, orbax_match, orbax_complete},
+    {"torchsnapshot", true, false, true, tsnap_match, tsnap_complete},
     {"torch-dcp", true, false, true, dcp_match, dcp_complete},
     {"model-dir", true, true, true, model_dir_match, model_dir_complete},
     {"model-root", false, false, false, root_match, root_complete},
     {"single-file", false, true, false, file_match, file_complete},
 };
 
+#define N_LAYOUTS (sizeof(layouts) / sizeof(layouts[0]))
+
 static bool classify(const struct detect *d, const char *path, bool is_dir, struct match *m)
 {
-    for (size_t i = 0; i < sizeof(layouts) / sizeof(layouts[0]); i++) {
+    for (size_t i = 0; i < N_LAYOUTS; i++) {
+        /* A forced layout replaces auto-detection; custom rules always apply. */
+        if (d->force_layout != NULL && i > 0 && strcmp(layouts[i].name, d->force_layout) != 0)
+            continue;
         memset(m, 0, sizeof(*m));
         if (layouts[i].match(d, path, is_dir, m)) {
             m->layout = &layouts[i];
             return true;
         }
+    }
+    return false;
+}
+
+bool detect_layout_known(const char *name)
+{
+    for (size_t i = 1; i < N_LAYOUTS; i++) {
+        if (strcmp(layouts[i].name, name) == 0)
+            return true;
     }
     return false;
 }
@@ -610,7 +884,8 @@ static int64_t parse_step(const struct detect_cand *c)
     const char *b = base_name(c->name);
     if (strcmp(c->layout->name, "transformers-trainer") == 0)
         return strtoll(b + strlen("checkpoint-"), NULL, 10);
-    if (c->name[0] == '\0')
+    /* accelerate numbers its saves, not its steps */
+    if (c->name[0] == '\0' || strcmp(c->layout->name, "accelerate") == 0)
         return -1;
     const char *s = strstr(b, "step");
     if (s != NULL) {
@@ -677,6 +952,10 @@ static int cand_new(struct detect *d, const char *path, const struct match *m, i
     c->dir_len = m->dir_len;
     c->layout = m->layout;
     c->last_ms = now;
+    c->rule_idx = m->rule_idx;
+    c->quiet_ms = d->cfg.quiet_ms;
+    if (strcmp(c->layout->name, "custom") == 0 && d->rules[c->rule_idx].quiet_ms > 0)
+        c->quiet_ms = d->rules[c->rule_idx].quiet_ms;
     c->id = ++d->next_id;
     c->step = parse_step(c);
     if (smap_put(&d->names, c->name, c) < 0) {
@@ -776,7 +1055,11 @@ static void cand_seal(struct detect *d, struct detect_cand *c, const char *how)
     }
     char why[96] = "";
     c->layout->complete(d, c, why, sizeof(why));
-    snprintf(c->rule, sizeof(c->rule), "%s, %s", why, how);
+    if (c->replaced > 0)
+        snprintf(c->rule, sizeof(c->rule), "%s, %s, %u earlier version%s coalesced into the newest",
+                 why, how, c->replaced, c->replaced == 1 ? "" : "s");
+    else
+        snprintf(c->rule, sizeof(c->rule), "%s, %s", why, how);
     c->sealed = true;
     if (d->cbs.sealed != NULL)
         d->cbs.sealed(d->cbs.ctx, c);
@@ -830,6 +1113,37 @@ static void report_late(struct detect *d, struct detect_cand *c, struct drec *r)
         d->cbs.late_write(d->cbs.ctx, c, r->path + (c->dir_len == 0 ? 0 : c->dir_len + 1));
 }
 
+static int collect(struct detect *d, const char *prefix, struct drec ***ret, size_t *ret_n);
+
+/* A new folder candidate takes the files already known under it that belong to it (closed
+ * before its marker said what it is), except skip, the one being attached now. */
+static int cand_adopt(struct detect *d, struct detect_cand *c, const char *skip)
+{
+    struct drec **recs;
+    size_t n;
+    int rc = collect(d, c->name, &recs, &n);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        struct drec *r = recs[i];
+        struct match m;
+        if (r->cand != NULL || strcmp(r->path, skip) == 0 || !classify(d, r->path, false, &m) ||
+            m.layout != c->layout || m.name_len != strlen(c->name))
+            continue;
+        if (m.member && (rc = members_add(c, r)) < 0)
+            break;
+        r->cand = c;
+        r->rel_off = m.rel_off;
+        r->member = m.member;
+        if (r->open)
+            c->n_open++;
+        if (m.member && d->cbs.file_added != NULL)
+            d->cbs.file_added(d->cbs.ctx, c, r->path + r->rel_off);
+    }
+    free(recs);
+    return rc;
+}
+
 /* Finds (or makes) the live candidate for a matched path. A sealed single file written again
  * is a new checkpoint under the same name: the sealed one is forgotten. */
 static int cand_for(struct detect *d, const char *path, const struct match *m, int64_t now,
@@ -876,8 +1190,12 @@ static int cand_for(struct detect *d, const char *path, const struct match *m, i
         *ret = c;
         return 0;
     }
-    if (c == NULL)
-        return cand_new(d, path, m, now, ret);
+    if (c == NULL) {
+        int rc = cand_new(d, path, m, now, ret);
+        if (rc == 0 && (*ret)->layout->folder)
+            rc = cand_adopt(d, *ret, path);
+        return rc;
+    }
     *ret = c;
     return 0;
 }
@@ -959,9 +1277,10 @@ static int on_write(struct detect *d, const char *path, bool close, bool scan, i
         if (!r->cand->sealed)
             r->cand->last_ms = now;
     }
-    /* Closed files outside every candidate are forgotten: only open ones matter (renames). */
-    if (r->cand == NULL && !r->open)
-        rec_free(d, r);
+    /* Closed files outside every candidate are kept (bounded by DETECT_MAX_FILES): a layout
+     * whose marker comes last (torchsnapshot, custom rules) adopts them when it appears. */
+    if (close)
+        r->wrote_ms = now;
     return 0;
 }
 
@@ -1080,9 +1399,10 @@ static int on_rename(struct detect *d, const char *from, const char *to, int64_t
         struct detect_cand *tc = t->cand;
         bool same = r != NULL && tc != NULL && !tc->sealed && classify(d, to, false, &m) &&
                     m.member && r->cand == tc;
-        if (same)
+        if (same) {
+            tc->replaced++; /* saves outran the quiet period: only the newest is pushed */
             rec_free(d, t);
-        else
+        } else
             on_remove(d, t, now);
     }
     if (r == NULL) {
@@ -1135,8 +1455,7 @@ static int on_rename(struct detect *d, const char *from, const char *to, int64_t
                 cand_drop(d, oc, "its file was renamed away before it was sealed");
         }
     }
-    if (r->cand == NULL && !r->open)
-        rec_free(d, r);
+    r->wrote_ms = now;
     return 0;
 }
 
@@ -1144,7 +1463,23 @@ static int on_dir_rename(struct detect *d, const char *from, const char *to, int
 {
     struct drec **recs;
     size_t n, fl = strlen(from);
-    int rc = collect(d, from, &recs, &n);
+    int rc;
+    if (orbax_tmp_pred(from, base_name(from), strlen(base_name(from))) &&
+        strstr(to, ORBAX_TMP) == NULL && smap_get(&d->names, to) == NULL) {
+        /* Orbax finalised a save: the renamed folder is the complete checkpoint. */
+        struct match m = {0};
+        struct detect_cand *c;
+        for (size_t i = 0; i < N_LAYOUTS; i++) {
+            if (strcmp(layouts[i].name, "orbax") == 0)
+                m.layout = &layouts[i];
+        }
+        match_prefix(&m, to, strlen(to), true);
+        rc = cand_new(d, to, &m, now, &c);
+        if (rc < 0)
+            return rc;
+        c->marked = true;
+    }
+    rc = collect(d, from, &recs, &n);
     if (rc < 0)
         return rc;
     for (size_t i = 0; i < n && rc == 0; i++) {
@@ -1163,6 +1498,8 @@ static int on_dir_rename(struct detect *d, const char *from, const char *to, int
         if (c->layout->folder && (strcmp(c->name, from) == 0 || under(c->name, from))) {
             if (c->sealed)
                 cand_destroy(d, c);
+            else if (strcmp(c->layout->name, "orbax") == 0)
+                cand_drop(d, c, "temporary folder renamed into place, its files moved along");
             else
                 cand_drop(d, c, "folder renamed before it was sealed");
             continue;
@@ -1248,6 +1585,12 @@ int detect_feed(struct detect *d, const struct watch_event *ev, int64_t now_ms)
         struct drec *r = rec_get(d, path);
         if (r != NULL)
             on_remove(d, r, now_ms);
+        if (ends_with(path, NEMO_SUFFIX)) {
+            /* The marker's removal is NeMo's "complete": the quiet period starts now. */
+            struct detect_cand *c = cand_named(d, path, strlen(path) - strlen(NEMO_SUFFIX), "nemo");
+            if (c != NULL && !c->sealed)
+                c->last_ms = now_ms;
+        }
         return 0;
     }
     default:
@@ -1264,7 +1607,7 @@ int64_t detect_next_deadline_ms(const struct detect *d)
         const struct detect_cand *c = d->cands[i];
         if (!cand_ready(d, c))
             continue;
-        int64_t t = c->last_ms + d->cfg.quiet_ms;
+        int64_t t = c->last_ms + c->quiet_ms;
         if (best < 0 || t < best)
             best = t;
     }
@@ -1273,12 +1616,13 @@ int64_t detect_next_deadline_ms(const struct detect *d)
 
 void detect_tick(struct detect *d, int64_t now_ms)
 {
-    char how[64];
-    snprintf(how, sizeof(how), "%lld ms quiet", (long long)d->cfg.quiet_ms);
     for (size_t i = 0; i < d->n_cands; i++) {
         struct detect_cand *c = d->cands[i];
-        if (cand_ready(d, c) && now_ms >= c->last_ms + d->cfg.quiet_ms)
+        if (cand_ready(d, c) && now_ms >= c->last_ms + c->quiet_ms) {
+            char how[64];
+            snprintf(how, sizeof(how), "%lld ms quiet", (long long)c->quiet_ms);
             cand_seal(d, c, how);
+        }
     }
 }
 
@@ -1324,8 +1668,43 @@ int detect_new(struct detect **ret, const struct detect_config *cfg,
         d->cfg.quiet_ms = DETECT_DEFAULT_QUIET_MS;
     if (cbs != NULL)
         d->cbs = *cbs;
+    if (cfg != NULL && cfg->layout != NULL && cfg->layout[0] != '\0') {
+        if (!detect_layout_known(cfg->layout)) {
+            free(d);
+            return -EINVAL;
+        }
+        if ((d->force_layout = strdup(cfg->layout)) == NULL)
+            goto oom;
+    }
+    if (cfg != NULL && cfg->n_rules > 0) {
+        if (cfg->n_rules > DETECT_MAX_RULES)
+            goto inval;
+        d->rules = calloc(cfg->n_rules, sizeof(*d->rules));
+        if (d->rules == NULL)
+            goto oom;
+        for (size_t i = 0; i < cfg->n_rules; i++) {
+            const struct detect_rule *r = &cfg->rules[i];
+            if (r->glob == NULL || r->glob[0] == '\0' || r->quiet_ms < 0 ||
+                (r->marker != NULL && !path_valid(r->marker)))
+                goto inval;
+            d->rules[i].quiet_ms = r->quiet_ms;
+            d->rules[i].glob = strdup(r->glob);
+            d->rules[i].marker =
+                r->marker != NULL && r->marker[0] != '\0' ? strdup(r->marker) : NULL;
+            d->n_rules++;
+            if (d->rules[i].glob == NULL ||
+                (r->marker != NULL && r->marker[0] != '\0' && d->rules[i].marker == NULL))
+                goto oom;
+        }
+    }
     *ret = d;
     return 0;
+inval:
+    detect_free(d);
+    return -EINVAL;
+oom:
+    detect_free(d);
+    return -ENOMEM;
 }
 
 void detect_free(struct detect *d)
@@ -1345,6 +1724,12 @@ void detect_free(struct detect *d)
     free(d->cands);
     free(d->files.e);
     free(d->names.e);
+    for (size_t i = 0; i < d->n_rules; i++) {
+        free((char *)d->rules[i].glob);
+        free((char *)d->rules[i].marker);
+    }
+    free(d->rules);
+    free(d->force_layout);
     free(d);
 }
 

@@ -100,7 +100,7 @@ static void cb_sealed(void *ctx, const struct detect_cand *c)
 
 static struct detect *make(struct rec *r, int64_t quiet)
 {
-    struct detect_config cfg = {quiet};
+    struct detect_config cfg = {.quiet_ms = quiet};
     struct detect_callbacks cbs = {r,         cb_added,   cb_renamed, cb_removed,
                                    cb_sealed, cb_dropped, cb_late};
     struct detect *d = NULL;
