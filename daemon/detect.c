@@ -686,6 +686,19 @@ static bool ds_complete(const struct detect *d, const struct detect_cand *c, cha
     return l->wrote_ms >= last;
 }
 
+/* DeepSpeed's quiet period runs from the write of latest, its marker. */
+static void ds_latest_written(struct detect *d, const char *latest, int64_t now)
+{
+    size_t dl = (size_t)(base_name(latest) - latest);
+    for (size_t i = 0; i < d->n_cands; i++) {
+        struct detect_cand *c = d->cands[i];
+        if (c->sealed || strcmp(c->layout->name, "deepspeed") != 0 ||
+            (size_t)(base_name(c->name) - c->name) != dl || strncmp(c->name, latest, dl) != 0)
+            continue;
+        c->last_ms = now;
+    }
+}
+
 /* accelerate save_state with automatic_checkpoint_naming: checkpoints/checkpoint_<i>/. */
 static bool acc_pred(const char *path, const char *s, size_t n)
 {
@@ -773,7 +786,7 @@ static bool nemo_complete(const struct detect *d, const struct detect_cand *c, c
     char p[PATH_MAX_LEN + 16];
     snprintf(p, sizeof(p), "%s" NEMO_SUFFIX, c->name);
     say(why, n, "'%s" NEMO_SUFFIX "' removed", base_name(c->name));
-    return c->n_members > 0 && rec_get(d, p) == NULL;
+    return c->n_members > 0 && (c->marked || rec_get(d, p) == NULL);
 }
 
 /* torchsnapshot Snapshot.take: rank 0 writes .snapshot_metadata after a barrier that follows
@@ -848,7 +861,7 @@ static const struct layout layouts[] = {
     {"torch-dcp", true, false, true, dcp_match, dcp_complete},
     {"model-dir", true, true, true, model_dir_match, model_dir_complete},
     {"model-root", false, false, false, root_match, root_complete},
-    {"single-file", false, true, false, file_match, file_complete},
+    {"single-file", false, true, true, file_match, file_complete},
 };
 
 #define N_LAYOUTS (sizeof(layouts) / sizeof(layouts[0]))
@@ -1277,6 +1290,8 @@ static int on_write(struct detect *d, const char *path, bool close, bool scan, i
         if (!r->cand->sealed)
             r->cand->last_ms = now;
     }
+    if (close && strcmp(base_name(path), "latest") == 0)
+        ds_latest_written(d, path, now);
     /* Closed files outside every candidate are kept (bounded by DETECT_MAX_FILES): a layout
      * whose marker comes last (torchsnapshot, custom rules) adopts them when it appears. */
     if (close)
@@ -1397,8 +1412,10 @@ static int on_rename(struct detect *d, const char *from, const char *to, int64_t
         /* Replaced by the rename: its old inode is gone from this name. */
         struct match m;
         struct detect_cand *tc = t->cand;
-        bool same = r != NULL && tc != NULL && !tc->sealed && classify(d, to, false, &m) &&
-                    m.member && r->cand == tc;
+        /* A newer version renamed over a complete one not sealed yet (last.ckpt, os.replace
+         * of latest.pt): coalesced, only the newest is pushed and the seal's rule says so. */
+        bool same = tc != NULL && !tc->sealed && (r == NULL || r->cand == NULL || r->cand == tc) &&
+                    classify(d, to, false, &m) && m.member;
         if (same) {
             tc->replaced++; /* saves outran the quiet period: only the newest is pushed */
             rec_free(d, t);
@@ -1588,8 +1605,10 @@ int detect_feed(struct detect *d, const struct watch_event *ev, int64_t now_ms)
         if (ends_with(path, NEMO_SUFFIX)) {
             /* The marker's removal is NeMo's "complete": the quiet period starts now. */
             struct detect_cand *c = cand_named(d, path, strlen(path) - strlen(NEMO_SUFFIX), "nemo");
-            if (c != NULL && !c->sealed)
+            if (c != NULL && !c->sealed) {
                 c->last_ms = now_ms;
+                c->marked = true; /* complete once, even if a removal marks it again */
+            }
         }
         return 0;
     }
