@@ -1,11 +1,13 @@
-/* daemon.c - the life of a checkpoint inside one ckptpushd: watch events go to the detector,
- * files it claims are pinned at first sight, sealed checkpoints queue in save order, and each is
- * pushed as one commit through upload.c, then its pins are released. Also signals and drain.
- * Loop thread only; everything slow happens in the modules it calls (thread pool, curl multi).
+/* daemon.c - one ckptpushd: watch events go to the detector, the files it claims are pinned at
+ * first sight, sealed checkpoints go to the push queue; startup checks of the hub, signals, the
+ * drain, and the operations the control socket asks for. Loop thread only; everything slow
+ * happens in the modules it calls (thread pool, curl multi).
  */
 #include "daemon.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
+#include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
@@ -13,32 +15,28 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "card.h"
+#include "card_job.h"
+#include "control.h"
 #include "detect.h"
 #include "hash.h"
 #include "http.h"
 #include "hub.h"
 #include "log.h"
 #include "pin.h"
-#include "strategy.h"
-#include "upload.h"
+#include "queue.h"
 #include "watch.h"
 
 #define STAGING_SKIP_NAME ".ckptpush"
+#define MAX_WAITERS 64
+#define EXPLICIT_PUSH_MAX_FILES 100000
 
-/* One sealed checkpoint on its way to the Hub. */
-struct push {
-    struct push *next;
-    struct daemon *daemon;
-    uint64_t id;
-    char *name;
-    char *layout;
-    int64_t step;
-    char **files;
-    size_t file_count;
-    uint64_t sealed_at_ms;
-    struct strategy_plan plan;
-    char **local_paths;
-    struct upload *upload;
+/* Someone waiting for the queue to run dry: final, flush. */
+struct waiter {
+    daemon_done_cb cb;
+    void *ctx;
+    uint64_t deadline_ms; /* 0: none */
+    unsigned failed_before;
 };
 
 struct daemon {
@@ -51,44 +49,59 @@ struct daemon {
     struct http *http;
     struct hub *hub;
     struct hub_op *startup_op;
+    struct queue *queue;
+    struct control *control;
 
     uv_timer_t detect_timer;
     uv_timer_t drain_timer;
+    uv_timer_t waiter_timer;
     uv_signal_t sig_term;
     uv_signal_t sig_int;
     uv_signal_t sig_usr1;
 
-    struct push *queue_head;
-    struct push *queue_tail;
-    struct push *active;
+    struct waiter waiters[MAX_WAITERS];
+    size_t waiter_count;
+    char last_commit[41];
+    uint64_t explicit_ids; /* ids of explicit pushes count down from UINT64_MAX */
+    uint64_t started_ms;
+
+    daemon_event_cb event_cb;
+    void *event_ctx;
 
     bool hub_ready;
     bool draining;
     bool stopping;
     int exit_code;
-    unsigned committed;
-    unsigned failed;
+
+    /* Training end: what the trainer sent with `final`, and the end-of-training commit. */
+    char *final_metrics_json;
+    char *final_hparams_json;
+    bool final_requested;
+    bool end_commit_queued; /* the model-root or card-only commit of this run */
+    unsigned cards_pending;
+
+    /* run mode: the wrapped training command */
+    uv_process_t child;
+    bool child_running;
+    int child_exit;      /* its exit status, 128+signal when killed */
+    int startup_failure; /* exit code of a failed hub check, reported after the child ends */
 };
 
-static void pump(struct daemon *d);
 static void daemon_stop(struct daemon *d, int exit_code);
+static void on_detect_timer(uv_timer_t *timer);
 
-static void push_free(struct push *p)
+/* How a drain that ran to its end exits: in run mode the command's status comes first. */
+static int drained_exit_code(const struct daemon *d)
 {
-    if (p == NULL)
-        return;
-    for (size_t i = 0; i < p->file_count; i++)
-        free(p->files[i]);
-    if (p->local_paths != NULL)
-        for (size_t i = 0; i < p->plan.count; i++)
-            free(p->local_paths[i]);
-    free(p->local_paths);
-    strategy_plan_release(&p->plan);
-    upload_free(p->upload);
-    free(p->files);
-    free(p->name);
-    free(p->layout);
-    free(p);
+    bool pushed_all = queue_failed_count(d->queue) == 0 && d->startup_failure == 0;
+
+    if (d->cfg->child_argv == NULL)
+        return pushed_all           ? CKPT_EXIT_OK
+               : d->startup_failure ? d->startup_failure
+                                    : CKPT_EXIT_FAILURE;
+    if (d->child_exit != 0)
+        return d->child_exit;
+    return pushed_all ? CKPT_EXIT_OK : CKPT_EXIT_WRAPPED_PUSH_FAILED;
 }
 
 static int64_t now_ms(struct daemon *d)
@@ -98,8 +111,6 @@ static int64_t now_ms(struct daemon *d)
 }
 
 /* --- detection: events in, pins and sealed checkpoints out ------------------------------- */
-
-static void on_detect_timer(uv_timer_t *timer);
 
 static void rearm_detect_timer(struct daemon *d)
 {
@@ -130,6 +141,13 @@ static void on_watch_event(void *ctx, const struct watch_event *ev)
 
     if (d->stopping)
         return;
+    if (ev->kind == WATCH_ERROR) {
+        log_error("watch-failed", "path='%s' reason='%s'", ev->path ? ev->path : "",
+                  ev->message ? ev->message : strerror(-ev->error));
+        return;
+    }
+    if (ev->kind == WATCH_OVERFLOW)
+        log_warn("watch-overflow", "reason='the kernel dropped events: rescanning'");
     detect_feed(d->detect, ev, now_ms(d));
     rearm_detect_timer(d);
 }
@@ -145,7 +163,7 @@ static void on_file_added(void *ctx, const struct detect_cand *c, const char *re
     rc = pin_add(d->pin, detect_cand_id(c), source, relpath);
     if (rc < 0)
         log_warn("pin-failed", "ckpt='%s' file='%s' reason='%s'", detect_cand_name(c), relpath,
-                 uv_strerror(rc));
+                 strerror(-rc));
 }
 
 static void on_file_renamed(void *ctx, const struct detect_cand *c, const char *from,
@@ -174,49 +192,187 @@ static void on_pin_result(void *ctx, const struct pin_result *res)
                  strerror(-res->status));
     else if (res->copy_at_seal)
         log_warn("pin-copy",
-                 "pin=%" PRIu64 " file='%s' reason='hard links impossible here: the "
-                 "file will be copied when its checkpoint is sealed'",
+                 "pin=%" PRIu64 " file='%s' reason='hard links impossible here: the file will be "
+                 "copied when its checkpoint is sealed'",
                  res->id, res->relpath);
     else
         log_debug("pinned", "pin=%" PRIu64 " file='%s'", res->id, res->relpath);
 }
 
+static void queue_sealed(struct daemon *d, uint64_t id, const char *name, const char *layout,
+                         int64_t step, const char *source_dir, const char *const *files, size_t n)
+{
+    int rc = queue_add(d->queue, id, name, layout, step, source_dir, files, n);
+
+    if (rc < 0)
+        /* The pins stay on disk: nothing is lost, the checkpoint is only not pushed now. */
+        log_error("push-failed", "ckpt='%s' reason='cannot queue: %s'", name, strerror(-rc));
+}
+
+/* --- the end-of-training commit: the output root's files plus the model card -------------- */
+
+struct end_commit {
+    struct daemon *daemon;
+    uint64_t id;
+    char *name;
+    char **files;
+    size_t count;
+    char out_dir[PATH_MAX];
+    bool card_only;
+};
+
+static void end_commit_free(struct end_commit *e)
+{
+    for (size_t i = 0; i < e->count; i++)
+        free(e->files[i]);
+    free(e->files);
+    free(e->name);
+    free(e);
+}
+
+static int end_commit_add_file(struct end_commit *e, const char *file)
+{
+    for (size_t i = 0; i < e->count; i++)
+        if (strcmp(e->files[i], file) == 0)
+            return 0;
+    char **grown = realloc(e->files, (e->count + 1) * sizeof(*grown));
+    if (grown == NULL)
+        return -ENOMEM;
+    e->files = grown;
+    if ((e->files[e->count] = strdup(file)) == NULL)
+        return -ENOMEM;
+    e->count++;
+    return 0;
+}
+
+static void on_card_written(void *ctx, const struct ckpt_err *err,
+                            const struct card_job_result *res)
+{
+    struct end_commit *e = ctx;
+    struct daemon *d = e->daemon;
+
+    d->cards_pending--;
+    if (err != NULL) {
+        /* The weights matter more than the card: push them without it. */
+        log_warn("card-failed", "reason='%s', pushing without a model card", err->msg);
+    } else {
+        log_info("card", "file='README.md' curves=%s", res->wrote_svg ? "yes" : "no");
+        if (res->pickles[0] != '\0')
+            log_warn("pickle-weights",
+                     "files='%s' reason='pickle formats can run code when loaded: safetensors is "
+                     "the safe format, the card says so'",
+                     res->pickles);
+        end_commit_add_file(e, "README.md");
+        if (res->wrote_svg)
+            end_commit_add_file(e, CARD_SVG_NAME);
+    }
+    if (!d->stopping && e->count > 0)
+        queue_sealed(d, e->id, e->name, "model-root", -1, e->card_only ? e->out_dir : NULL,
+                     (const char *const *)e->files, e->count);
+    end_commit_free(e);
+    if (d->draining && queue_pending(d->queue) == 0 && d->cards_pending == 0)
+        daemon_stop(d, drained_exit_code(d));
+}
+
+static void write_card(struct end_commit *e)
+{
+    struct daemon *d = e->daemon;
+    char pins[PATH_MAX];
+    struct card_job_request req = {
+        .repo_id = d->cfg->repo_id,
+        .model_dir = NULL,
+        .logs_dir = d->cfg->watch_dir,
+        .out_dir = e->out_dir,
+        .final_metrics_json = d->final_metrics_json,
+        .hparams_json = d->final_hparams_json,
+        .duration_s = -1,
+    };
+
+    if (!e->card_only) {
+        snprintf(pins, sizeof(pins), "%s/pins/%" PRIu64, d->cfg->staging_dir, e->id);
+        snprintf(e->out_dir, sizeof(e->out_dir), "%s", pins);
+        req.model_dir = pins;
+        req.out_dir = pins;
+    }
+    d->cards_pending++;
+    if (card_job_start(d->loop, &req, on_card_written, e) < 0) {
+        struct ckpt_err err;
+        ckpt_err_set(&err, CKPT_ERR_IO, -ENOMEM, "out of memory");
+        on_card_written(e, &err, NULL);
+    }
+}
+
+static void on_end_pins_idle(void *ctx, int status)
+{
+    (void)status;
+    write_card(ctx);
+}
+
+/* The output root's files are sealed: write the card beside their pins first. */
+static void start_end_commit(struct daemon *d, const struct detect_cand *c)
+{
+    struct end_commit *e = calloc(1, sizeof(*e));
+    size_t n = detect_cand_n_files(c);
+
+    if (e == NULL || (e->name = strdup(detect_cand_name(c))) == NULL)
+        goto oom;
+    e->daemon = d;
+    e->id = detect_cand_id(c);
+    for (size_t i = 0; i < n; i++)
+        if (end_commit_add_file(e, detect_cand_file(c, i)) < 0)
+            goto oom;
+    d->end_commit_queued = true;
+    if (pin_when_idle(d->pin, e->id, on_end_pins_idle, e) < 0)
+        write_card(e);
+    return;
+oom:
+    log_error("push-failed", "ckpt='%s' reason='out of memory'", detect_cand_name(c));
+    if (e != NULL)
+        end_commit_free(e);
+}
+
+/* Training ended with no model saved at the output root (Lightning, plain loops): the card
+ * alone makes the end-of-training commit, when there is something to tell. */
+static void start_card_only_commit(struct daemon *d)
+{
+    struct end_commit *e;
+
+    if (d->end_commit_queued || d->cfg->dry_run ||
+        (!d->final_requested && queue_committed_count(d->queue) == 0))
+        return;
+    if ((e = calloc(1, sizeof(*e))) == NULL || (e->name = strdup("")) == NULL) {
+        free(e);
+        return;
+    }
+    e->daemon = d;
+    e->id = d->explicit_ids--;
+    e->card_only = true;
+    snprintf(e->out_dir, sizeof(e->out_dir), "%s/card", d->cfg->staging_dir);
+    d->end_commit_queued = true;
+    write_card(e);
+}
+
 static void on_sealed(void *ctx, const struct detect_cand *c)
 {
     struct daemon *d = ctx;
-    struct push *p = calloc(1, sizeof(*p));
     size_t n = detect_cand_n_files(c);
+    const char **files;
 
-    if (p == NULL)
-        goto oom;
-    p->daemon = d;
-    p->id = detect_cand_id(c);
-    p->name = strdup(detect_cand_name(c));
-    p->layout = strdup(detect_cand_layout(c));
-    p->step = detect_cand_step(c);
-    p->sealed_at_ms = (uint64_t)now_ms(d);
-    p->files = calloc(n ? n : 1, sizeof(*p->files));
-    if (p->name == NULL || p->layout == NULL || p->files == NULL)
-        goto oom;
-    for (size_t i = 0; i < n; i++) {
-        if ((p->files[i] = strdup(detect_cand_file(c, i))) == NULL)
-            goto oom;
-        p->file_count++;
+    log_info("sealed", "ckpt='%s' layout=%s rule='%s' files=%zu", detect_cand_name(c),
+             detect_cand_layout(c), detect_cand_rule(c), n);
+    if (strcmp(detect_cand_layout(c), "model-root") == 0 && !d->cfg->dry_run) {
+        start_end_commit(d, c);
+        return;
     }
-    log_info("sealed", "ckpt='%s' layout=%s rule='%s' files=%zu", p->name, p->layout,
-             detect_cand_rule(c), n);
-
-    if (d->queue_tail != NULL)
-        d->queue_tail->next = p;
-    else
-        d->queue_head = p;
-    d->queue_tail = p;
-    pump(d);
-    return;
-oom:
-    /* The pins stay on disk: nothing is lost, the checkpoint is only not pushed now. */
-    log_error("push-failed", "ckpt='%s' reason='out of memory'", detect_cand_name(c));
-    push_free(p);
+    if ((files = calloc(n ? n : 1, sizeof(*files))) == NULL) {
+        log_error("push-failed", "ckpt='%s' reason='out of memory'", detect_cand_name(c));
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        files[i] = detect_cand_file(c, i);
+    queue_sealed(d, detect_cand_id(c), detect_cand_name(c), detect_cand_layout(c),
+                 detect_cand_step(c), NULL, files, n);
+    free(files);
 }
 
 static void on_dropped(void *ctx, const struct detect_cand *c, const char *why)
@@ -230,152 +386,102 @@ static void on_dropped(void *ctx, const struct detect_cand *c, const char *why)
 static void on_late_write(void *ctx, const struct detect_cand *c, const char *relpath)
 {
     (void)ctx;
-    log_warn("late-write", "ckpt='%s' file='%s' changed after the checkpoint was sealed, ignoring",
+    log_warn("late-write", "ckpt='%s' file='%s' reason='changed after it was sealed', ignoring",
              detect_cand_name(c), relpath);
 }
 
-/* --- pushing: one checkpoint at a time, in the order they were sealed -------------------- */
+/* --- the queue's news: subscribers, waiters, the drain ------------------------------------ */
 
-static void finish_push(struct daemon *d, struct push *p)
+static cJSON *item_json(const struct queue_item_view *v)
 {
-    d->active = NULL;
-    push_free(p);
-    if (d->draining && d->queue_head == NULL)
-        daemon_stop(d, d->failed ? CKPT_EXIT_FAILURE : CKPT_EXIT_OK);
-    else
-        pump(d);
+    cJSON *o = cJSON_CreateObject();
+    uint64_t left = v->progress.bytes_to_send > v->progress.bytes_sent
+                        ? v->progress.bytes_to_send - v->progress.bytes_sent
+                        : 0;
+
+    cJSON_AddNumberToObject(o, "id", (double)v->id);
+    cJSON_AddStringToObject(o, "name", v->name);
+    cJSON_AddStringToObject(o, "layout", v->layout);
+    cJSON_AddStringToObject(o, "state", queue_state_name(v->state));
+    cJSON_AddNumberToObject(o, "step", (double)v->step);
+    cJSON_AddNumberToObject(o, "files", (double)v->files);
+    cJSON_AddNumberToObject(o, "bytes_total", (double)v->progress.bytes_total);
+    cJSON_AddNumberToObject(o, "bytes_hashed", (double)v->progress.bytes_hashed);
+    cJSON_AddNumberToObject(o, "bytes_to_send", (double)v->progress.bytes_to_send);
+    cJSON_AddNumberToObject(o, "bytes_done", (double)v->progress.bytes_sent);
+    cJSON_AddNumberToObject(o, "files_skipped", (double)v->progress.files_skipped);
+    cJSON_AddNumberToObject(o, "rate_bps", v->rate_bps);
+    cJSON_AddNumberToObject(o, "eta_s", v->rate_bps > 0 ? (double)left / v->rate_bps : -1);
+    cJSON_AddNumberToObject(o, "seconds", v->seconds);
+    cJSON_AddStringToObject(o, "message", v->message);
+    cJSON_AddStringToObject(o, "commit", v->commit);
+    cJSON_AddStringToObject(o, "error", v->error);
+    return o;
 }
 
-static void on_released(void *ctx, int status)
+static void on_waiter_timer(uv_timer_t *timer);
+
+/* Answers every waiter whose wait is over: the queue ran dry, its deadline passed, or the
+ * daemon is stopping; re-arms the timer for the earliest deadline left. */
+static void finish_waiters(struct daemon *d)
 {
-    struct push *p = ctx;
+    uint64_t now = (uint64_t)now_ms(d), next = 0;
+    size_t kept = 0, pending = queue_pending(d->queue);
 
-    if (status < 0)
-        log_warn("release-failed", "ckpt='%s' reason='%s'", p->name, uv_strerror(status));
-    finish_push(p->daemon, p);
-}
+    for (size_t i = 0; i < d->waiter_count; i++) {
+        struct waiter w = d->waiters[i];
+        struct ckpt_err err;
 
-static void on_uploaded(void *ctx, const struct ckpt_err *err, const char *commit_oid)
-{
-    struct push *p = ctx;
-    struct daemon *d = p->daemon;
-    struct upload_progress progress;
-    double seconds = (double)((uint64_t)now_ms(d) - p->sealed_at_ms) / 1000.0;
-
-    upload_get_progress(p->upload, &progress);
-    if (err != NULL) {
-        d->failed++;
-        log_error("push-failed", "ckpt='%s' kind=%s reason='%s' pins='%s/pins/%" PRIu64 "'",
-                  p->name, ckpt_err_kind_name(err->kind), err->msg, d->cfg->staging_dir, p->id);
-        finish_push(d, p);
-        return;
-    }
-    d->committed++;
-    log_info("committed",
-             "ckpt='%s' commit=%s files=%zu skipped=%zu bytes=%" PRIu64 " sent=%" PRIu64
-             " seconds=%.3f message='%s'",
-             p->name, commit_oid, progress.files_total, progress.files_skipped,
-             progress.bytes_total, progress.bytes_sent, seconds, p->plan.message);
-    if (pin_release(d->pin, p->id, on_released, p) < 0)
-        finish_push(d, p);
-}
-
-static void start_upload(struct push *p)
-{
-    struct daemon *d = p->daemon;
-    struct upload_file *files = NULL;
-    char path[PATH_MAX];
-    int rc;
-
-    rc = strategy_plan(d->cfg->strategy, p->layout, p->name, p->step, (const char *const *)p->files,
-                       p->file_count, &p->plan);
-    if (rc < 0)
-        goto fail;
-    if (p->plan.count == 0) {
-        log_info("skipped", "ckpt='%s' reason='strategy %s pushes none of its files'", p->name,
-                 config_strategy_name(d->cfg->strategy));
-        if (pin_release(d->pin, p->id, on_released, p) < 0)
-            finish_push(d, p);
-        return;
-    }
-    p->local_paths = calloc(p->plan.count, sizeof(*p->local_paths));
-    files = calloc(p->plan.count, sizeof(*files));
-    if (p->local_paths == NULL || files == NULL) {
-        rc = -ENOMEM;
-        goto fail;
-    }
-    for (size_t i = 0; i < p->plan.count; i++) {
-        if ((rc = pin_path(d->pin, p->id, p->plan.items[i].file, path, sizeof(path))) < 0)
-            goto fail;
-        if ((p->local_paths[i] = strdup(path)) == NULL) {
-            rc = -ENOMEM;
-            goto fail;
+        if (pending > 0 && (w.deadline_ms == 0 || now < w.deadline_ms) && !d->stopping) {
+            d->waiters[kept++] = w;
+            if (w.deadline_ms != 0 && (next == 0 || w.deadline_ms < next))
+                next = w.deadline_ms;
+            continue;
         }
-        files[i].path_in_repo = p->plan.items[i].path_in_repo;
-        files[i].local_path = p->local_paths[i];
+        ckpt_err_clear(&err);
+        if (pending > 0)
+            ckpt_err_set(&err, CKPT_ERR_SERVER, d->stopping ? -ESHUTDOWN : -ETIMEDOUT,
+                         "%zu checkpoint(s) still pushing %s", pending,
+                         d->stopping ? "when the daemon stopped" : "at the deadline");
+        else if (queue_failed_count(d->queue) > w.failed_before)
+            ckpt_err_set(&err, CKPT_ERR_SERVER, 0, "%u push(es) failed: see the daemon log",
+                         queue_failed_count(d->queue) - w.failed_before);
+        w.cb(w.ctx, err.kind == CKPT_ERR_NONE ? NULL : &err, d->last_commit);
     }
-    rc = upload_start(&p->upload, d->hub, d->hashes, files, p->plan.count, p->plan.message, NULL,
-                      on_uploaded, p);
-    free(files);
-    if (rc < 0)
-        goto fail_logged;
-    return;
-fail:
-    free(files);
-fail_logged:
-    d->failed++;
-    log_error("push-failed", "ckpt='%s' reason='%s'", p->name, uv_strerror(rc));
-    finish_push(d, p);
+    d->waiter_count = kept;
+    if (d->stopping)
+        return;
+    uv_timer_stop(&d->waiter_timer);
+    if (next != 0)
+        uv_timer_start(&d->waiter_timer, on_waiter_timer, next > now ? next - now : 0, 0);
 }
 
-static void on_pins_copied(void *ctx, int status)
+static void on_waiter_timer(uv_timer_t *timer)
 {
-    struct push *p = ctx;
-    struct daemon *d = p->daemon;
-
-    if (status < 0)
-        log_warn("pin-copy-failed", "ckpt='%s' reason='%s'", p->name, strerror(-status));
-    if (d->cfg->dry_run) {
-        if (pin_release(d->pin, p->id, on_released, p) < 0)
-            finish_push(d, p);
-        return;
-    }
-    start_upload(p);
+    finish_waiters(timer->data);
 }
 
-static void on_pins_idle(void *ctx, int status)
+static void on_queue_event(void *ctx, const struct queue_item_view *v)
 {
-    struct push *p = ctx;
-    struct daemon *d = p->daemon;
+    struct daemon *d = ctx;
+    static const char *const events[] = {
+        [QUEUE_WAITING] = "sealed",     [QUEUE_PINNING] = "started",
+        [QUEUE_UPLOADING] = "progress", [QUEUE_COMMITTED] = "committed",
+        [QUEUE_FAILED] = "failed",      [QUEUE_SKIPPED] = "skipped",
+    };
 
-    (void)status; /* a lost file was already logged by on_pin_result; push what is there */
-    if (pin_copies_pending(d->pin, p->id) > 0 &&
-        pin_copy_pending(d->pin, p->id, on_pins_copied, p) == 0)
-        return;
-    if (d->cfg->dry_run) {
-        if (pin_release(d->pin, p->id, on_released, p) < 0)
-            finish_push(d, p);
-        return;
+    if (v->state == QUEUE_COMMITTED)
+        snprintf(d->last_commit, sizeof(d->last_commit), "%s", v->commit);
+    if (d->event_cb != NULL) {
+        cJSON *fields = item_json(v);
+        d->event_cb(d->event_ctx, events[v->state], fields);
+        cJSON_Delete(fields);
     }
-    start_upload(p);
-}
-
-static void pump(struct daemon *d)
-{
-    struct push *p;
-
-    if (d->active != NULL || d->queue_head == NULL || d->stopping)
+    if (v->state < QUEUE_COMMITTED || queue_pending(d->queue) > 0 || d->cards_pending > 0)
         return;
-    if (!d->hub_ready && !d->cfg->dry_run)
-        return;
-    p = d->queue_head;
-    d->queue_head = p->next;
-    if (d->queue_head == NULL)
-        d->queue_tail = NULL;
-    p->next = NULL;
-    d->active = p;
-    if (pin_when_idle(d->pin, p->id, on_pins_idle, p) < 0)
-        on_pins_idle(p, 0);
+    finish_waiters(d);
+    if (d->draining)
+        daemon_stop(d, drained_exit_code(d));
 }
 
 /* --- startup: check the token and the repository before saying ready --------------------- */
@@ -399,6 +505,21 @@ static void log_ready(struct daemon *d)
              config_strategy_name(d->cfg->strategy), d->cfg->dry_run ? "yes" : "no");
 }
 
+/* A hub that cannot be used stops a plain daemon; in run mode the training goes on (its
+ * checkpoints stay pinned for the next start) and the failure becomes the exit code. */
+static void startup_failed(struct daemon *d, const struct ckpt_err *err)
+{
+    if (d->child_running) {
+        d->startup_failure = exit_code_for(err);
+        log_error("not-pushing",
+                  "reason='the hub cannot be used; the training command keeps running and its "
+                  "checkpoints stay pinned in %s'",
+                  d->cfg->staging_dir);
+        return;
+    }
+    daemon_stop(d, exit_code_for(err));
+}
+
 static void on_repo_ready(void *ctx, const struct ckpt_err *err)
 {
     struct daemon *d = ctx;
@@ -406,12 +527,12 @@ static void on_repo_ready(void *ctx, const struct ckpt_err *err)
     d->startup_op = NULL;
     if (err != NULL) {
         log_error("startup-failed", "repo='%s' reason='%s'", d->cfg->repo_id, err->msg);
-        daemon_stop(d, exit_code_for(err));
+        startup_failed(d, err);
         return;
     }
     d->hub_ready = true;
     log_ready(d);
-    pump(d);
+    queue_set_ready(d->queue, true);
 }
 
 static void on_whoami(void *ctx, const struct ckpt_err *err, const char *user)
@@ -421,7 +542,7 @@ static void on_whoami(void *ctx, const struct ckpt_err *err, const char *user)
     d->startup_op = NULL;
     if (err != NULL) {
         log_error("startup-failed", "endpoint='%s' reason='%s'", d->cfg->endpoint, err->msg);
-        daemon_stop(d, exit_code_for(err));
+        startup_failed(d, err);
         return;
     }
     log_info("authenticated", "user='%s' endpoint='%s' token_source='%s'", user, d->cfg->endpoint,
@@ -435,20 +556,19 @@ static void on_whoami(void *ctx, const struct ckpt_err *err, const char *user)
 static void on_drain_timeout(uv_timer_t *timer)
 {
     struct daemon *d = timer->data;
-    size_t waiting = 0;
 
-    for (struct push *p = d->queue_head; p != NULL; p = p->next)
-        waiting++;
-    log_error("drain-timeout",
-              "seconds=%u active='%s' waiting=%zu reason='pins kept in %s for the next start'",
-              d->cfg->drain_timeout_s, d->active ? d->active->name : "", waiting,
-              d->cfg->staging_dir);
+    log_error("drain-timeout", "seconds=%u pending=%zu reason='pins kept in %s for the next start'",
+              d->cfg->drain_timeout_s, queue_pending(d->queue), d->cfg->staging_dir);
     daemon_stop(d, CKPT_EXIT_FAILURE);
 }
 
 static void start_drain(struct daemon *d, const char *why)
 {
+    if (d->stopping)
+        return;
     if (d->draining) {
+        if (d->child_running)
+            return;
         log_warn("stopping", "reason='second %s: stopping now'", why);
         daemon_stop(d, CKPT_EXIT_FAILURE);
         return;
@@ -456,11 +576,15 @@ static void start_drain(struct daemon *d, const char *why)
     d->draining = true;
     log_info("draining", "reason='%s' deadline_s=%u", why, d->cfg->drain_timeout_s);
     detect_seal_all_complete(d->detect, now_ms(d));
-    if (d->active == NULL && d->queue_head == NULL) {
-        daemon_stop(d, d->failed ? CKPT_EXIT_FAILURE : CKPT_EXIT_OK);
+    if (d->hub_ready)
+        start_card_only_commit(d);
+    if (queue_pending(d->queue) == 0 && d->cards_pending == 0) {
+        daemon_stop(d, drained_exit_code(d));
         return;
     }
-    uv_timer_start(&d->drain_timer, on_drain_timeout, (uint64_t)d->cfg->drain_timeout_s * 1000, 0);
+    if (!uv_is_active((uv_handle_t *)&d->drain_timer))
+        uv_timer_start(&d->drain_timer, on_drain_timeout, (uint64_t)d->cfg->drain_timeout_s * 1000,
+                       0);
 }
 
 static void on_signal(uv_signal_t *sig, int signum)
@@ -473,7 +597,56 @@ static void on_signal(uv_signal_t *sig, int signum)
         rearm_detect_timer(d);
         return;
     }
+    if (d->child_running) {
+        /* The command decides how to stop (a Trainer saves first); its exit starts the drain.
+         * The deadline runs from now, as a scheduler's grace period does. */
+        log_info("forwarding", "signal=%s pid=%d", signum == SIGTERM ? "SIGTERM" : "SIGINT",
+                 d->child.pid);
+        uv_process_kill(&d->child, signum);
+        if (!uv_is_active((uv_handle_t *)&d->drain_timer))
+            uv_timer_start(&d->drain_timer, on_drain_timeout,
+                           (uint64_t)d->cfg->drain_timeout_s * 1000, 0);
+        return;
+    }
     start_drain(d, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+static void on_child_exit(uv_process_t *child, int64_t status, int signum)
+{
+    struct daemon *d = child->data;
+
+    d->child_running = false;
+    d->child_exit = signum ? 128 + signum : (int)status;
+    log_info("command-exited", "pid=%d status=%d signal=%d", child->pid, (int)status, signum);
+    uv_close((uv_handle_t *)child, NULL);
+    start_drain(d, "the training command exited");
+}
+
+static int spawn_child(struct daemon *d, struct ckpt_err *err)
+{
+    uv_stdio_container_t stdio[3] = {
+        {.flags = UV_INHERIT_FD, .data.fd = 0},
+        {.flags = UV_INHERIT_FD, .data.fd = 1},
+        {.flags = UV_INHERIT_FD, .data.fd = 2},
+    };
+    uv_process_options_t options = {
+        .exit_cb = on_child_exit,
+        .file = d->cfg->child_argv[0],
+        .args = d->cfg->child_argv,
+        .stdio_count = 3,
+        .stdio = stdio,
+    };
+    int rc;
+
+    d->child.data = d;
+    if ((rc = uv_spawn(d->loop, &d->child, &options)) < 0) {
+        uv_close((uv_handle_t *)&d->child, NULL);
+        return ckpt_err_set(err, CKPT_ERR_INPUT, rc, "cannot run '%s': %s", d->cfg->child_argv[0],
+                            uv_strerror(rc));
+    }
+    d->child_running = true;
+    log_info("command-started", "pid=%d command='%s'", d->child.pid, d->cfg->child_argv[0]);
+    return 0;
 }
 
 static void on_http_closed(void *ctx)
@@ -483,18 +656,25 @@ static void on_http_closed(void *ctx)
     d->http = NULL;
 }
 
-static void on_pin_closed(void *ctx)
-{
-    struct daemon *d = ctx;
-
-    d->pin = NULL;
-}
-
 static void on_watch_closed(void *ctx)
 {
     struct daemon *d = ctx;
 
     d->watch = NULL;
+}
+
+static void on_control_closed(void *ctx)
+{
+    struct daemon *d = ctx;
+
+    d->control = NULL;
+}
+
+static void on_pin_closed(void *ctx)
+{
+    struct daemon *d = ctx;
+
+    d->pin = NULL;
 }
 
 static void daemon_stop(struct daemon *d, int exit_code)
@@ -505,20 +685,32 @@ static void daemon_stop(struct daemon *d, int exit_code)
     d->exit_code = exit_code;
     if (d->startup_op != NULL)
         hub_op_cancel(d->startup_op);
-    if (d->active != NULL && d->active->upload != NULL)
-        upload_cancel(d->active->upload);
+    if (d->child_running) {
+        /* Stopping must not kill the training: it runs on without us. */
+        log_warn("command-left-running", "pid=%d", d->child.pid);
+        uv_close((uv_handle_t *)&d->child, NULL);
+        d->child_running = false;
+    }
+    if (d->queue != NULL)
+        queue_stop(d->queue);
+    finish_waiters(d);
     uv_close((uv_handle_t *)&d->detect_timer, NULL);
     uv_close((uv_handle_t *)&d->drain_timer, NULL);
+    uv_close((uv_handle_t *)&d->waiter_timer, NULL);
     uv_close((uv_handle_t *)&d->sig_term, NULL);
     uv_close((uv_handle_t *)&d->sig_int, NULL);
     uv_close((uv_handle_t *)&d->sig_usr1, NULL);
     if (d->watch != NULL)
         watch_close(d->watch, on_watch_closed, d);
+    if (d->control != NULL)
+        control_close(d->control, on_control_closed, d);
     if (d->http != NULL)
         http_close(d->http, on_http_closed, d);
     if (d->pin != NULL)
         pin_close(d->pin, on_pin_closed, d);
-    log_info("stopped", "exit=%d committed=%u failed=%u", exit_code, d->committed, d->failed);
+    log_info("stopped", "exit=%d committed=%u failed=%u", exit_code,
+             d->queue ? queue_committed_count(d->queue) : 0,
+             d->queue ? queue_failed_count(d->queue) : 0);
 }
 
 int daemon_exit_code(const struct daemon *d)
@@ -526,20 +718,314 @@ int daemon_exit_code(const struct daemon *d)
     return d->exit_code;
 }
 
+/* --- operations for the control socket ---------------------------------------------------- */
+
+static void add_item_to_array(void *ctx, const struct queue_item_view *v)
+{
+    cJSON_AddItemToArray(ctx, item_json(v));
+}
+
+int daemon_status(struct daemon *d, cJSON *out)
+{
+    cJSON *daemon = cJSON_AddObjectToObject(out, "daemon");
+    cJSON *items = cJSON_AddArrayToObject(out, "checkpoints");
+    const char *state = d->stopping                         ? "stopping"
+                        : d->draining                       ? "draining"
+                        : !d->hub_ready && !d->cfg->dry_run ? "starting"
+                        : queue_paused(d->queue)            ? "paused"
+                        : queue_pending(d->queue)           ? "pushing"
+                                                            : "idle";
+
+    if (daemon == NULL || items == NULL)
+        return -ENOMEM;
+    cJSON_AddStringToObject(daemon, "state", state);
+    cJSON_AddStringToObject(daemon, "version", CKPT_VERSION);
+    cJSON_AddStringToObject(daemon, "repo", d->cfg->repo_id ? d->cfg->repo_id : "");
+    cJSON_AddStringToObject(daemon, "endpoint", d->cfg->endpoint);
+    cJSON_AddStringToObject(daemon, "watch", d->cfg->watch_dir);
+    cJSON_AddStringToObject(daemon, "strategy", config_strategy_name(d->cfg->strategy));
+    cJSON_AddBoolToObject(daemon, "paused", queue_paused(d->queue));
+    cJSON_AddBoolToObject(daemon, "dry_run", d->cfg->dry_run);
+    cJSON_AddNumberToObject(daemon, "pending", (double)queue_pending(d->queue));
+    cJSON_AddNumberToObject(daemon, "detecting", (double)detect_pending(d->detect));
+    cJSON_AddNumberToObject(daemon, "committed", queue_committed_count(d->queue));
+    cJSON_AddNumberToObject(daemon, "failed", queue_failed_count(d->queue));
+    cJSON_AddNumberToObject(daemon, "uptime_s",
+                            (double)((uint64_t)now_ms(d) - d->started_ms) / 1000.0);
+    queue_for_each(d->queue, add_item_to_array, items);
+    return 0;
+}
+
+/* An explicit push: the files under a path are listed on the thread pool, then queued. */
+struct explicit_push {
+    uv_work_t work;
+    struct daemon *daemon;
+    daemon_done_cb cb;
+    void *ctx;
+    char *path; /* absolute */
+    char **files;
+    size_t count;
+    size_t cap;
+    int status;
+    bool is_dir;
+};
+
+/* nftw has no context argument: one walk at a time, under walk_lock. */
+static struct explicit_push *walking;
+static uv_mutex_t walk_lock;
+static uv_once_t walk_lock_once = UV_ONCE_INIT;
+
+static void init_walk_lock(void)
+{
+    uv_mutex_init(&walk_lock);
+}
+
+static int collect_file(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    struct explicit_push *e = walking;
+    const char *rel = path + strlen(e->path) + 1;
+
+    (void)ftw;
+    if (type != FTW_F || !S_ISREG(st->st_mode))
+        return 0;
+    if (strncmp(rel, STAGING_SKIP_NAME "/", sizeof(STAGING_SKIP_NAME)) == 0)
+        return 0;
+    if (e->count == EXPLICIT_PUSH_MAX_FILES) {
+        e->status = -E2BIG;
+        return 1;
+    }
+    if (e->count == e->cap) {
+        size_t cap = e->cap ? e->cap * 2 : 64;
+        char **grown = realloc(e->files, cap * sizeof(*grown));
+        if (grown == NULL) {
+            e->status = -ENOMEM;
+            return 1;
+        }
+        e->files = grown;
+        e->cap = cap;
+    }
+    if ((e->files[e->count] = strdup(rel)) == NULL) {
+        e->status = -ENOMEM;
+        return 1;
+    }
+    e->count++;
+    return 0;
+}
+
+static int compare_paths(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void list_files_work(uv_work_t *work)
+{
+    struct explicit_push *e = work->data;
+    struct stat st;
+
+    if (lstat(e->path, &st) != 0) {
+        e->status = -errno;
+        return;
+    }
+    if (S_ISREG(st.st_mode)) {
+        char *slash = strrchr(e->path, '/');
+        e->files = calloc(1, sizeof(*e->files));
+        if (e->files == NULL || (e->files[0] = strdup(slash + 1)) == NULL) {
+            e->status = -ENOMEM;
+            return;
+        }
+        e->count = 1;
+        *slash = '\0'; /* the path becomes the source directory */
+        return;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        e->status = -EINVAL;
+        return;
+    }
+    e->is_dir = true;
+    uv_once(&walk_lock_once, init_walk_lock);
+    uv_mutex_lock(&walk_lock);
+    walking = e;
+    if (nftw(e->path, collect_file, 16, FTW_PHYS) < 0 && e->status == 0)
+        e->status = -errno;
+    walking = NULL;
+    uv_mutex_unlock(&walk_lock);
+    if (e->status == 0)
+        qsort(e->files, e->count, sizeof(*e->files), compare_paths);
+}
+
+static void list_files_done(uv_work_t *work, int status)
+{
+    struct explicit_push *e = work->data;
+    struct daemon *d = e->daemon;
+    struct ckpt_err err;
+    const char *base;
+    int rc = status < 0 ? status : e->status;
+
+    ckpt_err_clear(&err);
+    if (rc == 0 && e->count == 0)
+        rc = -ENOENT;
+    base = e->is_dir ? strrchr(e->path, '/') + 1 : e->files ? e->files[0] : "";
+    if (rc == 0 && d->stopping)
+        rc = -ESHUTDOWN;
+    if (rc == 0)
+        rc =
+            queue_add(d->queue, d->explicit_ids--, base, e->is_dir ? "explicit-dir" : "single-file",
+                      -1, e->path, (const char *const *)e->files, e->count);
+    if (rc < 0) {
+        ckpt_err_set(
+            &err, rc == -ENOENT ? CKPT_ERR_INPUT : CKPT_ERR_IO, rc, "cannot push '%s': %s", e->path,
+            rc == -ENOENT && status >= 0 && e->status == 0 ? "no files in it" : strerror(-rc));
+        log_error("push-failed", "path='%s' reason='%s'", e->path, err.msg);
+    } else {
+        log_info("push-requested", "path='%s' files=%zu", e->path, e->count);
+    }
+    e->cb(e->ctx, rc < 0 ? &err : NULL, NULL);
+    for (size_t i = 0; i < e->count; i++)
+        free(e->files[i]);
+    free(e->files);
+    free(e->path);
+    free(e);
+}
+
+/* A path inside the watched tree that the detector knows is sealed now rather than pushed a
+ * second time beside it. Returns true when that took care of the request. */
+static bool push_known_checkpoint(struct daemon *d, const char *abs)
+{
+    size_t root_len = strlen(d->cfg->watch_dir);
+    const char *rel;
+
+    if (strncmp(abs, d->cfg->watch_dir, root_len) != 0 || abs[root_len] != '/')
+        return false;
+    rel = abs + root_len + 1;
+    detect_seal_all_complete(d->detect, now_ms(d));
+    rearm_detect_timer(d);
+    if (!queue_knows(d->queue, rel))
+        return false;
+    log_info("push-requested", "path='%s' reason='already sealed by the watcher'", abs);
+    return true;
+}
+
+int daemon_push_path(struct daemon *d, const char *path, daemon_done_cb cb, void *ctx)
+{
+    struct explicit_push *e;
+    char joined[PATH_MAX];
+
+    if (path[0] == '\0' || strlen(path) >= PATH_MAX - strlen(d->cfg->watch_dir) - 2)
+        return -EINVAL;
+    if (path[0] == '/')
+        snprintf(joined, sizeof(joined), "%s", path);
+    else
+        snprintf(joined, sizeof(joined), "%s/%s", d->cfg->watch_dir, path);
+    while (strlen(joined) > 1 && joined[strlen(joined) - 1] == '/')
+        joined[strlen(joined) - 1] = '\0';
+    if (d->stopping)
+        return -ESHUTDOWN;
+    if (push_known_checkpoint(d, joined)) {
+        cb(ctx, NULL, NULL);
+        return 0;
+    }
+    if ((e = calloc(1, sizeof(*e))) == NULL || (e->path = strdup(joined)) == NULL) {
+        free(e);
+        return -ENOMEM;
+    }
+    e->daemon = d;
+    e->cb = cb;
+    e->ctx = ctx;
+    e->work.data = e;
+    uv_queue_work(d->loop, &e->work, list_files_work, list_files_done);
+    return 0;
+}
+
+static int add_waiter(struct daemon *d, unsigned deadline_s, daemon_done_cb cb, void *ctx,
+                      struct ckpt_err *err)
+{
+    struct waiter *w;
+
+    if (d->waiter_count == MAX_WAITERS)
+        return ckpt_err_set(err, CKPT_ERR_INPUT, -ENOBUFS, "too many waiting requests");
+    w = &d->waiters[d->waiter_count++];
+    w->cb = cb;
+    w->ctx = ctx;
+    w->failed_before = queue_failed_count(d->queue);
+    w->deadline_ms = deadline_s ? (uint64_t)now_ms(d) + (uint64_t)deadline_s * 1000 : 0;
+    /* Answer at once when nothing is pending, else arm the deadline. */
+    finish_waiters(d);
+    return 0;
+}
+
+int daemon_final(struct daemon *d, const cJSON *metrics, const cJSON *hparams, daemon_done_cb cb,
+                 void *ctx)
+{
+    struct ckpt_err err;
+
+    if (d->stopping)
+        return -ESHUTDOWN;
+    d->final_requested = true;
+    if (metrics != NULL && cJSON_IsObject(metrics)) {
+        free(d->final_metrics_json);
+        d->final_metrics_json = cJSON_PrintUnformatted(metrics);
+    }
+    if (hparams != NULL && cJSON_IsObject(hparams)) {
+        free(d->final_hparams_json);
+        d->final_hparams_json = cJSON_PrintUnformatted(hparams);
+    }
+    log_info("final", "reason='training ended: pushing everything complete'");
+    detect_seal_all_complete(d->detect, now_ms(d));
+    rearm_detect_timer(d);
+    return add_waiter(d, 0, cb, ctx, &err);
+}
+
+void daemon_pause(struct daemon *d)
+{
+    if (!queue_paused(d->queue))
+        log_info("paused", "pending=%zu", queue_pending(d->queue));
+    queue_set_paused(d->queue, true);
+}
+
+void daemon_resume(struct daemon *d)
+{
+    if (queue_paused(d->queue))
+        log_info("resumed", "pending=%zu", queue_pending(d->queue));
+    queue_set_paused(d->queue, false);
+}
+
+int daemon_flush(struct daemon *d, unsigned deadline_s, daemon_done_cb cb, void *ctx)
+{
+    struct ckpt_err err;
+
+    if (d->stopping)
+        return -ESHUTDOWN;
+    detect_seal_all_complete(d->detect, now_ms(d));
+    rearm_detect_timer(d);
+    return add_waiter(d, deadline_s, cb, ctx, &err);
+}
+
+void daemon_request_shutdown(struct daemon *d)
+{
+    start_drain(d, "shutdown request");
+}
+
+void daemon_set_event_sink(struct daemon *d, daemon_event_cb cb, void *ctx)
+{
+    d->event_cb = cb;
+    d->event_ctx = ctx;
+}
+
 /* --- construction --------------------------------------------------------------------------- */
 
-static int init_handles(struct daemon *d)
+static void init_handles(struct daemon *d)
 {
     uv_timer_init(d->loop, &d->detect_timer);
     uv_timer_init(d->loop, &d->drain_timer);
+    uv_timer_init(d->loop, &d->waiter_timer);
     uv_signal_init(d->loop, &d->sig_term);
     uv_signal_init(d->loop, &d->sig_int);
     uv_signal_init(d->loop, &d->sig_usr1);
-    d->detect_timer.data = d->drain_timer.data = d;
+    d->detect_timer.data = d->drain_timer.data = d->waiter_timer.data = d;
     d->sig_term.data = d->sig_int.data = d->sig_usr1.data = d;
     uv_signal_start(&d->sig_term, on_signal, SIGTERM);
     uv_signal_start(&d->sig_int, on_signal, SIGINT);
-    return uv_signal_start(&d->sig_usr1, on_signal, SIGUSR1);
+    uv_signal_start(&d->sig_usr1, on_signal, SIGUSR1);
 }
 
 int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg, int *ret_exit,
@@ -558,24 +1044,16 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
     int rc;
 
     *ret_exit = CKPT_EXIT_FAILURE;
+    *ret = d;
     if (d == NULL)
         return ckpt_err_set(err, CKPT_ERR_IO, -ENOMEM, "out of memory");
     d->loop = loop;
     d->cfg = cfg;
+    d->explicit_ids = UINT64_MAX;
+    d->started_ms = (uint64_t)now_ms(d);
     callbacks.ctx = d;
+    init_handles(d);
 
-    if (mkdir(cfg->staging_dir, 0700) != 0 && errno != EEXIST) {
-        rc = ckpt_err_set(err, CKPT_ERR_IO, -errno, "cannot create staging directory '%s': %s",
-                          cfg->staging_dir, strerror(errno));
-        *ret_exit = CKPT_EXIT_WATCH;
-        goto error;
-    }
-    if ((rc = pin_new(&d->pin, loop, cfg->watch_dir, STAGING_SKIP_NAME, on_pin_result, d)) < 0 ||
-        (rc = hash_pool_init(&d->hashes, loop, 2)) < 0 ||
-        (rc = detect_new(&d->detect, &detect_cfg, &callbacks)) < 0) {
-        ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start: %s", uv_strerror(rc));
-        goto error;
-    }
     if (!cfg->dry_run) {
         struct hub_config hub_cfg = {
             .endpoint = cfg->endpoint,
@@ -585,56 +1063,64 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
         };
         if ((rc = http_init(&d->http, loop, NULL)) < 0) {
             ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start HTTP: %s", uv_strerror(rc));
-            goto error;
+            goto fail;
         }
         if ((rc = hub_init(&d->hub, d->http, &hub_cfg, err)) < 0) {
             *ret_exit = CKPT_EXIT_INVALID;
-            goto error;
+            goto fail;
         }
     }
-    init_handles(d);
+    if ((rc = pin_new(&d->pin, loop, cfg->watch_dir, STAGING_SKIP_NAME, on_pin_result, d)) < 0 ||
+        (rc = hash_pool_init(&d->hashes, loop, 2)) < 0 ||
+        (rc = detect_new(&d->detect, &detect_cfg, &callbacks)) < 0) {
+        ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start: %s", strerror(-rc));
+        goto fail;
+    }
+    {
+        struct queue_deps deps = {loop, cfg, d->pin, d->hub, d->hashes};
+        if ((rc = queue_new(&d->queue, &deps, on_queue_event, d)) < 0) {
+            ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start: %s", strerror(-rc));
+            goto fail;
+        }
+    }
     rc = watch_start(&d->watch, loop, cfg->watch_dir, STAGING_SKIP_NAME, on_watch_event, d, err);
     if (rc < 0) {
         *ret_exit = CKPT_EXIT_WATCH;
-        daemon_stop(d, CKPT_EXIT_WATCH);
-        *ret = d; /* the caller runs the loop to close the handles, then frees */
-        return rc;
+        goto fail;
+    }
+    if ((rc = control_start(&d->control, loop, d, cfg->socket_path, err)) < 0) {
+        *ret_exit = CKPT_EXIT_INVALID;
+        goto fail;
+    }
+    log_info("listening", "socket='%s'", cfg->socket_path);
+    if (cfg->child_argv != NULL && (rc = spawn_child(d, err)) < 0) {
+        *ret_exit = CKPT_EXIT_USAGE;
+        goto fail;
     }
     if (cfg->dry_run) {
         log_ready(d);
+        queue_set_ready(d->queue, true);
     } else if ((rc = hub_whoami(d->hub, on_whoami, d, &d->startup_op)) < 0) {
         ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start: %s", uv_strerror(rc));
-        daemon_stop(d, CKPT_EXIT_FAILURE);
-        *ret = d;
-        return rc;
+        goto fail;
     }
-    *ret = d;
     *ret_exit = CKPT_EXIT_OK;
     return 0;
-error:
-    if (d->http != NULL)
-        http_close(d->http, on_http_closed, d);
-    if (d->pin != NULL)
-        pin_close(d->pin, on_pin_closed, d);
-    /* The loop must run once more to close what was opened; daemon_free is safe after it. */
-    d->stopping = true;
-    *ret = d;
+fail:
+    /* The caller runs the loop to let the handles close, then calls daemon_free. */
+    daemon_stop(d, *ret_exit);
     return rc;
 }
 
 void daemon_free(struct daemon *d)
 {
-    struct push *p, *next;
-
     if (d == NULL)
         return;
-    push_free(d->active);
-    for (p = d->queue_head; p != NULL; p = next) {
-        next = p->next;
-        push_free(p);
-    }
+    queue_free(d->queue);
     hub_free(d->hub);
     hash_pool_free(d->hashes);
     detect_free(d->detect);
+    free(d->final_metrics_json);
+    free(d->final_hparams_json);
     free(d);
 }

@@ -485,6 +485,8 @@ static int attempt_start(struct http_xfer *x)
         x->file_err = 0;
     }
     x->state = XS_ACTIVE;
+    /* a handle removed while paused must not start the next attempt paused */
+    curl_easy_pause(x->easy, CURLPAUSE_CONT);
     CURLMcode mc = curl_multi_add_handle(x->h->multi, x->easy);
     if (mc != CURLM_OK) {
         x->state = XS_FINISHING;

@@ -9,6 +9,7 @@
 #include "testutil.h"
 
 #include <openssl/evp.h>
+#include <sys/resource.h>
 
 #define TOKEN "hf_secret_token_for_http_test"
 
@@ -152,6 +153,30 @@ int main(void)
     CHECK(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(c.json, "expect")));
     CHECK(c.sent == 3 * 1024 * 1024 + 5);
     done_call(&c);
+
+    /* memory does not grow with the body: 256 MiB (sparse) through 64 KiB buffers */
+    {
+        char sparse[700];
+        snprintf(sparse, sizeof(sparse), "%s/sparse.bin", dir);
+        int fd = open(sparse, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        REQUIRE(fd >= 0 && ftruncate(fd, 256 * 1024 * 1024) == 0);
+        close(fd);
+        struct rusage ru0, ru1;
+        getrusage(RUSAGE_SELF, &ru0);
+        struct http_request big = {.method = "PUT",
+                                   .url = url,
+                                   .body_path = sparse,
+                                   .body_file_len = 256 * 1024 * 1024,
+                                   .retryable = 1};
+        run(&big, &c);
+        getrusage(RUSAGE_SELF, &ru1);
+        CHECK(c.res.status == 200 && jnum(&c, "len") == 256.0 * 1024 * 1024);
+        CHECK(c.sent == 256 * 1024 * 1024);
+        fprintf(stderr, "max RSS %ld kB -> %ld kB\n", ru0.ru_maxrss, ru1.ru_maxrss);
+        CHECK(ru1.ru_maxrss - ru0.ru_maxrss < 16 * 1024);
+        done_call(&c);
+        unlink(sparse);
+    }
 
     /* a reset after 100 kB of the body: retried from the start, the byte count rewinds */
     snprintf(url, sizeof(url), "%s/reset/r1/1/100000", echo.endpoint);

@@ -263,6 +263,20 @@ int main(void)
     CHECK(same_remote(&e, "ckpt/rng.bin", big3));
     CHECK(same_remote(&e, "ckpt/trainer_state.json", small2));
 
+    /* 4b. the commit answers 412 once (someone moved the branch): the head is re-read, our
+     * content is not there, so it commits again on the new head; a 503 goes the same way */
+    test_write_file(small2, "{\"global_step\": 65}\n", 20);
+    test_hub_fault(&e.th, "{\"route\":\"commit\",\"count\":1,\"status\":412}");
+    test_hub_fault(&e.th, "{\"route\":\"commit\",\"count\":1,\"status\":503}");
+    mark = test_hub_lines(&e.th);
+    push(&e, e.hub, files4, 2, "checkpoint 65", &r);
+    CHECK(r.ok);
+    CHECK(test_hub_count(&e.th, "commit", mark, 0) == 3);
+    CHECK(test_hub_count(&e.th, "preupload", mark, 0) == 3);
+    CHECK(same_remote(&e, "ckpt/trainer_state.json", small2));
+    head_of_main(&e, head, sizeof(head));
+    CHECK(strcmp(head, r.oid) == 0);
+
     /* 5. a bad token: CKPT_ERR_AUTH naming the repo, never the token */
     const char *bad = "hf_not_a_valid_token_123";
     struct hub *badhub = make_hub(&e, bad);

@@ -1,0 +1,85 @@
+/* queue.h - sealed checkpoints on their way to the Hub: waiting in save order, pushed one at a
+ * time (a later checkpoint's commit never lands before an earlier one's), pins released after the
+ * commit is confirmed, a bounded history of finished pushes for status. Decides and logs each
+ * push's outcome. Loop thread only.
+ */
+#ifndef CKPT_QUEUE_H
+#define CKPT_QUEUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "config.h"
+#include "upload.h"
+
+struct queue;
+struct pin;
+struct hub;
+struct hash_pool;
+
+#define QUEUE_MAX_WAITING 4096
+#define QUEUE_HISTORY 64
+
+enum queue_state {
+    QUEUE_WAITING,
+    QUEUE_PINNING, /* waiting for its pins (links, copies) to be done */
+    QUEUE_UPLOADING,
+    QUEUE_COMMITTED,
+    QUEUE_FAILED,
+    QUEUE_SKIPPED, /* the strategy pushes none of its files, or --dry-run */
+};
+
+struct queue_item_view {
+    uint64_t id;
+    const char *name;
+    const char *layout;
+    enum queue_state state;
+    int64_t step;
+    size_t files;
+    const char *message; /* commit message once planned, else "" */
+    const char *commit;  /* commit oid once committed, else "" */
+    const char *error;   /* last error, else "" */
+    struct upload_progress progress;
+    double seconds;  /* since it was sealed */
+    double rate_bps; /* bytes sent per second while uploading, 0 otherwise */
+};
+
+/* Called on every state change; item is valid only during the call. */
+typedef void (*queue_event_cb)(void *ctx, const struct queue_item_view *item);
+
+struct queue_deps {
+    uv_loop_t *loop;
+    const struct config *cfg;
+    struct pin *pin;
+    struct hub *hub; /* NULL in dry-run */
+    struct hash_pool *hashes;
+};
+
+int queue_new(struct queue **ret, const struct queue_deps *deps, queue_event_cb cb, void *ctx);
+/* Copies everything. files are relative to the checkpoint root; they are read from the pins of
+ * id, or, when source_dir is not NULL (an explicit push of a path outside the watched tree),
+ * from source_dir itself. -ENOBUFS when QUEUE_MAX_WAITING are waiting (pins stay on disk). */
+int queue_add(struct queue *q, uint64_t id, const char *name, const char *layout, int64_t step,
+              const char *source_dir, const char *const *files, size_t file_count);
+/* Pushing starts once the hub is known to be usable and while not paused. */
+void queue_set_ready(struct queue *q, bool ready);
+void queue_set_paused(struct queue *q, bool paused);
+bool queue_paused(const struct queue *q);
+/* Checkpoints waiting or in flight. */
+size_t queue_pending(const struct queue *q);
+unsigned queue_committed_count(const struct queue *q);
+unsigned queue_failed_count(const struct queue *q);
+/* Active first, then waiting in order, then the history, newest first. */
+void queue_for_each(const struct queue *q, queue_event_cb cb, void *ctx);
+/* True when a checkpoint of this name is waiting, in flight, or was committed recently. */
+bool queue_knows(const struct queue *q, const char *name);
+/* Cancels the push in flight (it ends failed; its pins are kept) and starts no other. */
+void queue_stop(struct queue *q);
+/* Only when nothing is in flight (after the loop ran down). */
+void queue_free(struct queue *q);
+const char *queue_state_name(enum queue_state state);
+
+#endif
