@@ -123,6 +123,7 @@ struct drec {
     bool open;                /* CREATE/MODIFY seen without CLOSE_WRITE */
     bool closed;              /* closed after writing, or found complete */
     bool late;                /* late write already reported */
+    bool scanned;             /* found by a directory listing, never seen written since */
     int64_t wrote_ms;         /* last close or rename into this name */
 };
 
@@ -722,6 +723,9 @@ static bool acc_complete(const struct detect *d, const struct detect_cand *c, ch
 }
 
 #define ORBAX_TMP ".orbax-checkpoint-tmp-"
+/* Orbax's step metadata (metadata/checkpoint.py _STEP_METADATA_FILENAME), written into the
+ * temporary folder when it is made and again after the handler's save (Checkpointer.save). */
+#define ORBAX_META "_CHECKPOINT_METADATA"
 
 static bool orbax_tmp_pred(const char *path, const char *s, size_t n)
 {
@@ -740,9 +744,14 @@ static bool orbax_tmp_pred(const char *path, const char *s, size_t n)
  * so its files are pinned at first sight; the rename moves them to the final candidate. */
 static bool orbax_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
 {
+    const char *b;
     if (component_match(path, is_dir, m, orbax_tmp_pred))
         return true;
-    return owner_match(d, path, is_dir, m, "orbax");
+    if (owner_match(d, path, is_dir, m, "orbax"))
+        return true;
+    /* A folder already renamed to its final name when first seen still holds the metadata. */
+    memset(m, 0, sizeof(*m));
+    return in_subdir(path, is_dir, m, &b) && strcmp(b, ORBAX_META) == 0;
 }
 
 static bool orbax_complete(const struct detect *d, const struct detect_cand *c, char *why, size_t n)
@@ -751,9 +760,21 @@ static bool orbax_complete(const struct detect *d, const struct detect_cand *c, 
         say(why, n, "renamed from its " ORBAX_TMP "* folder");
         return c->n_members > 0;
     }
-    say(why, n, "commit_success.txt closed");
-    return strstr(base_name(c->name), ORBAX_TMP) == NULL &&
-           member_closed(d, c, "commit_success.txt");
+    if (strstr(base_name(c->name), ORBAX_TMP) != NULL)
+        return false;
+    if (member_closed(d, c, "commit_success.txt")) {
+        say(why, n, "commit_success.txt closed");
+        return true;
+    }
+    /* On a local filesystem Orbax always saves under the temporary name and renames (only GCS
+     * paths save in place with commit_success.txt): a folder whose metadata a scan found under
+     * its final name was renamed before its watch existed, so it is finalised
+     * (utils.is_checkpoint_finalized). Metadata seen written here means an in-place save. */
+    char p[PATH_MAX_LEN + 2];
+    snprintf(p, sizeof(p), "%s/" ORBAX_META, c->dir);
+    const struct drec *meta = rec_get(d, p);
+    say(why, n, "found finalised (" ORBAX_META " under its final name)");
+    return rec_done(c, meta) && meta->scanned;
 }
 
 /* NeMo ModelCheckpoint._save_checkpoint: touches <ckpt>-unfinished beside the checkpoint
@@ -1276,6 +1297,7 @@ static int on_write(struct detect *d, const char *path, bool close, bool scan, i
         }
         r->open = !close && !scan;
         r->closed = close || scan;
+        r->scanned = scan;
         rc = rec_attach(d, r, now, &added);
         if (rc < 0) {
             rec_free(d, r);
@@ -1285,6 +1307,7 @@ static int on_write(struct detect *d, const char *path, bool close, bool scan, i
             d->cbs.file_added(d->cbs.ctx, r->cand, rec_rel(r));
     } else {
         rec_set_open(r, !close);
+        r->scanned = false;
         if (close)
             r->closed = true;
         if (!r->cand->sealed)
@@ -1449,6 +1472,7 @@ static int on_rename(struct detect *d, const char *from, const char *to, int64_t
             r->closed = true;
     }
     r->late = false;
+    r->scanned = false;
     rc = rec_attach(d, r, now, &added);
     if (rc < 0) {
         rec_free(d, r);
@@ -1495,6 +1519,16 @@ static int on_dir_rename(struct detect *d, const char *from, const char *to, int
         if (rc < 0)
             return rc;
         c->marked = true;
+        /* Files a scan found under the final name before this event was read. */
+        rc = cand_adopt(d, c, "");
+        if (rc < 0)
+            return rc;
+    }
+    if (orbax_tmp_pred(from, base_name(from), strlen(base_name(from)))) {
+        /* A scan found it under its final name before this rename event was read. */
+        struct detect_cand *c = cand_named(d, to, strlen(to), "orbax");
+        if (c != NULL && !c->sealed)
+            c->marked = true;
     }
     rc = collect(d, from, &recs, &n);
     if (rc < 0)

@@ -53,7 +53,7 @@ EXPECTED = {
     },
     "synthetic/orbax-save.jsonl": {
         "sealed": {"100/default": "orbax", "200/default": "orbax"},
-        "files": {"100/default": 2, "200/default": 2},
+        "files": {"100/default": 3, "200/default": 3},
     },
     "synthetic/nemo-unfinished-marker.jsonl": {
         "sealed": {"ckpts/megatron--step=100": "nemo", "ckpts/megatron--step=200": "nemo"},

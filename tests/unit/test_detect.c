@@ -547,7 +547,7 @@ static const struct want_trace synthetic[] = {
     {"synthetic/deepspeed-save-checkpoint.jsonl",
      {{"global_step10", "deepspeed", 3, 1}, {"global_step20", "deepspeed", 3, 1}}},
     {"synthetic/orbax-save.jsonl",
-     {{"100/default", "orbax", 2, 1}, {"200/default", "orbax", 2, 1}}},
+     {{"100/default", "orbax", 3, 1}, {"200/default", "orbax", 3, 1}}},
     {"synthetic/nemo-unfinished-marker.jsonl",
      {{"ckpts/megatron--step=100", "nemo", 3, 1}, {"ckpts/megatron--step=200", "nemo", 3, 1}}},
     {"synthetic/torchsnapshot-take.jsonl", {{"snap-30", "torchsnapshot", 3, 1}}},
@@ -895,6 +895,54 @@ static void test_overflow_and_scan(void)
     free(r);
 }
 
+/* Zero gaps: Orbax renamed its temporary folder before the watch on the step folder existed, so
+ * the scan finds it under its final name; its _CHECKPOINT_METADATA says it is Orbax's, the final
+ * name that it is finalised. The same metadata seen written in place waits for
+ * commit_success.txt (GCS-style saves). A rename event read after such a scan marks it too. */
+static void test_orbax_found_by_scan(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 100);
+    const char *want[] = {"_CHECKPOINT_METADATA", "checkpoint", "d/0.0"};
+
+    feed(d, r, 0, WATCH_CREATE, true, "100", NULL);
+    feed(d, r, 0, WATCH_SCANNED, true, "100/default", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "100/default/checkpoint", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "100/default/_CHECKPOINT_METADATA", NULL);
+    feed(d, r, 0, WATCH_SCANNED, true, "100/default/d", NULL);
+    feed(d, r, 1, WATCH_SCANNED, false, "100/default/d/0.0", NULL);
+    finish(d, r);
+    const struct seal *s = find_seal(r, "100/default");
+    CHECK(r->n_seals == 1 && s != NULL && strcmp(s->layout, "orbax") == 0 && s->at_ms == 101);
+    CHECK(files_are(s, want, 3));
+    CHECK(s != NULL && strstr(s->rule, "found finalised") != NULL);
+
+    /* In place: no seal without commit_success.txt. */
+    feed(d, r, 1000, WATCH_CREATE, true, "300", NULL);
+    feed(d, r, 1000, WATCH_CLOSE_WRITE, false, "300/_CHECKPOINT_METADATA", NULL);
+    feed(d, r, 1001, WATCH_CLOSE_WRITE, false, "300/checkpoint", NULL);
+    advance(d, r, 5000);
+    CHECK(r->n_seals == 1);
+    feed(d, r, 5000, WATCH_CLOSE_WRITE, false, "300/commit_success.txt", NULL);
+    finish(d, r);
+    s = find_seal(r, "300");
+    CHECK(r->n_seals == 2 && s != NULL && s->n_files == 3 && s->at_ms == 5100);
+
+    /* The scan saw the final name, then the queued events of the step folder arrive. */
+    feed(d, r, 6000, WATCH_CREATE, true, "200", NULL);
+    feed(d, r, 6000, WATCH_SCANNED, true, "200/default", NULL);
+    feed(d, r, 6000, WATCH_SCANNED, false, "200/default/checkpoint", NULL);
+    feed(d, r, 6001, WATCH_CREATE, true, "200/default.orbax-checkpoint-tmp-1", NULL);
+    feed(d, r, 6002, WATCH_RENAMED, true, "200/default", "200/default.orbax-checkpoint-tmp-1");
+    finish(d, r);
+    s = find_seal(r, "200/default");
+    CHECK(r->n_seals == 3 && s != NULL && s->n_files == 1 && s->at_ms == 6102);
+    CHECK(s != NULL && strstr(s->rule, "renamed from its") != NULL);
+    CHECK(detect_pending(d) == 0);
+    detect_free(d);
+    free(r);
+}
+
 static void test_root_waits_for_weights(void)
 {
     struct rec *r = calloc(1, sizeof(*r));
@@ -945,6 +993,7 @@ int main(void)
     test_deletes_and_late_writes();
     test_folder_renamed_into_place();
     test_overflow_and_scan();
+    test_orbax_found_by_scan();
     if (failures != 0) {
         fprintf(stderr, "test_detect: %d failures\n", failures);
         return 1;
