@@ -1590,7 +1590,8 @@ int detect_feed(struct detect *d, const struct watch_event *ev, int64_t now_ms)
         return 0;
     if (!path_valid(path) || (ev->kind == WATCH_RENAMED && !path_valid(ev->old_path)))
         return strlen(path) > PATH_MAX_LEN ? -ENAMETOOLONG : -EINVAL;
-    detect_tick(d, now_ms);
+    /* No detect_tick here: an event read after a deadline may have happened before it (the loop
+     * was busy), so it postpones the seal rather than arrive as a write after it. */
 
     if (ev->is_dir) {
         switch (ev->kind) {

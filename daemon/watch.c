@@ -448,10 +448,11 @@ static void process_batch(struct watch *w, const char *buf, size_t len)
     }
 }
 
+static void drain(struct watch *w);
+
 static void on_readable(uv_poll_t *h, int status, int events)
 {
     struct watch *w = h->data;
-    alignas(struct inotify_event) char buf[READ_BUF];
 
     (void)events;
     if (w->closing)
@@ -460,6 +461,21 @@ static void on_readable(uv_poll_t *h, int status, int events)
         emit_error(w, "", status);
         return;
     }
+    drain(w);
+}
+
+void watch_read_now(struct watch *w)
+{
+    if (w != NULL && !w->closing)
+        drain(w);
+}
+
+/* Reads until the kernel queue is empty: every event that happened before this call is reported
+ * before it returns. */
+static void drain(struct watch *w)
+{
+    alignas(struct inotify_event) char buf[READ_BUF];
+
     for (;;) {
         ssize_t n = read(w->fd, buf, sizeof(buf));
         if (n < 0) {

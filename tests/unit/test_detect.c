@@ -943,6 +943,30 @@ static void test_orbax_found_by_scan(void)
     free(r);
 }
 
+/* Zero gaps on a busy machine: a scan found step_100.pt while its writer was still at it; the
+ * loop was busy past the quiet period, then read the writer's MODIFY and CLOSE_WRITE. Those may
+ * predate the deadline: they postpone the seal (once, after the close), never follow it. */
+static void test_late_read_events(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 100);
+    struct watch_event ev = {WATCH_MODIFY, false, "ckpt/step_100.pt", NULL, 0, NULL};
+
+    feed(d, r, 0, WATCH_SCANNED, true, "ckpt", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "ckpt/step_100.pt", NULL);
+    CHECK(detect_next_deadline_ms(d) == 100);
+    r->now = 300; /* the timer is late; the caller read the queue (watch_read_now) first */
+    CHECK(detect_feed(d, &ev, 300) == 0);
+    ev.kind = WATCH_CLOSE_WRITE;
+    CHECK(detect_feed(d, &ev, 300) == 0);
+    CHECK(r->n_seals == 0);
+    finish(d, r);
+    CHECK(r->n_seals == 1 && r->seals[0].at_ms == 400);
+    CHECK(!has_note(r, "dropped"));
+    detect_free(d);
+    free(r);
+}
+
 static void test_root_waits_for_weights(void)
 {
     struct rec *r = calloc(1, sizeof(*r));
@@ -994,6 +1018,7 @@ int main(void)
     test_folder_renamed_into_place();
     test_overflow_and_scan();
     test_orbax_found_by_scan();
+    test_late_read_events();
     if (failures != 0) {
         fprintf(stderr, "test_detect: %d failures\n", failures);
         return 1;
