@@ -1073,7 +1073,13 @@ static void init_handles(struct daemon *d)
 int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg, int *ret_exit,
                  struct ckpt_err *err)
 {
-    struct detect_config detect_cfg = {.quiet_ms = cfg->quiet_ms};
+    struct detect_rule rules[CONFIG_MAX_RULES];
+    struct detect_config detect_cfg = {
+        .quiet_ms = cfg->quiet_ms,
+        .layout = cfg->layout,
+        .rules = rules,
+        .n_rules = cfg->rule_count,
+    };
     struct detect_callbacks callbacks = {
         .file_added = on_file_added,
         .file_renamed = on_file_renamed,
@@ -1094,6 +1100,11 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
     d->explicit_ids = UINT64_MAX;
     d->started_ms = (uint64_t)now_ms(d);
     callbacks.ctx = d;
+    for (size_t i = 0; i < cfg->rule_count; i++) {
+        rules[i].glob = cfg->rules[i].glob;
+        rules[i].marker = cfg->rules[i].marker;
+        rules[i].quiet_ms = cfg->rules[i].quiet_ms < 0 ? 0 : cfg->rules[i].quiet_ms;
+    }
     init_handles(d);
 
     if (!cfg->dry_run) {
