@@ -896,6 +896,8 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
     memset(cfg, 0, sizeof(*cfg));
     ckpt_err_clear(err);
     code = load(cfg, argc, argv);
+    cfg->argc = argc;
+    cfg->argv = argv;
     if (cfg->problems[0] != '\0')
         ckpt_err_set(err, CKPT_ERR_INPUT, -EINVAL, "%s", cfg->problems);
     return code;
