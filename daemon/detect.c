@@ -1175,8 +1175,7 @@ static int cand_for(struct detect *d, const char *path, const struct match *m, i
         struct drec **keep = NULL;
         size_t n_keep = 0;
         int rc;
-        if ((c->layout->folder || strcmp(c->layout->name, "model-root") == 0) &&
-            c->n_members > 0) {
+        if ((c->layout->folder || strcmp(c->layout->name, "model-root") == 0) && c->n_members > 0) {
             /* A folder saved again (save_pretrained into the same directory), or the output
              * root getting its results and card after the final model: the new version holds
              * the files still there, written again or not. */
