@@ -408,6 +408,9 @@ static bool trainer_complete(const struct detect *d, const struct detect_cand *c
     return member_closed(d, c, "trainer_state.json");
 }
 
+static bool owner_match(const struct detect *d, const char *path, bool is_dir, struct match *m,
+                        const char *layout);
+
 /* "__<rank>_<n>.distcp": torch.distributed.checkpoint's data files. */
 static bool is_distcp_name(const char *b)
 {
@@ -433,8 +436,12 @@ static bool dcp_match(const struct detect *d, const char *path, bool is_dir, str
     bool named = is_distcp_name(b) || strcmp(b, ".metadata") == 0;
     if (!named) {
         const char *o = owner_of(d, path, m->dir_len);
-        if (o == NULL || strcmp(o, "torch-dcp") != 0)
-            return false;
+        if (o == NULL || strcmp(o, "torch-dcp") != 0) {
+            /* Deeper: what the saver wrote beside the DCP files (NeMo's context/ when its
+             * -unfinished marker was gone before the folder was first seen). */
+            memset(m, 0, sizeof(*m));
+            return owner_match(d, path, is_dir, m, "torch-dcp");
+        }
     }
     m->member = b[0] != '.' || strcmp(b, ".metadata") == 0;
     return true;

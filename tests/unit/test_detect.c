@@ -967,6 +967,28 @@ static void test_late_read_events(void)
     free(r);
 }
 
+/* NeMo's -unfinished marker was removed before the folder was first seen: its distributed
+ * checkpoint makes it a torch-dcp folder, and what NeMo wrote beside it (context/) is part of it.
+ */
+static void test_nemo_found_unmarked(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 100);
+    const char *want[] = {".metadata", "__0_0.distcp", "context/io.json"};
+
+    feed(d, r, 0, WATCH_SCANNED, true, "ckpts/m--step=200", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "ckpts/m--step=200/__0_0.distcp", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "ckpts/m--step=200/.metadata", NULL);
+    feed(d, r, 0, WATCH_SCANNED, true, "ckpts/m--step=200/context", NULL);
+    feed(d, r, 1, WATCH_SCANNED, false, "ckpts/m--step=200/context/io.json", NULL);
+    finish(d, r);
+    const struct seal *s = find_seal(r, "ckpts/m--step=200");
+    CHECK(r->n_seals == 1 && s != NULL && strcmp(s->layout, "torch-dcp") == 0);
+    CHECK(files_are(s, want, 3));
+    detect_free(d);
+    free(r);
+}
+
 static void test_root_waits_for_weights(void)
 {
     struct rec *r = calloc(1, sizeof(*r));
@@ -1019,6 +1041,7 @@ int main(void)
     test_overflow_and_scan();
     test_orbax_found_by_scan();
     test_late_read_events();
+    test_nemo_found_unmarked();
     if (failures != 0) {
         fprintf(stderr, "test_detect: %d failures\n", failures);
         return 1;
