@@ -138,6 +138,7 @@ struct detect_cand {
     int64_t quiet_ms;  /* the layout's or the custom rule's quiet period */
     int rule_idx;      /* custom rules: index into detect.rules */
     bool marked;       /* orbax: renamed from its temporary name */
+    bool doubtful;     /* deleted while files of it were only known from a scan: never sealed */
     unsigned replaced; /* versions of a file replaced before the seal (coalesced) */
     size_t n_open;
     struct drec **members;
@@ -1075,7 +1076,7 @@ static void rec_free(struct detect *d, struct drec *r)
 
 static bool cand_ready(const struct detect *d, const struct detect_cand *c)
 {
-    return !c->sealed && c->n_open == 0 && c->layout->complete(d, c, NULL, 0);
+    return !c->sealed && !c->doubtful && c->n_open == 0 && c->layout->complete(d, c, NULL, 0);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -1334,7 +1335,15 @@ static int on_write(struct detect *d, const char *path, bool close, bool scan, i
  * seal now, the pins hold the bytes, rather than lose it to the quiet period. */
 static bool seal_early(struct detect *d, struct detect_cand *c)
 {
-    if (c->sealed || !c->layout->seal_on_delete || !cand_ready(d, c))
+    if (c->sealed || !c->layout->seal_on_delete)
+        return false;
+    for (size_t i = 0; i < c->n_members && !c->doubtful; i++) {
+        /* A scan lists what is left: files deleted before it (rotation already under way
+         * when the folder was first seen) left no trace, so whether it is whole is unknown. */
+        if (c->members[i]->scanned)
+            c->doubtful = true;
+    }
+    if (!cand_ready(d, c))
         return false;
     cand_seal(d, c, "sealed early: deleted (rotation) before the quiet period ended");
     return true;
@@ -1397,7 +1406,10 @@ static int on_dir_gone(struct detect *d, const char *path, int64_t now)
         struct detect_cand *c = d->cands[i];
         if (c->layout->folder && (strcmp(c->name, path) == 0 || under(c->name, path))) {
             if (!c->sealed && !seal_early(d, c))
-                cand_drop(d, c, "folder deleted before it was sealed");
+                cand_drop(d, c,
+                          c->doubtful ? "deleted while first seen by a scan: whether it was "
+                                        "whole cannot be known"
+                                      : "folder deleted before it was sealed");
             else
                 cand_destroy(d, c);
             continue;

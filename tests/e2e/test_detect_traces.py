@@ -96,8 +96,10 @@ def trace_names():
 
 
 def deleted_in_replay(manifest, name, prefix):
-    """Every version of every file of the candidate was deleted (rotation) during the replay."""
-    full = prefix + name
+    """Every version of every file of the candidate was deleted (rotation) during the replay.
+    Manifest paths are relative to the replay's own directory (prefix not included)."""
+    del prefix
+    full = name
     versions = [v for path, vs in manifest["files"].items()
                 if path == full or path.startswith(full + "/") for v in vs]
     return bool(versions) and all(v["deleted"] or v["superseded"] for v in versions) and not any(
@@ -105,10 +107,12 @@ def deleted_in_replay(manifest, name, prefix):
 
 
 def last_write(manifest, name, prefix=""):
-    """Latest close or rename into the candidate (relative to the start)."""
+    """Latest close or rename into the candidate (relative to the start). Manifest paths are
+    relative to the replay's own directory: prefix is not part of them."""
+    del prefix
     if name == "":
-        return manifest["root_last_write_at"] if not prefix else None
-    full = prefix + name
+        return manifest["root_last_write_at"]
+    full = name
     t = None
     for path, versions in manifest["files"].items():
         if path == full or path.startswith(full + "/"):

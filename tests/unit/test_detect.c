@@ -989,6 +989,31 @@ static void test_nemo_found_unmarked(void)
     free(r);
 }
 
+/* Zero gaps: rotation was deleting checkpoint_0 when a scan first saw it. The scan lists what
+ * is left; a delete then must not seal it (files gone before the listing left no trace). A
+ * folder seen written before its rotation is still sealed early, whole. */
+static void test_rotation_under_way_at_scan(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 100);
+
+    feed(d, r, 0, WATCH_SCANNED, true, "checkpoints/checkpoint_0", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "checkpoints/checkpoint_0/optimizer.bin", NULL);
+    feed(d, r, 1, WATCH_DELETE, false, "checkpoints/checkpoint_0/optimizer.bin", NULL);
+    feed(d, r, 2, WATCH_DELETE, true, "checkpoints/checkpoint_0", NULL);
+    finish(d, r);
+    CHECK(r->n_seals == 0);
+    CHECK(has_note(r, "dropped 'checkpoints/checkpoint_0' deleted while first seen by a scan"));
+    feed(d, r, 1000, WATCH_CREATE, true, "checkpoints/checkpoint_1", NULL);
+    feed(d, r, 1000, WATCH_CLOSE_WRITE, false, "checkpoints/checkpoint_1/model.safetensors", NULL);
+    feed(d, r, 1001, WATCH_CLOSE_WRITE, false, "checkpoints/checkpoint_1/optimizer.bin", NULL);
+    feed(d, r, 1002, WATCH_DELETE, false, "checkpoints/checkpoint_1/model.safetensors", NULL);
+    const struct seal *s = find_seal(r, "checkpoints/checkpoint_1");
+    CHECK(r->n_seals == 1 && s != NULL && s->n_files == 2 && s->at_ms == 1002);
+    detect_free(d);
+    free(r);
+}
+
 static void test_root_waits_for_weights(void)
 {
     struct rec *r = calloc(1, sizeof(*r));
@@ -1042,6 +1067,7 @@ int main(void)
     test_orbax_found_by_scan();
     test_late_read_events();
     test_nemo_found_unmarked();
+    test_rotation_under_way_at_scan();
     if (failures != 0) {
         fprintf(stderr, "test_detect: %d failures\n", failures);
         return 1;
