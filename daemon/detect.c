@@ -1613,6 +1613,16 @@ int detect_feed(struct detect *d, const struct watch_event *ev, int64_t now_ms)
     /* No detect_tick here: an event read after a deadline may have happened before it (the loop
      * was busy), so it postpones the seal rather than arrive as a write after it. */
 
+    if (ev->is_dir && ev->kind == WATCH_UNLISTED) {
+        /* Files of it may have come and gone unseen: a candidate owning it cannot be known
+         * whole. (A temporary folder renamed away lands here too; its candidate never seals.) */
+        struct match m;
+        struct detect_cand *c;
+        if (classify(d, path, true, &m) && m.name_len < strlen(path) &&
+            (c = cand_named(d, path, m.name_len, m.layout->name)) != NULL && !c->sealed)
+            c->doubtful = true;
+        return 0;
+    }
     if (ev->is_dir) {
         switch (ev->kind) {
         case WATCH_CREATE:

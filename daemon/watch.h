@@ -29,6 +29,7 @@ enum watch_kind {
     WATCH_ATTRIB,
     WATCH_OVERFLOW, /* the kernel queue overflowed: events were lost, a rescan follows */
     WATCH_SCANNED,  /* synthetic: found by a directory listing, state unknown */
+    WATCH_UNLISTED, /* is_dir: appeared but was gone before it could be listed (contents unknown) */
     WATCH_ERROR,    /* a directory could not be watched: error and message say why */
 };
 

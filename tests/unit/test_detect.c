@@ -1010,6 +1010,17 @@ static void test_rotation_under_way_at_scan(void)
     feed(d, r, 1002, WATCH_DELETE, false, "checkpoints/checkpoint_1/model.safetensors", NULL);
     const struct seal *s = find_seal(r, "checkpoints/checkpoint_1");
     CHECK(r->n_seals == 1 && s != NULL && s->n_files == 2 && s->at_ms == 1002);
+    /* A subfolder made, filled and removed before it could be listed: contents unknown. */
+    feed(d, r, 2000, WATCH_CREATE, true, "ckpts/m--step=9", NULL);
+    feed(d, r, 2000, WATCH_CLOSE_WRITE, false, "ckpts/m--step=9-unfinished", NULL);
+    feed(d, r, 2000, WATCH_CLOSE_WRITE, false, "ckpts/m--step=9/__0_0.distcp", NULL);
+    feed(d, r, 2001, WATCH_CREATE, true, "ckpts/m--step=9/context", NULL);
+    feed(d, r, 2001, WATCH_UNLISTED, true, "ckpts/m--step=9/context", NULL);
+    feed(d, r, 2002, WATCH_DELETE, false, "ckpts/m--step=9-unfinished", NULL);
+    feed(d, r, 2003, WATCH_DELETE, false, "ckpts/m--step=9/__0_0.distcp", NULL);
+    feed(d, r, 2004, WATCH_DELETE, true, "ckpts/m--step=9", NULL);
+    finish(d, r);
+    CHECK(r->n_seals == 1 && find_seal(r, "ckpts/m--step=9") == NULL);
     detect_free(d);
     free(r);
 }
