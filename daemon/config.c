@@ -498,10 +498,10 @@ int config_apply_text(struct config *cfg, char *text, const char *path)
                 cJSON_ArrayForEach(element, item)
                 {
                     if (cJSON_IsString(element)) {
-                        apply(cfg, k, element->valuestring, where, code);
+                        apply(cfg, k, element->valuestring, where, codep);
                     } else {
                         add_problem(cfg, "%s: every element must be a string", where);
-                        set_code(code, CKPT_EXIT_INVALID);
+                        set_code(codep, CKPT_EXIT_INVALID);
                     }
                 }
                 continue;
