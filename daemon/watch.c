@@ -337,6 +337,16 @@ static void scan_now(struct watch *w, const char *rel)
 
 /* --- reading ------------------------------------------------------------------------------ */
 
+/* One path component, NUL-terminated within its padded length: what the kernel sends. A name
+ * with '/' or a "." or ".." would make paths outside the tree. */
+static bool name_ok(const char *name, size_t size)
+{
+    size_t n = strnlen(name, size);
+
+    return n < size && memchr(name, '/', n) == NULL && strcmp(name, ".") != 0 &&
+           strcmp(name, "..") != 0;
+}
+
 size_t watch_decode(const char *buf, size_t len, const struct inotify_event **ret, size_t max)
 {
     size_t n = 0, off = 0;
@@ -345,7 +355,7 @@ size_t watch_decode(const char *buf, size_t len, const struct inotify_event **re
         const struct inotify_event *ev = (const struct inotify_event *)(buf + off);
         /* The kernel pads names with NULs to keep the next record aligned. */
         if (ev->len > len - off - sizeof(*ev) || ev->len % alignof(struct inotify_event) != 0 ||
-            (ev->len > 0 && memchr(ev->name, '\0', ev->len) == NULL))
+            (ev->len > 0 && !name_ok(ev->name, ev->len)))
             break;
         ret[n++] = ev;
         off += sizeof(*ev) + ev->len;

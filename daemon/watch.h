@@ -62,8 +62,8 @@ const char *watch_kind_name(enum watch_kind kind);
 struct inotify_event;
 /* Splits buf[0..len) (aligned like struct inotify_event), as read from an inotify descriptor,
  * into at most max records in ret. Stops at a record cut short or malformed (a name length that
- * breaks the alignment, a name without its NUL), which the kernel never sends. Returns the count.
- * Pure; any thread. */
+ * breaks the alignment, a name without its NUL, with a '/', or "." or ".."), which the kernel never
+ * sends. Returns the count. Pure; any thread. */
 size_t watch_decode(const char *buf, size_t len, const struct inotify_event **ret, size_t max);
 /* Handles buf (at most 64 KiB) as if read from w's inotify descriptor; buf NULL ends the drain
  * as reaching EAGAIN does. For tests and the fuzzer. */
