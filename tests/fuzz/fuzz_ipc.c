@@ -1,10 +1,12 @@
 /* fuzz_ipc.c - the control socket's input path: bytes arrive in reads of a size chosen by the
  * input, go through the line framer and each line through the request parser, exactly as ipc.c
  * does for a client (ipc_framer_*, ipc_parse_request). Checks the parser's contract.
- * Input: byte 0 = read size (low 6 bits, +1) and, with bit 7, "repeat the input until well past
- * IPC_MAX_MESSAGE" so that oversized lines are reached; the rest is the stream.
+ * Input: byte 0 = read size (low 6 bits, +1) and, with both high bits, "repeat the input until
+ * past IPC_MAX_MESSAGE, read in large bursts" so that oversized lines are reached; the rest is
+ * the stream.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +46,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static char buf[IPC_MAX_MESSAGE];
     struct ipc_framer f = {.buf = buf};
     size_t step, total, fed = 0;
+    bool big;
     char *line;
     size_t len;
 
@@ -54,7 +57,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size--;
     if (size == 0)
         return 0;
-    total = (data[-1] & 0x80) ? 2 * IPC_MAX_MESSAGE + size : size;
+    big = (data[-1] & 0xc0) == 0xc0;
+    total = big ? IPC_MAX_MESSAGE + 4096 + size : size;
     while (fed < total) {
         size_t n = step, room = IPC_MAX_MESSAGE - f.len;
         if (n > total - fed)
@@ -62,10 +66,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (n > room)
             n = room;
         /* A large step reads many bytes at once, as a fast client's burst would arrive. */
-        if (data[-1] & 0x80)
+        if (big)
             n = room < total - fed ? room : total - fed;
-        for (size_t i = 0; i < n; i++)
-            buf[f.len + i] = (char)data[(fed + i) % size];
+        for (size_t i = 0; i < n;) {
+            size_t at = (fed + i) % size, k = size - at < n - i ? size - at : n - i;
+            memcpy(buf + f.len + i, data + at, k);
+            i += k;
+        }
         f.len += n;
         fed += n;
         while (ipc_framer_next(&f, &line, &len))

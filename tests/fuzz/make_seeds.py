@@ -214,7 +214,7 @@ def ipc_seeds():
     for i, r in enumerate(reqs):
         put("fuzz_ipc", f"req-{i:02d}", b"\x00" + json.dumps(r).encode() + b"\r\n")
     put("fuzz_ipc", "garbage", b"\x01\n\n{\nnot json\n[1,2]\n{\"v\":1,\"id\":1.5}\n")
-    put("fuzz_ipc", "too-large", b"\x81" + b"x" * 100 + b"\n" + json.dumps(reqs[0]).encode()
+    put("fuzz_ipc", "too-large", b"\xc1" + b"x" * 100 + b"\n" + json.dumps(reqs[0]).encode()
         + b"\n")
 
 
