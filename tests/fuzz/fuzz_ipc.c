@@ -1,9 +1,8 @@
 /* fuzz_ipc.c - the control socket's input path: bytes arrive in reads of a size chosen by the
  * input, go through the line framer and each line through the request parser, exactly as ipc.c
  * does for a client (ipc_framer_*, ipc_parse_request). Checks the parser's contract.
- * Input: byte 0 = read size (low 6 bits, +1) and, with both high bits, "repeat the input until
- * past IPC_MAX_MESSAGE, read in large bursts" so that oversized lines are reached; the rest is
- * the stream.
+ * Input: byte 0 = read size (low 6 bits, +1) and, with both high bits, "the input, an oversized
+ * line, the input again, read in 4 KiB bursts"; the rest is the stream.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -41,6 +40,27 @@ static void parse_line(char *line, size_t len)
     cJSON_Delete(p.json);
 }
 
+/* Bytes [at, at + n) of the big stream: data, IPC_MAX_MESSAGE bytes of 'x', data. */
+static void fill(char *dst, const uint8_t *data, size_t size, size_t at, size_t n)
+{
+    while (n > 0) {
+        size_t k;
+        if (at < size) {
+            k = size - at < n ? size - at : n;
+            memcpy(dst, data + at, k);
+        } else if (at < size + IPC_MAX_MESSAGE) {
+            k = size + IPC_MAX_MESSAGE - at < n ? size + IPC_MAX_MESSAGE - at : n;
+            memset(dst, 'x', k);
+        } else {
+            k = n;
+            memcpy(dst, data + (at - size - IPC_MAX_MESSAGE), k);
+        }
+        dst += k;
+        at += k;
+        n -= k;
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static char buf[IPC_MAX_MESSAGE];
@@ -58,21 +78,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size == 0)
         return 0;
     big = (data[-1] & 0xc0) == 0xc0;
-    total = big ? IPC_MAX_MESSAGE + 4096 + size : size;
+    /* Big: the input, then a line too long to hold, then the input again (recovery). */
+    total = big ? 2 * size + IPC_MAX_MESSAGE : size;
     while (fed < total) {
-        size_t n = step, room = IPC_MAX_MESSAGE - f.len;
+        size_t n = big ? 4096 : step, room = IPC_MAX_MESSAGE - f.len;
         if (n > total - fed)
             n = total - fed;
         if (n > room)
             n = room;
-        /* A large step reads many bytes at once, as a fast client's burst would arrive. */
-        if (big)
-            n = room < total - fed ? room : total - fed;
-        for (size_t i = 0; i < n;) {
-            size_t at = (fed + i) % size, k = size - at < n - i ? size - at : n - i;
-            memcpy(buf + f.len + i, data + at, k);
-            i += k;
-        }
+        fill(buf + f.len, data, size, fed, n);
         f.len += n;
         fed += n;
         while (ipc_framer_next(&f, &line, &len))
