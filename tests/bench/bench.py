@@ -429,20 +429,31 @@ def run_limit(hub, work, ckpts, oids, overlapped):
             # the URLs need the oids: known from setup, as if hashing had run ahead
             acts = hub.batch(repo, [(oids[p], os.path.getsize(p)) for p in big])
             completes = curl_plan(acts, {oids[p]: p for p in big}, cfg)
-            hashp = spawn(["openssl", "dgst", "-sha256", *every], stdout=subprocess.DEVNULL)
+            hashp = hash_start(every)
         else:
-            hp = spawn(["openssl", "dgst", "-sha256", *every], stdout=subprocess.DEVNULL)
-            cpu += sum_ru(reap(hp)[1])
+            for hp in hash_start(every):
+                cpu += sum_ru(reap(hp)[1])
             acts = hub.batch(repo, [(oids[p], os.path.getsize(p)) for p in big])
             completes = curl_plan(acts, {oids[p]: p for p in big}, cfg)
         out, ru = curl_put(cfg) if big else ("", None)
         if ru is not None:
             cpu += sum_ru(ru)
-        if hashp is not None:
-            cpu += sum_ru(reap(hashp)[1])
+        for hp in hashp or []:
+            cpu += sum_ru(reap(hp)[1])
         send_completions(hub, completes)
     wall = time.monotonic() - t0
     return dict(wall=wall, push=wall, close_commit=wall, cpu=cpu, rss_kib=0)
+
+
+def hash_start(paths):
+    """openssl dgst -sha256 over paths, as two processes with about equal bytes (2 cores)."""
+    groups, sizes = [[], []], [0, 0]
+    for p in sorted(paths, key=os.path.getsize, reverse=True):
+        i = 0 if sizes[0] <= sizes[1] else 1
+        groups[i].append(p)
+        sizes[i] += os.path.getsize(p)
+    return [spawn(["openssl", "dgst", "-sha256", *g], stdout=subprocess.DEVNULL)
+            for g in groups if g]
 
 
 def sum_ru(ru):
@@ -492,6 +503,13 @@ def scenario(name, ckpts, args, hub, work):
     total = sum(os.path.getsize(p) for p in files)  # bytes hashed (every file of every commit)
     new_bytes = sum(uniq.values())  # bytes that have to travel
     clients = ["ckptpushd", "js", "limit-seq", "limit-ovl"]
+    if not os.path.isdir(os.path.join(SRC, "tests", "hub", "node_modules", "@huggingface")):
+        if args.size != "smoke":
+            raise RuntimeError("tests/hub/node_modules missing: npm ci --prefix tests/hub")
+        log("  js client not installed (npm ci --prefix tests/hub): smoke runs without it")
+        clients.remove("js")
+    if args.compare:
+        clients.insert(1, "candidate")
     if args.only_clients:
         clients = [c for c in clients if c in args.only_clients.split(",")]
     res = {c: [] for c in clients}
@@ -504,6 +522,8 @@ def scenario(name, ckpts, args, hub, work):
             hub.drop_objects()
             if c == "ckptpushd":
                 r = run_daemon(args.daemon, hub, work, ckpts)
+            elif c == "candidate":
+                r = run_daemon(args.compare, hub, work, ckpts)
             elif c == "js":
                 r = run_js(hub, work, ckpts)
             else:
@@ -705,6 +725,7 @@ def main():
     ap.add_argument("--only", default="sink,s1,s2,s3,idle,writer")
     ap.add_argument("--only-clients", default="")
     ap.add_argument("--max-rate", default="", help="daemon cap for the writer probe")
+    ap.add_argument("--compare", default="", help="another ckptpushd build, run as 'candidate'")
     args = ap.parse_args()
     sz = SIZES[args.size]
     only = args.only.split(",")
@@ -736,7 +757,7 @@ def main():
           f"{time.monotonic() - t0:.0f} s)\n")
     print("\n\n".join(out))
     print("\npush s: ckptpushd from 'sealed' to 'committed' (quiet period 300 ms excluded; "
-          "close->commit includes it); js: the commit() calls; limit: openssl dgst + curl PUT "
+          "close->commit includes it); js: the commit() calls; limit: openssl dgst (2 processes) + curl PUT "
           "(4 streams) to the same --fast-parts hub + completion, one after the other (seq) or "
           "overlapped (ovl). MB/s = bytes hashed / push s. x lim = limit time / client time "
           "(1.00 = at the limit); x js = js time / client time. RSS/CPU: whole process "

@@ -4,6 +4,7 @@
 # runs bench.py on data in a temporary directory and deletes it. Not part of the default ctest
 # run except --smoke (tiny sizes: the harness itself keeps working).
 #   bash tests/bench/run.sh [--quick | --smoke] [--reps N] [--only s1,s2,...] [--max-rate R]
+#       [--compare OTHER_CKPTPUSHD]   (a second build, interleaved as 'candidate')
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
@@ -13,8 +14,8 @@ while [ $# -gt 0 ]; do
     --quick) size=quick ;;
     --smoke) size=smoke reps=1 ;;
     --reps) reps=$2; shift ;;
-    --only|--only-clients|--max-rate) pass+=("$1" "$2"); shift ;;
-    -h|--help) sed -n 2,7p "$0"; exit 0 ;;
+    --only|--only-clients|--max-rate|--compare) pass+=("$1" "$2"); shift ;;
+    -h|--help) sed -n 2,8p "$0"; exit 0 ;;
     *) echo "run.sh: unknown option '$1'" >&2; exit 2 ;;
     esac
     shift
@@ -30,7 +31,7 @@ if [ -z "$daemon" ]; then
     cmake --build "$build" -j2 --target ckptpushd >/dev/null
     daemon=$build/ckptpushd
 fi
-if [ ! -d "$src/tests/hub/node_modules/@huggingface/hub" ]; then
+if [ ! -d "$src/tests/hub/node_modules/@huggingface/hub" ] && [ "$size" != smoke ]; then
     npm ci --prefix "$src/tests/hub" --no-audit --no-fund >/dev/null
 fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/ckpt-bench.XXXXXX")
