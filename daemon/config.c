@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "detect.h"
 #include "hub.h"
 #include "ipc_proto.h"
 
@@ -73,6 +74,8 @@ void config_print_usage(void)
           "  --metrics-path FILE  write Prometheus metrics to FILE (textfile collector)\n"
           "  --socket PATH        control socket (default: $XDG_RUNTIME_DIR/ckptpush/JOB.sock)\n"
           "  --job NAME           job name for the default socket (default: DIR's basename)\n"
+          "  --layout NAME        only this checkpoint layout (default: auto-detect)\n"
+          "  --rule GLOB[:MARKER[:QUIET_MS]]  a checkpoint rule of your own (repeatable)\n"
           "  --token-path FILE    read the token from FILE (like HF_TOKEN_PATH)\n"
           "  --config FILE        JSON configuration file (also $CKPTPUSH_CONFIG)\n"
           "  --check-config       print the effective configuration as JSON and exit\n"
@@ -262,6 +265,54 @@ SETTER(set_socket)
     return replace(&cfg->socket_path, v);
 }
 
+SETTER(set_layout)
+{
+    if (!detect_layout_known(v)) {
+        snprintf(why, why_size,
+                 "unknown layout '%s' (transformers-trainer, model-dir, torch-dcp, deepspeed, "
+                 "orbax, nemo, torchsnapshot, accelerate, single-file)",
+                 v);
+        return -EINVAL;
+    }
+    return replace(&cfg->layout, v);
+}
+
+/* GLOB[:MARKER[:QUIET_MS]]; each one adds a rule. */
+SETTER(add_rule)
+{
+    struct config_rule *rule;
+    char *copy, *marker, *quiet;
+    unsigned quiet_ms;
+
+    if (cfg->rule_count == CONFIG_MAX_RULES) {
+        snprintf(why, why_size, "more than %d rules", CONFIG_MAX_RULES);
+        return -EINVAL;
+    }
+    if ((copy = strdup(v)) == NULL)
+        return -ENOMEM;
+    marker = strchr(copy, ':');
+    quiet = marker ? strchr(marker + 1, ':') : NULL;
+    if (marker)
+        *marker++ = '\0';
+    if (quiet)
+        *quiet++ = '\0';
+    if (copy[0] == '\0' || (quiet && parse_unsigned(quiet, 3600 * 1000, &quiet_ms) != 0) ||
+        (marker && strchr(marker, '/'))) {
+        snprintf(why, why_size,
+                 "rule '%s' must be GLOB[:MARKER[:QUIET_MS]] (a non-empty glob, a marker file "
+                 "name, milliseconds)",
+                 v);
+        free(copy);
+        return -EINVAL;
+    }
+    rule = &cfg->rules[cfg->rule_count];
+    rule->glob = copy;
+    rule->marker = marker && marker[0] ? strdup(marker) : NULL;
+    rule->quiet_ms = quiet ? (long)quiet_ms : -1;
+    cfg->rule_count++;
+    return 0;
+}
+
 SETTER(set_job)
 {
     size_t n = strlen(v);
@@ -287,7 +338,9 @@ SETTER(set_token_path)
     return set_path(&cfg->token_path, v, why, why_size);
 }
 
-enum key_type { KEY_TEXT, KEY_NUMBER, KEY_BOOL };
+/* KEY_LIST: a file gives a string or a list of strings, the environment one value, each flag
+ * one more; every value is added. */
+enum key_type { KEY_TEXT, KEY_NUMBER, KEY_BOOL, KEY_LIST };
 
 struct key_def {
     const char *key;        /* JSON key; the environment variable is CKPTPUSH_<KEY> */
@@ -315,6 +368,8 @@ static const struct key_def keys[] = {
     {"metrics_path", "metrics-path", NULL, NULL, KEY_TEXT, true, set_metrics_path},
     {"socket", "socket", NULL, NULL, KEY_TEXT, true, set_socket},
     {"job", "job", NULL, NULL, KEY_TEXT, false, set_job},
+    {"layout", "layout", NULL, NULL, KEY_TEXT, false, set_layout},
+    {"rules", "rule", NULL, NULL, KEY_LIST, false, add_rule},
     {"token_path", "token-path", NULL, "HF_TOKEN_PATH", KEY_TEXT, true, set_token_path},
 };
 #define KEY_COUNT (sizeof(keys) / sizeof(keys[0]))
@@ -448,6 +503,23 @@ static void load_file(struct config *cfg, const char *path, int *code)
             continue;
         }
         switch (k->type) {
+        case KEY_LIST:
+            if (cJSON_IsArray(item)) {
+                const cJSON *element;
+                cJSON_ArrayForEach(element, item)
+                {
+                    if (cJSON_IsString(element)) {
+                        apply(cfg, k, element->valuestring, where, code);
+                    } else {
+                        add_problem(cfg, "%s: every element must be a string", where);
+                        set_code(code, CKPT_EXIT_INVALID);
+                    }
+                }
+                continue;
+            }
+            value = cJSON_IsString(item) ? item->valuestring : NULL;
+            want = "a string or a list of strings";
+            break;
         case KEY_TEXT:
             value = cJSON_IsString(item) ? item->valuestring : NULL;
             want = "a string";
@@ -824,6 +896,8 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
     memset(cfg, 0, sizeof(*cfg));
     ckpt_err_clear(err);
     code = load(cfg, argc, argv);
+    cfg->argc = argc;
+    cfg->argv = argv;
     if (cfg->problems[0] != '\0')
         ckpt_err_set(err, CKPT_ERR_INPUT, -EINVAL, "%s", cfg->problems);
     return code;
@@ -862,6 +936,20 @@ char *config_to_json(const struct config *cfg)
     add_string_or_null(o, "metrics_path", cfg->metrics_path);
     add_string_or_null(o, "socket", cfg->socket_path);
     add_string_or_null(o, "job", cfg->job);
+    add_string_or_null(o, "layout", cfg->layout);
+    {
+        cJSON *rules = cJSON_AddArrayToObject(o, "rules");
+        for (size_t i = 0; rules != NULL && i < cfg->rule_count; i++) {
+            char rule[PATH_MAX + 64];
+            snprintf(rule, sizeof(rule), "%s%s%s", cfg->rules[i].glob,
+                     cfg->rules[i].marker || cfg->rules[i].quiet_ms >= 0 ? ":" : "",
+                     cfg->rules[i].marker ? cfg->rules[i].marker : "");
+            if (cfg->rules[i].quiet_ms >= 0)
+                snprintf(rule + strlen(rule), sizeof(rule) - strlen(rule), ":%ld",
+                         cfg->rules[i].quiet_ms);
+            cJSON_AddItemToArray(rules, cJSON_CreateString(rule));
+        }
+    }
     add_string_or_null(o, "token_path", cfg->token_path);
     add_string_or_null(o, "token", token);
     add_string_or_null(o, "token_source", cfg->token_source);
@@ -888,6 +976,11 @@ void config_release(struct config *cfg)
     free(cfg->metrics_path);
     free(cfg->socket_path);
     free(cfg->job);
+    free(cfg->layout);
+    for (size_t i = 0; i < cfg->rule_count; i++) {
+        free(cfg->rules[i].glob);
+        free(cfg->rules[i].marker);
+    }
     free(cfg->watch_dir);
     free(cfg->staging_dir);
     free(cfg->repo_id);

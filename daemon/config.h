@@ -24,6 +24,8 @@ enum ckpt_exit {
     CKPT_EXIT_WRAPPED_PUSH_FAILED = 7, /* run mode: the command succeeded, its push did not */
 };
 
+#define CONFIG_MAX_RULES 32
+
 enum config_strategy { STRATEGY_EVERY_SAVE };
 
 /* The largest configuration file read. */
@@ -42,6 +44,17 @@ struct config {
     char *metrics_path; /* Prometheus textfile, or NULL */
     char *socket_path;  /* the control socket; default from ipc_proto_default_path */
     char *job;          /* names the control socket; default: the watched dir's basename */
+    char *layout;       /* force one detection layout, or NULL: auto-detect */
+    /* User rules, `GLOB[:MARKER[:QUIET_MS]]`, from every source (they add up). */
+    struct config_rule {
+        char *glob;
+        char *marker;  /* NULL: none */
+        long quiet_ms; /* -1: the global quiet period */
+    } rules[CONFIG_MAX_RULES];
+    size_t rule_count;
+    /* What the configuration was loaded from, for SIGHUP: argv is borrowed from main. */
+    int argc;
+    char **argv;
     enum config_strategy strategy;
     enum log_format log_format;
     bool private_repo;

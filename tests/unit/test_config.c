@@ -363,6 +363,43 @@ static void test_credentials_and_token_path(void)
     rmdir(creds);
 }
 
+static void test_layout_and_rules(void)
+{
+    char path[512], text[1024];
+    struct config cfg;
+    struct ckpt_err err;
+
+    setenv("HF_TOKEN", "hf_x", 1);
+    snprintf(path, sizeof(path), "%s/rules.json", tmpdir);
+    snprintf(text, sizeof(text),
+             "{\"watch\": \"%s\", \"repo\": \"a/b\", \"rules\": "
+             "[\"exports/snap-*:DONE:250\", \"evals/*\"]}",
+             tmpdir);
+    write_file(path, text);
+    char *argv[] = {"ckptpushd", "--config",       path, "--layout", "torch-dcp",
+                    "--rule",    "dumps/*:.ready", NULL};
+    CHECK_INT(config_load(&cfg, 7, argv, &err), 0);
+    CHECK_STR(cfg.layout, "torch-dcp");
+    CHECK_INT(cfg.rule_count, 3); /* rules add up across sources */
+    CHECK_STR(cfg.rules[0].glob, "exports/snap-*");
+    CHECK_STR(cfg.rules[0].marker, "DONE");
+    CHECK_INT(cfg.rules[0].quiet_ms, 250);
+    CHECK_STR(cfg.rules[1].glob, "evals/*");
+    CHECK(cfg.rules[1].marker == NULL);
+    CHECK_INT(cfg.rules[1].quiet_ms, -1);
+    CHECK_STR(cfg.rules[2].marker, ".ready");
+    config_release(&cfg);
+
+    char *bad[] = {"ckptpushd", "--watch", tmpdir,   "--repo",     "a/b",
+                   "--layout",  "pickled", "--rule", "x/*:a/b:zz", NULL};
+    CHECK_INT(config_load(&cfg, 9, bad, &err), CKPT_EXIT_INVALID);
+    CHECK(strstr(cfg.problems, "unknown layout 'pickled'") != NULL);
+    CHECK(strstr(cfg.problems, "rule 'x/*:a/b:zz' must be GLOB[:MARKER[:QUIET_MS]]") != NULL);
+    config_release(&cfg);
+    unlink(path);
+    unsetenv("HF_TOKEN");
+}
+
 int main(void)
 {
     if (mkdtemp(tmpdir) == NULL)
@@ -379,6 +416,7 @@ int main(void)
     test_file_errors();
     test_offline();
     test_credentials_and_token_path();
+    test_layout_and_rules();
     rmdir(tmpdir);
     return check_report("test_config");
 }
