@@ -641,6 +641,8 @@ def idle_probe(exe, hub, work, secs):
         return n
 
     s0, c0 = switches(), proc_cpu(d.p.pid)
+    time.sleep(secs)  # no tracer attached while counting switches
+    s1, c1 = switches(), proc_cpu(d.p.pid)
     strace = shutil.which("strace")
     sys_out = ""
     if strace:
@@ -648,15 +650,13 @@ def idle_probe(exe, hub, work, secs):
                              "trace=epoll_wait,epoll_pwait,poll,ppoll,nanosleep,"
                              "clock_nanosleep,futex,timerfd_settime", "-p", str(d.p.pid)],
                             capture_output=True, text=True)
-        sys_out = sp.stderr.strip()
-    else:
-        time.sleep(secs)
-    s1, c1 = switches(), proc_cpu(d.p.pid)
+        rows = [ln for ln in sp.stderr.splitlines() if "attached" not in ln and "detached" not in ln]
+        sys_out = "\n".join(rows).strip() or f"no syscalls at all in {secs} s"
     threads = len(os.listdir(f"/proc/{d.p.pid}/task"))
     d.stop()
     shutil.rmtree(d.watch, ignore_errors=True)
     return (f"idle daemon, {secs} s: {s1 - s0} context switches over {threads} threads, "
-            f"CPU {c1 - c0:.2f} s\n" + ("strace -f -c (syscalls while idle):\n" + sys_out
+            f"CPU {c1 - c0:.2f} s\n" + (f"strace -f -c, next {secs} s: " + sys_out
                                          if sys_out else "strace not installed"))
 
 
