@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cjson/cJSON.h>
 #include <openssl/evp.h>
@@ -646,6 +647,9 @@ static int parse_batch(struct hub_op *op, const cJSON *j, struct ckpt_err *err)
             r = protocol_error(op, err, "'href' is not an http(s) URL");
             break;
         }
+        const cJSON *exp = cJSON_GetObjectItemCaseSensitive(up, "expires_in");
+        if (cJSON_IsNumber(exp) && exp->valuedouble > 0 && exp->valuedouble < 1e9)
+            lo->expires_at = (int64_t)time(NULL) + (int64_t)exp->valuedouble;
         lo->href = strdup(href);
         if (lo->href == NULL) {
             r = ckpt_err_set(err, CKPT_ERR_IO, -ENOMEM, "%s: out of memory", op->what);
@@ -882,6 +886,7 @@ int hub_lfs_batch(struct hub *hub, struct hub_lfs_object *objs, size_t n, hub_do
         objs[i].href = NULL;
         objs[i].part_urls = NULL;
         objs[i].n_parts = 0;
+        objs[i].expires_at = 0;
     }
     sb_str(&b, "]}");
     struct hub_op *op = b.failed ? NULL : op_new(hub, OP_BATCH, ctx, "LFS batch for");

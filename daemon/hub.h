@@ -92,6 +92,7 @@ struct hub_lfs_object {
     uint64_t chunk_size;
     char **part_urls; /* multipart: n_parts URLs, part i+1 at [i] */
     size_t n_parts;
+    int64_t expires_at; /* unix seconds from the answer's expires_in; 0 when not given */
 };
 void hub_lfs_object_release(struct hub_lfs_object *obj);
 
