@@ -1,6 +1,8 @@
 /* config.c - flags, environment and token discovery for ckptpushd. */
 #include "config.h"
 
+#include "ipc_proto.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -36,9 +38,11 @@ static void add_problem(struct ckpt_err *err, const char *fmt, ...)
 
 void config_print_usage(void)
 {
-    fputs("usage: ckptpushd --watch DIR --repo NAMESPACE/NAME [options]\n"
+    fputs("usage: ckptpushd --watch DIR --repo NAMESPACE/NAME [options] [run -- CMD ARGS...]\n"
           "\n"
           "Watches DIR for checkpoints and pushes each complete one to a Hugging Face Hub repo.\n"
+          "With `run`, starts the training command, passes signals on, makes the final push\n"
+          "when it exits and exits with its status (7: it succeeded but the push failed).\n"
           "\n"
           "  --watch DIR          training output directory to watch (required)\n"
           "  --repo ID            target repository, namespace/name (required unless --dry-run)\n"
@@ -49,6 +53,8 @@ void config_print_usage(void)
           "  --staging DIR        where pins live (default: DIR/.ckptpush)\n"
           "  --drain-timeout S    on SIGTERM, seconds to finish pushes before exiting (60)\n"
           "  --dry-run            detect and pin, push nothing\n"
+          "  --socket PATH        control socket (default: $XDG_RUNTIME_DIR/ckptpush/JOB.sock)\n"
+          "  --job NAME           job name for the default socket (default: DIR's basename)\n"
           "  --log-level LEVEL    debug, info, warn or error (info)\n"
           "  --help, --version\n"
           "\n"
@@ -193,7 +199,17 @@ static void check_watch_dir(struct config *cfg, const char *dir, struct ckpt_err
 
 int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
 {
-    enum { OPT_PUBLIC = 256, OPT_QUIET, OPT_STAGING, OPT_DRAIN, OPT_DRY, OPT_LOG, OPT_STRATEGY };
+    enum {
+        OPT_PUBLIC = 256,
+        OPT_QUIET,
+        OPT_STAGING,
+        OPT_DRAIN,
+        OPT_DRY,
+        OPT_LOG,
+        OPT_STRATEGY,
+        OPT_SOCKET,
+        OPT_JOB
+    };
     static const struct option options[] = {
         {"watch", required_argument, NULL, 'w'},
         {"repo", required_argument, NULL, 'r'},
@@ -205,11 +221,13 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
         {"drain-timeout", required_argument, NULL, OPT_DRAIN},
         {"dry-run", no_argument, NULL, OPT_DRY},
         {"log-level", required_argument, NULL, OPT_LOG},
+        {"socket", required_argument, NULL, OPT_SOCKET},
+        {"job", required_argument, NULL, OPT_JOB},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
-    const char *watch = NULL, *endpoint = NULL, *staging = NULL;
+    const char *watch = NULL, *endpoint = NULL, *staging = NULL, *socket = NULL, *job = NULL;
     int code = 0, opt;
 
     memset(cfg, 0, sizeof(*cfg));
@@ -222,7 +240,9 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
 
     opterr = 0;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, ":hV", options, NULL)) != -1) {
+    /* '+': options end at the first word that is not one ("run"), so the wrapped command's own
+     * flags are never taken for ours. */
+    while ((opt = getopt_long(argc, argv, "+:hV", options, NULL)) != -1) {
         switch (opt) {
         case 'w':
             watch = optarg;
@@ -263,6 +283,12 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
         case OPT_DRY:
             cfg->dry_run = true;
             break;
+        case OPT_SOCKET:
+            socket = optarg;
+            break;
+        case OPT_JOB:
+            job = optarg;
+            break;
         case OPT_LOG:
             if (log_parse_level(optarg, &cfg->log_level) != 0) {
                 add_problem(err, "--log-level: unknown level '%s' (debug, info, warn, error)",
@@ -284,7 +310,16 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
             return CKPT_EXIT_USAGE;
         }
     }
-    if (optind < argc) {
+    if (optind < argc && strcmp(argv[optind], "run") == 0) {
+        int first = optind + 1;
+        if (first < argc && strcmp(argv[first], "--") == 0)
+            first++;
+        if (first >= argc) {
+            add_problem(err, "run: missing the command to run (run -- CMD ARGS...)");
+            return CKPT_EXIT_USAGE;
+        }
+        cfg->child_argv = argv + first;
+    } else if (optind < argc) {
         add_problem(err, "unexpected argument '%s' (see --help)", argv[optind]);
         return CKPT_EXIT_USAGE;
     }
@@ -332,6 +367,19 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
             snprintf(path, sizeof(path), "%s", staging);
         cfg->staging_dir = strdup(path);
     }
+    if (cfg->watch_dir != NULL) {
+        char name[IPC_MAX_JOB + 1], path[PATH_MAX];
+        ipc_proto_job_name(name, sizeof(name), job ? job : cfg->watch_dir);
+        cfg->job = strdup(name);
+        if (socket != NULL)
+            cfg->socket_path = strdup(socket);
+        else if (ipc_proto_default_path(path, sizeof(path), name) == 0)
+            cfg->socket_path = strdup(path);
+        else {
+            add_problem(err, "the default control socket path is too long: set --socket");
+            code = code ? code : CKPT_EXIT_INVALID;
+        }
+    }
     return code;
 }
 
@@ -347,5 +395,7 @@ void config_release(struct config *cfg)
     free(cfg->staging_dir);
     free(cfg->repo_id);
     free(cfg->endpoint);
+    free(cfg->job);
+    free(cfg->socket_path);
     memset(cfg, 0, sizeof(*cfg));
 }

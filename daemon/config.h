@@ -14,12 +14,13 @@
 /* Exit codes of ckptpushd, documented in README. */
 enum ckpt_exit {
     CKPT_EXIT_OK = 0,
-    CKPT_EXIT_FAILURE = 1,     /* a push failed or an internal error */
-    CKPT_EXIT_USAGE = 2,       /* unknown flag, missing argument */
-    CKPT_EXIT_INVALID = 3,     /* a value is invalid (repo id, number, URL, token format) */
-    CKPT_EXIT_WATCH = 4,       /* the watched directory cannot be used */
-    CKPT_EXIT_AUTH = 5,        /* the hub rejected the token */
-    CKPT_EXIT_UNREACHABLE = 6, /* the hub cannot be reached */
+    CKPT_EXIT_FAILURE = 1,             /* a push failed or an internal error */
+    CKPT_EXIT_USAGE = 2,               /* unknown flag, missing argument */
+    CKPT_EXIT_INVALID = 3,             /* a value is invalid (repo id, number, URL, token format) */
+    CKPT_EXIT_WATCH = 4,               /* the watched directory cannot be used */
+    CKPT_EXIT_AUTH = 5,                /* the hub rejected the token */
+    CKPT_EXIT_UNREACHABLE = 6,         /* the hub cannot be reached */
+    CKPT_EXIT_WRAPPED_PUSH_FAILED = 7, /* run mode: the command succeeded, its push did not */
 };
 
 enum config_strategy { STRATEGY_EVERY_SAVE };
@@ -31,6 +32,8 @@ struct config {
     char *endpoint;     /* no trailing slash */
     char *token;        /* secret: never logged */
     char *token_source; /* where it came from, for messages: "HF_TOKEN", a file path */
+    char *job;          /* names the control socket; default: the watched dir's basename */
+    char *socket_path;  /* the control socket; default from ipc_proto_default_path */
     enum config_strategy strategy;
     bool private_repo;
     bool dry_run;
@@ -39,6 +42,9 @@ struct config {
     enum log_level log_level;
     bool show_help;
     bool show_version;
+    /* `ckptpushd [options] run -- CMD ARGS...`: the training command, NULL-terminated; borrowed
+     * from argv. NULL when not wrapping a command. */
+    char **child_argv;
 };
 
 /* Fills cfg from argv and the environment. On failure returns the exit code to use (usage or

@@ -16,6 +16,9 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "card.h"
+#include "card_job.h"
+#include "control.h"
 #include "detect.h"
 #include "hash.h"
 #include "http.h"
@@ -48,6 +51,7 @@ struct daemon {
     struct hub *hub;
     struct hub_op *startup_op;
     struct queue *queue;
+    struct control *control;
 
     uv_timer_t detect_timer;
     uv_timer_t drain_timer;
@@ -70,10 +74,37 @@ struct daemon {
     bool draining;
     bool stopping;
     int exit_code;
+
+    /* Training end: what the trainer sent with `final`, and the end-of-training commit. */
+    char *final_metrics_json;
+    char *final_hparams_json;
+    bool final_requested;
+    bool end_commit_queued; /* the model-root or card-only commit of this run */
+    unsigned cards_pending;
+
+    /* run mode: the wrapped training command */
+    uv_process_t child;
+    bool child_running;
+    int child_exit;      /* its exit status, 128+signal when killed */
+    int startup_failure; /* exit code of a failed hub check, reported after the child ends */
 };
 
 static void daemon_stop(struct daemon *d, int exit_code);
 static void on_detect_timer(uv_timer_t *timer);
+
+/* How a drain that ran to its end exits: in run mode the command's status comes first. */
+static int drained_exit_code(const struct daemon *d)
+{
+    bool pushed_all = queue_failed_count(d->queue) == 0 && d->startup_failure == 0;
+
+    if (d->cfg->child_argv == NULL)
+        return pushed_all           ? CKPT_EXIT_OK
+               : d->startup_failure ? d->startup_failure
+                                    : CKPT_EXIT_FAILURE;
+    if (d->child_exit != 0)
+        return d->child_exit;
+    return pushed_all ? CKPT_EXIT_OK : CKPT_EXIT_WRAPPED_PUSH_FAILED;
+}
 
 static int64_t now_ms(struct daemon *d)
 {
@@ -177,26 +208,180 @@ static void on_pin_result(void *ctx, const struct pin_result *res)
         log_debug("pinned", "pin=%" PRIu64 " file='%s'", res->id, res->relpath);
 }
 
+static void queue_sealed(struct daemon *d, uint64_t id, const char *name, const char *layout,
+                         int64_t step, const char *source_dir, const char *const *files, size_t n)
+{
+    int rc = queue_add(d->queue, id, name, layout, step, source_dir, files, n);
+
+    if (rc < 0)
+        /* The pins stay on disk: nothing is lost, the checkpoint is only not pushed now. */
+        log_error("push-failed", "ckpt='%s' reason='cannot queue: %s'", name, strerror(-rc));
+}
+
+/* --- the end-of-training commit: the output root's files plus the model card -------------- */
+
+struct end_commit {
+    struct daemon *daemon;
+    uint64_t id;
+    char *name;
+    char **files;
+    size_t count;
+    char out_dir[PATH_MAX];
+    bool card_only;
+};
+
+static void end_commit_free(struct end_commit *e)
+{
+    for (size_t i = 0; i < e->count; i++)
+        free(e->files[i]);
+    free(e->files);
+    free(e->name);
+    free(e);
+}
+
+static int end_commit_add_file(struct end_commit *e, const char *file)
+{
+    for (size_t i = 0; i < e->count; i++)
+        if (strcmp(e->files[i], file) == 0)
+            return 0;
+    char **grown = realloc(e->files, (e->count + 1) * sizeof(*grown));
+    if (grown == NULL)
+        return -ENOMEM;
+    e->files = grown;
+    if ((e->files[e->count] = strdup(file)) == NULL)
+        return -ENOMEM;
+    e->count++;
+    return 0;
+}
+
+static void on_card_written(void *ctx, const struct ckpt_err *err,
+                            const struct card_job_result *res)
+{
+    struct end_commit *e = ctx;
+    struct daemon *d = e->daemon;
+
+    d->cards_pending--;
+    if (err != NULL) {
+        /* The weights matter more than the card: push them without it. */
+        log_warn("card-failed", "reason='%s', pushing without a model card", err->msg);
+    } else {
+        log_info("card", "file='README.md' curves=%s", res->wrote_svg ? "yes" : "no");
+        if (res->pickles[0] != '\0')
+            log_warn("pickle-weights",
+                     "files='%s' reason='pickle formats can run code when loaded: safetensors is "
+                     "the safe format, the card says so'",
+                     res->pickles);
+        end_commit_add_file(e, "README.md");
+        if (res->wrote_svg)
+            end_commit_add_file(e, CARD_SVG_NAME);
+    }
+    if (!d->stopping && e->count > 0)
+        queue_sealed(d, e->id, e->name, "model-root", -1, e->card_only ? e->out_dir : NULL,
+                     (const char *const *)e->files, e->count);
+    end_commit_free(e);
+    if (d->draining && queue_pending(d->queue) == 0 && d->cards_pending == 0)
+        daemon_stop(d, drained_exit_code(d));
+}
+
+static void write_card(struct end_commit *e)
+{
+    struct daemon *d = e->daemon;
+    char pins[PATH_MAX];
+    struct card_job_request req = {
+        .repo_id = d->cfg->repo_id,
+        .model_dir = NULL,
+        .logs_dir = d->cfg->watch_dir,
+        .out_dir = e->out_dir,
+        .final_metrics_json = d->final_metrics_json,
+        .hparams_json = d->final_hparams_json,
+        .duration_s = -1,
+    };
+
+    if (!e->card_only) {
+        snprintf(pins, sizeof(pins), "%s/pins/%" PRIu64, d->cfg->staging_dir, e->id);
+        snprintf(e->out_dir, sizeof(e->out_dir), "%s", pins);
+        req.model_dir = pins;
+        req.out_dir = pins;
+    }
+    d->cards_pending++;
+    if (card_job_start(d->loop, &req, on_card_written, e) < 0) {
+        struct ckpt_err err;
+        ckpt_err_set(&err, CKPT_ERR_IO, -ENOMEM, "out of memory");
+        on_card_written(e, &err, NULL);
+    }
+}
+
+static void on_end_pins_idle(void *ctx, int status)
+{
+    (void)status;
+    write_card(ctx);
+}
+
+/* The output root's files are sealed: write the card beside their pins first. */
+static void start_end_commit(struct daemon *d, const struct detect_cand *c)
+{
+    struct end_commit *e = calloc(1, sizeof(*e));
+    size_t n = detect_cand_n_files(c);
+
+    if (e == NULL || (e->name = strdup(detect_cand_name(c))) == NULL)
+        goto oom;
+    e->daemon = d;
+    e->id = pin_id(d, c);
+    for (size_t i = 0; i < n; i++)
+        if (end_commit_add_file(e, detect_cand_file(c, i)) < 0)
+            goto oom;
+    d->end_commit_queued = true;
+    if (pin_when_idle(d->pin, e->id, on_end_pins_idle, e) < 0)
+        write_card(e);
+    return;
+oom:
+    log_error("push-failed", "ckpt='%s' reason='out of memory'", detect_cand_name(c));
+    if (e != NULL)
+        end_commit_free(e);
+}
+
+/* Training ended with no model saved at the output root (Lightning, plain loops): the card
+ * alone makes the end-of-training commit, when there is something to tell. */
+static void start_card_only_commit(struct daemon *d)
+{
+    struct end_commit *e;
+
+    if (d->end_commit_queued || d->cfg->dry_run ||
+        (!d->final_requested && queue_committed_count(d->queue) == 0))
+        return;
+    if ((e = calloc(1, sizeof(*e))) == NULL || (e->name = strdup("")) == NULL) {
+        free(e);
+        return;
+    }
+    e->daemon = d;
+    e->id = d->explicit_ids--;
+    e->card_only = true;
+    snprintf(e->out_dir, sizeof(e->out_dir), "%s/card", d->cfg->staging_dir);
+    d->end_commit_queued = true;
+    write_card(e);
+}
+
 static void on_sealed(void *ctx, const struct detect_cand *c)
 {
     struct daemon *d = ctx;
     size_t n = detect_cand_n_files(c);
-    const char **files = calloc(n ? n : 1, sizeof(*files));
-    int rc = -ENOMEM;
+    const char **files;
 
     log_info("sealed", "ckpt='%s' layout=%s rule='%s' files=%zu", detect_cand_name(c),
              detect_cand_layout(c), detect_cand_rule(c), n);
-    if (files != NULL) {
-        for (size_t i = 0; i < n; i++)
-            files[i] = detect_cand_file(c, i);
-        rc = queue_add(d->queue, pin_id(d, c), detect_cand_name(c), detect_cand_layout(c),
-                       detect_cand_step(c), NULL, files, n);
-        free(files);
+    if (strcmp(detect_cand_layout(c), "model-root") == 0 && !d->cfg->dry_run) {
+        start_end_commit(d, c);
+        return;
     }
-    if (rc < 0)
-        /* The pins stay on disk: nothing is lost, the checkpoint is only not pushed now. */
-        log_error("push-failed", "ckpt='%s' reason='cannot queue: %s'", detect_cand_name(c),
-                  strerror(-rc));
+    if ((files = calloc(n ? n : 1, sizeof(*files))) == NULL) {
+        log_error("push-failed", "ckpt='%s' reason='out of memory'", detect_cand_name(c));
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        files[i] = detect_cand_file(c, i);
+    queue_sealed(d, pin_id(d, c), detect_cand_name(c), detect_cand_layout(c), detect_cand_step(c),
+                 NULL, files, n);
+    free(files);
 }
 
 static void on_dropped(void *ctx, const struct detect_cand *c, const char *why)
@@ -264,7 +449,8 @@ static void finish_waiters(struct daemon *d)
         }
         ckpt_err_clear(&err);
         if (pending > 0)
-            ckpt_err_set(&err, CKPT_ERR_SERVER, 0, "%zu checkpoint(s) still pushing %s", pending,
+            ckpt_err_set(&err, CKPT_ERR_SERVER, d->stopping ? -ESHUTDOWN : -ETIMEDOUT,
+                         "%zu checkpoint(s) still pushing %s", pending,
                          d->stopping ? "when the daemon stopped" : "at the deadline");
         else if (queue_failed_count(d->queue) > w.failed_before)
             ckpt_err_set(&err, CKPT_ERR_SERVER, 0, "%u push(es) failed: see the daemon log",
@@ -300,11 +486,11 @@ static void on_queue_event(void *ctx, const struct queue_item_view *v)
         d->event_cb(d->event_ctx, events[v->state], fields);
         cJSON_Delete(fields);
     }
-    if (v->state < QUEUE_COMMITTED || queue_pending(d->queue) > 0)
+    if (v->state < QUEUE_COMMITTED || queue_pending(d->queue) > 0 || d->cards_pending > 0)
         return;
     finish_waiters(d);
     if (d->draining)
-        daemon_stop(d, queue_failed_count(d->queue) ? CKPT_EXIT_FAILURE : CKPT_EXIT_OK);
+        daemon_stop(d, drained_exit_code(d));
 }
 
 /* --- startup: check the token and the repository before saying ready --------------------- */
@@ -328,6 +514,21 @@ static void log_ready(struct daemon *d)
              config_strategy_name(d->cfg->strategy), d->cfg->dry_run ? "yes" : "no");
 }
 
+/* A hub that cannot be used stops a plain daemon; in run mode the training goes on (its
+ * checkpoints stay pinned for the next start) and the failure becomes the exit code. */
+static void startup_failed(struct daemon *d, const struct ckpt_err *err)
+{
+    if (d->child_running) {
+        d->startup_failure = exit_code_for(err);
+        log_error("not-pushing",
+                  "reason='the hub cannot be used; the training command keeps running and its "
+                  "checkpoints stay pinned in %s'",
+                  d->cfg->staging_dir);
+        return;
+    }
+    daemon_stop(d, exit_code_for(err));
+}
+
 static void on_repo_ready(void *ctx, const struct ckpt_err *err)
 {
     struct daemon *d = ctx;
@@ -335,7 +536,7 @@ static void on_repo_ready(void *ctx, const struct ckpt_err *err)
     d->startup_op = NULL;
     if (err != NULL) {
         log_error("startup-failed", "repo='%s' reason='%s'", d->cfg->repo_id, err->msg);
-        daemon_stop(d, exit_code_for(err));
+        startup_failed(d, err);
         return;
     }
     d->hub_ready = true;
@@ -350,7 +551,7 @@ static void on_whoami(void *ctx, const struct ckpt_err *err, const char *user)
     d->startup_op = NULL;
     if (err != NULL) {
         log_error("startup-failed", "endpoint='%s' reason='%s'", d->cfg->endpoint, err->msg);
-        daemon_stop(d, exit_code_for(err));
+        startup_failed(d, err);
         return;
     }
     log_info("authenticated", "user='%s' endpoint='%s' token_source='%s'", user, d->cfg->endpoint,
@@ -375,6 +576,8 @@ static void start_drain(struct daemon *d, const char *why)
     if (d->stopping)
         return;
     if (d->draining) {
+        if (d->child_running)
+            return;
         log_warn("stopping", "reason='second %s: stopping now'", why);
         daemon_stop(d, CKPT_EXIT_FAILURE);
         return;
@@ -382,11 +585,15 @@ static void start_drain(struct daemon *d, const char *why)
     d->draining = true;
     log_info("draining", "reason='%s' deadline_s=%u", why, d->cfg->drain_timeout_s);
     detect_seal_all_complete(d->detect, now_ms(d));
-    if (queue_pending(d->queue) == 0) {
-        daemon_stop(d, queue_failed_count(d->queue) ? CKPT_EXIT_FAILURE : CKPT_EXIT_OK);
+    if (d->hub_ready)
+        start_card_only_commit(d);
+    if (queue_pending(d->queue) == 0 && d->cards_pending == 0) {
+        daemon_stop(d, drained_exit_code(d));
         return;
     }
-    uv_timer_start(&d->drain_timer, on_drain_timeout, (uint64_t)d->cfg->drain_timeout_s * 1000, 0);
+    if (!uv_is_active((uv_handle_t *)&d->drain_timer))
+        uv_timer_start(&d->drain_timer, on_drain_timeout, (uint64_t)d->cfg->drain_timeout_s * 1000,
+                       0);
 }
 
 static void on_signal(uv_signal_t *sig, int signum)
@@ -399,7 +606,56 @@ static void on_signal(uv_signal_t *sig, int signum)
         rearm_detect_timer(d);
         return;
     }
+    if (d->child_running) {
+        /* The command decides how to stop (a Trainer saves first); its exit starts the drain.
+         * The deadline runs from now, as a scheduler's grace period does. */
+        log_info("forwarding", "signal=%s pid=%d", signum == SIGTERM ? "SIGTERM" : "SIGINT",
+                 d->child.pid);
+        uv_process_kill(&d->child, signum);
+        if (!uv_is_active((uv_handle_t *)&d->drain_timer))
+            uv_timer_start(&d->drain_timer, on_drain_timeout,
+                           (uint64_t)d->cfg->drain_timeout_s * 1000, 0);
+        return;
+    }
     start_drain(d, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+static void on_child_exit(uv_process_t *child, int64_t status, int signum)
+{
+    struct daemon *d = child->data;
+
+    d->child_running = false;
+    d->child_exit = signum ? 128 + signum : (int)status;
+    log_info("command-exited", "pid=%d status=%d signal=%d", child->pid, (int)status, signum);
+    uv_close((uv_handle_t *)child, NULL);
+    start_drain(d, "the training command exited");
+}
+
+static int spawn_child(struct daemon *d, struct ckpt_err *err)
+{
+    uv_stdio_container_t stdio[3] = {
+        {.flags = UV_INHERIT_FD, .data.fd = 0},
+        {.flags = UV_INHERIT_FD, .data.fd = 1},
+        {.flags = UV_INHERIT_FD, .data.fd = 2},
+    };
+    uv_process_options_t options = {
+        .exit_cb = on_child_exit,
+        .file = d->cfg->child_argv[0],
+        .args = d->cfg->child_argv,
+        .stdio_count = 3,
+        .stdio = stdio,
+    };
+    int rc;
+
+    d->child.data = d;
+    if ((rc = uv_spawn(d->loop, &d->child, &options)) < 0) {
+        uv_close((uv_handle_t *)&d->child, NULL);
+        return ckpt_err_set(err, CKPT_ERR_INPUT, rc, "cannot run '%s': %s", d->cfg->child_argv[0],
+                            uv_strerror(rc));
+    }
+    d->child_running = true;
+    log_info("command-started", "pid=%d command='%s'", d->child.pid, d->cfg->child_argv[0]);
+    return 0;
 }
 
 static void on_http_closed(void *ctx)
@@ -414,6 +670,13 @@ static void on_watch_closed(void *ctx)
     struct daemon *d = ctx;
 
     d->watch = NULL;
+}
+
+static void on_control_closed(void *ctx)
+{
+    struct daemon *d = ctx;
+
+    d->control = NULL;
 }
 
 static void on_pin_closed(void *ctx)
@@ -431,6 +694,12 @@ static void daemon_stop(struct daemon *d, int exit_code)
     d->exit_code = exit_code;
     if (d->startup_op != NULL)
         hub_op_cancel(d->startup_op);
+    if (d->child_running) {
+        /* Stopping must not kill the training: it runs on without us. */
+        log_warn("command-left-running", "pid=%d", d->child.pid);
+        uv_close((uv_handle_t *)&d->child, NULL);
+        d->child_running = false;
+    }
     if (d->queue != NULL)
         queue_stop(d->queue);
     finish_waiters(d);
@@ -442,6 +711,8 @@ static void daemon_stop(struct daemon *d, int exit_code)
     uv_close((uv_handle_t *)&d->sig_usr1, NULL);
     if (d->watch != NULL)
         watch_close(d->watch, on_watch_closed, d);
+    if (d->control != NULL)
+        control_close(d->control, on_control_closed, d);
     if (d->http != NULL)
         http_close(d->http, on_http_closed, d);
     if (d->pin != NULL)
@@ -498,6 +769,8 @@ int daemon_status(struct daemon *d, cJSON *out)
 struct explicit_push {
     uv_work_t work;
     struct daemon *daemon;
+    daemon_done_cb cb;
+    void *ctx;
     char *path; /* absolute */
     char **files;
     size_t count;
@@ -593,21 +866,29 @@ static void list_files_done(uv_work_t *work, int status)
 {
     struct explicit_push *e = work->data;
     struct daemon *d = e->daemon;
+    struct ckpt_err err;
     const char *base;
     int rc = status < 0 ? status : e->status;
 
+    ckpt_err_clear(&err);
     if (rc == 0 && e->count == 0)
         rc = -ENOENT;
     base = e->is_dir ? strrchr(e->path, '/') + 1 : e->files ? e->files[0] : "";
-    if (rc == 0 && !d->stopping)
+    if (rc == 0 && d->stopping)
+        rc = -ESHUTDOWN;
+    if (rc == 0)
         rc =
             queue_add(d->queue, d->explicit_ids--, base, e->is_dir ? "explicit-dir" : "single-file",
                       -1, e->path, (const char *const *)e->files, e->count);
-    if (rc < 0)
-        log_error("push-failed", "path='%s' reason='%s'", e->path,
-                  rc == -ENOENT ? "no files to push" : strerror(-rc));
-    else
+    if (rc < 0) {
+        ckpt_err_set(
+            &err, rc == -ENOENT ? CKPT_ERR_INPUT : CKPT_ERR_IO, rc, "cannot push '%s': %s", e->path,
+            rc == -ENOENT && status >= 0 && e->status == 0 ? "no files in it" : strerror(-rc));
+        log_error("push-failed", "path='%s' reason='%s'", e->path, err.msg);
+    } else {
         log_info("push-requested", "path='%s' files=%zu", e->path, e->count);
+    }
+    e->cb(e->ctx, rc < 0 ? &err : NULL, NULL);
     for (size_t i = 0; i < e->count; i++)
         free(e->files[i]);
     free(e->files);
@@ -615,13 +896,31 @@ static void list_files_done(uv_work_t *work, int status)
     free(e);
 }
 
-int daemon_push_path(struct daemon *d, const char *path, struct ckpt_err *err)
+/* A path inside the watched tree that the detector knows is sealed now rather than pushed a
+ * second time beside it. Returns true when that took care of the request. */
+static bool push_known_checkpoint(struct daemon *d, const char *abs)
+{
+    size_t root_len = strlen(d->cfg->watch_dir);
+    const char *rel;
+
+    if (strncmp(abs, d->cfg->watch_dir, root_len) != 0 || abs[root_len] != '/')
+        return false;
+    rel = abs + root_len + 1;
+    detect_seal_all_complete(d->detect, now_ms(d));
+    rearm_detect_timer(d);
+    if (!queue_knows(d->queue, rel))
+        return false;
+    log_info("push-requested", "path='%s' reason='already sealed by the watcher'", abs);
+    return true;
+}
+
+int daemon_push_path(struct daemon *d, const char *path, daemon_done_cb cb, void *ctx)
 {
     struct explicit_push *e;
     char joined[PATH_MAX];
 
     if (path[0] == '\0' || strlen(path) >= PATH_MAX - strlen(d->cfg->watch_dir) - 2)
-        return ckpt_err_set(err, CKPT_ERR_INPUT, -EINVAL, "invalid path");
+        return -EINVAL;
     if (path[0] == '/')
         snprintf(joined, sizeof(joined), "%s", path);
     else
@@ -629,12 +928,18 @@ int daemon_push_path(struct daemon *d, const char *path, struct ckpt_err *err)
     while (strlen(joined) > 1 && joined[strlen(joined) - 1] == '/')
         joined[strlen(joined) - 1] = '\0';
     if (d->stopping)
-        return ckpt_err_set(err, CKPT_ERR_INPUT, -ESHUTDOWN, "the daemon is stopping");
+        return -ESHUTDOWN;
+    if (push_known_checkpoint(d, joined)) {
+        cb(ctx, NULL, NULL);
+        return 0;
+    }
     if ((e = calloc(1, sizeof(*e))) == NULL || (e->path = strdup(joined)) == NULL) {
         free(e);
-        return ckpt_err_set(err, CKPT_ERR_IO, -ENOMEM, "out of memory");
+        return -ENOMEM;
     }
     e->daemon = d;
+    e->cb = cb;
+    e->ctx = ctx;
     e->work.data = e;
     uv_queue_work(d->loop, &e->work, list_files_work, list_files_done);
     return 0;
@@ -662,11 +967,17 @@ int daemon_final(struct daemon *d, const cJSON *metrics, const cJSON *hparams, d
 {
     struct ckpt_err err;
 
-    /* The model card (issue 9) will be built from these; for now they are acknowledged. */
-    (void)metrics;
-    (void)hparams;
     if (d->stopping)
         return -ESHUTDOWN;
+    d->final_requested = true;
+    if (metrics != NULL && cJSON_IsObject(metrics)) {
+        free(d->final_metrics_json);
+        d->final_metrics_json = cJSON_PrintUnformatted(metrics);
+    }
+    if (hparams != NULL && cJSON_IsObject(hparams)) {
+        free(d->final_hparams_json);
+        d->final_hparams_json = cJSON_PrintUnformatted(hparams);
+    }
     log_info("final", "reason='training ended: pushing everything complete'");
     detect_seal_all_complete(d->detect, now_ms(d));
     rearm_detect_timer(d);
@@ -791,6 +1102,15 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
         *ret_exit = CKPT_EXIT_WATCH;
         goto fail;
     }
+    if ((rc = control_start(&d->control, loop, d, cfg->socket_path, err)) < 0) {
+        *ret_exit = CKPT_EXIT_INVALID;
+        goto fail;
+    }
+    log_info("listening", "socket='%s'", cfg->socket_path);
+    if (cfg->child_argv != NULL && (rc = spawn_child(d, err)) < 0) {
+        *ret_exit = CKPT_EXIT_USAGE;
+        goto fail;
+    }
     if (cfg->dry_run) {
         log_ready(d);
         queue_set_ready(d->queue, true);
@@ -814,5 +1134,7 @@ void daemon_free(struct daemon *d)
     hub_free(d->hub);
     hash_pool_free(d->hashes);
     detect_free(d->detect);
+    free(d->final_metrics_json);
+    free(d->final_hparams_json);
     free(d);
 }

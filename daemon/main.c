@@ -1,4 +1,5 @@
 /* main.c - ckptpushd's entry point: configuration, the loop, the exit code. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,8 @@ int main(int argc, char **argv)
         return code;
     }
     log_set_level(cfg.log_level);
+    /* A control client that hangs up mid-reply must not kill the daemon: EPIPE is handled. */
+    signal(SIGPIPE, SIG_IGN);
 
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         fputs("ckptpushd: cannot initialise libcurl\n", stderr);

@@ -1102,6 +1102,23 @@ void queue_for_each(const struct queue *q, queue_event_cb cb, void *ctx)
     }
 }
 
+bool queue_knows(const struct queue *q, const char *name)
+{
+    size_t kept = q->history_next < QUEUE_HISTORY ? q->history_next : QUEUE_HISTORY;
+
+    if (q->active != NULL && strcmp(q->active->name, name) == 0)
+        return true;
+    for (const struct item *it = q->head; it != NULL; it = it->next)
+        if (strcmp(it->name, name) == 0)
+            return true;
+    for (size_t i = 1; i <= kept; i++) {
+        const struct item *it = q->history[(q->history_next - i) % QUEUE_HISTORY];
+        if (it->state == QUEUE_COMMITTED && strcmp(it->name, name) == 0)
+            return true;
+    }
+    return false;
+}
+
 void queue_stop(struct queue *q)
 {
     if (q->stopped)

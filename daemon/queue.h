@@ -86,6 +86,8 @@ unsigned queue_committed_count(const struct queue *q);
 unsigned queue_failed_count(const struct queue *q);
 /* Active first, then waiting in order, then the history, newest first. */
 void queue_for_each(const struct queue *q, queue_event_cb cb, void *ctx);
+/* True when a checkpoint of this name is waiting, in flight, or was committed recently. */
+bool queue_knows(const struct queue *q, const char *name);
 /* Cancels the push in flight (it ends failed; its pins are kept) and starts no other. */
 void queue_stop(struct queue *q);
 /* Only when nothing is in flight (after the loop ran down). */

@@ -161,7 +161,12 @@ fi
 
 step "training (replaying a recorded transformers Trainer run: save_steps=10, save_total_limit=2)"
 python3 tests/tools/replay.py tests/fixtures/traces/hf-trainer-5.17-save-steps.jsonl \
-    --into "$out" --speed 1 --manifest "$tmp/manifest.json" || die "the replay failed"
+    --into "$out" --speed 1 --manifest "$tmp/manifest.json" \
+    --content trainer_state.json=tests/fixtures/trainer-output/trainer_state.json \
+    --content checkpoint-40/trainer_state.json=tests/fixtures/trainer-output/checkpoint-40.trainer_state.json \
+    --content all_results.json=tests/fixtures/trainer-output/all_results.json \
+    --content README.md=tests/fixtures/trainer-output/README.generated-by-trainer.md \
+    || die "the replay failed"
 echo "  training finished; output directory now holds:"
 (cd "$out" && find . -path ./.ckptpush -prune -o -type f -print | sed 's|^\./|    |' | sort)
 
@@ -193,6 +198,12 @@ for c in json.load(open(sys.argv[1])):
     title = c.get("title") or (c.get("message") or "").split("\n")[0]
     print(f"  {c['id'][:12]}  {c.get('date', ''):25}  {title}")
 EOF
+
+step "remote repository $repo: the model card (README.md, front matter and first sections)"
+curl -fsSL -H "Authorization: Bearer $token" "$endpoint/$repo/resolve/main/README.md" \
+    >"$tmp/README.md" || die "cannot download the model card"
+sed -n '1,/ckptpush:end description/p' "$tmp/README.md" | sed 's/^/    /'
+echo "    ... ($(wc -l <"$tmp/README.md") lines in all; curves in training_curves.svg)"
 
 step "stopping"
 # SIGTERM: the daemon seals what is complete, finishes queued pushes and exits 0.

@@ -83,8 +83,9 @@ def top_of(rel):
 
 class Replayer:
     def __init__(self, events, into, speed=1.0, size_scale=1.0, seed=None, events_out=None,
-                 trace_name=""):
+                 trace_name="", contents=None):
         self.events = events
+        self.contents = contents or {}  # rel path -> real bytes to write instead of random
         self.into = os.path.abspath(into)
         self.speed = speed
         self.size_scale = size_scale
@@ -220,8 +221,10 @@ class Replayer:
         t = self.now()
         n = target - of[1]
         left = n
+        real = self.contents.get(rel, b"")[of[1]:target]
         while left > 0:
-            chunk = self.randbytes(min(left, WRITE_CHUNK), rel)
+            done = n - left
+            chunk = real[done:done + WRITE_CHUNK] or self.randbytes(min(left, WRITE_CHUNK), rel)
             mv = memoryview(chunk)
             while mv:
                 k = os.write(of[0], mv)
@@ -475,7 +478,17 @@ def main(argv=None):
                     help="seed the content PRNG (default: os.urandom)")
     ap.add_argument("--manifest", metavar="OUT.json")
     ap.add_argument("--events", metavar="OUT.jsonl")
+    ap.add_argument("--content", action="append", default=[], metavar="REL=FILE",
+                    help="write FILE's bytes to the trace path REL instead of random bytes "
+                    "(e.g. the run's real trainer_state.json); repeatable")
     args = ap.parse_args(argv)
+    contents = {}
+    for spec in args.content:
+        rel, sep, file = spec.partition("=")
+        if not sep or not rel:
+            ap.error(f"--content: expected REL=FILE, got '{spec}'")
+        with open(file, "rb") as f:
+            contents[rel] = f.read()
     if args.speed < 0 or args.size_scale <= 0:
         ap.error("--speed must be >= 0 and --size-scale > 0")
 
@@ -483,7 +496,8 @@ def main(argv=None):
     evout = open(args.events, "w", encoding="utf-8") if args.events else None
     try:
         r = Replayer(events, args.into, speed=args.speed, size_scale=args.size_scale,
-                     seed=args.seed, events_out=evout, trace_name=os.path.basename(args.trace))
+                     seed=args.seed, events_out=evout, trace_name=os.path.basename(args.trace),
+                     contents=contents)
         duration = r.run()
     finally:
         if evout is not None:

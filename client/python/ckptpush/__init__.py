@@ -1,0 +1,25 @@
+"""Talk to a running ckptpushd over its control socket (standard library only).
+
+    from ckptpush import Client
+    with Client(job="my-run") as c:
+        print(c.status())
+
+Trainer integrations: ``ckptpush.transformers.CkptpushCallback`` and
+``ckptpush.lightning.CkptpushCallback``.
+"""
+
+from .client import (  # noqa: F401
+    PROTOCOL_VERSION,
+    Client,
+    CkptpushError,
+    DaemonNotRunning,
+    OperationFailed,
+    ProtocolError,
+    Timeout,
+    default_socket_path,
+    find_socket,
+    job_name,
+    socket_dir,
+)
+
+__version__ = "0.1.0"
