@@ -47,7 +47,15 @@ void config_print_usage(void)
           "  --watch DIR          training output directory to watch (required)\n"
           "  --repo ID            target repository, namespace/name (required unless --dry-run)\n"
           "  --endpoint URL       Hub endpoint (default: $HF_ENDPOINT, else " DEFAULT_ENDPOINT ")\n"
-          "  --strategy NAME      what to push: every_save (default)\n"
+          "  --strategy NAME      what to push: every_save (default), checkpoint,\n"
+          "                       all_checkpoints or end (as transformers' hub_strategy)\n"
+          "  --revision BRANCH    intermediate checkpoints go to BRANCH (created if missing);\n"
+          "                       the end-of-training commit goes to main\n"
+          "  --include GLOB       push only repo paths matching GLOB (repeatable)\n"
+          "  --exclude GLOB       never push repo paths matching GLOB (repeatable)\n"
+          "  --max-rate BYTES     upload bandwidth cap, all transfers together (0: none)\n"
+          "  --max-transfers N    parts or files uploading at once (4)\n"
+          "  --staging-max BYTES  space for pins that had to be copied (0: no limit)\n"
           "  --public             create the repo public (default: private)\n"
           "  --quiet-ms N         quiet period before a checkpoint counts as complete (1000)\n"
           "  --staging DIR        where pins live (default: DIR/.ckptpush)\n"
@@ -62,13 +70,41 @@ void config_print_usage(void)
           stdout);
 }
 
+static const char *const strategy_names[] = {
+    [STRATEGY_EVERY_SAVE] = "every_save",
+    [STRATEGY_CHECKPOINT] = "checkpoint",
+    [STRATEGY_ALL_CHECKPOINTS] = "all_checkpoints",
+    [STRATEGY_END] = "end",
+};
+
 const char *config_strategy_name(enum config_strategy strategy)
 {
-    switch (strategy) {
-    case STRATEGY_EVERY_SAVE:
-        return "every_save";
-    }
-    return "unknown";
+    return (unsigned)strategy < sizeof(strategy_names) / sizeof(strategy_names[0])
+               ? strategy_names[strategy]
+               : "unknown";
+}
+
+static int parse_u64(const char *text, unsigned long long *ret)
+{
+    char *end;
+
+    if (text[0] == '\0' || !isdigit((unsigned char)text[0]))
+        return -EINVAL;
+    errno = 0;
+    *ret = strtoull(text, &end, 10);
+    return errno != 0 || *end != '\0' ? -EINVAL : 0;
+}
+
+static int add_glob(char **list, const char *glob)
+{
+    size_t n = 0;
+
+    while (list[n] != NULL)
+        n++;
+    if (n >= CONFIG_GLOBS_MAX || glob[0] == '\0')
+        return -E2BIG;
+    list[n] = strdup(glob);
+    return list[n] != NULL ? 0 : -ENOMEM;
 }
 
 static int parse_unsigned(const char *text, unsigned max, unsigned *ret)
@@ -208,7 +244,13 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
         OPT_LOG,
         OPT_STRATEGY,
         OPT_SOCKET,
-        OPT_JOB
+        OPT_JOB,
+        OPT_REVISION,
+        OPT_INCLUDE,
+        OPT_EXCLUDE,
+        OPT_MAX_RATE,
+        OPT_MAX_TRANSFERS,
+        OPT_STAGING_MAX,
     };
     static const struct option options[] = {
         {"watch", required_argument, NULL, 'w'},
@@ -223,6 +265,12 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
         {"log-level", required_argument, NULL, OPT_LOG},
         {"socket", required_argument, NULL, OPT_SOCKET},
         {"job", required_argument, NULL, OPT_JOB},
+        {"revision", required_argument, NULL, OPT_REVISION},
+        {"include", required_argument, NULL, OPT_INCLUDE},
+        {"exclude", required_argument, NULL, OPT_EXCLUDE},
+        {"max-rate", required_argument, NULL, OPT_MAX_RATE},
+        {"max-transfers", required_argument, NULL, OPT_MAX_TRANSFERS},
+        {"staging-max", required_argument, NULL, OPT_STAGING_MAX},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -237,6 +285,7 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
     cfg->drain_timeout_s = 60;
     cfg->log_level = LOG_INFO;
     cfg->strategy = STRATEGY_EVERY_SAVE;
+    cfg->max_transfers = 4;
 
     opterr = 0;
     optind = 1;
@@ -254,9 +303,50 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
         case 'e':
             endpoint = optarg;
             break;
-        case OPT_STRATEGY:
-            if (strcmp(optarg, "every_save") != 0) {
-                add_problem(err, "--strategy: unknown strategy '%s' (known: every_save)", optarg);
+        case OPT_STRATEGY: {
+            size_t i;
+            for (i = 0; i < sizeof(strategy_names) / sizeof(strategy_names[0]); i++)
+                if (strcmp(optarg, strategy_names[i]) == 0)
+                    break;
+            if (i < sizeof(strategy_names) / sizeof(strategy_names[0])) {
+                cfg->strategy = (enum config_strategy)i;
+            } else {
+                add_problem(err,
+                            "--strategy: unknown strategy '%s' (known: every_save, checkpoint, "
+                            "all_checkpoints, end)",
+                            optarg);
+                code = code ? code : CKPT_EXIT_INVALID;
+            }
+            break;
+        }
+        case OPT_REVISION:
+            if (optarg[0] == '\0' || strchr(optarg, ' ') != NULL || strstr(optarg, "..") != NULL) {
+                add_problem(err, "--revision: invalid branch name '%s'", optarg);
+                code = code ? code : CKPT_EXIT_INVALID;
+            } else {
+                free(cfg->revision);
+                cfg->revision = strdup(optarg);
+            }
+            break;
+        case OPT_INCLUDE:
+        case OPT_EXCLUDE:
+            if (add_glob(opt == OPT_INCLUDE ? cfg->include : cfg->exclude, optarg) < 0) {
+                add_problem(err, "--%s: too many globs or an empty one ('%s')",
+                            opt == OPT_INCLUDE ? "include" : "exclude", optarg);
+                code = code ? code : CKPT_EXIT_INVALID;
+            }
+            break;
+        case OPT_MAX_RATE:
+        case OPT_STAGING_MAX:
+            if (parse_u64(optarg, opt == OPT_MAX_RATE ? &cfg->max_rate : &cfg->staging_max) < 0) {
+                add_problem(err, "--%s: '%s' is not a number of bytes",
+                            opt == OPT_MAX_RATE ? "max-rate" : "staging-max", optarg);
+                code = code ? code : CKPT_EXIT_INVALID;
+            }
+            break;
+        case OPT_MAX_TRANSFERS:
+            if (parse_unsigned(optarg, 64, &cfg->max_transfers) != 0 || cfg->max_transfers == 0) {
+                add_problem(err, "--max-transfers: '%s' is not a number from 1 to 64", optarg);
                 code = code ? code : CKPT_EXIT_INVALID;
             }
             break;
@@ -396,6 +486,11 @@ void config_release(struct config *cfg)
     free(cfg->repo_id);
     free(cfg->endpoint);
     free(cfg->job);
+    free(cfg->revision);
+    for (size_t i = 0; cfg->include[i] != NULL; i++)
+        free(cfg->include[i]);
+    for (size_t i = 0; cfg->exclude[i] != NULL; i++)
+        free(cfg->exclude[i]);
     free(cfg->socket_path);
     memset(cfg, 0, sizeof(*cfg));
 }

@@ -23,7 +23,14 @@ enum ckpt_exit {
     CKPT_EXIT_WRAPPED_PUSH_FAILED = 7, /* run mode: the command succeeded, its push did not */
 };
 
-enum config_strategy { STRATEGY_EVERY_SAVE };
+enum config_strategy {
+    STRATEGY_EVERY_SAVE,
+    STRATEGY_CHECKPOINT,      /* + the whole latest checkpoint under last-checkpoint/ */
+    STRATEGY_ALL_CHECKPOINTS, /* + each checkpoint under its own folder name */
+    STRATEGY_END,             /* nothing during training, everything at the end */
+};
+
+#define CONFIG_GLOBS_MAX 64
 
 struct config {
     char *watch_dir;    /* absolute, resolved */
@@ -42,6 +49,13 @@ struct config {
     enum log_level log_level;
     bool show_help;
     bool show_version;
+    /* Upload path (issue 4). */
+    char *revision;                      /* branch for intermediate commits; NULL: main */
+    char *include[CONFIG_GLOBS_MAX + 1]; /* fnmatch globs on repo paths, NULL-terminated */
+    char *exclude[CONFIG_GLOBS_MAX + 1];
+    unsigned long long max_rate;    /* upload bytes per second, all transfers; 0: none */
+    unsigned max_transfers;         /* PUTs in flight (parts or files) */
+    unsigned long long staging_max; /* bytes of copied (not linked) pins; 0: no limit */
     /* `ckptpushd [options] run -- CMD ARGS...`: the training command, NULL-terminated; borrowed
      * from argv. NULL when not wrapping a command. */
     char **child_argv;

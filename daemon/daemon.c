@@ -1075,7 +1075,8 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
             .repo_id = cfg->repo_id,
             .private_repo = cfg->private_repo,
         };
-        if ((rc = http_init(&d->http, loop, NULL)) < 0) {
+        struct http_opts http_opts = {.max_rate = cfg->max_rate};
+        if ((rc = http_init(&d->http, loop, &http_opts)) < 0) {
             ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start HTTP: %s", uv_strerror(rc));
             goto fail;
         }

@@ -26,6 +26,7 @@
 #include "strategy.h"
 
 #define RECOVER_MAX_DIRS 65536
+#define QUEUE_NOTES_MAX 256
 #define RECOVER_MAX_FILES 100000
 
 struct item {
@@ -41,6 +42,7 @@ struct item {
     enum queue_state state;
     bool journaled; /* its sealed record is durable */
     bool sealing;   /* its sealed record is being written */
+    bool deferred;  /* found again by a scan: journaled only if it is not a re-push */
     bool recovered;
     unsigned attempts;
     uint64_t sealed_at_ms;
@@ -70,6 +72,11 @@ struct queue {
     size_t history_next;
     uv_timer_t retry_timer;
     uint64_t last_detected;
+    struct note {
+        uint64_t id;
+        char *name, *layout;
+    } notes[QUEUE_NOTES_MAX]; /* detected before the journal was read */
+    size_t n_notes;
     bool recovered; /* journal read and pins listed: pushing may start */
     bool ready;
     bool paused;
@@ -423,6 +430,18 @@ static void on_stats_journaled(void *ctx, int status)
     start_upload(it->queue, it);
 }
 
+static void on_deferred_sealed(void *ctx, int status)
+{
+    struct item *it = ctx;
+    struct queue *q = it->queue;
+
+    (void)status;
+    for (size_t i = 0; i < it->plan.count; i++)
+        it->stats[i].path = (char *)it->plan.items[i].file; /* borrowed, read only */
+    if (journal_stats(q->journal, it->id, it->stats, it->plan.count, on_stats_journaled, it) < 0)
+        start_upload(q, it);
+}
+
 static void after_stat(uv_work_t *w, int status)
 {
     struct stat_job *job = w->data;
@@ -469,10 +488,14 @@ static void after_stat(uv_work_t *w, int status)
         release(q, it);
         return;
     }
-    for (size_t i = 0; i < kept; i++)
-        it->stats[i].path = (char *)it->plan.items[i].file; /* borrowed, read only */
-    if (journal_stats(q->journal, it->id, it->stats, kept, on_stats_journaled, it) < 0)
-        start_upload(q, it);
+    if (it->deferred) {
+        it->deferred = false;
+        if (journal_sealed(q->journal, it->id, it->name, it->layout, it->step,
+                           (const char *const *)it->files, it->file_count, on_deferred_sealed,
+                           it) == 0)
+            return;
+    }
+    on_deferred_sealed(it, 0);
 }
 
 static void stat_files(struct queue *q, struct item *it)
@@ -532,7 +555,8 @@ static void start_upload(struct queue *q, struct item *it)
 {
     struct upload_file *files = calloc(it->plan.count, sizeof(*files));
     struct journal_ckpt *c = journaled(it) ? journal_ckpt_find(q->journal, it->id) : NULL;
-    struct upload_opts opts = {.journal = q->journal, .journal_id = it->id};
+    struct upload_opts opts = {
+        .journal = q->journal, .journal_id = it->id, .max_transfers = q->deps.cfg->max_transfers};
     int rc = -ENOMEM;
 
     if (q->stopped) {
@@ -620,12 +644,31 @@ static void on_sealed_journaled(void *ctx, int status)
     pump(it->queue);
 }
 
-/* Writes the sealed record of every item that has none yet, in queue order. */
+/* A checkpoint of this name is journaled already: this one is likely the scan after a restart
+ * finding it again. */
+static bool name_known(struct queue *q, const struct item *it)
+{
+    for (struct journal_ckpt *c = journal_ckpts(q->journal); c != NULL; c = c->next)
+        if (c->id != it->id && c->state >= JOURNAL_SEALED && c->name != NULL && c->layout != NULL &&
+            strcmp(c->name, it->name) == 0 && strcmp(c->layout, it->layout) == 0)
+            return true;
+    return false;
+}
+
+/* Writes the sealed record of every item that has none yet, in queue order. One whose name is
+ * journaled already waits for its stat step (the same files as an earlier push: skipped, never
+ * journaled, so that restarts do not pile up copies of it). */
 static void journal_waiting(struct queue *q)
 {
     for (struct item *it = q->head; it != NULL && q->recovered; it = it->next) {
         if (it->journaled || it->sealing)
             continue;
+        if (!it->recovered && name_known(q, it)) {
+            it->journaled = true;
+            it->deferred = true;
+            set_state(q, it, QUEUE_WAITING);
+            continue;
+        }
         it->sealing = true;
         if (journal_sealed(q->journal, it->id, it->name, it->layout, it->step,
                            (const char *const *)it->files, it->file_count, on_sealed_journaled,
@@ -695,10 +738,41 @@ int queue_add(struct queue *q, uint64_t id, const char *name, const char *layout
 
 void queue_note_detected(struct queue *q, uint64_t id, const char *name, const char *layout)
 {
-    if (id == q->last_detected || !q->recovered || journal_ckpt_find(q->journal, id) != NULL)
+    if (id == q->last_detected)
         return;
     q->last_detected = id;
-    journal_detected(q->journal, id, name, layout, on_journal_written, NULL);
+    if (!q->recovered) {
+        struct note *n = &q->notes[q->n_notes];
+        for (size_t i = 0; i < q->n_notes; i++)
+            if (q->notes[i].id == id)
+                return;
+        if (q->n_notes == QUEUE_NOTES_MAX)
+            return; /* its pins are released at the next start if this run dies first */
+        n->id = id;
+        n->name = strdup(name);
+        n->layout = strdup(layout);
+        if (n->name == NULL || n->layout == NULL) {
+            free(n->name);
+            free(n->layout);
+            return;
+        }
+        q->n_notes++;
+        return;
+    }
+    if (journal_ckpt_find(q->journal, id) == NULL)
+        journal_detected(q->journal, id, name, layout, on_journal_written, NULL);
+}
+
+static void flush_notes(struct queue *q)
+{
+    for (size_t i = 0; i < q->n_notes; i++) {
+        struct note *n = &q->notes[i];
+        if (journal_ckpt_find(q->journal, n->id) == NULL)
+            journal_detected(q->journal, n->id, n->name, n->layout, on_journal_written, NULL);
+        free(n->name);
+        free(n->layout);
+    }
+    q->n_notes = 0;
 }
 
 /* ---- recovery at start: the journal and the pins directory -------------------------------- */
@@ -915,13 +989,22 @@ static void after_recover(uv_work_t *w, int status)
         requeued++;
     }
     free(order);
-    /* pins the journal does not know (it was lost or corrupt): pushed under a name of their own */
+    /* Pins the journal does not know. With a sound journal they belong to a candidate that
+     * died in the milliseconds between its first file and its journal record: its original
+     * is still there and the scan finds it again. With a damaged or missing journal they may be
+     * anything: pushed under a name of their own rather than lost. */
+    bool damaged = journal_corrupt_records(q->journal) > 0 || k == 0;
     for (size_t i = 0; i < job->n_dirs; i++) {
         struct pin_dir *d = &job->dirs[i];
         char name[48];
         if (d->id == 0 || d->id >= q->deps.new_ids_from)
             continue;
-        if (d->n == 0) {
+        if (d->n == 0 || !damaged) {
+            if (d->n > 0)
+                log_info("released-unknown",
+                         "pin=%" PRIu64 " files=%zu reason='never journaled: the scan finds its "
+                         "original'",
+                         d->id, d->n);
             release_quietly(q, d->id);
             continue;
         }
@@ -960,6 +1043,7 @@ static void after_recover(uv_work_t *w, int status)
     free(job->watch_dir);
     free(job);
     q->recovered = true;
+    flush_notes(q);
     for (struct item *it = q->head; it != NULL; it = it->next)
         if (it->journaled && it->recovered)
             set_state(q, it, QUEUE_WAITING);
@@ -1012,6 +1096,7 @@ fail:
     }
     log_error("recover-failed", "dir='%s' reason='out of memory'", q->staging);
     q->recovered = true;
+    flush_notes(q);
     journal_waiting(q);
 }
 
@@ -1144,6 +1229,10 @@ void queue_free(struct queue *q)
     }
     for (size_t i = 0; i < QUEUE_HISTORY; i++)
         item_free(q->history[i]);
+    for (size_t i = 0; i < q->n_notes; i++) {
+        free(q->notes[i].name);
+        free(q->notes[i].layout);
+    }
     journal_free(q->journal);
     free(q->staging);
     free(q);
