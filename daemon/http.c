@@ -682,8 +682,10 @@ static void attempt_done(struct http_xfer *x, CURLcode result)
                  x->errbuf[0] != '\0' ? x->errbuf : curl_easy_strerror(result));
     }
     int retry = x->retryable && res->attempts < x->h->opts.max_attempts &&
-                (res->fail == HTTP_FAIL_NETWORK ||
-                 (res->fail == HTTP_FAIL_NONE && is_retryable_status(status)));
+                (x->retryable == HTTP_RETRY_429
+                     ? res->fail == HTTP_FAIL_NONE && status == 429
+                     : res->fail == HTTP_FAIL_NETWORK ||
+                           (res->fail == HTTP_FAIL_NONE && is_retryable_status(status)));
     uint64_t delay = retry ? retry_delay_ms(x) : 0;
     if (retry && delay > x->h->opts.retry_after_max_ms)
         retry = 0;

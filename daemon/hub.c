@@ -1045,7 +1045,7 @@ int hub_commit(struct hub *hub, const char *summary, const char *description,
                                .content_type = "application/x-ndjson",
                                .body = b.p,
                                .body_len = b.len,
-                               .retryable = 0};
+                               .retryable = HTTP_RETRY_429};
     r = op_send(op, &req, ret_op);
     free(b.p);
     return r;

@@ -121,7 +121,8 @@ struct hub_commit_op {
 
 #define HUB_COMMIT_BODY_MAX (256u * 1024 * 1024)
 
-/* One NDJSON commit POST, never retried here (a lost answer may hide a commit that landed).
+/* One NDJSON commit POST, retried here only after a 429 (refused before it was applied); never
+ * after a lost answer or a 5xx, which may hide a commit that landed.
  * parent_commit may be NULL. The body is built before returning; ops may be freed then. Fails at
  * once with UV_E2BIG past HUB_COMMIT_BODY_MAX. A transport failure is CKPT_ERR_NETWORK. */
 int hub_commit(struct hub *hub, const char *summary, const char *description,
