@@ -67,11 +67,30 @@ static void hint(struct card_buf *b, const char *what)
 
 /* ---- sections ---- */
 
+static void put_datasets_phrase(struct card_buf *b, const struct card_data *d)
+{
+    size_t i;
+
+    if (d->n_dataset_names > 1) {
+        /* the Trainer named several: all of them, as it did */
+        card_buf_puts(b, " on ");
+        for (i = 0; i < d->n_dataset_names; i++) {
+            if (i > 0)
+                card_buf_puts(b, i + 1 == d->n_dataset_names ? " and " : ", ");
+            card_buf_puts(b, "the ");
+            card_put_md(b, d->dataset_names[i]);
+        }
+        card_buf_puts(b, " datasets");
+    } else if (d->dataset_name != NULL) {
+        card_buf_puts(b, " on the ");
+        card_put_md(b, d->dataset_name);
+        card_buf_puts(b, " dataset");
+    }
+}
+
 static void sec_description(struct card_buf *b, const struct card_data *d)
 {
     size_t i;
-    double steps = 0, epochs = 0;
-    bool have_steps = false, have_epochs = false;
 
     card_buf_puts(b, "# ");
     card_put_md(b, d->model_name);
@@ -85,14 +104,12 @@ static void sec_description(struct card_buf *b, const struct card_data *d)
         } else {
             card_put_md(b, d->base_model);
         }
+    } else if (d->from_scratch) {
+        card_buf_puts(b, "This model was trained from scratch");
     } else {
         card_buf_puts(b, "This model was trained");
     }
-    if (d->dataset_name != NULL) {
-        card_buf_puts(b, " on the ");
-        card_put_md(b, d->dataset_name);
-        card_buf_puts(b, " dataset");
-    }
+    put_datasets_phrase(b, d);
     card_buf_puts(b, ".\n");
     if (d->n_metrics > 0) {
         card_buf_puts(b, "It achieves the following results on the evaluation set:\n");
@@ -105,6 +122,11 @@ static void sec_description(struct card_buf *b, const struct card_data *d)
             put_4(b, d->metrics[i].value);
             card_buf_puts(b, "\n");
         }
+    }
+    if (d->base_model == NULL && !d->from_scratch) {
+        card_buf_puts(b, "\n");
+        hint(b, "No base model is known: if this model was fine-tuned from one, add `base_model` "
+                "to " CONFIG_HINT ".");
     }
     card_buf_puts(b, "\n## Model description\n\n");
     if (d->model_type != NULL || d->architecture != NULL) {
@@ -124,30 +146,21 @@ static void sec_description(struct card_buf *b, const struct card_data *d)
             card_buf_puts(b, " for ");
             card_put_md(b, d->pipeline_tag);
         }
-        for (i = 0; i < d->n_hparams; i++) {
-            double v = strtod(d->hparams[i].value, NULL);
-            if (strcmp(d->hparams[i].key, "training_steps") == 0 && !have_steps) {
-                steps = v;
-                have_steps = true;
-            }
-            if (strcmp(d->hparams[i].key, "num_epochs") == 0 && !have_epochs) {
-                epochs = v;
-                have_epochs = true;
-            }
-        }
-        if (have_steps || have_epochs) {
-            char n1[64], n2[64];
-            card_fmt_num(n1, sizeof(n1), steps);
-            card_fmt_num(n2, sizeof(n2), epochs);
-            if (have_steps && have_epochs)
-                card_buf_printf(b, ", trained for %s steps (%s epochs)", n1, n2);
-            else if (have_steps)
-                card_buf_printf(b, ", trained for %s steps", n1);
-            else
-                card_buf_printf(b, ", trained for %s epochs", n2);
-        }
-        card_buf_puts(b, ".\n\n");
+        card_buf_puts(b, ".");
     }
+    /* what the run did, not what it planned: a stopped run trained fewer steps than max_steps */
+    if (d->trained_steps_known) {
+        char n1[64], n2[64];
+        card_fmt_num(n1, sizeof(n1), d->trained_steps);
+        card_fmt_num(n2, sizeof(n2), round(d->trained_epochs * 1e4) / 1e4);
+        card_buf_printf(b, "%sTraining ran for %s steps",
+                        b->len && b->data[b->len - 1] == '.' ? " " : "", n1);
+        if (d->trained_epochs_known)
+            card_buf_printf(b, " (%s epochs)", n2);
+        card_buf_puts(b, ", as `trainer_state.json` records.");
+    }
+    if (d->model_type != NULL || d->architecture != NULL || d->trained_steps_known)
+        card_buf_puts(b, "\n\n");
     if (d->model_description != NULL) {
         card_put_md_block(b, d->model_description);
         card_buf_puts(b, "\n");
@@ -241,13 +254,15 @@ static void sec_usage(struct card_buf *b, const struct card_data *d, const struc
         card_buf_puts(b, "```\n");
     } else if (d->has_config && pushed(in, ".safetensors", &path)) {
         /* PyTorchModelHubMixin saves its init arguments as config.json beside the weights */
-        card_buf_printf(b,
-                        "The weights were saved with `PyTorchModelHubMixin`: load them with the "
-                        "model class that was trained.\n\n```python\nfrom "
-                        "huggingface_hub import PyTorchModelHubMixin\n\n"
-                        "class MyModel(nn.Module, PyTorchModelHubMixin):  # your class\n"
-                        "    ...\n\nmodel = MyModel.from_pretrained(\"%s\")\n```\n",
-                        repo);
+        card_buf_printf(
+            b,
+            "A `config.json` without a transformers architecture beside safetensors "
+            "weights is what `PyTorchModelHubMixin` saves; if that is how they were "
+            "saved, load them with the model class that was trained.\n\n```python\nfrom "
+            "huggingface_hub import PyTorchModelHubMixin\n\n"
+            "class MyModel(nn.Module, PyTorchModelHubMixin):  # your class\n"
+            "    ...\n\nmodel = MyModel.from_pretrained(\"%s\")\n```\n",
+            repo);
     } else if (pushed(in, ".safetensors", &path)) {
         card_buf_printf(b,
                         "```python\nfrom huggingface_hub import hf_hub_download\nfrom "
@@ -357,6 +372,31 @@ static void sec_training_data(struct card_buf *b, const struct card_data *d)
     }
 }
 
+/* "the TrainingArguments the trainer sent, the model card the Trainer wrote and
+ * trainer_state.json": every source that gave a row, most trusted first. */
+static void put_hparams_sources(struct card_buf *b, unsigned from)
+{
+    static const struct {
+        unsigned bit;
+        const char *text;
+    } names[] = {{CARD_HP_IPC, "the TrainingArguments the trainer sent"},
+                 {CARD_HP_TRAINER_CARD, "the model card the Trainer wrote"},
+                 {CARD_HP_STATE, "trainer_state.json"},
+                 {CARD_HP_LIGHTNING, "hparams.yaml"}};
+    size_t i, n = 0, total = 0;
+
+    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        total += (from & names[i].bit) != 0;
+    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (!(from & names[i].bit))
+            continue;
+        if (n > 0)
+            card_buf_puts(b, n + 1 == total ? " and " : ", ");
+        card_buf_puts(b, names[i].text);
+        n++;
+    }
+}
+
 static void sec_training_procedure(struct card_buf *b, const struct card_data *d)
 {
     size_t i;
@@ -369,7 +409,7 @@ static void sec_training_procedure(struct card_buf *b, const struct card_data *d
         return;
     }
     card_buf_puts(b, "The following hyperparameters were used during training (from ");
-    card_buf_puts(b, d->hparams_source);
+    put_hparams_sources(b, d->hparams_from);
     card_buf_puts(b, "):\n\n| Hyperparameter | Value |\n|:---|:---|\n");
     for (i = 0; i < d->n_hparams; i++) {
         card_buf_puts(b, "| ");
@@ -508,14 +548,33 @@ static void sec_evaluation(struct card_buf *b, const struct card_data *d, bool s
             card_put_md(b, title);
             card_buf_printf(b, " | %s |\n", num);
         }
-        if (d->dataset_name == NULL || split == NULL)
+        if (d->dataset_name == NULL || split == NULL || d->index_task == NULL ||
+            d->index_task_base_arch != NULL)
             card_buf_puts(b, "\n");
         if (d->dataset_name == NULL)
             hint(b, "The evaluation dataset is not named: add `datasets` to " CONFIG_HINT
                     " so that the Hub can list these results.");
-        else if (split == NULL)
+        else if (d->index_task == NULL)
+            hint(b, "These results are not in the `model-index` metadata: the Hub needs the task, "
+                    "and without the model's `config.json` it is not known. Add `pipeline_tag` "
+                    "to " CONFIG_HINT ".");
+        if (d->dataset_name != NULL && split == NULL)
             hint(b,
                  "The evaluation split is not named: add `dataset_eval_split` to " CONFIG_HINT ".");
+        if (d->index_task_base_arch != NULL) {
+            if (d->dataset_name == NULL || split == NULL)
+                card_buf_puts(b, "\n");
+            /* an inference, so the card says what it rests on and how to correct it */
+            card_buf_puts(b, "_The task in the `model-index` metadata, `");
+            card_put_md(b, d->index_task);
+            card_buf_puts(b, "`, is the task of the base model's architecture (`");
+            card_put_md(b, d->index_task_base_arch);
+            card_buf_puts(b, "` for ");
+            card_put_md(b, d->base_model);
+            card_buf_puts(b, "): this run's `config.json` was not available to confirm it. Add "
+                             "`pipeline_tag` to " CONFIG_HINT
+                             " if the fine-tuned model has another head._\n");
+        }
         card_buf_puts(b, "\n");
     }
     if (d->n_log > 0) {
@@ -560,6 +619,9 @@ static void sec_hardware(struct card_buf *b, const struct card_data *d,
         put_duration(b, d->train_runtime);
         card_buf_puts(b, " (`train_runtime`)\n");
     }
+    if ((in->hardware == NULL || in->hardware[0] == '\0') &&
+        ((in->duration_s >= 0 && isfinite(in->duration_s)) || d->train_runtime >= 0))
+        card_buf_puts(b, "\n");
     if (in->hardware == NULL || in->hardware[0] == '\0')
         hint(b, "The hardware is not known: add `hardware` to " CONFIG_HINT ".");
 }
@@ -584,6 +646,15 @@ static void sec_license(struct card_buf *b, const struct card_data *d)
     card_buf_puts(b, "## License\n\n");
     if (d->license == NULL) {
         hint(b, "No license was given: add `license` to " CONFIG_HINT ".");
+        return;
+    }
+    if (d->license_from_trainer_card) {
+        /* transformers copies the base model's license when the script gives none */
+        card_buf_puts(b, "The model card the Trainer wrote gives the license as `");
+        card_put_md(b, d->license);
+        card_buf_puts(b, "` (transformers takes the base model's license when the training "
+                         "script names none). ");
+        hint(b, "Add `license` to " CONFIG_HINT " to confirm or change it.");
         return;
     }
     card_buf_puts(b, "This model is released under the `");
@@ -804,8 +875,7 @@ int card_render(const struct card_inputs *in, char **ret_readme, char **ret_svg,
     if (in->existing_readme != NULL) {
         split_front_matter(in->existing_readme, &fm, &fm_len, &body);
         /* transformers' own card has no user prose: replace it whole */
-        if (strstr(body, "generated automatically according to the information the Trainer "
-                         "had access to") != NULL)
+        if (card_is_trainer_card(in->existing_readme))
             body = NULL;
     }
     card_buf_init(&b, CARD_MAX_README);

@@ -19,6 +19,24 @@
  * final_metrics_json and hparams_json (from the trainer over IPC), trainer_state_json and
  * all_results_json, config_json, the Lightning files, then user_fields_json.
  *
+ * existing_readme is also a source when it is the card transformers' Trainer generated (its
+ * "generated automatically ... Trainer" comment): below IPC, trainer_state.json/all_results.json
+ * and config.json, above nothing; the user's fields still win. From it come the model name
+ * (model-index name or `# title`, over the repo name), base_model, license (the card then says
+ * it came from there), library_name, language, tags (added to the user's, generated_from_trainer
+ * kept), the dataset names of "on the X dataset", the hyperparameter list, the results table and
+ * the summary metrics (only when trainer_state.json / all_results.json are missing; they are
+ * rounded to 4 decimals and the card says so), the framework versions. Its body is then replaced
+ * whole: it holds no user prose.
+ *
+ * The model-index task (the Hub requires task.type for every result) is, in this order: the
+ * run's pipeline_tag (user field, else from config.json's architecture); the task the Trainer's
+ * card recorded in its own model-index; the task of the base model's architecture, only when
+ * the run's config.json is missing and base_model is one of a short built-in list whose published
+ * config names a single architecture (GPT-2 family: text-generation). In that last case no
+ * pipeline_tag is written, and the Evaluation section says the task is inferred from the base
+ * model and how to correct it. Otherwise results stay `[]` and the card says why.
+ *
  * user_fields_json keys (all optional, wrong types ignored): model_name, license, base_model,
  * library_name, pipeline_tag, language (string or list), tags (list), datasets (string or list),
  * dataset_name, dataset_config, dataset_split, dataset_eval_split, dataset_license,

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "card_internal.h"
 
@@ -514,9 +515,13 @@ static void gather_metrics(struct card_data *d)
             for (c = 0; c < d->n_eval_cols; c++)
                 if (d->log[i].eval_mask & (1u << c))
                     metric_set(d, d->eval_cols[c], d->log[i].eval[c]);
-            d->metrics_source = strcmp(d->log_source, "metrics.csv") == 0
-                                    ? "the last validation values in metrics.csv"
-                                    : "the last evaluation in trainer_state.json";
+            if (strcmp(d->log_source, "metrics.csv") == 0)
+                d->metrics_source = "the last validation values in metrics.csv";
+            else if (strcmp(d->log_source, "trainer_state.json") == 0)
+                d->metrics_source = "the last evaluation in trainer_state.json";
+            else
+                d->metrics_source = "the last row of the results table in the model card the "
+                                    "Trainer wrote (rounded to 4 decimals there)";
             break;
         }
     }
@@ -545,6 +550,7 @@ static void gather_metrics(struct card_data *d)
 
 /* ---- hyperparameters ---- */
 
+/* The first source to name a hyperparameter wins: sources are read most trusted first. */
 static void hp_add(struct card_data *d, const char *key, const char *value)
 {
     size_t i;
@@ -557,6 +563,12 @@ static void hp_add(struct card_data *d, const char *key, const char *value)
     copy_str(d->hparams[d->n_hparams].key, CARD_NAME_MAX, key);
     copy_str(d->hparams[d->n_hparams].value, sizeof(d->hparams[0].value), value);
     d->n_hparams++;
+}
+
+static void hp_from(struct card_data *d, size_t before, unsigned source)
+{
+    if (d->n_hparams > before)
+        d->hparams_from |= source;
 }
 
 static void hp_num(struct card_data *d, const cJSON *obj, const char *from, const char *key,
@@ -618,7 +630,6 @@ static void gather_training_args(struct card_data *d, const cJSON *a)
         hp_add(d, "mixed_precision_training", "Native AMP (bf16)");
     hp_num(d, a, "label_smoothing_factor", "label_smoothing_factor", true);
     hp_num(d, a, "max_grad_norm", "max_grad_norm", false);
-    d->hparams_source = "the TrainingArguments the trainer sent";
 }
 
 static void gather_lightning_hparams(struct card_data *d, const char *yaml)
@@ -656,8 +667,6 @@ static void gather_lightning_hparams(struct card_data *d, const char *yaml)
         }
         p = nl ? nl + 1 : NULL;
     }
-    if (d->n_hparams > 0 && d->hparams_source == NULL)
-        d->hparams_source = "hparams.yaml";
 }
 
 /* ---- user fields and versions ---- */
@@ -739,10 +748,167 @@ void card_metric_title(char *dst, size_t size, const char *key)
     dst[n] = '\0';
 }
 
+/* Base models whose published config.json names one architecture, so their task is a fact
+ * about the base; see card.h for when it stands in for the run's own. Kept small on purpose. */
+static const struct {
+    const char *id, *architecture;
+} known_bases[] = {
+    {"openai-community/gpt2", "GPT2LMHeadModel"},
+    {"openai-community/gpt2-medium", "GPT2LMHeadModel"},
+    {"openai-community/gpt2-large", "GPT2LMHeadModel"},
+    {"openai-community/gpt2-xl", "GPT2LMHeadModel"},
+    {"distilbert/distilgpt2", "GPT2LMHeadModel"},
+    {"gpt2", "GPT2LMHeadModel"},
+    {"gpt2-medium", "GPT2LMHeadModel"},
+    {"gpt2-large", "GPT2LMHeadModel"},
+    {"gpt2-xl", "GPT2LMHeadModel"},
+    {"distilgpt2", "GPT2LMHeadModel"},
+};
+
+static const char *task_display_name(const char *pipeline)
+{
+    size_t i;
+
+    for (i = 0; pipeline != NULL && i < sizeof(task_names) / sizeof(task_names[0]); i++)
+        if (strcmp(pipeline, task_names[i].pipeline) == 0)
+            return task_names[i].name;
+    return NULL;
+}
+
+/* The task model-index needs: the run's own (pipeline_tag from the user or config.json), else
+ * the one the Trainer's card recorded, else the base model's when it is known. */
+static void gather_index_task(struct card_data *d)
+{
+    const struct card_trainer_card *tc = d->trainer_card;
+    size_t i, k;
+
+    if (d->pipeline_tag != NULL) {
+        d->index_task = d->pipeline_tag;
+    } else if (tc != NULL && tc->task_type != NULL) {
+        d->index_task = tc->task_type;
+    } else if (d->base_model != NULL && !d->has_config) {
+        for (i = 0; i < sizeof(known_bases) / sizeof(known_bases[0]); i++) {
+            if (strcmp(d->base_model, known_bases[i].id) != 0)
+                continue;
+            for (k = 0; k < sizeof(arch_rules) / sizeof(arch_rules[0]); k++) {
+                if (ends_with(known_bases[i].architecture, arch_rules[k].suffix)) {
+                    d->index_task = arch_rules[k].pipeline;
+                    d->index_task_base_arch = known_bases[i].architecture;
+                    break;
+                }
+            }
+            break;
+        }
+    }
+    d->index_task_name = task_display_name(d->index_task);
+}
+
+static bool list_has(const char *const *list, size_t n, const char *s)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if (strcmp(list[i], s) == 0)
+            return true;
+    return false;
+}
+
+/* Fills what the more trusted sources left open from the card the Trainer wrote. */
+static void merge_trainer_card_facts(struct card_data *d, bool user_named)
+{
+    const struct card_trainer_card *tc = d->trainer_card;
+    size_t i;
+
+    if (tc == NULL)
+        return;
+    if (!user_named && tc->model_name != NULL)
+        copy_str(d->model_name, sizeof(d->model_name), tc->model_name);
+    if (d->base_model == NULL)
+        d->base_model = tc->base_model;
+    if (d->license == NULL && tc->license != NULL) {
+        d->license = tc->license;
+        d->license_from_trainer_card = true;
+    }
+    if (d->library_name == NULL)
+        d->library_name = tc->library_name;
+    if (d->n_languages == 0) {
+        memcpy(d->languages, tc->languages, tc->n_languages * sizeof(tc->languages[0]));
+        d->n_languages = tc->n_languages;
+    }
+    /* the tags add up: the Hub lists Trainer runs by generated_from_trainer */
+    for (i = 0; i < tc->n_tags && d->n_tags < CARD_MAX_LIST; i++)
+        if (!list_has(d->tags, d->n_tags, tc->tags[i]))
+            d->tags[d->n_tags++] = tc->tags[i];
+    if (d->n_datasets == 0 && d->dataset_name == NULL) {
+        memcpy(d->datasets, tc->datasets, tc->n_datasets * sizeof(tc->datasets[0]));
+        d->n_datasets = tc->n_datasets;
+        memcpy(d->dataset_names, tc->dataset_names,
+               tc->n_dataset_names * sizeof(tc->dataset_names[0]));
+        d->n_dataset_names = tc->n_dataset_names;
+        if (tc->n_dataset_names > 0)
+            d->dataset_name = tc->dataset_names[0];
+    }
+    if (d->base_model == NULL && tc->from_scratch)
+        d->from_scratch = true;
+}
+
+/* The Trainer card's results table, when no log had rows. */
+static void merge_trainer_card_results(struct card_data *d)
+{
+    const struct card_trainer_card *tc = d->trainer_card;
+
+    if (tc == NULL)
+        return;
+    if (d->n_log == 0 && tc->n_log > 0) {
+        memcpy(d->eval_cols, tc->eval_cols, sizeof(d->eval_cols));
+        d->n_eval_cols = tc->n_eval_cols;
+        memcpy(d->log, tc->log, tc->n_log * sizeof(*d->log));
+        d->n_log = tc->n_log;
+        d->log_source = "the model card the Trainer wrote";
+    }
+}
+
+/* Its summary's metrics (rounded), when no other source had any: read after gather_metrics. */
+static void merge_trainer_card_metrics(struct card_data *d)
+{
+    const struct card_trainer_card *tc = d->trainer_card;
+    size_t i;
+
+    if (tc != NULL && d->n_metrics == 0 && tc->n_metrics > 0) {
+        memcpy(d->metrics, tc->metrics, tc->n_metrics * sizeof(tc->metrics[0]));
+        d->n_metrics = tc->n_metrics;
+        d->metrics_source = "the model card the Trainer wrote (rounded to 4 decimals there)";
+        for (i = 1; i < d->n_metrics; i++) {
+            if (strcmp(d->metrics[i].key, "loss") == 0) {
+                struct card_metric m = d->metrics[i];
+                memmove(&d->metrics[1], &d->metrics[0], i * sizeof(m));
+                d->metrics[0] = m;
+                break;
+            }
+        }
+    }
+}
+
+static void gather_versions_from_card(struct card_data *d)
+{
+    const struct card_trainer_card *tc = d->trainer_card;
+    size_t i, k;
+
+    for (i = 0; tc != NULL && i < tc->n_versions && d->n_versions < CARD_MAX_LIST; i++) {
+        bool have = false;
+        for (k = 0; k < d->n_versions; k++)
+            have = have || strcasecmp(d->versions[k].key, tc->versions[i].key) == 0;
+        if (!have)
+            d->versions[d->n_versions++] = tc->versions[i];
+    }
+}
+
 int card_data_gather(const struct card_inputs *in, struct card_data *d)
 {
     const char *slash;
-    size_t i;
+    size_t before;
+    bool user_named;
+    double v;
 
     memset(d, 0, sizeof(*d));
     d->train_runtime = -1;
@@ -750,6 +916,12 @@ int card_data_gather(const struct card_inputs *in, struct card_data *d)
     d->log = calloc(CARD_MAX_LOG, sizeof(*d->log));
     if (d->log == NULL)
         return -ENOMEM;
+    if (card_is_trainer_card(in->existing_readme)) {
+        d->trainer_card = calloc(1, sizeof(*d->trainer_card));
+        if (d->trainer_card == NULL ||
+            card_trainer_card_parse(in->existing_readme, d->trainer_card) < 0)
+            return -ENOMEM;
+    }
     d->json[J_CONFIG] = parse_obj(in->config_json);
     d->json[J_STATE] = parse_obj(in->trainer_state_json);
     d->json[J_RESULTS] = parse_obj(in->all_results_json);
@@ -761,14 +933,17 @@ int card_data_gather(const struct card_inputs *in, struct card_data *d)
     slash = strrchr(d->repo_id, '/');
     copy_str(d->model_name, sizeof(d->model_name), slash ? slash + 1 : d->repo_id);
     gather_user(d);
-    gather_config(d);
-    for (i = 0; i < sizeof(task_names) / sizeof(task_names[0]); i++)
-        if (d->pipeline_tag != NULL && strcmp(d->pipeline_tag, task_names[i].pipeline) == 0)
-            d->task_name = task_names[i].name;
-    if (d->library_name == NULL && d->model_type != NULL && d->architecture != NULL)
-        d->library_name = "transformers";
+    user_named = get_str(d->json[J_USER], "model_name") != NULL;
     if (d->dataset_name == NULL && d->n_datasets > 0)
         d->dataset_name = d->datasets[0];
+    gather_config(d);
+    merge_trainer_card_facts(d, user_named);
+    if (d->dataset_name == NULL && d->n_datasets > 0)
+        d->dataset_name = d->datasets[0];
+    d->task_name = task_display_name(d->pipeline_tag);
+    gather_index_task(d);
+    if (d->library_name == NULL && d->model_type != NULL && d->architecture != NULL)
+        d->library_name = "transformers";
     gather_params(in, d);
 
     gather_log_history(d);
@@ -776,25 +951,44 @@ int card_data_gather(const struct card_inputs *in, struct card_data *d)
         d->n_eval_cols = 0;
         gather_metrics_csv(d, in->lightning_metrics_csv);
     }
+    merge_trainer_card_results(d);
     eval_cols_loss_first(d);
     gather_metrics(d);
+    merge_trainer_card_metrics(d);
+    if (get_num(d->json[J_STATE], "global_step", &v) && v > 0) {
+        d->trained_steps = v;
+        d->trained_steps_known = true;
+    }
+    if (get_num(d->json[J_STATE], "epoch", &v) && v > 0) {
+        d->trained_epochs = v;
+        d->trained_epochs_known = true;
+    }
 
+    /* hyperparameters, most trusted source first */
+    before = d->n_hparams;
     if (d->json[J_HPARAMS] != NULL)
         gather_training_args(d, d->json[J_HPARAMS]);
+    hp_from(d, before, CARD_HP_IPC);
+    before = d->n_hparams;
+    for (size_t i = 0; d->trainer_card != NULL && i < d->trainer_card->n_hparams; i++)
+        hp_add(d, d->trainer_card->hparams[i].key, d->trainer_card->hparams[i].value);
+    hp_from(d, before, CARD_HP_TRAINER_CARD);
     if (d->json[J_STATE] != NULL) {
         const cJSON *st = d->json[J_STATE];
         double steps;
-        size_t before = d->n_hparams;
+        before = d->n_hparams;
         hp_num(d, st, "train_batch_size", "train_batch_size", false);
         if (get_num(st, "max_steps", &steps) && steps > 0)
             hp_num(d, st, "max_steps", "training_steps", false);
         hp_num(d, st, "num_train_epochs", "num_epochs", false);
-        if (d->hparams_source == NULL && d->n_hparams > before)
-            d->hparams_source = "trainer_state.json";
+        hp_from(d, before, CARD_HP_STATE);
     }
+    before = d->n_hparams;
     if (in->lightning_hparams_yaml != NULL)
         gather_lightning_hparams(d, in->lightning_hparams_yaml);
+    hp_from(d, before, CARD_HP_LIGHTNING);
     gather_versions(d);
+    gather_versions_from_card(d);
     return 0;
 }
 
@@ -808,4 +1002,7 @@ void card_data_release(struct card_data *d)
     }
     free(d->log);
     d->log = NULL;
+    card_trainer_card_release(d->trainer_card);
+    free(d->trainer_card);
+    d->trainer_card = NULL;
 }

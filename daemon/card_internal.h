@@ -86,6 +86,47 @@ struct card_kv {
     char value[256];
 };
 
+/* What the card transformers' Trainer wrote (its README.md, recognised by its marker comment)
+ * says about the run: a source below the trainer's IPC message and config.json, above nothing.
+ * Strings live in arena; every list is bounded; the results table is read into log. */
+struct card_trainer_card {
+    const char *model_name, *base_model, *license, *library_name, *task_type;
+    bool from_scratch; /* "This model was trained from scratch on ..." */
+    const char *languages[CARD_MAX_LIST];
+    size_t n_languages;
+    const char *tags[CARD_MAX_LIST];
+    size_t n_tags;
+    const char *datasets[CARD_MAX_LIST]; /* front matter `datasets:` (Hub ids) */
+    size_t n_datasets;
+    const char *dataset_names[CARD_MAX_LIST]; /* "on the X dataset" of the summary sentence */
+    size_t n_dataset_names;
+    struct card_metric metrics[CARD_MAX_METRICS]; /* the summary's "- Loss: 4.1618" lines */
+    size_t n_metrics;
+    struct card_kv hparams[CARD_MAX_HPARAMS];
+    size_t n_hparams;
+    struct card_kv versions[CARD_MAX_LIST];
+    size_t n_versions;
+    char eval_cols[CARD_MAX_EVAL_COLS][CARD_NAME_MAX];
+    size_t n_eval_cols;
+    struct card_log *log; /* CARD_MAX_LOG entries, NULL until a results table is found */
+    size_t n_log;
+    char arena[64 * 1024];
+    size_t arena_used;
+};
+
+/* card_trainer.c */
+bool card_is_trainer_card(const char *readme);
+/* Fills *tc from text (a README the Trainer generated); 0 or -ENOMEM. */
+int card_trainer_card_parse(const char *text, struct card_trainer_card *tc);
+void card_trainer_card_release(struct card_trainer_card *tc);
+
+enum {
+    CARD_HP_IPC = 1u << 0,
+    CARD_HP_TRAINER_CARD = 1u << 1,
+    CARD_HP_STATE = 1u << 2,
+    CARD_HP_LIGHTNING = 1u << 3,
+};
+
 struct card_data {
     char model_name[CARD_NAME_MAX + 1];
     const char *repo_id;
@@ -97,6 +138,8 @@ struct card_data {
     size_t n_tags;
     const char *datasets[CARD_MAX_LIST];
     size_t n_datasets;
+    const char *dataset_names[CARD_MAX_LIST]; /* for the summary, when the Trainer named several */
+    size_t n_dataset_names;
     const char *dataset_name, *dataset_config, *dataset_split, *dataset_eval_split;
     const char *dataset_license;
     const char *model_description, *training_data, *intended_use, *limitations, *bias_risks;
@@ -125,11 +168,20 @@ struct card_data {
     /* hyperparameters as shown */
     struct card_kv hparams[CARD_MAX_HPARAMS];
     size_t n_hparams;
-    const char *hparams_source;
-    double train_runtime; /* < 0 unknown */
+    unsigned hparams_from; /* CARD_HP_* bits: which sources gave at least one row */
+    double train_runtime;  /* < 0 unknown */
     /* frameworks: pretty name and version */
     struct card_kv versions[CARD_MAX_LIST];
     size_t n_versions;
+    /* where facts came from, for the sentences that must say so */
+    bool license_from_trainer_card;
+    bool from_scratch;
+    const char *index_task;           /* model-index task.type: pipeline_tag, else see card.h */
+    const char *index_task_name;      /* its display name, NULL when unknown */
+    const char *index_task_base_arch; /* set when index_task came from the base model */
+    bool trained_steps_known, trained_epochs_known;
+    double trained_steps, trained_epochs;   /* trainer_state.json global_step, epoch */
+    struct card_trainer_card *trainer_card; /* NULL when existing_readme is not the Trainer's */
     /* parsed trees, owned */
     struct cJSON *json[8];
 };

@@ -100,38 +100,6 @@ static bool has_suffix(const char *s, const char *suffix)
     return a >= b && strcmp(s + a - b, suffix) == 0;
 }
 
-/* "- Transformers 5.17.0" lines of the card the Trainer wrote are the run's framework versions. */
-static char *versions_from_trainer_card(const char *readme)
-{
-    static const char *const names[][2] = {{"Transformers", "transformers"},
-                                           {"Pytorch", "torch"},
-                                           {"Datasets", "datasets"},
-                                           {"Tokenizers", "tokenizers"}};
-    char out[1024] = "{";
-    size_t used = 1;
-
-    if (readme == NULL)
-        return NULL;
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        char pattern[64], version[64];
-        const char *at;
-
-        snprintf(pattern, sizeof(pattern), "\n- %s ", names[i][0]);
-        if ((at = strstr(readme, pattern)) == NULL)
-            continue;
-        if (sscanf(at + strlen(pattern), "%63[A-Za-z0-9.+_-]", version) != 1)
-            continue;
-        used += (size_t)snprintf(out + used, sizeof(out) - used, "%s\"%s\":\"%s\"",
-                                 used > 1 ? "," : "", names[i][1], version);
-        if (used >= sizeof(out) - 1)
-            return NULL;
-    }
-    if (used == 1)
-        return NULL;
-    snprintf(out + used, sizeof(out) - used, "}");
-    return strdup(out);
-}
-
 /* Lightning writes <logs>/lightning_logs/version_<n>/{hparams.yaml,metrics.csv}: take the
  * highest version that has them. */
 static void find_lightning_logs(const char *logs_dir, char **hparams, char **metrics)
@@ -199,7 +167,7 @@ static void card_job_work(uv_work_t *work)
     unsigned char *headers[MAX_WEIGHT_FILES];
     size_t header_lens[MAX_WEIGHT_FILES], n_headers = 0, n_files = 0;
     char *files[MAX_LISTED_FILES];
-    char *config = NULL, *state = NULL, *results = NULL, *readme = NULL, *versions = NULL;
+    char *config = NULL, *state = NULL, *results = NULL, *readme = NULL;
     char *hparams_yaml = NULL, *metrics_csv = NULL, *out_readme = NULL, *out_svg = NULL;
     int rc;
 
@@ -213,7 +181,6 @@ static void card_job_work(uv_work_t *work)
         if (results == NULL)
             results = read_small(job->model_dir, "eval_results.json", SOURCE_MAX);
         readme = read_small(job->model_dir, "README.md", CARD_MAX_README);
-        versions = versions_from_trainer_card(readme);
         while (dir != NULL && (entry = readdir(dir)) != NULL) {
             char path[PATH_MAX];
             if (entry->d_name[0] == '.')
@@ -235,7 +202,6 @@ static void card_job_work(uv_work_t *work)
     in.trainer_state_json = state;
     in.all_results_json = results;
     in.existing_readme = readme;
-    in.framework_versions_json = versions;
     in.lightning_hparams_yaml = hparams_yaml;
     in.lightning_metrics_csv = metrics_csv;
     in.safetensors_headers = (const unsigned char *const *)headers;
@@ -272,7 +238,6 @@ static void card_job_work(uv_work_t *work)
     free(state);
     free(results);
     free(readme);
-    free(versions);
     free(hparams_yaml);
     free(metrics_csv);
     free(out_readme);

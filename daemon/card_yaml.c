@@ -46,16 +46,17 @@ static void put_model_index(struct card_buf *b, const struct card_data *d)
     card_buf_puts(b, "model-index:\n- name: ");
     card_put_yaml_str(b, d->model_name);
     /* the Hub requires task.type, dataset.name/type and at least a metric: without them an
-     * empty list, as transformers writes, rather than invented values */
-    if (d->n_metrics == 0 || d->pipeline_tag == NULL || ds_type == NULL) {
+     * empty list, as transformers writes, rather than invented values (card.h says where the
+     * task comes from; the Evaluation section says why results are missing) */
+    if (d->n_metrics == 0 || d->index_task == NULL || ds_type == NULL) {
         card_buf_puts(b, "\n  results: []\n");
         return;
     }
     card_buf_puts(b, "\n  results:\n  - task:\n      type: ");
-    card_put_yaml_str(b, d->pipeline_tag);
-    if (d->task_name != NULL) {
+    card_put_yaml_str(b, d->index_task);
+    if (d->index_task_name != NULL) {
         card_buf_puts(b, "\n      name: ");
-        card_put_yaml_str(b, d->task_name);
+        card_put_yaml_str(b, d->index_task_name);
     }
     card_buf_puts(b, "\n    dataset:\n      name: ");
     card_put_yaml_str(b, d->dataset_name ? d->dataset_name : ds_type);

@@ -1,44 +1,61 @@
-/* config.c - flags, environment and token discovery for ckptpushd. */
+/* config.c - flags, environment, configuration file and token discovery for ckptpushd.
+ *
+ * Every setting is one row of `keys`: its JSON key, its flag, its CKPTPUSH_<KEY> variable and the
+ * function that checks and stores a value. Sources are applied file, environment, flags, so a
+ * later one overrides; every problem of every source is collected before returning. Main thread,
+ * before the loop starts.
+ */
 #include "config.h"
 
-#include "ipc_proto.h"
-
+#include <cjson/cJSON.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "detect.h"
+#include "hub.h"
+#include "ipc_proto.h"
+
 #define DEFAULT_ENDPOINT "https://huggingface.co"
 #define TOKEN_MAX 4096
+#define WHY_MAX 320
 
-static void add_problem(struct ckpt_err *err, const char *fmt, ...)
+static void add_problem(struct config *cfg, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /* Collects every problem so that the user fixes them all in one go. */
-static void add_problem(struct ckpt_err *err, const char *fmt, ...)
+static void add_problem(struct config *cfg, const char *fmt, ...)
 {
-    size_t used = strlen(err->msg);
+    size_t used = strlen(cfg->problems);
     va_list ap;
 
-    if (used > 0 && used + 1 < sizeof(err->msg))
-        err->msg[used++] = '\n';
-    err->msg[used] = '\0';
+    if (used > 0 && used + 1 < sizeof(cfg->problems))
+        cfg->problems[used++] = '\n';
+    cfg->problems[used] = '\0';
     va_start(ap, fmt);
-    vsnprintf(err->msg + used, sizeof(err->msg) - used, fmt, ap);
+    vsnprintf(cfg->problems + used, sizeof(cfg->problems) - used, fmt, ap);
     va_end(ap);
-    err->kind = CKPT_ERR_INPUT;
+}
+
+static void set_code(int *code, int value)
+{
+    if (*code == 0)
+        *code = value;
 }
 
 void config_print_usage(void)
 {
     fputs("usage: ckptpushd --watch DIR --repo NAMESPACE/NAME [options] [run -- CMD ARGS...]\n"
+          "       ckptpushd --config FILE [--check-config]\n"
           "\n"
           "Watches DIR for checkpoints and pushes each complete one to a Hugging Face Hub repo.\n"
           "With `run`, starts the training command, passes signals on, makes the final push\n"
@@ -58,15 +75,23 @@ void config_print_usage(void)
           "  --staging-max BYTES  space for pins that had to be copied (0: no limit)\n"
           "  --public             create the repo public (default: private)\n"
           "  --quiet-ms N         quiet period before a checkpoint counts as complete (1000)\n"
-          "  --staging DIR        where pins live (default: DIR/.ckptpush)\n"
           "  --drain-timeout S    on SIGTERM, seconds to finish pushes before exiting (60)\n"
           "  --dry-run            detect and pin, push nothing\n"
+          "  --log-level LEVEL    debug, info, warn or error (info)\n"
+          "  --log-format FORMAT  kv (default) or json: one object a line\n"
+          "  --metrics-path FILE  write Prometheus metrics to FILE (textfile collector)\n"
           "  --socket PATH        control socket (default: $XDG_RUNTIME_DIR/ckptpush/JOB.sock)\n"
           "  --job NAME           job name for the default socket (default: DIR's basename)\n"
-          "  --log-level LEVEL    debug, info, warn or error (info)\n"
+          "  --layout NAME        only this checkpoint layout (default: auto-detect)\n"
+          "  --rule GLOB[:MARKER[:QUIET_MS]]  a checkpoint rule of your own (repeatable)\n"
+          "  --token-path FILE    read the token from FILE (like HF_TOKEN_PATH)\n"
+          "  --config FILE        JSON configuration file (also $CKPTPUSH_CONFIG)\n"
+          "  --check-config       print the effective configuration as JSON and exit\n"
           "  --help, --version\n"
           "\n"
-          "The token comes from HF_TOKEN, else the file HF_TOKEN_PATH, else $HF_HOME/token.\n",
+          "Flags override the environment (CKPTPUSH_<KEY>, e.g. CKPTPUSH_REPO), which overrides\n"
+          "the configuration file. The token comes from HF_TOKEN, else\n"
+          "$CREDENTIALS_DIRECTORY/hf_token, else the file HF_TOKEN_PATH, else $HF_HOME/token.\n",
           stdout);
 }
 
@@ -76,36 +101,14 @@ static const char *const strategy_names[] = {
     [STRATEGY_ALL_CHECKPOINTS] = "all_checkpoints",
     [STRATEGY_END] = "end",
 };
+#define STRATEGY_COUNT (sizeof(strategy_names) / sizeof(strategy_names[0]))
 
 const char *config_strategy_name(enum config_strategy strategy)
 {
-    return (unsigned)strategy < sizeof(strategy_names) / sizeof(strategy_names[0])
-               ? strategy_names[strategy]
-               : "unknown";
+    return (unsigned)strategy < STRATEGY_COUNT ? strategy_names[strategy] : "unknown";
 }
 
-static int parse_u64(const char *text, unsigned long long *ret)
-{
-    char *end;
-
-    if (text[0] == '\0' || !isdigit((unsigned char)text[0]))
-        return -EINVAL;
-    errno = 0;
-    *ret = strtoull(text, &end, 10);
-    return errno != 0 || *end != '\0' ? -EINVAL : 0;
-}
-
-static int add_glob(char **list, const char *glob)
-{
-    size_t n = 0;
-
-    while (list[n] != NULL)
-        n++;
-    if (n >= CONFIG_GLOBS_MAX || glob[0] == '\0')
-        return -E2BIG;
-    list[n] = strdup(glob);
-    return list[n] != NULL ? 0 : -ENOMEM;
-}
+/* --- one setter per key: check the text, store it, or say why not ------------------------ */
 
 static int parse_unsigned(const char *text, unsigned max, unsigned *ret)
 {
@@ -121,6 +124,564 @@ static int parse_unsigned(const char *text, unsigned max, unsigned *ret)
     *ret = (unsigned)value;
     return 0;
 }
+
+static int parse_bool(const char *text, bool *ret)
+{
+    static const char *const yes[] = {"1", "true", "yes", "on"};
+    static const char *const no[] = {"0", "false", "no", "off"};
+
+    for (size_t i = 0; i < 4; i++) {
+        if (strcasecmp(text, yes[i]) == 0) {
+            *ret = true;
+            return 0;
+        }
+        if (strcasecmp(text, no[i]) == 0) {
+            *ret = false;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static int replace(char **field, const char *value)
+{
+    char *copy = strdup(value);
+
+    if (copy == NULL)
+        return -ENOMEM;
+    free(*field);
+    *field = copy;
+    return 0;
+}
+
+static int set_path(char **field, const char *value, char *why, size_t why_size)
+{
+    if (value[0] == '\0' || strlen(value) >= PATH_MAX) {
+        snprintf(why, why_size, "'%.200s' is not a path", value);
+        return -EINVAL;
+    }
+    return replace(field, value);
+}
+
+#define SETTER(name) static int name(struct config *cfg, const char *v, char *why, size_t why_size)
+
+SETTER(set_watch)
+{
+    return set_path(&cfg->watch_dir, v, why, why_size);
+}
+
+SETTER(set_repo)
+{
+    struct ckpt_err e;
+
+    ckpt_err_clear(&e);
+    if (hub_validate_repo_id(v, &e) < 0) {
+        snprintf(why, why_size, "%s", e.msg);
+        return -EINVAL;
+    }
+    return replace(&cfg->repo_id, v);
+}
+
+SETTER(set_endpoint)
+{
+    size_t len = strlen(v);
+
+    if (strncmp(v, "http://", 7) != 0 && strncmp(v, "https://", 8) != 0) {
+        snprintf(why, why_size, "invalid endpoint '%.200s': must start with http:// or https://",
+                 v);
+        return -EINVAL;
+    }
+    while (len > 0 && v[len - 1] == '/')
+        len--;
+    free(cfg->endpoint);
+    cfg->endpoint = strndup(v, len);
+    return cfg->endpoint ? 0 : -ENOMEM;
+}
+
+SETTER(set_strategy)
+{
+    for (size_t i = 0; i < STRATEGY_COUNT; i++) {
+        if (strcmp(v, strategy_names[i]) == 0) {
+            cfg->strategy = (enum config_strategy)i;
+            return 0;
+        }
+    }
+    snprintf(why, why_size,
+             "unknown strategy '%.100s' (known: every_save, checkpoint, all_checkpoints, end)", v);
+    return -EINVAL;
+}
+
+SETTER(set_revision)
+{
+    if (v[0] == '\0' || v[0] == '-' || v[0] == '/' || strstr(v, "..") != NULL ||
+        strpbrk(v, " ~^:?*[\\") != NULL || strlen(v) > 200) {
+        snprintf(why, why_size, "invalid branch name '%.100s'", v);
+        return -EINVAL;
+    }
+    return replace(&cfg->revision, v);
+}
+
+static int add_glob(char **list, const char *v, char *why, size_t why_size)
+{
+    size_t n = 0;
+
+    while (list[n] != NULL)
+        n++;
+    if (n >= CONFIG_GLOBS_MAX || v[0] == '\0') {
+        snprintf(why, why_size, "an empty glob, or more than %d", CONFIG_GLOBS_MAX);
+        return -EINVAL;
+    }
+    list[n] = strdup(v);
+    return list[n] != NULL ? 0 : -ENOMEM;
+}
+
+SETTER(add_include)
+{
+    return add_glob(cfg->include, v, why, why_size);
+}
+
+SETTER(add_exclude)
+{
+    return add_glob(cfg->exclude, v, why, why_size);
+}
+
+static int parse_bytes(const char *v, unsigned long long *ret)
+{
+    char *end;
+
+    if (v[0] < '0' || v[0] > '9')
+        return -EINVAL;
+    errno = 0;
+    *ret = strtoull(v, &end, 10);
+    return errno != 0 || *end != '\0' ? -EINVAL : 0;
+}
+
+SETTER(set_max_rate)
+{
+    if (parse_bytes(v, &cfg->max_rate) != 0) {
+        snprintf(why, why_size, "'%.100s' is not a number of bytes per second", v);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+SETTER(set_staging_max)
+{
+    if (parse_bytes(v, &cfg->staging_max) != 0) {
+        snprintf(why, why_size, "'%.100s' is not a number of bytes", v);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+SETTER(set_max_transfers)
+{
+    if (parse_unsigned(v, 64, &cfg->max_transfers) != 0 || cfg->max_transfers == 0) {
+        snprintf(why, why_size, "'%.100s' is not a number from 1 to 64", v);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+SETTER(set_private)
+{
+    if (parse_bool(v, &cfg->private_repo) != 0) {
+        snprintf(why, why_size, "'%.100s' is not a boolean (true or false)", v);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+SETTER(set_dry_run)
+{
+    if (parse_bool(v, &cfg->dry_run) != 0) {
+        snprintf(why, why_size, "'%.100s' is not a boolean (true or false)", v);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+SETTER(set_quiet_ms)
+{
+    if (parse_unsigned(v, 3600 * 1000, &cfg->quiet_ms) != 0) {
+        snprintf(why, why_size, "'%.100s' is not a number of milliseconds (0-3600000)", v);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+SETTER(set_drain_timeout)
+{
+    if (parse_unsigned(v, 24 * 3600, &cfg->drain_timeout_s) != 0) {
+        snprintf(why, why_size, "'%.100s' is not a number of seconds (0-86400)", v);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+SETTER(set_log_level)
+{
+    if (log_parse_level(v, &cfg->log_level) != 0) {
+        snprintf(why, why_size, "unknown level '%.100s' (debug, info, warn, error)", v);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+SETTER(set_log_format)
+{
+    if (log_parse_format(v, &cfg->log_format) != 0) {
+        snprintf(why, why_size, "unknown format '%.100s' (kv, json)", v);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+SETTER(set_metrics_path)
+{
+    return set_path(&cfg->metrics_path, v, why, why_size);
+}
+
+SETTER(set_socket)
+{
+    /* sun_path holds 108 bytes with the NUL */
+    if (v[0] == '\0' || strlen(v) > 107) {
+        snprintf(why, why_size, "'%.200s' is not a socket path (1-107 bytes)", v);
+        return -EINVAL;
+    }
+    return replace(&cfg->socket_path, v);
+}
+
+SETTER(set_layout)
+{
+    if (!detect_layout_known(v)) {
+        snprintf(why, why_size,
+                 "unknown layout '%s' (transformers-trainer, model-dir, torch-dcp, deepspeed, "
+                 "orbax, nemo, torchsnapshot, accelerate, single-file)",
+                 v);
+        return -EINVAL;
+    }
+    return replace(&cfg->layout, v);
+}
+
+/* GLOB[:MARKER[:QUIET_MS]]; each one adds a rule. */
+SETTER(add_rule)
+{
+    struct config_rule *rule;
+    char *copy, *marker, *quiet;
+    unsigned quiet_ms;
+
+    if (cfg->rule_count == CONFIG_MAX_RULES) {
+        snprintf(why, why_size, "more than %d rules", CONFIG_MAX_RULES);
+        return -EINVAL;
+    }
+    if ((copy = strdup(v)) == NULL)
+        return -ENOMEM;
+    marker = strchr(copy, ':');
+    quiet = marker ? strchr(marker + 1, ':') : NULL;
+    if (marker)
+        *marker++ = '\0';
+    if (quiet)
+        *quiet++ = '\0';
+    if (copy[0] == '\0' || (quiet && parse_unsigned(quiet, 3600 * 1000, &quiet_ms) != 0) ||
+        (marker && strchr(marker, '/'))) {
+        snprintf(why, why_size,
+                 "rule '%s' must be GLOB[:MARKER[:QUIET_MS]] (a non-empty glob, a marker file "
+                 "name, milliseconds)",
+                 v);
+        free(copy);
+        return -EINVAL;
+    }
+    rule = &cfg->rules[cfg->rule_count];
+    rule->glob = copy;
+    rule->marker = marker && marker[0] ? strdup(marker) : NULL;
+    rule->quiet_ms = quiet ? (long)quiet_ms : -1;
+    cfg->rule_count++;
+    return 0;
+}
+
+SETTER(set_job)
+{
+    size_t n = strlen(v);
+
+    /* The job names a socket file and a systemd instance: keep it a plain file name. */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (!(isalnum(c) || c == '-' || c == '_' || c == '.')) {
+            n = 0;
+            break;
+        }
+    }
+    if (n == 0 || n > IPC_MAX_JOB || v[0] == '.') {
+        snprintf(why, why_size,
+                 "'%.100s' is not a job name (1-64 of [A-Za-z0-9._-], not starting with '.')", v);
+        return -EINVAL;
+    }
+    return replace(&cfg->job, v);
+}
+
+SETTER(set_token_path)
+{
+    return set_path(&cfg->token_path, v, why, why_size);
+}
+
+/* KEY_LIST: a file gives a string or a list of strings, the environment one value, each flag
+ * one more; every value is added. */
+enum key_type { KEY_TEXT, KEY_NUMBER, KEY_BOOL, KEY_LIST };
+
+struct key_def {
+    const char *key;        /* JSON key; the environment variable is CKPTPUSH_<KEY> */
+    const char *flag;       /* long option, or NULL */
+    const char *flag_value; /* a flag without argument sets this value */
+    const char *env_alias;  /* a Hugging Face variable read when CKPTPUSH_<KEY> is unset */
+    enum key_type type;
+    bool path; /* must be absolute in a configuration file */
+    int (*set)(struct config *cfg, const char *v, char *why, size_t why_size);
+};
+
+/* To add a setting: a field in struct config, a setter, a row here, a line in the usage text and
+ * in config_to_json. */
+static const struct key_def keys[] = {
+    {"watch", "watch", NULL, NULL, KEY_TEXT, true, set_watch},
+    {"repo", "repo", NULL, NULL, KEY_TEXT, false, set_repo},
+    {"endpoint", "endpoint", NULL, "HF_ENDPOINT", KEY_TEXT, false, set_endpoint},
+    {"strategy", "strategy", NULL, NULL, KEY_TEXT, false, set_strategy},
+    {"revision", "revision", NULL, NULL, KEY_TEXT, false, set_revision},
+    {"include", "include", NULL, NULL, KEY_LIST, false, add_include},
+    {"exclude", "exclude", NULL, NULL, KEY_LIST, false, add_exclude},
+    {"max_rate", "max-rate", NULL, NULL, KEY_NUMBER, false, set_max_rate},
+    {"max_transfers", "max-transfers", NULL, NULL, KEY_NUMBER, false, set_max_transfers},
+    {"staging_max", "staging-max", NULL, NULL, KEY_NUMBER, false, set_staging_max},
+    {"private", "public", "false", NULL, KEY_BOOL, false, set_private},
+    {"quiet_ms", "quiet-ms", NULL, NULL, KEY_NUMBER, false, set_quiet_ms},
+    {"drain_timeout_s", "drain-timeout", NULL, NULL, KEY_NUMBER, false, set_drain_timeout},
+    {"dry_run", "dry-run", "true", NULL, KEY_BOOL, false, set_dry_run},
+    {"log_level", "log-level", NULL, NULL, KEY_TEXT, false, set_log_level},
+    {"log_format", "log-format", NULL, NULL, KEY_TEXT, false, set_log_format},
+    {"metrics_path", "metrics-path", NULL, NULL, KEY_TEXT, true, set_metrics_path},
+    {"socket", "socket", NULL, NULL, KEY_TEXT, true, set_socket},
+    {"job", "job", NULL, NULL, KEY_TEXT, false, set_job},
+    {"layout", "layout", NULL, NULL, KEY_TEXT, false, set_layout},
+    {"rules", "rule", NULL, NULL, KEY_LIST, false, add_rule},
+    {"token_path", "token-path", NULL, "HF_TOKEN_PATH", KEY_TEXT, true, set_token_path},
+};
+#define KEY_COUNT (sizeof(keys) / sizeof(keys[0]))
+
+static void apply(struct config *cfg, const struct key_def *k, const char *value, const char *where,
+                  int *code)
+{
+    char why[WHY_MAX] = "";
+    int rc = k->set(cfg, value, why, sizeof(why));
+
+    if (rc == -ENOMEM) {
+        add_problem(cfg, "%s: out of memory", where);
+        set_code(code, CKPT_EXIT_FAILURE);
+    } else if (rc < 0) {
+        add_problem(cfg, "%s: %s", where, why);
+        set_code(code, CKPT_EXIT_INVALID);
+    }
+}
+
+/* --- the configuration file: JSON, with // and block comments allowed ------------------- */
+
+/* Blanks out comments outside strings, keeping newlines so that cJSON's error offsets still
+ * map to the right line. */
+static void strip_comments(char *s)
+{
+    bool in_string = false;
+
+    for (char *p = s; *p != '\0'; p++) {
+        if (in_string) {
+            if (*p == '\\' && p[1] != '\0')
+                p++;
+            else if (*p == '"')
+                in_string = false;
+        } else if (*p == '"') {
+            in_string = true;
+        } else if (p[0] == '/' && p[1] == '/') {
+            while (*p != '\0' && *p != '\n')
+                *p++ = ' ';
+            if (*p == '\0')
+                break;
+        } else if (p[0] == '/' && p[1] == '*') {
+            char *end = strstr(p + 2, "*/");
+            char *stop = end ? end + 2 : p + strlen(p);
+            for (; p < stop; p++)
+                if (*p != '\n')
+                    *p = ' ';
+            p--;
+        }
+    }
+}
+
+static int read_file(const char *path, char **ret)
+{
+    struct stat st;
+    char *buf;
+    ssize_t len;
+    size_t got = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0)
+        return -errno;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > CONFIG_FILE_MAX) {
+        int rc = !S_ISREG(st.st_mode) ? -EINVAL : -EFBIG;
+        close(fd);
+        return rc;
+    }
+    buf = malloc((size_t)st.st_size + 1);
+    if (buf == NULL) {
+        close(fd);
+        return -ENOMEM;
+    }
+    while (got < (size_t)st.st_size && (len = read(fd, buf + got, (size_t)st.st_size - got)) > 0)
+        got += (size_t)len;
+    close(fd);
+    buf[got] = '\0';
+    *ret = buf;
+    return 0;
+}
+
+static const struct key_def *find_key(const char *name)
+{
+    for (size_t i = 0; i < KEY_COUNT; i++)
+        if (strcmp(keys[i].key, name) == 0)
+            return &keys[i];
+    return NULL;
+}
+
+static void load_file(struct config *cfg, const char *path, int *code)
+{
+    char *text = NULL, where[PATH_MAX + 80];
+    cJSON *root, *item;
+    int rc = read_file(path, &text);
+
+    if (cfg->config_path == NULL)
+        cfg->config_path = strdup(path);
+    if (rc < 0) {
+        add_problem(cfg, "cannot read config '%s': %s", path,
+                    rc == -EFBIG    ? "larger than 1 MiB"
+                    : rc == -EINVAL ? "not a regular file"
+                                    : strerror(-rc));
+        set_code(code, CKPT_EXIT_INVALID);
+        return;
+    }
+    strip_comments(text);
+    root = cJSON_Parse(text);
+    if (root == NULL || !cJSON_IsObject(root)) {
+        const char *at = cJSON_GetErrorPtr();
+        unsigned line = 1;
+        if (root == NULL && at != NULL && at >= text && at <= text + strlen(text))
+            for (const char *p = text; p < at; p++)
+                line += *p == '\n';
+        if (root == NULL)
+            add_problem(cfg, "config '%s': invalid JSON near line %u", path, line);
+        else
+            add_problem(cfg, "config '%s': must be one JSON object", path);
+        set_code(code, CKPT_EXIT_INVALID);
+        cJSON_Delete(root);
+        free(text);
+        return;
+    }
+    cJSON_ArrayForEach(item, root)
+    {
+        const struct key_def *k = find_key(item->string);
+        char number[32];
+        const char *value = NULL, *want = NULL;
+
+        snprintf(where, sizeof(where), "config '%s': %s", path, item->string);
+        if (k == NULL) {
+            add_problem(cfg, "config '%s': unknown key '%s'", path, item->string);
+            set_code(code, CKPT_EXIT_INVALID);
+            continue;
+        }
+        switch (k->type) {
+        case KEY_LIST:
+            if (cJSON_IsArray(item)) {
+                const cJSON *element;
+                cJSON_ArrayForEach(element, item)
+                {
+                    if (cJSON_IsString(element)) {
+                        apply(cfg, k, element->valuestring, where, code);
+                    } else {
+                        add_problem(cfg, "%s: every element must be a string", where);
+                        set_code(code, CKPT_EXIT_INVALID);
+                    }
+                }
+                continue;
+            }
+            value = cJSON_IsString(item) ? item->valuestring : NULL;
+            want = "a string or a list of strings";
+            break;
+        case KEY_TEXT:
+            value = cJSON_IsString(item) ? item->valuestring : NULL;
+            want = "a string";
+            break;
+        case KEY_BOOL:
+            value = cJSON_IsTrue(item) ? "true" : cJSON_IsFalse(item) ? "false" : NULL;
+            want = "true or false";
+            break;
+        case KEY_NUMBER:
+            if (cJSON_IsNumber(item) && item->valuedouble >= 0 && item->valuedouble <= 4e9 &&
+                item->valuedouble == (double)(unsigned long)item->valuedouble) {
+                snprintf(number, sizeof(number), "%lu", (unsigned long)item->valuedouble);
+                value = number;
+            } else if (cJSON_IsNumber(item)) {
+                snprintf(number, sizeof(number), "%g", item->valuedouble);
+                value = number; /* the setter says why it is out of range */
+            }
+            want = "a whole number";
+            break;
+        }
+        if (value == NULL) {
+            add_problem(cfg, "%s: must be %s", where, want);
+            set_code(code, CKPT_EXIT_INVALID);
+        } else if (k->path && value[0] != '/') {
+            /* relative to what? the daemon's working directory differs between launchers */
+            add_problem(cfg, "%s: '%s' must be an absolute path", where, value);
+            set_code(code, CKPT_EXIT_INVALID);
+        } else {
+            apply(cfg, k, value, where, code);
+        }
+    }
+    cJSON_Delete(root);
+    free(text);
+}
+
+/* --- the environment ----------------------------------------------------------------------- */
+
+static const char *env_value(const char *name)
+{
+    const char *v = getenv(name);
+
+    return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
+static void load_env(struct config *cfg, int *code)
+{
+    for (size_t i = 0; i < KEY_COUNT; i++) {
+        char name[64];
+        const char *value;
+        size_t n = (size_t)snprintf(name, sizeof(name), "CKPTPUSH_%s", keys[i].key);
+
+        for (size_t j = 9; j < n; j++)
+            name[j] = (char)toupper((unsigned char)name[j]);
+        value = env_value(name);
+        if (value == NULL && keys[i].env_alias != NULL &&
+            (value = env_value(keys[i].env_alias)) != NULL)
+            snprintf(name, sizeof(name), "%s", keys[i].env_alias);
+        if (value != NULL)
+            apply(cfg, &keys[i], value, name, code);
+    }
+    if (env_value("HF_HUB_OFFLINE") != NULL &&
+        parse_bool(env_value("HF_HUB_OFFLINE"), &cfg->offline) != 0) {
+        add_problem(cfg, "HF_HUB_OFFLINE: '%s' is not a boolean (1 or 0)",
+                    env_value("HF_HUB_OFFLINE"));
+        set_code(code, CKPT_EXIT_INVALID);
+    }
+}
+
+/* --- the token ----------------------------------------------------------------------------- */
 
 static bool token_is_clean(const char *token)
 {
@@ -163,10 +724,13 @@ static int read_token_file(const char *path, char **ret)
     if (*strip(buf) == '\0')
         return 0;
     *ret = strdup(strip(buf));
+    explicit_bzero(buf, sizeof(buf));
     return *ret ? 0 : -ENOMEM;
 }
 
-static void find_token(struct config *cfg, struct ckpt_err *err)
+/* HF_TOKEN, HUGGING_FACE_HUB_TOKEN, the systemd credential, then the first token file that
+ * exists of: token_path (HF_TOKEN_PATH), $HF_HOME/token, the XDG cache, ~/.cache. */
+static void find_token(struct config *cfg)
 {
     static const char *const env_names[] = {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"};
     char path[PATH_MAX];
@@ -174,22 +738,37 @@ static void find_token(struct config *cfg, struct ckpt_err *err)
     int rc;
 
     for (size_t i = 0; i < 2; i++) {
-        const char *value = getenv(env_names[i]);
-        if (value != NULL && value[0] != '\0') {
+        const char *value = env_value(env_names[i]);
+        if (value != NULL) {
             char *copy = strdup(value);
             if (copy == NULL)
                 return;
             cfg->token = strdup(strip(copy));
+            explicit_bzero(copy, strlen(copy));
             free(copy);
             cfg->token_source = strdup(env_names[i]);
             goto check;
         }
     }
-    if (getenv("HF_TOKEN_PATH") != NULL && getenv("HF_TOKEN_PATH")[0] != '\0')
-        snprintf(path, sizeof(path), "%s", getenv("HF_TOKEN_PATH"));
-    else if ((home = getenv("HF_HOME")) != NULL && home[0] != '\0')
+    if ((home = env_value("CREDENTIALS_DIRECTORY")) != NULL) {
+        /* systemd LoadCredential=hf_token:...; a unit may pass other credentials only, so a
+         * missing hf_token sends us on to the token files */
+        snprintf(path, sizeof(path), "%s/hf_token", home);
+        rc = read_token_file(path, &cfg->token);
+        if (rc < 0) {
+            add_problem(cfg, "cannot read token credential '%s': %s", path, strerror(-rc));
+            return;
+        }
+        if (cfg->token != NULL) {
+            cfg->token_source = strdup(path);
+            goto check;
+        }
+    }
+    if (cfg->token_path != NULL)
+        snprintf(path, sizeof(path), "%s", cfg->token_path);
+    else if ((home = env_value("HF_HOME")) != NULL)
         snprintf(path, sizeof(path), "%s/token", home);
-    else if ((home = getenv("XDG_CACHE_HOME")) != NULL && home[0] != '\0')
+    else if ((home = env_value("XDG_CACHE_HOME")) != NULL)
         snprintf(path, sizeof(path), "%s/huggingface/token", home);
     else if ((home = getenv("HOME")) != NULL)
         snprintf(path, sizeof(path), "%s/.cache/huggingface/token", home);
@@ -197,206 +776,128 @@ static void find_token(struct config *cfg, struct ckpt_err *err)
         return;
     rc = read_token_file(path, &cfg->token);
     if (rc < 0) {
-        add_problem(err, "cannot read token file '%s': %s", path, strerror(-rc));
+        add_problem(cfg, "cannot read token file '%s': %s", path, strerror(-rc));
         return;
     }
     if (cfg->token != NULL)
         cfg->token_source = strdup(path);
 check:
     if (cfg->token != NULL && !token_is_clean(cfg->token))
-        add_problem(err, "the token from '%s' contains spaces or control characters",
+        add_problem(cfg, "the token from '%s' contains spaces or control characters",
                     cfg->token_source);
 }
 
-static void check_watch_dir(struct config *cfg, const char *dir, struct ckpt_err *err, int *code)
+/* --- paths ---------------------------------------------------------------------------------- */
+
+static void check_watch_dir(struct config *cfg, int *code)
 {
     char resolved[PATH_MAX];
     struct stat st;
+    char *dir = cfg->watch_dir;
 
+    cfg->watch_dir = NULL;
     if (realpath(dir, resolved) == NULL || stat(resolved, &st) != 0) {
-        add_problem(err, "cannot watch '%s': %s", dir, strerror(errno));
-        *code = CKPT_EXIT_WATCH;
-        return;
-    }
-    if (!S_ISDIR(st.st_mode)) {
-        add_problem(err, "cannot watch '%s': not a directory", dir);
-        *code = CKPT_EXIT_WATCH;
-        return;
-    }
-    if (access(resolved, R_OK | W_OK | X_OK) != 0) {
+        add_problem(cfg, "cannot watch '%s': %s", dir, strerror(errno));
+        set_code(code, CKPT_EXIT_WATCH);
+    } else if (!S_ISDIR(st.st_mode)) {
+        add_problem(cfg, "cannot watch '%s': not a directory", dir);
+        set_code(code, CKPT_EXIT_WATCH);
+    } else if (access(resolved, R_OK | W_OK | X_OK) != 0) {
         /* Write access is needed for the staging directory of pins. */
-        add_problem(err, "cannot watch '%s': %s (read, write and search access needed)", dir,
+        add_problem(cfg, "cannot watch '%s': %s (read, write and search access needed)", dir,
                     strerror(errno));
-        *code = CKPT_EXIT_WATCH;
-        return;
+        set_code(code, CKPT_EXIT_WATCH);
+    } else {
+        cfg->watch_dir = strdup(resolved);
     }
-    cfg->watch_dir = strdup(resolved);
+    free(dir);
 }
 
-int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
+/* Relative paths from flags and the environment are taken from the working directory now, so
+ * that nothing later depends on it. */
+static void make_absolute(char **field)
 {
-    enum {
-        OPT_PUBLIC = 256,
-        OPT_QUIET,
-        OPT_STAGING,
-        OPT_DRAIN,
-        OPT_DRY,
-        OPT_LOG,
-        OPT_STRATEGY,
-        OPT_SOCKET,
-        OPT_JOB,
-        OPT_REVISION,
-        OPT_INCLUDE,
-        OPT_EXCLUDE,
-        OPT_MAX_RATE,
-        OPT_MAX_TRANSFERS,
-        OPT_STAGING_MAX,
-    };
-    static const struct option options[] = {
-        {"watch", required_argument, NULL, 'w'},
-        {"repo", required_argument, NULL, 'r'},
-        {"endpoint", required_argument, NULL, 'e'},
-        {"strategy", required_argument, NULL, OPT_STRATEGY},
-        {"public", no_argument, NULL, OPT_PUBLIC},
-        {"quiet-ms", required_argument, NULL, OPT_QUIET},
-        {"staging", required_argument, NULL, OPT_STAGING},
-        {"drain-timeout", required_argument, NULL, OPT_DRAIN},
-        {"dry-run", no_argument, NULL, OPT_DRY},
-        {"log-level", required_argument, NULL, OPT_LOG},
-        {"socket", required_argument, NULL, OPT_SOCKET},
-        {"job", required_argument, NULL, OPT_JOB},
-        {"revision", required_argument, NULL, OPT_REVISION},
-        {"include", required_argument, NULL, OPT_INCLUDE},
-        {"exclude", required_argument, NULL, OPT_EXCLUDE},
-        {"max-rate", required_argument, NULL, OPT_MAX_RATE},
-        {"max-transfers", required_argument, NULL, OPT_MAX_TRANSFERS},
-        {"staging-max", required_argument, NULL, OPT_STAGING_MAX},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *watch = NULL, *endpoint = NULL, *staging = NULL, *socket = NULL, *job = NULL;
+    char cwd[PATH_MAX], path[PATH_MAX * 2];
+
+    if (*field == NULL || (*field)[0] == '/' || getcwd(cwd, sizeof(cwd)) == NULL)
+        return;
+    snprintf(path, sizeof(path), "%s/%s", cwd, *field);
+    replace(field, path);
+}
+
+/* --- loading --------------------------------------------------------------------------------- */
+
+struct flag_value {
+    const struct key_def *key;
+    const char *value;
+};
+
+static int load(struct config *cfg, int argc, char **argv)
+{
+    enum { OPT_CONFIG = 256, OPT_CHECK, OPT_KEY = 512 };
+    struct option options[KEY_COUNT + 5];
+    struct flag_value *flags = NULL;
+    size_t n_flags = 0, n = 0;
+    const char *config_file = NULL;
     int code = 0, opt;
 
-    memset(cfg, 0, sizeof(*cfg));
-    ckpt_err_clear(err);
     cfg->private_repo = true;
     cfg->quiet_ms = 1000;
     cfg->drain_timeout_s = 60;
     cfg->log_level = LOG_INFO;
+    cfg->log_format = LOG_FORMAT_KV;
     cfg->strategy = STRATEGY_EVERY_SAVE;
     cfg->max_transfers = 4;
 
+    for (size_t i = 0; i < KEY_COUNT; i++)
+        if (keys[i].flag != NULL)
+            options[n++] =
+                (struct option){keys[i].flag, keys[i].flag_value ? no_argument : required_argument,
+                                NULL, OPT_KEY + (int)i};
+    options[n++] = (struct option){"config", required_argument, NULL, OPT_CONFIG};
+    options[n++] = (struct option){"check-config", no_argument, NULL, OPT_CHECK};
+    options[n++] = (struct option){"help", no_argument, NULL, 'h'};
+    options[n++] = (struct option){"version", no_argument, NULL, 'V'};
+    options[n] = (struct option){NULL, 0, NULL, 0};
+
+    /* Flags are applied last (they win), but read first: --config names the file. */
+    flags = calloc((size_t)argc + 1, sizeof(*flags));
+    if (flags == NULL) {
+        add_problem(cfg, "out of memory");
+        return CKPT_EXIT_FAILURE;
+    }
     opterr = 0;
     optind = 1;
     /* '+': options end at the first word that is not one ("run"), so the wrapped command's own
      * flags are never taken for ours. */
     while ((opt = getopt_long(argc, argv, "+:hV", options, NULL)) != -1) {
-        switch (opt) {
-        case 'w':
-            watch = optarg;
-            break;
-        case 'r':
-            free(cfg->repo_id);
-            cfg->repo_id = strdup(optarg);
-            break;
-        case 'e':
-            endpoint = optarg;
-            break;
-        case OPT_STRATEGY: {
-            size_t i;
-            for (i = 0; i < sizeof(strategy_names) / sizeof(strategy_names[0]); i++)
-                if (strcmp(optarg, strategy_names[i]) == 0)
-                    break;
-            if (i < sizeof(strategy_names) / sizeof(strategy_names[0])) {
-                cfg->strategy = (enum config_strategy)i;
-            } else {
-                add_problem(err,
-                            "--strategy: unknown strategy '%s' (known: every_save, checkpoint, "
-                            "all_checkpoints, end)",
-                            optarg);
-                code = code ? code : CKPT_EXIT_INVALID;
-            }
-            break;
+        if (opt >= OPT_KEY) {
+            const struct key_def *k = &keys[opt - OPT_KEY];
+            flags[n_flags++] = (struct flag_value){k, k->flag_value ? k->flag_value : optarg};
+            continue;
         }
-        case OPT_REVISION:
-            if (optarg[0] == '\0' || strchr(optarg, ' ') != NULL || strstr(optarg, "..") != NULL) {
-                add_problem(err, "--revision: invalid branch name '%s'", optarg);
-                code = code ? code : CKPT_EXIT_INVALID;
-            } else {
-                free(cfg->revision);
-                cfg->revision = strdup(optarg);
-            }
+        switch (opt) {
+        case OPT_CONFIG:
+            config_file = optarg;
             break;
-        case OPT_INCLUDE:
-        case OPT_EXCLUDE:
-            if (add_glob(opt == OPT_INCLUDE ? cfg->include : cfg->exclude, optarg) < 0) {
-                add_problem(err, "--%s: too many globs or an empty one ('%s')",
-                            opt == OPT_INCLUDE ? "include" : "exclude", optarg);
-                code = code ? code : CKPT_EXIT_INVALID;
-            }
-            break;
-        case OPT_MAX_RATE:
-        case OPT_STAGING_MAX:
-            if (parse_u64(optarg, opt == OPT_MAX_RATE ? &cfg->max_rate : &cfg->staging_max) < 0) {
-                add_problem(err, "--%s: '%s' is not a number of bytes",
-                            opt == OPT_MAX_RATE ? "max-rate" : "staging-max", optarg);
-                code = code ? code : CKPT_EXIT_INVALID;
-            }
-            break;
-        case OPT_MAX_TRANSFERS:
-            if (parse_unsigned(optarg, 64, &cfg->max_transfers) != 0 || cfg->max_transfers == 0) {
-                add_problem(err, "--max-transfers: '%s' is not a number from 1 to 64", optarg);
-                code = code ? code : CKPT_EXIT_INVALID;
-            }
-            break;
-        case OPT_PUBLIC:
-            cfg->private_repo = false;
-            break;
-        case OPT_QUIET:
-            if (parse_unsigned(optarg, 3600 * 1000, &cfg->quiet_ms) != 0) {
-                add_problem(err, "--quiet-ms: '%s' is not a number of milliseconds (0-3600000)",
-                            optarg);
-                code = code ? code : CKPT_EXIT_INVALID;
-            }
-            break;
-        case OPT_STAGING:
-            staging = optarg;
-            break;
-        case OPT_DRAIN:
-            if (parse_unsigned(optarg, 24 * 3600, &cfg->drain_timeout_s) != 0) {
-                add_problem(err, "--drain-timeout: '%s' is not a number of seconds (0-86400)",
-                            optarg);
-                code = code ? code : CKPT_EXIT_INVALID;
-            }
-            break;
-        case OPT_DRY:
-            cfg->dry_run = true;
-            break;
-        case OPT_SOCKET:
-            socket = optarg;
-            break;
-        case OPT_JOB:
-            job = optarg;
-            break;
-        case OPT_LOG:
-            if (log_parse_level(optarg, &cfg->log_level) != 0) {
-                add_problem(err, "--log-level: unknown level '%s' (debug, info, warn, error)",
-                            optarg);
-                code = code ? code : CKPT_EXIT_INVALID;
-            }
+        case OPT_CHECK:
+            cfg->check_only = true;
             break;
         case 'h':
             cfg->show_help = true;
+            free(flags);
             return 0;
         case 'V':
             cfg->show_version = true;
+            free(flags);
             return 0;
         case ':':
-            add_problem(err, "option '%s' needs a value", argv[optind - 1]);
+            add_problem(cfg, "option '%s' needs a value", argv[optind - 1]);
+            free(flags);
             return CKPT_EXIT_USAGE;
         default:
-            add_problem(err, "unknown option '%s' (see --help)", argv[optind - 1]);
+            add_problem(cfg, "unknown option '%s' (see --help)", argv[optind - 1]);
+            free(flags);
             return CKPT_EXIT_USAGE;
         }
     }
@@ -405,72 +906,165 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
         if (first < argc && strcmp(argv[first], "--") == 0)
             first++;
         if (first >= argc) {
-            add_problem(err, "run: missing the command to run (run -- CMD ARGS...)");
+            add_problem(cfg, "run: missing the command to run (run -- CMD ARGS...)");
+            free(flags);
             return CKPT_EXIT_USAGE;
         }
         cfg->child_argv = argv + first;
     } else if (optind < argc) {
-        add_problem(err, "unexpected argument '%s' (see --help)", argv[optind]);
+        add_problem(cfg, "unexpected argument '%s' (see --help)", argv[optind]);
+        free(flags);
         return CKPT_EXIT_USAGE;
     }
-    if (watch == NULL) {
-        add_problem(err, "missing --watch DIR (see --help)");
-        return CKPT_EXIT_USAGE;
+
+    if (config_file == NULL)
+        config_file = env_value("CKPTPUSH_CONFIG");
+    if (config_file != NULL)
+        load_file(cfg, config_file, &code);
+    load_env(cfg, &code);
+    for (size_t i = 0; i < n_flags; i++) {
+        char where[64];
+        snprintf(where, sizeof(where), "--%s", flags[i].key->flag);
+        apply(cfg, flags[i].key, flags[i].value, where, &code);
+    }
+    free(flags);
+    make_absolute(&cfg->metrics_path);
+    make_absolute(&cfg->token_path);
+
+    if (cfg->watch_dir == NULL) {
+        add_problem(cfg, "missing --watch DIR (or 'watch' in the config, CKPTPUSH_WATCH)");
+        set_code(&code, CKPT_EXIT_USAGE);
     }
     if (cfg->repo_id == NULL && !cfg->dry_run) {
-        add_problem(err, "missing --repo NAMESPACE/NAME (see --help)");
-        return CKPT_EXIT_USAGE;
+        add_problem(cfg, "missing --repo NAMESPACE/NAME (or 'repo' in the config, CKPTPUSH_REPO)");
+        set_code(&code, CKPT_EXIT_USAGE);
     }
-    if (code != 0)
-        return code;
-
-    if (endpoint == NULL)
-        endpoint = getenv("HF_ENDPOINT");
-    if (endpoint == NULL || endpoint[0] == '\0')
-        endpoint = DEFAULT_ENDPOINT;
-    if (strncmp(endpoint, "http://", 7) != 0 && strncmp(endpoint, "https://", 8) != 0) {
-        add_problem(err, "invalid endpoint '%s': must start with http:// or https://", endpoint);
-        code = CKPT_EXIT_INVALID;
-    } else {
-        size_t len = strlen(endpoint);
-        while (len > 0 && endpoint[len - 1] == '/')
-            len--;
-        cfg->endpoint = strndup(endpoint, len);
+    if (cfg->endpoint == NULL && (cfg->endpoint = strdup(DEFAULT_ENDPOINT)) == NULL)
+        set_code(&code, CKPT_EXIT_FAILURE);
+    if (cfg->offline && !cfg->dry_run) {
+        /* Refusing is clearer than quietly pushing nothing: a dry run must be asked for. */
+        add_problem(cfg, "HF_HUB_OFFLINE is set: pushing needs the Hub; unset it, or run with "
+                         "--dry-run to detect and pin without pushing");
+        set_code(&code, CKPT_EXIT_INVALID);
     }
 
-    find_token(cfg, err);
-    if (err->kind == CKPT_ERR_INPUT && code == 0)
-        code = CKPT_EXIT_INVALID;
+    {
+        size_t before = strlen(cfg->problems);
+        find_token(cfg);
+        if (strlen(cfg->problems) != before)
+            set_code(&code, CKPT_EXIT_INVALID);
+    }
     if (cfg->token == NULL && !cfg->dry_run) {
-        add_problem(err, "no Hugging Face token: set HF_TOKEN or write one to $HF_HOME/token");
-        code = CKPT_EXIT_INVALID;
+        add_problem(cfg, "no Hugging Face token: set HF_TOKEN, or write one to $HF_HOME/token, "
+                         "or give the unit the credential 'hf_token'");
+        set_code(&code, CKPT_EXIT_INVALID);
     }
 
-    check_watch_dir(cfg, watch, err, &code);
-    if (cfg->watch_dir != NULL) {
-        char path[PATH_MAX];
-        if (staging == NULL)
-            snprintf(path, sizeof(path), "%s/.ckptpush", cfg->watch_dir);
-        else if (staging[0] != '/' && getcwd(path, sizeof(path)) != NULL)
-            snprintf(path + strlen(path), sizeof(path) - strlen(path), "/%s", staging);
-        else
-            snprintf(path, sizeof(path), "%s", staging);
+    if (cfg->watch_dir != NULL)
+        check_watch_dir(cfg, &code);
+    if (cfg->watch_dir != NULL && cfg->staging_dir == NULL) {
+        char path[PATH_MAX + 16];
+        snprintf(path, sizeof(path), "%s/.ckptpush", cfg->watch_dir);
         cfg->staging_dir = strdup(path);
     }
     if (cfg->watch_dir != NULL) {
         char name[IPC_MAX_JOB + 1], path[PATH_MAX];
-        ipc_proto_job_name(name, sizeof(name), job ? job : cfg->watch_dir);
-        cfg->job = strdup(name);
-        if (socket != NULL)
-            cfg->socket_path = strdup(socket);
-        else if (ipc_proto_default_path(path, sizeof(path), name) == 0)
-            cfg->socket_path = strdup(path);
-        else {
-            add_problem(err, "the default control socket path is too long: set --socket");
-            code = code ? code : CKPT_EXIT_INVALID;
+        ipc_proto_job_name(name, sizeof(name), cfg->job ? cfg->job : cfg->watch_dir);
+        replace(&cfg->job, name);
+        if (cfg->socket_path == NULL) {
+            if (ipc_proto_default_path(path, sizeof(path), name) == 0) {
+                replace(&cfg->socket_path, path);
+            } else {
+                add_problem(cfg, "the default control socket path is too long: set --socket");
+                set_code(&code, CKPT_EXIT_INVALID);
+            }
         }
     }
     return code;
+}
+
+int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
+{
+    int code;
+
+    memset(cfg, 0, sizeof(*cfg));
+    ckpt_err_clear(err);
+    code = load(cfg, argc, argv);
+    if (cfg->problems[0] != '\0')
+        ckpt_err_set(err, CKPT_ERR_INPUT, -EINVAL, "%s", cfg->problems);
+    return code;
+}
+
+static void add_string_or_null(cJSON *o, const char *key, const char *value)
+{
+    if (value != NULL)
+        cJSON_AddStringToObject(o, key, value);
+    else
+        cJSON_AddNullToObject(o, key);
+}
+
+char *config_to_json(const struct config *cfg)
+{
+    cJSON *o = cJSON_CreateObject();
+    char *text, *line = NULL;
+    const char *token = NULL;
+
+    if (o == NULL)
+        return NULL;
+    if (cfg->token != NULL)
+        token = strncmp(cfg->token, "hf_", 3) == 0 ? "hf_***" : "***";
+    add_string_or_null(o, "watch", cfg->watch_dir);
+    add_string_or_null(o, "repo", cfg->repo_id);
+    add_string_or_null(o, "endpoint", cfg->endpoint);
+    cJSON_AddStringToObject(o, "strategy", config_strategy_name(cfg->strategy));
+    add_string_or_null(o, "revision", cfg->revision);
+    {
+        cJSON *inc = cJSON_AddArrayToObject(o, "include");
+        cJSON *exc = cJSON_AddArrayToObject(o, "exclude");
+        for (size_t i = 0; inc != NULL && cfg->include[i] != NULL; i++)
+            cJSON_AddItemToArray(inc, cJSON_CreateString(cfg->include[i]));
+        for (size_t i = 0; exc != NULL && cfg->exclude[i] != NULL; i++)
+            cJSON_AddItemToArray(exc, cJSON_CreateString(cfg->exclude[i]));
+    }
+    cJSON_AddNumberToObject(o, "max_rate", (double)cfg->max_rate);
+    cJSON_AddNumberToObject(o, "max_transfers", cfg->max_transfers);
+    cJSON_AddNumberToObject(o, "staging_max", (double)cfg->staging_max);
+    cJSON_AddBoolToObject(o, "private", cfg->private_repo);
+    cJSON_AddNumberToObject(o, "quiet_ms", cfg->quiet_ms);
+    add_string_or_null(o, "staging", cfg->staging_dir);
+    cJSON_AddNumberToObject(o, "drain_timeout_s", cfg->drain_timeout_s);
+    cJSON_AddBoolToObject(o, "dry_run", cfg->dry_run);
+    cJSON_AddStringToObject(o, "log_level",
+                            (const char *[]){"debug", "info", "warn", "error"}[cfg->log_level]);
+    cJSON_AddStringToObject(o, "log_format", cfg->log_format == LOG_FORMAT_JSON ? "json" : "kv");
+    add_string_or_null(o, "metrics_path", cfg->metrics_path);
+    add_string_or_null(o, "socket", cfg->socket_path);
+    add_string_or_null(o, "job", cfg->job);
+    add_string_or_null(o, "layout", cfg->layout);
+    {
+        cJSON *rules = cJSON_AddArrayToObject(o, "rules");
+        for (size_t i = 0; rules != NULL && i < cfg->rule_count; i++) {
+            char rule[PATH_MAX + 64];
+            snprintf(rule, sizeof(rule), "%s%s%s", cfg->rules[i].glob,
+                     cfg->rules[i].marker || cfg->rules[i].quiet_ms >= 0 ? ":" : "",
+                     cfg->rules[i].marker ? cfg->rules[i].marker : "");
+            if (cfg->rules[i].quiet_ms >= 0)
+                snprintf(rule + strlen(rule), sizeof(rule) - strlen(rule), ":%ld",
+                         cfg->rules[i].quiet_ms);
+            cJSON_AddItemToArray(rules, cJSON_CreateString(rule));
+        }
+    }
+    add_string_or_null(o, "token_path", cfg->token_path);
+    add_string_or_null(o, "token", token);
+    add_string_or_null(o, "token_source", cfg->token_source);
+    add_string_or_null(o, "config_file", cfg->config_path);
+    cJSON_AddBoolToObject(o, "offline", cfg->offline);
+    text = cJSON_Print(o);
+    cJSON_Delete(o);
+    if (text != NULL && (line = malloc(strlen(text) + 2)) != NULL)
+        sprintf(line, "%s\n", text);
+    cJSON_free(text);
+    return line;
 }
 
 void config_release(struct config *cfg)
@@ -481,16 +1075,24 @@ void config_release(struct config *cfg)
         free(cfg->token);
     }
     free(cfg->token_source);
-    free(cfg->watch_dir);
-    free(cfg->staging_dir);
-    free(cfg->repo_id);
-    free(cfg->endpoint);
+    free(cfg->token_path);
+    free(cfg->config_path);
+    free(cfg->metrics_path);
+    free(cfg->socket_path);
     free(cfg->job);
+    free(cfg->layout);
     free(cfg->revision);
     for (size_t i = 0; cfg->include[i] != NULL; i++)
         free(cfg->include[i]);
     for (size_t i = 0; cfg->exclude[i] != NULL; i++)
         free(cfg->exclude[i]);
-    free(cfg->socket_path);
-    memset(cfg, 0, sizeof(*cfg));
+    for (size_t i = 0; i < cfg->rule_count; i++) {
+        free(cfg->rules[i].glob);
+        free(cfg->rules[i].marker);
+    }
+    free(cfg->watch_dir);
+    free(cfg->staging_dir);
+    free(cfg->repo_id);
+    free(cfg->endpoint);
+    memset(cfg, 0, offsetof(struct config, problems));
 }

@@ -10,6 +10,7 @@
 #include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,8 @@
 #include "http.h"
 #include "hub.h"
 #include "log.h"
+#include "metrics.h"
+#include "notify.h"
 #include "pin.h"
 #include "queue.h"
 #include "watch.h"
@@ -52,6 +55,8 @@ struct daemon {
     struct hub_op *startup_op;
     struct queue *queue;
     struct control *control;
+    struct metrics *metrics;          /* NULL without --metrics-path */
+    struct notify_watchdog *watchdog; /* NULL unless systemd asked for one */
 
     uv_timer_t detect_timer;
     uv_timer_t drain_timer;
@@ -470,6 +475,27 @@ static void on_waiter_timer(uv_timer_t *timer)
     finish_waiters(timer->data);
 }
 
+/* systemd's STATUS= line: what is being pushed now, for `systemctl status`. */
+static void notify_queue_status(struct daemon *d, const struct queue_item_view *v)
+{
+    size_t pending = queue_pending(d->queue);
+
+    if (d->draining)
+        notify_sendf("STATUS=Draining: %zu checkpoint(s) left to push to %s", pending,
+                     d->cfg->repo_id ? d->cfg->repo_id : "(dry run)");
+    else if (v->state == QUEUE_UPLOADING || v->state == QUEUE_PINNING)
+        notify_sendf("STATUS=Pushing '%s' to %s (%zu more waiting)", v->name,
+                     d->cfg->repo_id ? d->cfg->repo_id : "(dry run)", pending ? pending - 1 : 0);
+    else if (v->state == QUEUE_FAILED)
+        notify_sendf("STATUS=Push of '%s' failed: %s (%u failed so far)", v->name, v->error,
+                     queue_failed_count(d->queue));
+    else if (pending == 0)
+        notify_sendf("STATUS=Idle: %u checkpoint(s) pushed to %s, last commit %.12s",
+                     queue_committed_count(d->queue),
+                     d->cfg->repo_id ? d->cfg->repo_id : "(dry run)",
+                     d->last_commit[0] ? d->last_commit : "none");
+}
+
 static void on_queue_event(void *ctx, const struct queue_item_view *v)
 {
     struct daemon *d = ctx;
@@ -481,6 +507,8 @@ static void on_queue_event(void *ctx, const struct queue_item_view *v)
 
     if (v->state == QUEUE_COMMITTED)
         snprintf(d->last_commit, sizeof(d->last_commit), "%s", v->commit);
+    metrics_on_queue_event(d->metrics, v);
+    notify_queue_status(d, v);
     if (d->event_cb != NULL) {
         cJSON *fields = item_json(v);
         d->event_cb(d->event_ctx, events[v->state], fields);
@@ -512,6 +540,8 @@ static void log_ready(struct daemon *d)
     log_info("ready", "watch='%s' repo='%s' endpoint='%s' strategy=%s dry_run=%s",
              d->cfg->watch_dir, d->cfg->repo_id ? d->cfg->repo_id : "", d->cfg->endpoint,
              config_strategy_name(d->cfg->strategy), d->cfg->dry_run ? "yes" : "no");
+    notify_sendf("READY=1\nSTATUS=Watching '%s' for checkpoints to push to %s", d->cfg->watch_dir,
+                 d->cfg->dry_run ? "nothing (dry run)" : d->cfg->repo_id);
 }
 
 /* A hub that cannot be used stops a plain daemon; in run mode the training goes on (its
@@ -584,6 +614,8 @@ static void start_drain(struct daemon *d, const char *why)
     }
     d->draining = true;
     log_info("draining", "reason='%s' deadline_s=%u", why, d->cfg->drain_timeout_s);
+    notify_sendf("STOPPING=1\nSTATUS=Draining after %s: %zu checkpoint(s) to push within %us", why,
+                 queue_pending(d->queue), d->cfg->drain_timeout_s);
     detect_seal_all_complete(d->detect, now_ms(d));
     if (d->hub_ready)
         start_card_only_commit(d);
@@ -692,6 +724,10 @@ static void daemon_stop(struct daemon *d, int exit_code)
         return;
     d->stopping = true;
     d->exit_code = exit_code;
+    if (!d->draining)
+        notify_send("STOPPING=1");
+    notify_watchdog_close(d->watchdog);
+    d->watchdog = NULL;
     if (d->startup_op != NULL)
         hub_op_cancel(d->startup_op);
     if (d->child_running) {
@@ -709,6 +745,10 @@ static void daemon_stop(struct daemon *d, int exit_code)
     uv_close((uv_handle_t *)&d->sig_term, NULL);
     uv_close((uv_handle_t *)&d->sig_int, NULL);
     uv_close((uv_handle_t *)&d->sig_usr1, NULL);
+    /* Closing the handles restores the default actions: a late SIGTERM while the loop winds
+     * down would kill us with the pushes already done but the exit code lost. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
     if (d->watch != NULL)
         watch_close(d->watch, on_watch_closed, d);
     if (d->control != NULL)
@@ -717,6 +757,8 @@ static void daemon_stop(struct daemon *d, int exit_code)
         http_close(d->http, on_http_closed, d);
     if (d->pin != NULL)
         pin_close(d->pin, on_pin_closed, d);
+    metrics_close(d->metrics); /* last file says ckptpush_up 0; frees itself */
+    d->metrics = NULL;
     log_info("stopped", "exit=%d committed=%u failed=%u", exit_code,
              d->queue ? queue_committed_count(d->queue) : 0,
              d->queue ? queue_failed_count(d->queue) : 0);
@@ -1040,7 +1082,13 @@ static void init_handles(struct daemon *d)
 int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg, int *ret_exit,
                  struct ckpt_err *err)
 {
-    struct detect_config detect_cfg = {.quiet_ms = cfg->quiet_ms};
+    struct detect_rule rules[CONFIG_MAX_RULES];
+    struct detect_config detect_cfg = {
+        .quiet_ms = cfg->quiet_ms,
+        .layout = cfg->layout,
+        .rules = rules,
+        .n_rules = cfg->rule_count,
+    };
     struct detect_callbacks callbacks = {
         .file_added = on_file_added,
         .file_renamed = on_file_renamed,
@@ -1066,6 +1114,11 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
     }
     d->started_ms = (uint64_t)now_ms(d);
     callbacks.ctx = d;
+    for (size_t i = 0; i < cfg->rule_count; i++) {
+        rules[i].glob = cfg->rules[i].glob;
+        rules[i].marker = cfg->rules[i].marker;
+        rules[i].quiet_ms = cfg->rules[i].quiet_ms < 0 ? 0 : cfg->rules[i].quiet_ms;
+    }
     init_handles(d);
 
     if (!cfg->dry_run) {
@@ -1097,6 +1150,18 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
             ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start: %s", strerror(-rc));
             goto fail;
         }
+    }
+    if (cfg->metrics_path != NULL) {
+        struct metrics_info info = {cfg->metrics_path, cfg->staging_dir, cfg->repo_id, cfg->job,
+                                    d->queue};
+        if ((rc = metrics_new(&d->metrics, loop, &info)) < 0) {
+            ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start metrics: %s", uv_strerror(rc));
+            goto fail;
+        }
+    }
+    if ((rc = notify_watchdog_start(&d->watchdog, loop)) < 0) {
+        ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start the watchdog: %s", uv_strerror(rc));
+        goto fail;
     }
     rc = watch_start(&d->watch, loop, cfg->watch_dir, STAGING_SKIP_NAME, on_watch_event, d, err);
     if (rc < 0) {

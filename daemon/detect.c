@@ -9,7 +9,9 @@
 #include "watch.h"
 
 #include <errno.h>
+#include <fnmatch.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,6 +123,7 @@ struct drec {
     bool open;                /* CREATE/MODIFY seen without CLOSE_WRITE */
     bool closed;              /* closed after writing, or found complete */
     bool late;                /* late write already reported */
+    int64_t wrote_ms;         /* last close or rename into this name */
 };
 
 struct detect_cand {
@@ -131,17 +134,22 @@ struct detect_cand {
     const struct layout *layout;
     int64_t step;
     int64_t last_ms;
+    int64_t quiet_ms;  /* the layout's or the custom rule's quiet period */
+    int rule_idx;      /* custom rules: index into detect.rules */
+    bool marked;       /* orbax: renamed from its temporary name */
+    unsigned replaced; /* versions of a file replaced before the seal (coalesced) */
     size_t n_open;
     struct drec **members;
     size_t n_members, cap_members;
     bool sealed;
-    char rule[160];
+    char rule[200];
     char **files; /* sorted snapshot, once sealed */
     size_t n_files;
 };
 
 struct match {
     const struct layout *layout;
+    int rule_idx;
     size_t name_len; /* candidate name = path[0..name_len) */
     size_t dir_len;
     size_t rel_off;
@@ -156,9 +164,10 @@ struct layout {
     bool folder;            /* the candidate is a directory that exists before its files */
     bool reopen_after_seal; /* a new write to a sealed candidate is a new checkpoint */
     bool seal_on_delete;    /* a delete inside a marked, closed candidate seals it at once */
-    bool (*match)(const char *path, bool is_dir, struct match *m);
-    bool (*complete)(const struct detect *d, const struct detect_cand *c);
-    const char *marker; /* for the rule string */
+    /* d is read only to find a folder candidate already owning the path's directory. */
+    bool (*match)(const struct detect *d, const char *path, bool is_dir, struct match *m);
+    /* why (may be NULL) gets the marker that holds, for the rule string of the seal. */
+    bool (*complete)(const struct detect *d, const struct detect_cand *c, char *why, size_t n);
 };
 
 struct detect {
@@ -169,6 +178,9 @@ struct detect {
     struct detect_cand **cands; /* id order */
     size_t n_cands, cap_cands;
     uint64_t next_id;
+    struct detect_rule *rules; /* copies of the configured custom rules */
+    size_t n_rules;
+    char *force_layout; /* NULL: auto-detect */
 };
 
 /* --- path helpers ----------------------------------------------------------------------- */
@@ -304,9 +316,68 @@ static struct drec *rec_get(const struct detect *d, const char *path)
     return smap_get(&d->files, path);
 }
 
-/* checkpoint-<N>/ at any depth; the first such component owns everything below it. */
-static bool trainer_match(const char *path, bool is_dir, struct match *m)
+static bool rec_done(const struct detect_cand *c, const struct drec *r)
 {
+    return r != NULL && r->cand == c && r->member && r->closed && !r->open;
+}
+
+/* The member dir/base of c, closed? */
+static bool member_closed(const struct detect *d, const struct detect_cand *c, const char *base)
+{
+    char p[PATH_MAX_LEN + 2];
+    if (c->dir_len == 0)
+        snprintf(p, sizeof(p), "%s", base);
+    else if ((size_t)snprintf(p, sizeof(p), "%s/%s", c->dir, base) >= sizeof(p))
+        return false;
+    return rec_done(c, rec_get(d, p));
+}
+
+static void say(char *why, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void say(char *why, size_t n, const char *fmt, ...)
+{
+    va_list ap;
+    if (why == NULL || n == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(why, n, fmt, ap);
+    va_end(ap);
+}
+
+/* Layout name of the folder candidate named path[0..dir_len), or NULL: a folder once recognised
+ * by one of its files owns the other files written directly into it (temporaries included). */
+static const char *owner_of(const struct detect *d, const char *path, size_t dir_len)
+{
+    char name[PATH_MAX_LEN + 1];
+    if (dir_len == 0 || dir_len > PATH_MAX_LEN)
+        return NULL;
+    memcpy(name, path, dir_len);
+    name[dir_len] = '\0';
+    const struct detect_cand *c = smap_get(&d->names, name);
+    return c != NULL && c->layout->folder ? c->layout->name : NULL;
+}
+
+/* A file directly in a (non-hidden) subdirectory: fills the match for that directory. */
+static bool in_subdir(const char *path, bool is_dir, struct match *m, const char **ret_base)
+{
+    const char *b = base_name(path);
+    if (is_dir || b == path)
+        return false;
+    size_t dl = (size_t)(b - path) - 1;
+    if (has_hidden(path, dl))
+        return false;
+    m->name_len = dl;
+    m->dir_len = dl;
+    m->rel_off = dl + 1;
+    m->member = b[0] != '.';
+    *ret_base = b;
+    return true;
+}
+
+/* checkpoint-<N>/ at any depth; the first such component owns everything below it. */
+static bool trainer_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    (void)d;
     const char *s = path;
     while (*s != '\0') {
         size_t n = strcspn(s, "/");
@@ -329,16 +400,153 @@ static bool trainer_match(const char *path, bool is_dir, struct match *m)
     return false;
 }
 
-static bool trainer_complete(const struct detect *d, const struct detect_cand *c)
+static bool trainer_complete(const struct detect *d, const struct detect_cand *c, char *why,
+                             size_t n)
 {
-    char p[PATH_MAX_LEN + 32];
-    snprintf(p, sizeof(p), "%s/trainer_state.json", c->dir);
-    struct drec *r = rec_get(d, p);
-    return r != NULL && r->cand == c && r->member && r->closed && !r->open;
+    say(why, n, "trainer_state.json closed");
+    return member_closed(d, c, "trainer_state.json");
 }
 
-static bool root_match(const char *path, bool is_dir, struct match *m)
+/* "__<rank>_<n>.distcp": torch.distributed.checkpoint's data files. */
+static bool is_distcp_name(const char *b)
 {
+    if (strncmp(b, "__", 2) != 0 || !ends_with(b, ".distcp"))
+        return false;
+    const char *s = b + 2;
+    size_t d1 = strspn(s, "0123456789");
+    if (d1 == 0 || s[d1] != '_')
+        return false;
+    s += d1 + 1;
+    size_t d2 = strspn(s, "0123456789");
+    return d2 > 0 && strcmp(s + d2, ".distcp") == 0;
+}
+
+/* torch.distributed.checkpoint into a subdirectory: the coordinator writes .metadata last (as
+ * .metadata.tmp renamed into place), after every rank's .distcp. .metadata is hidden but it is
+ * the checkpoint's index: a member. */
+static bool dcp_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    const char *b;
+    if (!in_subdir(path, is_dir, m, &b))
+        return false;
+    bool named = is_distcp_name(b) || strcmp(b, ".metadata") == 0;
+    if (!named) {
+        const char *o = owner_of(d, path, m->dir_len);
+        if (o == NULL || strcmp(o, "torch-dcp") != 0)
+            return false;
+    }
+    m->member = b[0] != '.' || strcmp(b, ".metadata") == 0;
+    return true;
+}
+
+static bool dcp_complete(const struct detect *d, const struct detect_cand *c, char *why, size_t n)
+{
+    size_t data = 0;
+    for (size_t i = 0; i < c->n_members; i++)
+        data += is_distcp_name(base_name(c->members[i]->path));
+    say(why, n, ".metadata written after %zu .distcp", data);
+    return member_closed(d, c, ".metadata");
+}
+
+/* "<prefix>-<k>-of-<n>.<ext>": save_pretrained's shards (model-00001-of-00007.safetensors,
+ * pytorch_model-00001-of-00002.bin, diffusion_pytorch_model-00001-of-00002.safetensors). */
+static bool parse_shard(const char *b, long *ret_k, long *ret_n)
+{
+    for (const char *s = strchr(b, '-'); s != NULL; s = strchr(s + 1, '-')) {
+        const char *p = s + 1;
+        size_t d1 = strspn(p, "0123456789");
+        if (d1 == 0 || strncmp(p + d1, "-of-", 4) != 0)
+            continue;
+        const char *q = p + d1 + 4;
+        size_t d2 = strspn(q, "0123456789");
+        if (d2 == 0 || q[d2] != '.' || q[d2 + 1] == '\0')
+            continue;
+        *ret_k = strtol(p, NULL, 10);
+        *ret_n = strtol(q, NULL, 10);
+        return *ret_k >= 1 && *ret_n >= 1 && *ret_k <= *ret_n;
+    }
+    return false;
+}
+
+/* One file that is the whole model (unsharded save_pretrained, PEFT adapter-only save). */
+static bool is_whole_weights(const char *b)
+{
+    static const char *const names[] = {
+        "model.safetensors",
+        "pytorch_model.bin",
+        "tf_model.h5",
+        "flax_model.msgpack",
+        "adapter_model.safetensors",
+        "adapter_model.bin",
+        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.bin",
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (strcmp(b, names[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* save_pretrained() into a subdirectory: a folder holding model files (config, weights,
+ * shards and their index, tokenizer, adapter). */
+static bool model_dir_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    const char *b;
+    long k, n;
+    if (!in_subdir(path, is_dir, m, &b))
+        return false;
+    bool named = b[0] != '.' && (is_model_file_name(b) || is_whole_weights(b) ||
+                                 parse_shard(b, &k, &n) || ends_with(b, ".index.json"));
+    if (!named) {
+        const char *o = owner_of(d, path, m->dir_len);
+        if (o == NULL || strcmp(o, "model-dir") != 0)
+            return false;
+    }
+    return true;
+}
+
+/* The detector reads no file, so the index's weight_map is not visible: the shard names say
+ * how many there are ("-of-N"). Complete when N shards of the largest N seen and an
+ * *.index.json are closed; without shards, when one whole-model weights file is closed. */
+static bool model_dir_complete(const struct detect *d, const struct detect_cand *c, char *why,
+                               size_t n)
+{
+    (void)d;
+    long want = 0, have = 0, k, total;
+    bool index = false, whole = false;
+    const char *whole_name = "";
+    for (size_t i = 0; i < c->n_members; i++) {
+        const struct drec *r = c->members[i];
+        const char *b = r->path + r->rel_off;
+        if (parse_shard(b, &k, &total) && total > want)
+            want = total;
+    }
+    for (size_t i = 0; i < c->n_members; i++) {
+        const struct drec *r = c->members[i];
+        const char *b = r->path + r->rel_off;
+        if (!r->closed)
+            continue;
+        if (want > 0 && parse_shard(b, &k, &total) && total == want)
+            have++;
+        else if (ends_with(b, ".index.json"))
+            index = true;
+        else if (is_whole_weights(b)) {
+            whole = true;
+            whole_name = b;
+        }
+    }
+    if (want > 0) {
+        say(why, n, "index and %ld of %ld shards closed", have, want);
+        return index && have == want;
+    }
+    say(why, n, "%s closed", whole_name);
+    return whole;
+}
+
+static bool root_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    (void)d;
     if (is_dir || strchr(path, '/') != NULL || path[0] == '.' || !is_model_file_name(path))
         return false;
     m->name_len = 0;
@@ -349,9 +557,10 @@ static bool root_match(const char *path, bool is_dir, struct match *m)
 }
 
 /* A tokenizer or config saved at the root early in a run is not the model: wait for weights. */
-static bool root_complete(const struct detect *d, const struct detect_cand *c)
+static bool root_complete(const struct detect *d, const struct detect_cand *c, char *why, size_t n)
 {
     (void)d;
+    say(why, n, "model weights present");
     for (size_t i = 0; i < c->n_members; i++) {
         const char *b = c->members[i]->path;
         if (is_weight_name(b) && strcmp(b, "training_args.bin") != 0)
@@ -360,8 +569,9 @@ static bool root_complete(const struct detect *d, const struct detect_cand *c)
     return false;
 }
 
-static bool file_match(const char *path, bool is_dir, struct match *m)
+static bool file_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
 {
+    (void)d;
     const char *b = base_name(path);
     if (is_dir || b[0] == '.' || !is_weight_name(b) || has_hidden(path, (size_t)(b - path)))
         return false;
@@ -374,27 +584,308 @@ static bool file_match(const char *path, bool is_dir, struct match *m)
     return true;
 }
 
-static bool file_complete(const struct detect *d, const struct detect_cand *c)
+static bool file_complete(const struct detect *d, const struct detect_cand *c, char *why, size_t n)
 {
     (void)d;
+    say(why, n, "file closed");
     return c->n_members == 1 && c->members[0]->closed && !c->members[0]->open;
 }
 
+/* Candidate named path[0..n) of the given layout, or NULL. */
+static struct detect_cand *cand_named(const struct detect *d, const char *path, size_t n,
+                                      const char *layout)
+{
+    char name[PATH_MAX_LEN + 1];
+    if (n == 0 || n > PATH_MAX_LEN)
+        return NULL;
+    memcpy(name, path, n);
+    name[n] = '\0';
+    struct detect_cand *c = smap_get(&d->names, name);
+    return c != NULL && strcmp(c->layout->name, layout) == 0 ? c : NULL;
+}
+
+static void match_prefix(struct match *m, const char *path, size_t n, bool is_dir)
+{
+    bool self = path[n] == '\0';
+    m->name_len = n;
+    m->dir_len = n;
+    m->rel_off = self ? n : n + 1;
+    m->member = !self && !is_dir && !has_hidden(path + m->rel_off, strlen(path + m->rel_off));
+}
+
+/* The first directory component for which pred() holds owns everything below it. */
+static bool component_match(const char *path, bool is_dir, struct match *m,
+                            bool (*pred)(const char *path, const char *s, size_t n))
+{
+    for (const char *s = path; *s != '\0';) {
+        size_t n = strcspn(s, "/");
+        bool last = s[n] == '\0';
+        if (s[0] == '.' || (last && !is_dir))
+            return false;
+        if (pred(path, s, n)) {
+            match_prefix(m, path, (size_t)(s - path) + n, is_dir);
+            return true;
+        }
+        s += n;
+        if (*s == '/')
+            s++;
+    }
+    return false;
+}
+
+/* An ancestor directory of path (or path itself, a directory) that is a candidate of layout. */
+static bool owner_match(const struct detect *d, const char *path, bool is_dir, struct match *m,
+                        const char *layout)
+{
+    size_t len = strlen(path);
+    for (size_t i = 1; i <= len; i++) {
+        if (path[i] != '/' && !(i == len && is_dir))
+            continue;
+        if (cand_named(d, path, i, layout) != NULL) {
+            match_prefix(m, path, i, is_dir);
+            return true;
+        }
+        if (i == len)
+            break;
+    }
+    return false;
+}
+
+/* DeepSpeed engine.save_checkpoint: tag folder global_step<N>/ (the default tag). */
+static bool ds_pred(const char *path, const char *s, size_t n)
+{
+    (void)path;
+    return n > 11 && strncmp(s, "global_step", 11) == 0 && all_digits(s + 11, n - 11);
+}
+
+static bool ds_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    (void)d;
+    return component_match(path, is_dir, m, ds_pred);
+}
+
+/* save_checkpoint writes <save_dir>/latest (the tag) after every file of the tag folder: the
+ * detector cannot read which tag it names, so "latest closed after the folder's last write". */
+static bool ds_complete(const struct detect *d, const struct detect_cand *c, char *why, size_t n)
+{
+    char p[PATH_MAX_LEN + 16];
+    const char *b = base_name(c->name);
+    int64_t last = -1;
+    if (b == c->name)
+        snprintf(p, sizeof(p), "latest");
+    else
+        snprintf(p, sizeof(p), "%.*slatest", (int)(b - c->name), c->name);
+    say(why, n, "'latest' written after the folder");
+    const struct drec *l = rec_get(d, p);
+    if (l == NULL || l->open || !l->closed || c->n_members == 0)
+        return false;
+    for (size_t i = 0; i < c->n_members; i++) {
+        if (c->members[i]->wrote_ms > last)
+            last = c->members[i]->wrote_ms;
+    }
+    return l->wrote_ms >= last;
+}
+
+/* DeepSpeed's quiet period runs from the write of latest, its marker. */
+static void ds_latest_written(struct detect *d, const char *latest, int64_t now)
+{
+    size_t dl = (size_t)(base_name(latest) - latest);
+    for (size_t i = 0; i < d->n_cands; i++) {
+        struct detect_cand *c = d->cands[i];
+        if (c->sealed || strcmp(c->layout->name, "deepspeed") != 0 ||
+            (size_t)(base_name(c->name) - c->name) != dl || strncmp(c->name, latest, dl) != 0)
+            continue;
+        c->last_ms = now;
+    }
+}
+
+/* accelerate save_state with automatic_checkpoint_naming: checkpoints/checkpoint_<i>/. */
+static bool acc_pred(const char *path, const char *s, size_t n)
+{
+    if (!(n > 11 && strncmp(s, "checkpoint_", 11) == 0 && all_digits(s + 11, n - 11)))
+        return false;
+    return s - path >= 12 && strncmp(s - 12, "checkpoints/", 12) == 0 &&
+           (s - path == 12 || s[-13] == '/');
+}
+
+static bool acc_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    (void)d;
+    return component_match(path, is_dir, m, acc_pred);
+}
+
+static bool acc_complete(const struct detect *d, const struct detect_cand *c, char *why, size_t n)
+{
+    (void)d;
+    say(why, n, "no marker: %zu files closed", c->n_members);
+    return c->n_members > 0;
+}
+
+#define ORBAX_TMP ".orbax-checkpoint-tmp-"
+
+static bool orbax_tmp_pred(const char *path, const char *s, size_t n)
+{
+    (void)path;
+    size_t k = strlen(ORBAX_TMP);
+    for (size_t i = 0; i + k <= n; i++) {
+        if (strncmp(s + i, ORBAX_TMP, k) == 0)
+            return i > 0;
+    }
+    return false;
+}
+
+/* Orbax: <step>.orbax-checkpoint-tmp-<ts>/ written, then renamed to <step>/ (utils.py
+ * create_tmp_directory / ensure_atomic_save); where renames are not atomic (GCS) it saves in
+ * place and writes commit_success.txt. The temporary folder is a candidate that never seals,
+ * so its files are pinned at first sight; the rename moves them to the final candidate. */
+static bool orbax_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    if (component_match(path, is_dir, m, orbax_tmp_pred))
+        return true;
+    return owner_match(d, path, is_dir, m, "orbax");
+}
+
+static bool orbax_complete(const struct detect *d, const struct detect_cand *c, char *why, size_t n)
+{
+    if (c->marked) {
+        say(why, n, "renamed from its " ORBAX_TMP "* folder");
+        return c->n_members > 0;
+    }
+    say(why, n, "commit_success.txt closed");
+    return strstr(base_name(c->name), ORBAX_TMP) == NULL &&
+           member_closed(d, c, "commit_success.txt");
+}
+
+/* NeMo ModelCheckpoint._save_checkpoint: touches <ckpt>-unfinished beside the checkpoint
+ * (a directory for distributed checkpoints), saves, then unlinks the marker. */
+#define NEMO_SUFFIX "-unfinished"
+
+static bool nemo_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    size_t len = strlen(path);
+    char p[PATH_MAX_LEN + 16];
+    for (size_t i = 1; i <= len; i++) {
+        if (path[i] != '/' && !(i == len && is_dir))
+            continue;
+        snprintf(p, sizeof(p), "%.*s" NEMO_SUFFIX, (int)i, path);
+        if (rec_get(d, p) != NULL || cand_named(d, path, i, "nemo") != NULL) {
+            match_prefix(m, path, i, is_dir);
+            /* a distributed checkpoint inside: DCP's .metadata is part of it */
+            if (!m->member && !is_dir && strcmp(base_name(path), ".metadata") == 0)
+                m->member = true;
+            return true;
+        }
+        if (i == len)
+            break;
+    }
+    return false;
+}
+
+static bool nemo_complete(const struct detect *d, const struct detect_cand *c, char *why, size_t n)
+{
+    char p[PATH_MAX_LEN + 16];
+    snprintf(p, sizeof(p), "%s" NEMO_SUFFIX, c->name);
+    say(why, n, "'%s" NEMO_SUFFIX "' removed", base_name(c->name));
+    return c->n_members > 0 && (c->marked || rec_get(d, p) == NULL);
+}
+
+/* torchsnapshot Snapshot.take: rank 0 writes .snapshot_metadata after a barrier that follows
+ * every rank's writes. Files written before it are adopted when it appears. */
+static bool tsnap_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    const char *b;
+    if (in_subdir(path, is_dir, m, &b) && strcmp(b, ".snapshot_metadata") == 0) {
+        m->member = true;
+        return true;
+    }
+    memset(m, 0, sizeof(*m));
+    return owner_match(d, path, is_dir, m, "torchsnapshot");
+}
+
+static bool tsnap_complete(const struct detect *d, const struct detect_cand *c, char *why, size_t n)
+{
+    say(why, n, ".snapshot_metadata written");
+    return member_closed(d, c, ".snapshot_metadata");
+}
+
+/* Custom rules (configuration): the first directory prefix of a path matching a rule's glob
+ * is the checkpoint; complete when the marker (a path inside it, hidden allowed) is closed, or
+ * without a marker when its files are closed; then the rule's quiet period. */
+static bool custom_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    size_t len = strlen(path);
+    char p[PATH_MAX_LEN + 1];
+    for (size_t i = 1; i <= len; i++) {
+        if (path[i] != '/' && !(i == len && is_dir))
+            continue;
+        memcpy(p, path, i);
+        p[i] = '\0';
+        for (size_t k = 0; k < d->n_rules; k++) {
+            if (fnmatch(d->rules[k].glob, p, FNM_PATHNAME) != 0)
+                continue;
+            match_prefix(m, path, i, is_dir);
+            m->rule_idx = (int)k;
+            const char *mk = d->rules[k].marker;
+            if (!m->member && mk != NULL && strcmp(path + m->rel_off, mk) == 0)
+                m->member = true;
+            return true;
+        }
+        if (i == len)
+            break;
+    }
+    return false;
+}
+
+static bool custom_complete(const struct detect *d, const struct detect_cand *c, char *why,
+                            size_t n)
+{
+    const struct detect_rule *r = &d->rules[c->rule_idx];
+    if (r->marker == NULL || r->marker[0] == '\0') {
+        say(why, n, "rule '%s': files closed", r->glob);
+        return c->n_members > 0;
+    }
+    say(why, n, "rule '%s': '%s' closed", r->glob, r->marker);
+    return member_closed(d, c, r->marker);
+}
+
+/* Order is priority: the first match wins, and a folder first recognised by a weaker layout
+ * (model-dir from its config.json) is upgraded when a stronger one's file shows up. */
 static const struct layout layouts[] = {
-    {"transformers-trainer", true, false, true, trainer_match, trainer_complete,
-     "trainer_state.json closed"},
-    {"model-root", false, false, false, root_match, root_complete, "model weights present"},
-    {"single-file", false, true, false, file_match, file_complete, "file closed"},
+    {"custom", true, false, true, custom_match, custom_complete},
+    {"nemo", true, false, true, nemo_match, nemo_complete},
+    {"transformers-trainer", true, false, true, trainer_match, trainer_complete},
+    {"deepspeed", true, false, true, ds_match, ds_complete},
+    {"accelerate", true, false, true, acc_match, acc_complete},
+    {"orbax", true, false, true, orbax_match, orbax_complete},
+    {"torchsnapshot", true, false, true, tsnap_match, tsnap_complete},
+    {"torch-dcp", true, false, true, dcp_match, dcp_complete},
+    {"model-dir", true, true, true, model_dir_match, model_dir_complete},
+    {"model-root", false, false, false, root_match, root_complete},
+    {"single-file", false, true, true, file_match, file_complete},
 };
 
-static bool classify(const char *path, bool is_dir, struct match *m)
+#define N_LAYOUTS (sizeof(layouts) / sizeof(layouts[0]))
+
+static bool classify(const struct detect *d, const char *path, bool is_dir, struct match *m)
 {
-    for (size_t i = 0; i < sizeof(layouts) / sizeof(layouts[0]); i++) {
+    for (size_t i = 0; i < N_LAYOUTS; i++) {
+        /* A forced layout replaces auto-detection; custom rules always apply. */
+        if (d->force_layout != NULL && i > 0 && strcmp(layouts[i].name, d->force_layout) != 0)
+            continue;
         memset(m, 0, sizeof(*m));
-        if (layouts[i].match(path, is_dir, m)) {
+        if (layouts[i].match(d, path, is_dir, m)) {
             m->layout = &layouts[i];
             return true;
         }
+    }
+    return false;
+}
+
+bool detect_layout_known(const char *name)
+{
+    for (size_t i = 1; i < N_LAYOUTS; i++) {
+        if (strcmp(layouts[i].name, name) == 0)
+            return true;
     }
     return false;
 }
@@ -404,9 +895,10 @@ static bool classify(const char *path, bool is_dir, struct match *m)
 static int64_t parse_step(const struct detect_cand *c)
 {
     const char *b = base_name(c->name);
-    if (c->layout->folder)
+    if (strcmp(c->layout->name, "transformers-trainer") == 0)
         return strtoll(b + strlen("checkpoint-"), NULL, 10);
-    if (c->name[0] == '\0')
+    /* accelerate numbers its saves, not its steps */
+    if (c->name[0] == '\0' || strcmp(c->layout->name, "accelerate") == 0)
         return -1;
     const char *s = strstr(b, "step");
     if (s != NULL) {
@@ -418,7 +910,7 @@ static int64_t parse_step(const struct detect_cand *c)
     /* Exactly one number in the name: that is the step (or epoch); shard names have two. */
     int64_t found = -1;
     int runs = 0;
-    for (const char *p = b; *p != '\0' && *p != '.';) {
+    for (const char *p = b; *p != '\0' && (c->layout->folder || *p != '.');) {
         if (*p >= '0' && *p <= '9') {
             runs++;
             found = strtoll(p, NULL, 10);
@@ -473,6 +965,10 @@ static int cand_new(struct detect *d, const char *path, const struct match *m, i
     c->dir_len = m->dir_len;
     c->layout = m->layout;
     c->last_ms = now;
+    c->rule_idx = m->rule_idx;
+    c->quiet_ms = d->cfg.quiet_ms;
+    if (strcmp(c->layout->name, "custom") == 0 && d->rules[c->rule_idx].quiet_ms > 0)
+        c->quiet_ms = d->rules[c->rule_idx].quiet_ms;
     c->id = ++d->next_id;
     c->step = parse_step(c);
     if (smap_put(&d->names, c->name, c) < 0) {
@@ -551,7 +1047,7 @@ static void rec_free(struct detect *d, struct drec *r)
 
 static bool cand_ready(const struct detect *d, const struct detect_cand *c)
 {
-    return !c->sealed && c->n_open == 0 && c->layout->complete(d, c);
+    return !c->sealed && c->n_open == 0 && c->layout->complete(d, c, NULL, 0);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -570,7 +1066,13 @@ static void cand_seal(struct detect *d, struct detect_cand *c, const char *how)
         }
         qsort(c->files, c->n_files, sizeof(*c->files), cmp_str);
     }
-    snprintf(c->rule, sizeof(c->rule), "%s, %s", c->layout->marker, how);
+    char why[96] = "";
+    c->layout->complete(d, c, why, sizeof(why));
+    if (c->replaced > 0)
+        snprintf(c->rule, sizeof(c->rule), "%s, %s, %u earlier version%s coalesced into the newest",
+                 why, how, c->replaced, c->replaced == 1 ? "" : "s");
+    else
+        snprintf(c->rule, sizeof(c->rule), "%s, %s", why, how);
     c->sealed = true;
     if (d->cbs.sealed != NULL)
         d->cbs.sealed(d->cbs.ctx, c);
@@ -624,6 +1126,37 @@ static void report_late(struct detect *d, struct detect_cand *c, struct drec *r)
         d->cbs.late_write(d->cbs.ctx, c, r->path + (c->dir_len == 0 ? 0 : c->dir_len + 1));
 }
 
+static int collect(struct detect *d, const char *prefix, struct drec ***ret, size_t *ret_n);
+
+/* A new folder candidate takes the files already known under it that belong to it (closed
+ * before its marker said what it is), except skip, the one being attached now. */
+static int cand_adopt(struct detect *d, struct detect_cand *c, const char *skip)
+{
+    struct drec **recs;
+    size_t n;
+    int rc = collect(d, c->name, &recs, &n);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        struct drec *r = recs[i];
+        struct match m;
+        if (r->cand != NULL || strcmp(r->path, skip) == 0 || !classify(d, r->path, false, &m) ||
+            m.layout != c->layout || m.name_len != strlen(c->name))
+            continue;
+        if (m.member && (rc = members_add(c, r)) < 0)
+            break;
+        r->cand = c;
+        r->rel_off = m.rel_off;
+        r->member = m.member;
+        if (r->open)
+            c->n_open++;
+        if (m.member && d->cbs.file_added != NULL)
+            d->cbs.file_added(d->cbs.ctx, c, r->path + r->rel_off);
+    }
+    free(recs);
+    return rc;
+}
+
 /* Finds (or makes) the live candidate for a matched path. A sealed single file written again
  * is a new checkpoint under the same name: the sealed one is forgotten. */
 static int cand_for(struct detect *d, const char *path, const struct match *m, int64_t now,
@@ -632,12 +1165,50 @@ static int cand_for(struct detect *d, const char *path, const struct match *m, i
     char name[PATH_MAX_LEN + 1];
     snprintf(name, sizeof(name), "%.*s", (int)m->name_len, path);
     struct detect_cand *c = smap_get(&d->names, name);
-    if (c != NULL && c->sealed && c->layout->reopen_after_seal) {
-        cand_destroy(d, c);
-        c = NULL;
+    if (c != NULL && !c->sealed && c->layout != m->layout && c->layout->folder &&
+        m->layout->folder && m->layout < c->layout) {
+        /* e.g. a folder seen as model-dir by its config.json gets its first .distcp */
+        c->layout = m->layout;
+        c->step = parse_step(c);
     }
-    if (c == NULL)
-        return cand_new(d, path, m, now, ret);
+    if (c != NULL && c->sealed && c->layout->reopen_after_seal) {
+        struct drec **keep = NULL;
+        size_t n_keep = 0;
+        int rc;
+        if (c->layout->folder && c->n_members > 0) {
+            /* A folder saved again (save_pretrained into the same directory): the new version
+             * holds its files still there, written again or not. */
+            keep = malloc(c->n_members * sizeof(*keep));
+            if (keep == NULL)
+                return -ENOMEM;
+            memcpy(keep, c->members, c->n_members * sizeof(*keep));
+            n_keep = c->n_members;
+        }
+        cand_destroy(d, c);
+        rc = cand_new(d, path, m, now, &c);
+        for (size_t i = 0; rc == 0 && i < n_keep; i++) {
+            rc = members_add(c, keep[i]);
+            if (rc < 0)
+                break;
+            keep[i]->cand = c;
+            keep[i]->member = true;
+            if (keep[i]->open)
+                c->n_open++;
+            if (d->cbs.file_added != NULL)
+                d->cbs.file_added(d->cbs.ctx, c, keep[i]->path + keep[i]->rel_off);
+        }
+        free(keep);
+        if (rc < 0)
+            return rc;
+        *ret = c;
+        return 0;
+    }
+    if (c == NULL) {
+        int rc = cand_new(d, path, m, now, ret);
+        if (rc == 0 && (*ret)->layout->folder)
+            rc = cand_adopt(d, *ret, path);
+        return rc;
+    }
     *ret = c;
     return 0;
 }
@@ -651,7 +1222,7 @@ static int rec_attach(struct detect *d, struct drec *r, int64_t now, bool *ret_a
     int rc;
 
     *ret_added = false;
-    if (!classify(r->path, false, &m))
+    if (!classify(d, r->path, false, &m))
         return 0;
     rc = cand_for(d, r->path, &m, now, &c);
     if (rc < 0)
@@ -719,9 +1290,12 @@ static int on_write(struct detect *d, const char *path, bool close, bool scan, i
         if (!r->cand->sealed)
             r->cand->last_ms = now;
     }
-    /* Closed files outside every candidate are forgotten: only open ones matter (renames). */
-    if (r->cand == NULL && !r->open)
-        rec_free(d, r);
+    if (close && strcmp(base_name(path), "latest") == 0)
+        ds_latest_written(d, path, now);
+    /* Closed files outside every candidate are kept (bounded by DETECT_MAX_FILES): a layout
+     * whose marker comes last (torchsnapshot, custom rules) adopts them when it appears. */
+    if (close)
+        r->wrote_ms = now;
     return 0;
 }
 
@@ -814,7 +1388,7 @@ static int on_dir_seen(struct detect *d, const char *path, int64_t now)
 {
     struct match m;
     struct detect_cand *c;
-    if (!classify(path, true, &m) || !m.layout->folder || m.name_len != strlen(path))
+    if (!classify(d, path, true, &m) || !m.layout->folder || m.name_len != strlen(path))
         return 0;
     int rc = cand_for(d, path, &m, now, &c);
     if (rc < 0)
@@ -838,11 +1412,14 @@ static int on_rename(struct detect *d, const char *from, const char *to, int64_t
         /* Replaced by the rename: its old inode is gone from this name. */
         struct match m;
         struct detect_cand *tc = t->cand;
-        bool same = r != NULL && tc != NULL && !tc->sealed && classify(to, false, &m) && m.member &&
-                    r->cand == tc;
-        if (same)
+        /* A newer version renamed over a complete one not sealed yet (last.ckpt, os.replace
+         * of latest.pt): coalesced, only the newest is pushed and the seal's rule says so. */
+        bool same = tc != NULL && !tc->sealed && (r == NULL || r->cand == NULL || r->cand == tc) &&
+                    classify(d, to, false, &m) && m.member;
+        if (same) {
+            tc->replaced++; /* saves outran the quiet period: only the newest is pushed */
             rec_free(d, t);
-        else
+        } else
             on_remove(d, t, now);
     }
     if (r == NULL) {
@@ -895,8 +1472,7 @@ static int on_rename(struct detect *d, const char *from, const char *to, int64_t
                 cand_drop(d, oc, "its file was renamed away before it was sealed");
         }
     }
-    if (r->cand == NULL && !r->open)
-        rec_free(d, r);
+    r->wrote_ms = now;
     return 0;
 }
 
@@ -904,7 +1480,23 @@ static int on_dir_rename(struct detect *d, const char *from, const char *to, int
 {
     struct drec **recs;
     size_t n, fl = strlen(from);
-    int rc = collect(d, from, &recs, &n);
+    int rc;
+    if (orbax_tmp_pred(from, base_name(from), strlen(base_name(from))) &&
+        strstr(to, ORBAX_TMP) == NULL && smap_get(&d->names, to) == NULL) {
+        /* Orbax finalised a save: the renamed folder is the complete checkpoint. */
+        struct match m = {0};
+        struct detect_cand *c;
+        for (size_t i = 0; i < N_LAYOUTS; i++) {
+            if (strcmp(layouts[i].name, "orbax") == 0)
+                m.layout = &layouts[i];
+        }
+        match_prefix(&m, to, strlen(to), true);
+        rc = cand_new(d, to, &m, now, &c);
+        if (rc < 0)
+            return rc;
+        c->marked = true;
+    }
+    rc = collect(d, from, &recs, &n);
     if (rc < 0)
         return rc;
     for (size_t i = 0; i < n && rc == 0; i++) {
@@ -923,6 +1515,8 @@ static int on_dir_rename(struct detect *d, const char *from, const char *to, int
         if (c->layout->folder && (strcmp(c->name, from) == 0 || under(c->name, from))) {
             if (c->sealed)
                 cand_destroy(d, c);
+            else if (strcmp(c->layout->name, "orbax") == 0)
+                cand_drop(d, c, "temporary folder renamed into place, its files moved along");
             else
                 cand_drop(d, c, "folder renamed before it was sealed");
             continue;
@@ -1008,6 +1602,14 @@ int detect_feed(struct detect *d, const struct watch_event *ev, int64_t now_ms)
         struct drec *r = rec_get(d, path);
         if (r != NULL)
             on_remove(d, r, now_ms);
+        if (ends_with(path, NEMO_SUFFIX)) {
+            /* The marker's removal is NeMo's "complete": the quiet period starts now. */
+            struct detect_cand *c = cand_named(d, path, strlen(path) - strlen(NEMO_SUFFIX), "nemo");
+            if (c != NULL && !c->sealed) {
+                c->last_ms = now_ms;
+                c->marked = true; /* complete once, even if a removal marks it again */
+            }
+        }
         return 0;
     }
     default:
@@ -1024,7 +1626,7 @@ int64_t detect_next_deadline_ms(const struct detect *d)
         const struct detect_cand *c = d->cands[i];
         if (!cand_ready(d, c))
             continue;
-        int64_t t = c->last_ms + d->cfg.quiet_ms;
+        int64_t t = c->last_ms + c->quiet_ms;
         if (best < 0 || t < best)
             best = t;
     }
@@ -1033,12 +1635,13 @@ int64_t detect_next_deadline_ms(const struct detect *d)
 
 void detect_tick(struct detect *d, int64_t now_ms)
 {
-    char how[64];
-    snprintf(how, sizeof(how), "%lld ms quiet", (long long)d->cfg.quiet_ms);
     for (size_t i = 0; i < d->n_cands; i++) {
         struct detect_cand *c = d->cands[i];
-        if (cand_ready(d, c) && now_ms >= c->last_ms + d->cfg.quiet_ms)
+        if (cand_ready(d, c) && now_ms >= c->last_ms + c->quiet_ms) {
+            char how[64];
+            snprintf(how, sizeof(how), "%lld ms quiet", (long long)c->quiet_ms);
             cand_seal(d, c, how);
+        }
     }
 }
 
@@ -1084,8 +1687,43 @@ int detect_new(struct detect **ret, const struct detect_config *cfg,
         d->cfg.quiet_ms = DETECT_DEFAULT_QUIET_MS;
     if (cbs != NULL)
         d->cbs = *cbs;
+    if (cfg != NULL && cfg->layout != NULL && cfg->layout[0] != '\0') {
+        if (!detect_layout_known(cfg->layout)) {
+            free(d);
+            return -EINVAL;
+        }
+        if ((d->force_layout = strdup(cfg->layout)) == NULL)
+            goto oom;
+    }
+    if (cfg != NULL && cfg->n_rules > 0) {
+        if (cfg->n_rules > DETECT_MAX_RULES)
+            goto inval;
+        d->rules = calloc(cfg->n_rules, sizeof(*d->rules));
+        if (d->rules == NULL)
+            goto oom;
+        for (size_t i = 0; i < cfg->n_rules; i++) {
+            const struct detect_rule *r = &cfg->rules[i];
+            if (r->glob == NULL || r->glob[0] == '\0' || r->quiet_ms < 0 ||
+                (r->marker != NULL && !path_valid(r->marker)))
+                goto inval;
+            d->rules[i].quiet_ms = r->quiet_ms;
+            d->rules[i].glob = strdup(r->glob);
+            d->rules[i].marker =
+                r->marker != NULL && r->marker[0] != '\0' ? strdup(r->marker) : NULL;
+            d->n_rules++;
+            if (d->rules[i].glob == NULL ||
+                (r->marker != NULL && r->marker[0] != '\0' && d->rules[i].marker == NULL))
+                goto oom;
+        }
+    }
     *ret = d;
     return 0;
+inval:
+    detect_free(d);
+    return -EINVAL;
+oom:
+    detect_free(d);
+    return -ENOMEM;
 }
 
 void detect_free(struct detect *d)
@@ -1105,6 +1743,12 @@ void detect_free(struct detect *d)
     free(d->cands);
     free(d->files.e);
     free(d->names.e);
+    for (size_t i = 0; i < d->n_rules; i++) {
+        free((char *)d->rules[i].glob);
+        free((char *)d->rules[i].marker);
+    }
+    free(d->rules);
+    free(d->force_layout);
     free(d);
 }
 

@@ -20,8 +20,23 @@ struct watch_event;
 #define DETECT_MAX_CANDS (1 << 16) /* candidates alive at once */
 #define DETECT_DEFAULT_QUIET_MS 1000
 
+#define DETECT_MAX_RULES 64
+
+/* A rule of the configuration: the first directory (root-relative, fnmatch with FNM_PATHNAME)
+ * matching glob is a checkpoint; it is complete when marker (a path inside it, hidden allowed;
+ * NULL: no marker, its files closed) is closed, then quiet_ms (0: the global quiet period)
+ * without events. Rules come before the built-in layouts. */
+struct detect_rule {
+    const char *glob;
+    const char *marker;
+    int64_t quiet_ms;
+};
+
 struct detect_config {
-    int64_t quiet_ms; /* quiet period after the last event of a candidate; 0 -> default */
+    int64_t quiet_ms;   /* quiet period after the last event of a candidate; 0 -> default */
+    const char *layout; /* NULL or "": auto-detect; else only this built-in layout (and rules) */
+    const struct detect_rule *rules; /* copied by detect_new */
+    size_t n_rules;
 };
 
 /* A candidate pointer is valid during the callback only; keep its id. Relative paths are
@@ -37,8 +52,13 @@ struct detect_callbacks {
     void (*late_write)(void *ctx, const struct detect_cand *c, const char *relpath);
 };
 
+/* Built-in layouts (the names detect_cand_layout returns): transformers-trainer, nemo,
+ * deepspeed, accelerate, orbax, torchsnapshot, torch-dcp, model-dir, model-root, single-file;
+ * "custom" is a configured rule. Rules and completion sources: tests/fixtures/traces/synthetic/
+ * SOURCES.md. -EINVAL: unknown layout, more than DETECT_MAX_RULES or an invalid rule. */
 int detect_new(struct detect **ret, const struct detect_config *cfg,
                const struct detect_callbacks *cbs);
+bool detect_layout_known(const char *name);
 void detect_free(struct detect *d);
 
 /* Returns 0, -EINVAL for a path with a leading '/' or a '..' segment, -ENAMETOOLONG, or -ENOSPC

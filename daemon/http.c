@@ -662,6 +662,14 @@ static void url_for_log(char *dst, size_t size, const char *url)
     dst[n] = '\0';
 }
 
+/* Every retry of every http, for the metrics; loop thread only. */
+static uint64_t retries_total;
+
+uint64_t http_retries_total(void)
+{
+    return retries_total;
+}
+
 static void attempt_done(struct http_xfer *x, CURLcode result)
 {
     struct http_response *res = &x->res;
@@ -694,6 +702,7 @@ static void attempt_done(struct http_xfer *x, CURLcode result)
         return;
     }
     char where[256];
+    retries_total++;
     url_for_log(where, sizeof(where), x->url);
     if (res->fail == HTTP_FAIL_NETWORK)
         log_warn("http_retry", "method=%s url='%s' error='%s' attempt=%u, retrying in %llums",

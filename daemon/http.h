@@ -105,4 +105,7 @@ void http_xfer_cancel(struct http_xfer *x);
 /* Cancels every transfer (their callbacks run), closes all handles, frees h, then calls cb. */
 void http_close(struct http *h, http_close_cb cb, void *ctx);
 
+/* Retries scheduled by every http of the process since it started (metrics). */
+uint64_t http_retries_total(void);
+
 #endif

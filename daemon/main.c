@@ -31,8 +31,8 @@ int main(int argc, char **argv)
         return CKPT_EXIT_OK;
     }
     if (code != 0) {
-        /* One line per problem, each naming what is wrong. */
-        for (char *line = err.msg, *next; line != NULL; line = next) {
+        /* One line per problem, each naming what is wrong; all of them before anything starts. */
+        for (char *line = cfg.problems, *next; line != NULL; line = next) {
             next = strchr(line, '\n');
             if (next != NULL)
                 *next++ = '\0';
@@ -41,7 +41,16 @@ int main(int argc, char **argv)
         config_release(&cfg);
         return code;
     }
+    if (cfg.check_only) {
+        char *text = config_to_json(&cfg);
+        code = text != NULL && fputs(text, stdout) >= 0 ? CKPT_EXIT_OK : CKPT_EXIT_FAILURE;
+        free(text);
+        config_release(&cfg);
+        return code;
+    }
     log_set_level(cfg.log_level);
+    log_set_format(cfg.log_format);
+    log_set_journal(log_fd_is_journal(2));
     /* A control client that hangs up mid-reply must not kill the daemon: EPIPE is handled. */
     signal(SIGPIPE, SIG_IGN);
 

@@ -204,6 +204,8 @@ class Daemon:
         for k in ("HF_TOKEN", "HF_ENDPOINT", "HF_TOKEN_PATH", "HUGGING_FACE_HUB_TOKEN"):
             e.pop(k, None)
         e["HF_HOME"] = tempdir("ckpt-hfhome-")  # never the user's real token
+        # A private socket directory: tests running side by side never share a control socket.
+        e["XDG_RUNTIME_DIR"] = tempdir("ckpt-run-")
         if token is not None:
             e["HF_TOKEN"] = token
         if env:

@@ -52,6 +52,9 @@ class CardYaml(unittest.TestCase):
             cls.readme = f.read()
         with open(os.path.join(cls.out, "hostile", "README.md"), encoding="utf-8") as f:
             cls.hostile = f.read()
+        with open(os.path.join(cls.out, "trainer-card-alone", "README.md"),
+                  encoding="utf-8") as f:
+            cls.alone = f.read()
         with open(os.path.join(FIXTURES, "all_results.json"), encoding="utf-8") as f:
             cls.results = json.load(f)
         with open(os.path.join(FIXTURES, "trainer_state.json"), encoding="utf-8") as f:
@@ -105,6 +108,27 @@ class CardYaml(unittest.TestCase):
         evals = [r for r in self.state["log_history"] if "eval_loss" in r]
         self.assertEqual(by_type["loss"]["value"], evals[-1]["eval_loss"])
         self.assertIn("![Training curves](training_curves.svg)", body)
+
+    def test_trainer_card_alone_front_matter(self):
+        """Rendered from the Trainer's README, trainer_state.json and all_results.json only:
+        the Trainer's metadata, parsed, plus the results it left empty."""
+        fm, _ = split_card(self.alone)
+        meta = yaml.safe_load(fm)
+        with open(os.path.join(FIXTURES, "README.generated-by-trainer.md"),
+                  encoding="utf-8") as f:
+            trainer_meta = yaml.safe_load(split_card(f.read())[0])
+        for key in ("library_name", "license", "base_model", "language"):
+            self.assertEqual(meta[key], trainer_meta[key], key)
+        for tag in trainer_meta["tags"]:
+            self.assertIn(tag, meta["tags"])
+        self.assertEqual(trainer_meta["model-index"][0]["results"], [])
+        mi = self.check_model_index(meta)
+        self.assertEqual(mi["name"], trainer_meta["model-index"][0]["name"])
+        (res,) = mi["results"]
+        self.assertEqual(res["task"]["type"], "text-generation")
+        self.assertEqual(res["dataset"]["name"], "synthetic-words")
+        by_type = {m["type"]: m for m in res["metrics"]}
+        self.assertEqual(by_type["loss"]["value"], self.results["eval_loss"])
 
     def test_hostile_front_matter(self):
         fm, body = split_card(self.hostile)
@@ -161,7 +185,7 @@ class CardYaml(unittest.TestCase):
     def test_hub_validate_yaml(self):
         hub = h.Hub()
         try:
-            for text in (self.readme, self.hostile):
+            for text in (self.readme, self.hostile, self.alone):
                 status, _, body = hub.request("POST", "/api/validate-yaml",
                                               body={"content": text, "repoType": "model"})
                 self.assertEqual(status, 200, body)

@@ -1,11 +1,17 @@
-"""Detection against every recorded trace: ckptpushd --dry-run watches a temporary directory while
-tests/tools/replay.py replays the trace into it five times faster than recorded; each expected
-candidate must be sealed exactly once, with the expected layout, and never before the replay's
-last write into it (wall clocks: the manifest's started_at_unix plus its relative times against
-the daemon's UTC log time, which has millisecond resolution)."""
+"""Detection against every trace (recorded ones and tests/fixtures/traces/synthetic/): ckptpushd
+--dry-run watches a temporary directory while tests/tools/replay.py replays the trace into it;
+each expected candidate must be sealed the expected number of times (once, or once per complete
+version of a file replaced in place), with the expected layout and file count, and never before
+the replay's last write into it (wall clocks: the manifest's started_at_unix plus its relative
+times against the daemon's UTC log time, which has millisecond resolution).
+
+Two modes: recorded timing five times faster (one daemon per trace), and the gaps scaled to zero
+(--speed 0) with 20 replays of the trace at once into rep-<i>/ subdirectories of one watched
+directory, to catch races."""
 
 import os
 import signal
+import subprocess
 import sys
 import time
 import unittest
@@ -16,91 +22,188 @@ import ckpt_harness as h  # noqa: E402
 SPEED = 0.2  # time scale: the trace runs 5x faster than recorded
 QUIET_MS = 200
 SETTLE_S = 1.5  # after the last expected seal, time for a duplicate seal to show up
+REPEAT = 20
 
-# Per trace: {candidate: expected layout}; ckpt '' is the output-root model. A layout of None is
-# not checked; NOT_TRAINER means anything but 'trainer'. "files": expected files= per candidate.
 NOT_TRAINER = object()
+ANY = None
+# Per trace: {candidate: layout}; '' is the output-root model. "files": expected files= per
+# candidate; "count": seals per candidate when not 1 (a replaced file, once per version; at
+# speed 0 versions may be coalesced, so a range).
 EXPECTED = {
     "hf-trainer-5.17-save-steps.jsonl": {
         "sealed": {"checkpoint-10": "transformers-trainer", "checkpoint-20": "transformers-trainer",
-                   "checkpoint-30": "transformers-trainer", "checkpoint-40": "transformers-trainer", "": None},
+                   "checkpoint-30": "transformers-trainer", "checkpoint-40": "transformers-trainer",
+                   "": ANY},
         "files": {"checkpoint-10": 10, "checkpoint-20": 10, "checkpoint-30": 10,
                   "checkpoint-40": 10},
     },
     # save_pretrained into out/: a model folder, 7 shards + index + config/tokenizer files.
     "hf-save-pretrained-sharded.jsonl": {
-        "sealed": {"out": NOT_TRAINER},
+        "sealed": {"out": "model-dir"},
         "files": {"out": 12},
     },
     # torch.distributed.checkpoint: complete when .metadata is renamed into place.
     "torch-dcp-save.jsonl": {
-        "sealed": {"step-100": NOT_TRAINER},
+        "sealed": {"step-100": "torch-dcp"},
         "files": {"step-100": 2},
+    },
+    "synthetic/deepspeed-save-checkpoint.jsonl": {
+        "sealed": {"global_step10": "deepspeed", "global_step20": "deepspeed"},
+        "files": {"global_step10": 3, "global_step20": 3},
+    },
+    "synthetic/orbax-save.jsonl": {
+        "sealed": {"100/default": "orbax", "200/default": "orbax"},
+        "files": {"100/default": 2, "200/default": 2},
+    },
+    "synthetic/nemo-unfinished-marker.jsonl": {
+        "sealed": {"ckpts/megatron--step=100": "nemo", "ckpts/megatron--step=200": "nemo"},
+        "files": {"ckpts/megatron--step=100": 3, "ckpts/megatron--step=200": 3},
+    },
+    "synthetic/torchsnapshot-take.jsonl": {
+        "sealed": {"snap-30": "torchsnapshot"},
+        "files": {"snap-30": 3},
+    },
+    "synthetic/accelerate-save-state.jsonl": {
+        "sealed": {f"checkpoints/checkpoint_{i}": "accelerate" for i in range(3)},
+        "files": {f"checkpoints/checkpoint_{i}": 2 for i in range(3)},
+    },
+    "synthetic/lightning-model-checkpoint.jsonl": {
+        "sealed": {f"lightning_logs/version_0/checkpoints/{n}": "single-file"
+                   for n in ("epoch=0-step=50.ckpt", "epoch=1-step=100.ckpt",
+                             "epoch=2-step=150.ckpt", "last.ckpt")},
+        "count": {"lightning_logs/version_0/checkpoints/last.ckpt": (2, 2)},
+        "count0": {"lightning_logs/version_0/checkpoints/last.ckpt": (1, 2)},
+    },
+    "synthetic/plain-torch-save.jsonl": {
+        "sealed": {"ckpt/step_100.pt": "single-file", "ckpt/step_200.pt": "single-file",
+                   "ckpt/latest.pt": "single-file"},
     },
 }
 
 
+def trace_names():
+    names = [f for f in os.listdir(h.TRACES_DIR) if f.endswith(".jsonl")]
+    syn = os.path.join(h.TRACES_DIR, "synthetic")
+    names += [f"synthetic/{f}" for f in os.listdir(syn) if f.endswith(".jsonl")]
+    return sorted(names)
+
+
+def last_write(manifest, name, prefix=""):
+    """Latest close or rename into the candidate (relative to the start)."""
+    if name == "":
+        return manifest["root_last_write_at"] if not prefix else None
+    full = prefix + name
+    t = None
+    for path, versions in manifest["files"].items():
+        if path == full or path.startswith(full + "/"):
+            for v in versions:
+                t = v["closed_at"] if t is None else max(t, v["closed_at"])
+    return t
+
+
 class DetectTraces(unittest.TestCase):
     def test_every_trace_has_expectations(self):
-        self.assertEqual(sorted(EXPECTED), h.all_traces(),
+        self.assertEqual(sorted(EXPECTED), trace_names(),
                          "add the new trace's expected candidates to EXPECTED")
 
-    def run_trace(self, name):
-        exp = EXPECTED[name]
+    def start(self, quiet_ms):
         root = h.tempdir("ckpt-detect-")
         watch = os.path.join(root, "output")
         os.mkdir(watch)
         d = h.Daemon(watch, repo=f"{h.USER}/detect-test", token=h.TOKEN,
-                     args=["--dry-run", "--quiet-ms", str(QUIET_MS)])
+                     args=["--dry-run", "--quiet-ms", str(quiet_ms)])
         self.addCleanup(d.stop, signal.SIGKILL, 5)
         (ready,) = d.wait_event("ready", timeout=15)
         self.assertEqual(os.path.realpath(ready["kv"].get("watch", "")),
                          os.path.realpath(watch), ready["line"])
+        return d, watch
 
+    def check(self, d, exp, manifest, prefix, counts):
+        sealed = [r for r in d.events("sealed") if r["kv"].get("ckpt", "").startswith(prefix)
+                  or (prefix and r["kv"].get("ckpt") == prefix.rstrip("/"))]
+        names = [r["kv"].get("ckpt") for r in sealed]
+        want = {}
+        for ckpt in exp["sealed"]:
+            full = prefix + ckpt if ckpt else prefix.rstrip("/")
+            lo, hi = counts.get(ckpt, (1, 1))
+            n = names.count(full)
+            self.assertTrue(lo <= n <= hi, f"'{full}' sealed {n} times\n{d.tail()}")
+            want[full] = ckpt
+        self.assertEqual(sorted(set(names)), sorted(want), f"unexpected seals\n{d.tail()}")
+        for rec in sealed:
+            full = rec["kv"]["ckpt"]
+            ckpt = want[full]
+            layout = exp["sealed"][ckpt]
+            if layout is not None and not (prefix and ckpt == ""):
+                self.assertEqual(rec["kv"].get("layout"), layout, rec["line"])
+            if ckpt in exp.get("files", {}):
+                self.assertEqual(int(rec["kv"].get("files", -1)), exp["files"][ckpt], rec["line"])
+            if counts.get(ckpt, (1, 1))[1] > 1:
+                continue  # a file replaced in place: each seal follows its own version
+            last = last_write(manifest, ckpt, prefix)
+            if last is None:
+                continue
+            last += manifest["started_at_unix"]
+            # The log time is truncated to milliseconds: allow that much.
+            self.assertGreaterEqual(rec["time"] + 0.001, last,
+                                    f"sealed {last - rec['time']:.3f}s before the last write "
+                                    f"into '{full}': {rec['line']}")
+
+    def run_trace(self, name):
+        exp = EXPECTED[name]
+        d, watch = self.start(QUIET_MS)
         manifest = h.replay(h.trace_path(name), watch, speed=SPEED, seed=1)
         for ckpt in exp["sealed"]:
             d.wait_event("sealed", timeout=15, ckpt=ckpt)
         time.sleep(SETTLE_S)
         rc = d.stop(signal.SIGTERM, 30)
         self.assertEqual(rc, 0, "daemon exit status after SIGTERM\n" + d.tail())
+        self.check(d, exp, manifest, "", exp.get("count", {}))
+        self.assertEqual(d.events("committed"), [])  # dry run: nothing pushed
 
-        sealed = d.events("sealed")
-        names = [r["kv"].get("ckpt") for r in sealed]
-        for ckpt in exp["sealed"]:
-            self.assertEqual(names.count(ckpt), 1,
-                             f"'{ckpt}' sealed {names.count(ckpt)} times\n{d.tail()}")
-        self.assertEqual(sorted(set(names)), sorted(exp["sealed"]),
-                         f"unexpected candidates sealed\n{d.tail()}")
-        for rec in sealed:
-            ckpt = rec["kv"]["ckpt"]
-            layout = exp["sealed"][ckpt]
-            if layout is NOT_TRAINER:
-                self.assertNotEqual(rec["kv"].get("layout"), "transformers-trainer", rec["line"])
-            elif layout is not None:
-                self.assertEqual(rec["kv"].get("layout"), layout, rec["line"])
-            if ckpt in exp.get("files", {}):
-                self.assertEqual(int(rec["kv"].get("files", -1)), exp["files"][ckpt],
-                                 rec["line"])
-            # The log time is truncated to milliseconds: allow that much.
-            last = h.last_write_unix(manifest, ckpt)
-            self.assertGreaterEqual(rec["time"] + 0.001, last,
-                                    f"sealed {last - rec['time']:.3f}s before the last write "
-                                    f"into '{ckpt}': {rec['line']}")
-        # Dry run: nothing pushed.
-        self.assertEqual(d.events("committed"), [])
-        return d, manifest
+    def run_trace_zero(self, name):
+        """--speed 0, REPEAT replays at once into rep-<i>/."""
+        exp = EXPECTED[name]
+        d, watch = self.start(100)
+        tmp = h.tempdir("ckpt-replay0-")
+        procs = []
+        for i in range(REPEAT):
+            argv = [sys.executable, h.REPLAY, h.trace_path(name), "--into",
+                    os.path.join(watch, f"rep-{i}"), "--speed", "0", "--seed", str(i),
+                    "--manifest", os.path.join(tmp, f"m{i}.json")]
+            procs.append(h.spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        for p in procs:
+            _, err = p.communicate(timeout=60)
+            self.assertEqual(p.returncode, 0, err)
+        n_seals = sum(hi if lo == hi else lo for lo, hi in
+                      (exp.get("count0", {}).get(c, (1, 1)) for c in exp["sealed"]))
+        d.wait_event("sealed", timeout=30, count=n_seals * REPEAT)
+        time.sleep(0.6)
+        rc = d.stop(signal.SIGTERM, 30)
+        self.assertEqual(rc, 0, "daemon exit status after SIGTERM\n" + d.tail())
+        import json
+        for i in range(REPEAT):
+            with open(os.path.join(tmp, f"m{i}.json"), encoding="utf-8") as f:
+                manifest = json.load(f)
+            with self.subTest(rep=i):
+                self.check(d, exp, manifest, f"rep-{i}/", exp.get("count0", {}))
 
 
-def _make(name):
+def _make(name, zero):
     def test(self):
-        self.run_trace(name)
-    test.__doc__ = f"dry-run detection of {name}"
+        (self.run_trace_zero if zero else self.run_trace)(name)
+    test.__doc__ = f"dry-run detection of {name}" + (" at speed 0, x20" if zero else "")
     return test
 
 
+# The speed-0 x20 mode is opt-in (CKPT_SPEED0=1) until the races it finds are fixed: at speed 0
+# a folder can be created, filled, renamed or deleted before its inotify watch exists (orbax,
+# accelerate, nemo, lightning lose seals; see the report of issue 8).
 for _name in EXPECTED:
-    _slug = _name.removesuffix(".jsonl").replace("-", "_").replace(".", "_")
-    setattr(DetectTraces, f"test_{_slug}", _make(_name))
+    _slug = _name.removesuffix(".jsonl").replace("-", "_").replace(".", "_").replace("/", "_")
+    setattr(DetectTraces, f"test_{_slug}", _make(_name, False))
+    if os.environ.get("CKPT_SPEED0") == "1":
+        setattr(DetectTraces, f"test_speed0_x20_{_slug}", _make(_name, True))
 
 
 if __name__ == "__main__":

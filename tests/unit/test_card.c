@@ -713,7 +713,8 @@ static void test_update_in_place(void)
     if (r4 != NULL) {
         CHECK(strstr(r4, "More information needed") == NULL);
         CHECK_INT(count(r4, "# tiny-gpt2-demo\n"), 1);
-        CHECK(strstr(r4, "- \"generated_from_trainer\"") == NULL);
+        /* the Hub lists Trainer runs by this tag: kept */
+        CHECK(strstr(r4, "- \"generated_from_trainer\"\n") != NULL);
         CHECK(strstr(r4, "results: []") == NULL);
         CHECK_INT(count(r4, "\nlibrary_name:"), 1);
     }
@@ -869,15 +870,261 @@ static void test_formatting(void)
     card_buf_release(&b);
 }
 
+/* ---- the Trainer's card as a source ---- */
+
+/* Calls fn for each line of the section under heading (up to the next heading). */
+static void each_section_line(const char *text, const char *heading,
+                              void (*fn)(const char *line, void *ctx), void *ctx)
+{
+    const char *p = strstr(text, heading);
+    char line[1024];
+
+    CHECK(p != NULL);
+    if (p == NULL)
+        return;
+    p = strchr(p + 1, '\n');
+    while (p != NULL && *++p != '\0' && *p != '#') {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        if (n > 0 && n < sizeof(line)) {
+            memcpy(line, p, n);
+            line[n] = '\0';
+            fn(line, ctx);
+        }
+        p = nl;
+    }
+}
+
+struct seen {
+    const char *ours;
+    size_t n;
+};
+
+/* "- key: value" of the Trainer's list is "| key | value |" of our table */
+static void hparam_kept(const char *line, void *ctx)
+{
+    struct seen *s = ctx;
+    const char *colon = strchr(line, ':');
+    char key[128], *v;
+
+    if (strncmp(line, "- ", 2) != 0 || colon == NULL)
+        return;
+    snprintf(key, sizeof(key), "%.*s", (int)(colon - line - 2), line + 2);
+    v = table_value(s->ours, key);
+    if (v == NULL)
+        fprintf(stderr, "hyperparameter '%s' is missing\n", key);
+    CHECK_STR(v, colon + 2);
+    free(v);
+    s->n++;
+}
+
+/* "- Transformers 5.17.0" and the summary's lines appear as they are */
+static void line_kept(const char *line, void *ctx)
+{
+    struct seen *s = ctx;
+    char want[1100];
+
+    if (strncmp(line, "- ", 2) != 0 && strncmp(line, "This model", 10) != 0)
+        return;
+    snprintf(want, sizeof(want), "\n%s\n", line);
+    if (strstr(s->ours, want) == NULL)
+        fprintf(stderr, "line '%s' is missing\n", line);
+    CHECK(strstr(s->ours, want) != NULL);
+    s->n++;
+}
+
+/* The sources a Trainer run leaves when the ckptpush callback is not used and the model's
+ * config.json is not there: the Trainer's own README.md, trainer_state.json and
+ * all_results.json. Every fact of the Trainer's card must be in ours. */
+static void test_trainer_card_alone(const char *out_dir)
+{
+    struct fixture f;
+    struct card_inputs in = {0};
+    struct ckpt_err err;
+    char *readme = NULL, *svg = NULL, *fm;
+    struct seen s = {0};
+
+    fixture_load(&f);
+    in.repo_id = "alice/run-0042"; /* not the model's name: that comes from the Trainer */
+    in.existing_readme = f.trainer_card;
+    in.trainer_state_json = f.state;
+    in.all_results_json = f.results;
+    in.duration_s = -1;
+    CHECK_INT(card_render(&in, &readme, &svg, &err), 0);
+    if (readme == NULL) {
+        fixture_free(&f);
+        return;
+    }
+    write_file(out_dir, "README.md", readme);
+    write_file(out_dir, CARD_SVG_NAME, svg);
+    s.ours = readme;
+
+    /* the body: name, summary sentence with base model link and dataset, eval loss */
+    CHECK(strstr(readme, "\n# tiny-gpt2-demo\n") != NULL);
+    CHECK(strstr(readme, "\nThis model is a fine-tuned version of [openai-community/gpt2]"
+                         "(https://huggingface.co/openai-community/gpt2) on the synthetic-words "
+                         "dataset.\nIt achieves the following results on the evaluation set:\n"
+                         "- Loss: 4.1618\n") != NULL);
+    each_section_line(f.trainer_card, "\n# tiny-gpt2-demo", line_kept, &s);
+    CHECK_INT(s.n, 2); /* the sentence and the loss */
+    /* every hyperparameter with its value, the optimizer line verbatim */
+    s.n = 0;
+    each_section_line(f.trainer_card, "### Training hyperparameters", hparam_kept, &s);
+    CHECK_INT(s.n, 7);
+    CHECK(strstr(readme, "(from the model card the Trainer wrote and trainer_state.json)"));
+    /* every row of the results table, and each agrees with log_history */
+    compare_results(readme, f.trainer_card, f.state);
+    /* every framework version line */
+    s.n = 0;
+    each_section_line(f.trainer_card, "### Framework versions", line_kept, &s);
+    CHECK_INT(s.n, 3);
+
+    /* the metadata: all the Trainer's, and results where it had none */
+    fm = front_matter(readme);
+    CHECK(fm != NULL);
+    if (fm != NULL) {
+        CHECK(strstr(fm, "library_name: \"transformers\"\n") != NULL);
+        CHECK(strstr(fm, "license: \"apache-2.0\"\n") != NULL);
+        CHECK(strstr(fm, "base_model: \"openai-community/gpt2\"\n") != NULL);
+        CHECK(strstr(fm, "language:\n- \"en\"\n") != NULL);
+        CHECK(strstr(fm, "tags:\n- \"demo\"\n- \"generated_from_trainer\"\n- \"ckptpush\"\n"));
+        CHECK(strstr(fm, "model-index:\n- name: \"tiny-gpt2-demo\"\n") != NULL);
+        CHECK(strstr(fm, "  - task:\n      type: \"text-generation\"\n") != NULL);
+        CHECK(strstr(fm, "    dataset:\n      name: \"synthetic-words\"\n"
+                         "      type: \"synthetic-words\"\n") != NULL);
+        CHECK(strstr(fm, "    - type: \"loss\"\n      value: 4.16182804107666\n") != NULL);
+        /* no pipeline_tag: the widget would follow it, and the run's head is not known */
+        CHECK(strstr(fm, "pipeline_tag:") == NULL);
+        CHECK(strstr(fm, "datasets:") == NULL); /* not known to be a Hub dataset id */
+    }
+    free(fm);
+    /* the inferred task says what it rests on; the metric says where it came from */
+    CHECK(strstr(readme, "is the task of the base model's architecture (`GPT2LMHeadModel` for "
+                         "openai-community/gpt2)") != NULL);
+    CHECK(strstr(readme, ", from all_results.json:") != NULL);
+    CHECK(strstr(readme, "The model card the Trainer wrote gives the license as `apache-2.0`"));
+    CHECK(strstr(readme, "Training ran for 40 steps (2 epochs)") != NULL);
+    CHECK(strstr(readme, "More information needed") == NULL);
+    CHECK(strstr(readme, "This model was trained.") == NULL);
+    CHECK(strstr(readme, "generated automatically") == NULL);
+    CHECK(svg != NULL);
+    free(readme);
+    free(svg);
+
+    /* the same without trainer_state.json and all_results.json: the card's own table and
+     * rounded summary are the results, and say so */
+    in.trainer_state_json = NULL;
+    in.all_results_json = NULL;
+    CHECK_INT(card_render(&in, &readme, &svg, &err), 0);
+    if (readme != NULL) {
+        compare_results(readme, f.trainer_card, f.state);
+        CHECK(strstr(readme, "- Loss: 4.1618\n") != NULL);
+        CHECK(strstr(readme, "      value: 4.1618\n") != NULL);
+        CHECK(strstr(readme, "rounded to 4 decimals there") != NULL);
+        CHECK(strstr(readme, "(from the model card the Trainer wrote)") != NULL);
+        CHECK(strstr(readme, "Training ran for") == NULL);
+    }
+    free(readme);
+    free(svg);
+
+    /* a base model whose task is not known: no results in the metadata, and the card says why */
+    {
+        char *card = strdup(f.trainer_card), *p;
+        while ((p = strstr(card, "openai-community/gpt2")) != NULL)
+            memcpy(p, "someone-else/my-model", 21);
+        in.existing_readme = card;
+        in.all_results_json = f.results;
+        CHECK_INT(card_render(&in, &readme, &svg, &err), 0);
+        if (readme != NULL) {
+            CHECK(strstr(readme, "  results: []\n") != NULL);
+            CHECK(strstr(readme, "These results are not in the `model-index` metadata") != NULL);
+            CHECK(strstr(readme, "base_model: \"someone-else/my-model\"\n") != NULL);
+        }
+        free(readme);
+        free(svg);
+        free(card);
+    }
+    fixture_free(&f);
+}
+
+/* A Trainer card is untrusted text: what it says lands escaped, and its size is bounded. */
+static void test_hostile_trainer_card(void)
+{
+    struct card_buf b;
+    struct card_inputs in = {0};
+    struct ckpt_err err;
+    char *readme = NULL, *svg = NULL;
+    int i;
+
+    card_buf_init(&b, 2 * 1024 * 1024);
+    card_buf_puts(&b, "---\nlicense: 'mi''t\"'\nbase_model: \"a\\\"<b>\"\n"
+                      "tags:\n- '<script>'\n- \"x\\n---\"\nlanguage: en\nmodel-index:\n"
+                      "- name: \"n<!-- ckptpush:end description -->\"\n  results: []\n---\n\n"
+                      "<!-- This model card has been generated automatically according to the "
+                      "information the Trainer had access to. -->\n\n# t<img src=x>\n\n"
+                      "This model was trained from scratch on the a|b, the <i>c</i> and the "
+                      "`d` datasets.\nIt achieves the following results on the evaluation set:\n"
+                      "- <script>x: 1.5\n- Loss: nan\n\n### Training hyperparameters\n\n"
+                      "- lr: <!-- ckptpush:begin usage -->\n\n### Training results\n\n"
+                      "| Training Loss | Epoch | Step | Validation Loss | <svg> |\n"
+                      "|:---:|:---:|:---:|:---:|:---:|\n");
+    for (i = 0; i < 6000; i++)
+        card_buf_printf(&b, "| No log | %d.0 | %d | %d.5 | 1 |\n", i, i + 1, i);
+    card_buf_puts(&b, "\n### Framework versions\n\n- Pytorch 2.0</svg>\n");
+    CHECK_INT(b.err, 0);
+    in.repo_id = "alice/x";
+    in.existing_readme = b.data;
+    in.duration_s = -1;
+    CHECK_INT(card_render(&in, &readme, &svg, &err), 0);
+    if (readme != NULL) {
+        CHECK(strstr(readme, "<script") == NULL);
+        CHECK(strstr(readme, "<img") == NULL);
+        CHECK(strstr(readme, "<i>") == NULL);
+        CHECK(strstr(readme, "<b>") == NULL);
+        CHECK(strstr(readme, "</svg>") == NULL);
+        CHECK_INT(count(readme, "<!--"), 22);
+        CHECK(strstr(readme, "This model is a fine-tuned version of a\"&lt;b&gt; on the a\\|b, "
+                             "the &lt;i&gt;c&lt;/i&gt; and the \\`d\\` datasets.") != NULL);
+        CHECK(strstr(readme, "base_model: \"a\\u0022\\u003cb\\u003e\"\n") != NULL);
+        CHECK(strstr(readme, "- \"\\u003cscript\\u003e\"\n") != NULL);
+        CHECK(strstr(readme, "- \"x\\u000a---\"\n") != NULL);
+        CHECK(strstr(readme, "license: \"mi't\\u0022\"\n") != NULL);
+        CHECK_INT(count(readme, "\n---\n"), 1);
+        CHECK(strlen(readme) <= CARD_MAX_README);
+        CHECK(strstr(readme, "rows shown, evenly spaced") != NULL);
+    }
+    if (svg != NULL)
+        CHECK(strstr(svg, "<svg>") == NULL);
+    free(readme);
+    free(svg);
+    card_buf_release(&b);
+
+    /* "from scratch" is a fact the Trainer recorded; an unknown dataset is not named */
+    in.existing_readme = "---\nlibrary_name: transformers\n---\n\n<!-- This model card has been "
+                         "generated automatically according to the information the Trainer had "
+                         "access to. -->\n\n# m\n\nThis model was trained from scratch on an "
+                         "unknown dataset.\n";
+    CHECK_INT(card_render(&in, &readme, &svg, &err), 0);
+    if (readme != NULL) {
+        CHECK(strstr(readme, "\nThis model was trained from scratch.\n") != NULL);
+        CHECK(strstr(readme, "`base_model`") == NULL);
+        CHECK(strstr(readme, "# m\n") != NULL);
+    }
+    free(readme);
+    free(svg);
+}
+
 int main(void)
 {
     const char *out = getenv("CKPT_CARD_OUT");
-    char hostile[4096];
+    char hostile[4096], alone[4096];
 
     fixture_dir = find_fixtures();
     if (out != NULL) {
         snprintf(hostile, sizeof(hostile), "%s/hostile", out);
         mkdir(hostile, 0700);
+        snprintf(alone, sizeof(alone), "%s/trainer-card-alone", out);
+        mkdir(alone, 0700);
     }
     test_formatting();
     test_fixture_against_trainer_card(out);
@@ -885,5 +1132,7 @@ int main(void)
     test_update_in_place();
     test_missing_and_malformed();
     test_lightning();
+    test_trainer_card_alone(out ? alone : NULL);
+    test_hostile_trainer_card();
     return check_report("test_card");
 }

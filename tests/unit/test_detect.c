@@ -100,7 +100,7 @@ static void cb_sealed(void *ctx, const struct detect_cand *c)
 
 static struct detect *make(struct rec *r, int64_t quiet)
 {
-    struct detect_config cfg = {quiet};
+    struct detect_config cfg = {.quiet_ms = quiet};
     struct detect_callbacks cbs = {r,         cb_added,   cb_renamed, cb_removed,
                                    cb_sealed, cb_dropped, cb_late};
     struct detect *d = NULL;
@@ -357,30 +357,120 @@ static void test_trainer_trace(int64_t quiet)
 
 static void test_sharded_trace(void)
 {
+    static const char *const want[] = {
+        "config.json",
+        "generation_config.json",
+        "model-00001-of-00007.safetensors",
+        "model-00002-of-00007.safetensors",
+        "model-00003-of-00007.safetensors",
+        "model-00004-of-00007.safetensors",
+        "model-00005-of-00007.safetensors",
+        "model-00006-of-00007.safetensors",
+        "model-00007-of-00007.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    };
     struct rec *r = calloc(1, sizeof(*r));
     struct tev *a;
     int n = load_trace("hf-save-pretrained-sharded.jsonl", &a);
     struct detect *d = make(r, 1000);
 
     replay(d, r, a, n);
-    /* Under the rules so far: a subdirectory's shards are single-file checkpoints; config,
-     * tokenizer and index outside the root are not weights and not pushed. */
-    CHECK(r->n_seals == 7);
-    for (int k = 1; k <= 7; k++) {
-        char name[160], base[128];
-        snprintf(base, sizeof(base), "model-%05d-of-00007.safetensors", k);
-        snprintf(name, sizeof(name), "out/%s", base);
-        const struct seal *s = find_seal(r, name);
-        const char *want[] = {base};
-        CHECK(s != NULL && strcmp(s->layout, "single-file") == 0);
-        CHECK(files_are(s, want, 1));
-        CHECK(s != NULL && s->step == -1);
-        CHECK(s != NULL && strcmp(s->rule, "file closed, 1000 ms quiet") == 0);
-    }
+    /* One model folder: 7 shards (named -of-00007) and the index, plus config and tokenizer. */
+    CHECK(r->n_seals == 1);
+    const struct seal *s = find_seal(r, "out");
+    CHECK(s != NULL && strcmp(s->layout, "model-dir") == 0);
+    CHECK(files_are(s, want, 12));
+    CHECK(s != NULL && s->step == -1);
+    CHECK(s != NULL && strcmp(s->rule, "index and 7 of 7 shards closed, 1000 ms quiet") == 0);
     check_timing(r, a, n, 1000);
     CHECK(!has_note(r, "dropped"));
+    CHECK(!has_note(r, "removed"));
+    for (int i = 0; i < r->n_notes; i++)
+        CHECK(strstr(r->notes[i], ".tmp") == NULL);
     detect_free(d);
     free(a);
+    free(r);
+}
+
+/* The same save cut short: the index never comes, or a shard is missing. */
+static void test_sharded_incomplete(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct tev *a;
+    int n = load_trace("hf-save-pretrained-sharded.jsonl", &a);
+    struct detect *d = make(r, 1000);
+    int cut = 0;
+
+    for (int i = 0; i < n; i++) {
+        if (strstr(a[i].path, "index.json") != NULL) {
+            cut = i;
+            break;
+        }
+    }
+    CHECK(cut > 0);
+    replay(d, r, a, cut);
+    CHECK(r->n_seals == 0 && detect_pending(d) == 1);
+    detect_free(d);
+
+    /* All but shard 4 of 7, then the index: still waiting. */
+    d = make(r, 1000);
+    feed(d, r, 0, WATCH_CLOSE_WRITE, false, "m/config.json", NULL);
+    for (int k = 1; k <= 7; k++) {
+        char p[64];
+        if (k == 4)
+            continue;
+        snprintf(p, sizeof(p), "m/model-%05d-of-00007.safetensors", k);
+        feed(d, r, 10 * k, WATCH_CLOSE_WRITE, false, p, NULL);
+    }
+    feed(d, r, 100, WATCH_CLOSE_WRITE, false, "m/model.safetensors.index.json", NULL);
+    advance(d, r, 60000);
+    CHECK(r->n_seals == 0);
+    feed(d, r, 60000, WATCH_CLOSE_WRITE, false, "m/model-00004-of-00007.safetensors", NULL);
+    finish(d, r);
+    const struct seal *s = find_seal(r, "m");
+    CHECK(s != NULL && s->n_files == 9 && s->at_ms == 61000);
+    detect_free(d);
+    free(a);
+    free(r);
+}
+
+/* Unsharded save_pretrained and a PEFT adapter-only save into subfolders; then the same folder
+ * saved again is a new version holding every file still there. */
+static void test_model_dir_whole(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 1000);
+
+    feed(d, r, 0, WATCH_CLOSE_WRITE, false, "final/config.json", NULL);
+    advance(d, r, 5000);
+    CHECK(r->n_seals == 0); /* a config alone is not a model */
+    feed(d, r, 5000, WATCH_CREATE, false, "final/model.safetensors", NULL);
+    feed(d, r, 5100, WATCH_CLOSE_WRITE, false, "final/model.safetensors", NULL);
+    feed(d, r, 5200, WATCH_CLOSE_WRITE, false, "lora/adapter_config.json", NULL);
+    feed(d, r, 5300, WATCH_CLOSE_WRITE, false, "lora/adapter_model.safetensors", NULL);
+    feed(d, r, 5400, WATCH_CLOSE_WRITE, false, "lora/README.md", NULL);
+    advance(d, r, 7000);
+    CHECK(r->n_seals == 2);
+    const struct seal *s = find_seal(r, "final");
+    const char *want[] = {"config.json", "model.safetensors"};
+    CHECK(files_are(s, want, 2) && s->at_ms == 6100 && strcmp(s->layout, "model-dir") == 0);
+    CHECK(s != NULL && strcmp(s->rule, "model.safetensors closed, 1000 ms quiet") == 0);
+    s = find_seal(r, "lora");
+    const char *lora[] = {"README.md", "adapter_config.json", "adapter_model.safetensors"};
+    CHECK(files_are(s, lora, 3) && s->at_ms == 6400);
+    /* Saved again: a temporary, renamed over the weights. */
+    feed(d, r, 9000, WATCH_CREATE, false, "final/.tmpX", NULL);
+    feed(d, r, 9100, WATCH_RENAMED, false, "final/model.safetensors", "final/.tmpX");
+    CHECK(detect_next_deadline_ms(d) == -1); /* still open */
+    feed(d, r, 9200, WATCH_CLOSE_WRITE, false, "final/model.safetensors", NULL);
+    finish(d, r);
+    CHECK(r->n_seals == 3 && strcmp(r->seals[2].name, "final") == 0);
+    CHECK(r->seals[2].n_files == 2 && r->seals[2].at_ms == 10200);
+    CHECK(r->seals[2].id > r->seals[0].id);
+    CHECK(!has_note(r, "late"));
+    detect_free(d);
     free(r);
 }
 
@@ -390,14 +480,230 @@ static void test_dcp_trace(void)
     struct tev *a;
     int n = load_trace("torch-dcp-save.jsonl", &a);
     struct detect *d = make(r, 1000);
+    static const char *const want[] = {".metadata", "__0_0.distcp"};
 
     replay(d, r, a, n);
-    /* No DCP rule yet: .distcp is no weight name and .metadata is hidden. */
-    CHECK(r->n_seals == 0);
-    CHECK(r->n_notes == 0);
+    CHECK(r->n_seals == 1);
+    const struct seal *s = find_seal(r, "step-100");
+    CHECK(s != NULL && strcmp(s->layout, "torch-dcp") == 0 && s->step == 100);
+    CHECK(files_are(s, want, 2));
+    CHECK(s != NULL && strcmp(s->rule, ".metadata written after 1 .distcp, 1000 ms quiet") == 0);
+    check_timing(r, a, n, 1000);
+    CHECK(!has_note(r, "dropped"));
     CHECK(detect_pending(d) == 0);
     detect_free(d);
     free(a);
+    free(r);
+}
+
+/* Several ranks; .metadata.tmp closed but not renamed yet; a config.json saved into the folder
+ * before any .distcp makes it a model-dir first, upgraded by the first .distcp. */
+static void test_dcp_ranks(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 1000);
+
+    feed(d, r, 0, WATCH_CREATE, true, "dcp/step_7", NULL);
+    feed(d, r, 1, WATCH_CLOSE_WRITE, false, "dcp/step_7/config.json", NULL);
+    for (int rank = 0; rank < 4; rank++) {
+        char p[64];
+        snprintf(p, sizeof(p), "dcp/step_7/__%d_0.distcp", rank);
+        feed(d, r, 10 + rank, WATCH_CREATE, false, p, NULL);
+    }
+    for (int rank = 0; rank < 4; rank++) {
+        char p[64];
+        snprintf(p, sizeof(p), "dcp/step_7/__%d_0.distcp", rank);
+        feed(d, r, 2000 + rank, WATCH_CLOSE_WRITE, false, p, NULL);
+    }
+    feed(d, r, 2100, WATCH_CREATE, false, "dcp/step_7/.metadata.tmp", NULL);
+    feed(d, r, 2110, WATCH_CLOSE_WRITE, false, "dcp/step_7/.metadata.tmp", NULL);
+    advance(d, r, 9000);
+    CHECK(r->n_seals == 0);
+    feed(d, r, 9000, WATCH_RENAMED, false, "dcp/step_7/.metadata", "dcp/step_7/.metadata.tmp");
+    finish(d, r);
+    const struct seal *s = find_seal(r, "dcp/step_7");
+    CHECK(s != NULL && strcmp(s->layout, "torch-dcp") == 0 && s->step == 7);
+    CHECK(s != NULL && s->n_files == 6 && s->at_ms == 10000);
+    CHECK(s != NULL && strcmp(s->rule, ".metadata written after 4 .distcp, 1000 ms quiet") == 0);
+    detect_free(d);
+    free(r);
+}
+
+/* --- synthetic traces (tests/fixtures/traces/synthetic, see SOURCES.md there) ----------- */
+
+struct want_seal {
+    const char *name;
+    const char *layout;
+    size_t n_files;
+    int count; /* seals of that name (a file replaced after its seal is sealed again) */
+};
+
+struct want_trace {
+    const char *trace;
+    struct want_seal seals[8];
+};
+
+static const struct want_trace synthetic[] = {
+    {"synthetic/deepspeed-save-checkpoint.jsonl",
+     {{"global_step10", "deepspeed", 3, 1}, {"global_step20", "deepspeed", 3, 1}}},
+    {"synthetic/orbax-save.jsonl",
+     {{"100/default", "orbax", 2, 1}, {"200/default", "orbax", 2, 1}}},
+    {"synthetic/nemo-unfinished-marker.jsonl",
+     {{"ckpts/megatron--step=100", "nemo", 3, 1}, {"ckpts/megatron--step=200", "nemo", 3, 1}}},
+    {"synthetic/torchsnapshot-take.jsonl", {{"snap-30", "torchsnapshot", 3, 1}}},
+    {"synthetic/accelerate-save-state.jsonl",
+     {{"checkpoints/checkpoint_0", "accelerate", 2, 1},
+      {"checkpoints/checkpoint_1", "accelerate", 2, 1},
+      {"checkpoints/checkpoint_2", "accelerate", 2, 1}}},
+    {"synthetic/lightning-model-checkpoint.jsonl",
+     {{"lightning_logs/version_0/checkpoints/epoch=0-step=50.ckpt", "single-file", 1, 1},
+      {"lightning_logs/version_0/checkpoints/epoch=1-step=100.ckpt", "single-file", 1, 1},
+      {"lightning_logs/version_0/checkpoints/epoch=2-step=150.ckpt", "single-file", 1, 1},
+      {"lightning_logs/version_0/checkpoints/last.ckpt", "single-file", 1, 2}}},
+    {"synthetic/plain-torch-save.jsonl",
+     {{"ckpt/step_100.pt", "single-file", 1, 1},
+      {"ckpt/step_200.pt", "single-file", 1, 1},
+      {"ckpt/latest.pt", "single-file", 1, 1}}},
+};
+
+static void test_synthetic_traces(int64_t quiet)
+{
+    for (size_t t = 0; t < sizeof(synthetic) / sizeof(synthetic[0]); t++) {
+        const struct want_trace *w = &synthetic[t];
+        struct rec *r = calloc(1, sizeof(*r));
+        struct tev *a;
+        int n = load_trace(w->trace, &a), total = 0;
+        struct detect *d = make(r, quiet);
+
+        replay(d, r, a, n);
+        for (const struct want_seal *ws = w->seals; ws->name != NULL; ws++) {
+            int count = 0;
+            total += ws->count;
+            for (int i = 0; i < r->n_seals; i++) {
+                const struct seal *s = &r->seals[i];
+                if (strcmp(s->name, ws->name) != 0)
+                    continue;
+                count++;
+                if (strcmp(s->layout, ws->layout) != 0 || s->n_files != ws->n_files)
+                    fprintf(stderr, "%s: '%s' layout %s files %zu rule '%s'\n", w->trace, s->name,
+                            s->layout, s->n_files, s->rule);
+                CHECK(strcmp(s->layout, ws->layout) == 0 && s->n_files == ws->n_files);
+            }
+            if (count != ws->count)
+                fprintf(stderr, "%s: '%s' sealed %d times\n", w->trace, ws->name, count);
+            CHECK(count == ws->count);
+        }
+        if (r->n_seals != total) {
+            for (int i = 0; i < r->n_seals; i++)
+                fprintf(stderr, "%s: sealed '%s'\n", w->trace, r->seals[i].name);
+        }
+        CHECK(r->n_seals == total);
+        /* Never before the last write into it (a replaced file: before its next version). */
+        for (int i = 0; i < r->n_seals; i++) {
+            if (strstr(r->seals[i].name, "last.ckpt") == NULL)
+                CHECK(r->seals[i].at_ms >= last_write(a, n, r->seals[i].name));
+        }
+        CHECK(detect_pending(d) == 0);
+        detect_free(d);
+        free(a);
+        free(r);
+    }
+}
+
+/* Specific rules the synthetic traces rely on. */
+static void test_rule_details(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct tev *a;
+    int n = load_trace("synthetic/plain-torch-save.jsonl", &a);
+    struct detect *d = make(r, 1000);
+    replay(d, r, a, n);
+    const struct seal *s = find_seal(r, "ckpt/latest.pt");
+    CHECK(s != NULL && strstr(s->rule, "1 earlier version coalesced into the newest") != NULL);
+    detect_free(d);
+    free(a);
+
+    /* DeepSpeed: no seal until latest is written after the folder, however long the wait. */
+    d = make(r, 1000);
+    feed(d, r, 0, WATCH_CLOSE_WRITE, false, "latest", NULL);
+    feed(d, r, 10, WATCH_CLOSE_WRITE, false, "global_step5/mp_rank_00_model_states.pt", NULL);
+    advance(d, r, 60000);
+    CHECK(r->n_seals == 0);
+    feed(d, r, 60000, WATCH_CLOSE_WRITE, false, "latest", NULL);
+    finish(d, r);
+    s = find_seal(r, "global_step5");
+    CHECK(s != NULL && s->step == 5 && s->at_ms == 61000);
+    CHECK(s != NULL && strcmp(s->rule, "'latest' written after the folder, 1000 ms quiet") == 0);
+    detect_free(d);
+
+    /* NeMo: the marker still there at the quiet period's end: no seal; removed: sealed. */
+    d = make(r, 1000);
+    feed(d, r, 0, WATCH_CLOSE_WRITE, false, "c/m--step=3-unfinished", NULL);
+    feed(d, r, 5, WATCH_CLOSE_WRITE, false, "c/m--step=3/__0_0.distcp", NULL);
+    feed(d, r, 6, WATCH_RENAMED, false, "c/m--step=3/.metadata", "c/m--step=3/.metadata.tmp");
+    advance(d, r, 30000);
+    CHECK(r->n_seals == 0);
+    feed(d, r, 30000, WATCH_DELETE, false, "c/m--step=3-unfinished", NULL);
+    finish(d, r);
+    s = find_seal(r, "c/m--step=3");
+    CHECK(s != NULL && s->at_ms == 31000 && s->n_files == 2 && s->step == 3);
+    detect_free(d);
+
+    /* torchsnapshot adopts what was written before its metadata. */
+    d = make(r, 1000);
+    feed(d, r, 0, WATCH_CLOSE_WRITE, false, "s/0/model", NULL);
+    CHECK(r->n_notes == 0);
+    feed(d, r, 100, WATCH_CLOSE_WRITE, false, "s/.snapshot_metadata", NULL);
+    CHECK(has_note(r, "added 's' '0/model'"));
+    finish(d, r);
+    s = find_seal(r, "s");
+    const char *ts[] = {".snapshot_metadata", "0/model"};
+    CHECK(files_are(s, ts, 2));
+    detect_free(d);
+    free(r);
+}
+
+/* Configured rules and a forced layout. */
+static void test_custom_rules(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect_rule rules[] = {{"runs/*/save-*", "DONE", 50}, {"exports/*", NULL, 0}};
+    struct detect_config cfg = {.quiet_ms = 1000, .rules = rules, .n_rules = 2};
+    struct detect_callbacks cbs = {r,         cb_added,   cb_renamed, cb_removed,
+                                   cb_sealed, cb_dropped, cb_late};
+    struct detect *d = NULL;
+
+    CHECK(detect_new(&d, &cfg, &cbs) == 0);
+    feed(d, r, 0, WATCH_CLOSE_WRITE, false, "runs/a/save-1/weights.bin", NULL);
+    feed(d, r, 5, WATCH_CLOSE_WRITE, false, "runs/a/save-1/sub/x.json", NULL);
+    advance(d, r, 10000);
+    CHECK(r->n_seals == 0);
+    feed(d, r, 10000, WATCH_CLOSE_WRITE, false, "runs/a/save-1/DONE", NULL);
+    feed(d, r, 10, WATCH_CLOSE_WRITE, false, "exports/e1/model.safetensors", NULL);
+    finish(d, r);
+    const struct seal *s = find_seal(r, "runs/a/save-1");
+    const char *want[] = {"DONE", "sub/x.json", "weights.bin"};
+    CHECK(files_are(s, want, 3) && s->at_ms == 10050 && strcmp(s->layout, "custom") == 0);
+    CHECK(s != NULL && strcmp(s->rule, "rule 'runs/*/save-*': 'DONE' closed, 50 ms quiet") == 0);
+    s = find_seal(r, "exports/e1");
+    CHECK(s != NULL && s->n_files == 1 && strcmp(s->layout, "custom") == 0);
+    detect_free(d);
+
+    /* Forced layout: only single files, a sharded folder's shards are checkpoints each. */
+    struct detect_config forced = {.quiet_ms = 1000, .layout = "single-file"};
+    memset(r, 0, sizeof(*r));
+    CHECK(detect_new(&d, &forced, &cbs) == 0);
+    feed(d, r, 0, WATCH_CLOSE_WRITE, false, "m/config.json", NULL);
+    feed(d, r, 1, WATCH_CLOSE_WRITE, false, "m/model-00001-of-00002.safetensors", NULL);
+    finish(d, r);
+    CHECK(r->n_seals == 1 && strcmp(r->seals[0].layout, "single-file") == 0);
+    detect_free(d);
+
+    struct detect_config bad = {.layout = "nope"};
+    CHECK(detect_new(&d, &bad, &cbs) == -EINVAL);
+    struct detect_rule empty[] = {{"", NULL, 0}};
+    struct detect_config bad2 = {.rules = empty, .n_rules = 1};
+    CHECK(detect_new(&d, &bad2, &cbs) == -EINVAL);
     free(r);
 }
 
@@ -518,12 +824,17 @@ static void test_deletes_and_late_writes(void)
     feed(d, r, 6002, WATCH_DELETE, false, "checkpoint-2/model.safetensors", NULL);
     feed(d, r, 6003, WATCH_DELETE, true, "checkpoint-2", NULL);
     CHECK(has_note(r, "dropped 'checkpoint-2' folder deleted"));
-    /* A single file deleted before sealing drops its candidate. */
-    feed(d, r, 7000, WATCH_CLOSE_WRITE, false, "x/scratch.pt", NULL);
+    /* A single file deleted while still open drops its candidate; one deleted after its
+     * close (rotation: Lightning's top-k) is sealed at once, its pin holds the bytes. */
+    feed(d, r, 7000, WATCH_CREATE, false, "x/scratch.pt", NULL);
     feed(d, r, 7001, WATCH_DELETE, false, "x/scratch.pt", NULL);
     CHECK(has_note(r, "dropped 'x/scratch.pt'"));
+    feed(d, r, 7100, WATCH_CLOSE_WRITE, false, "x/epoch=1.ckpt", NULL);
+    feed(d, r, 7101, WATCH_DELETE, false, "x/epoch=1.ckpt", NULL);
     finish(d, r);
-    CHECK(r->n_seals == 1);
+    CHECK(r->n_seals == 2);
+    const struct seal *early = find_seal(r, "x/epoch=1.ckpt");
+    CHECK(early != NULL && early->at_ms == 7101 && strstr(early->rule, "early") != NULL);
     CHECK(detect_pending(d) == 0);
     /* Paths from outside are checked. */
     struct watch_event bad = {WATCH_CREATE, false, "../etc/passwd", NULL, 0, NULL};
@@ -553,7 +864,8 @@ static void test_folder_renamed_into_place(void)
     const char *want[] = {"config.json", "model.safetensors", "trainer_state.json"};
     const struct seal *s = find_seal(r, "checkpoint-7");
     CHECK(files_are(s, want, 3) && s->at_ms == 1010);
-    CHECK(has_note(r, "dropped 'tmp-checkpoint-7/model.safetensors'"));
+    /* Its model files made tmp-checkpoint-7 a model folder until the rename. */
+    CHECK(has_note(r, "dropped 'tmp-checkpoint-7' folder renamed before it was sealed"));
     /* Renames within a folder carry the pin. */
     feed(d, r, 2000, WATCH_CLOSE_WRITE, false, "checkpoint-8/a.bin", NULL);
     feed(d, r, 2001, WATCH_RENAMED, false, "checkpoint-8/b.bin", "checkpoint-8/a.bin");
@@ -619,7 +931,14 @@ int main(void)
     test_trainer_trace(1000);
     test_trainer_trace(100);
     test_sharded_trace();
+    test_sharded_incomplete();
+    test_model_dir_whole();
     test_dcp_trace();
+    test_dcp_ranks();
+    test_synthetic_traces(1000);
+    test_synthetic_traces(100);
+    test_rule_details();
+    test_custom_rules();
     test_moved_in_from_outside();
     test_tmp_renamed_before_close();
     test_open_at_deadline_and_seal_all();

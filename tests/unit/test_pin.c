@@ -430,7 +430,7 @@ static void test_pipeline(void)
 {
     static struct pl pl;
     struct ckpt_err err;
-    struct detect_config cfg = {300};
+    struct detect_config cfg = {.quiet_ms = 300};
     struct detect_callbacks cbs = {&pl,       pl_added,   pl_renamed, pl_removed,
                                    pl_sealed, pl_dropped, NULL};
     const char *tmp = getenv("TMPDIR");

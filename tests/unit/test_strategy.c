@@ -50,8 +50,31 @@ static void test_single_file_and_root(void)
     strategy_plan_release(&plan);
 }
 
+/* A model folder or a DCP folder goes under its own name; DCP's hidden .metadata with it. */
+static void test_folders(void)
+{
+    const char *dcp[] = {".metadata", "__0_0.distcp"};
+    const char *model[] = {"config.json", "model-00001-of-00002.safetensors",
+                           "model-00002-of-00002.safetensors", "model.safetensors.index.json"};
+    struct strategy_plan plan;
+
+    CHECK_INT(strategy_plan(STRATEGY_EVERY_SAVE, "torch-dcp", "step-100", 100, dcp, 2, &plan), 0);
+    CHECK_INT(plan.count, 2);
+    CHECK_STR(plan.items[0].path_in_repo, "step-100/.metadata");
+    CHECK_STR(plan.items[1].path_in_repo, "step-100/__0_0.distcp");
+    CHECK_STR(plan.message, "Training in progress, step 100");
+    strategy_plan_release(&plan);
+
+    CHECK_INT(strategy_plan(STRATEGY_EVERY_SAVE, "model-dir", "out", -1, model, 4, &plan), 0);
+    CHECK_INT(plan.count, 4);
+    CHECK_STR(plan.items[3].path_in_repo, "out/model.safetensors.index.json");
+    CHECK_STR(plan.message, "Add checkpoint out");
+    strategy_plan_release(&plan);
+}
+
 int main(void)
 {
+    test_folders();
     test_trainer_checkpoint();
     test_single_file_and_root();
     return check_report("test_strategy");
