@@ -142,8 +142,10 @@ static int only_socket_in(const char *dir, char *dst, size_t size)
         size_t n = strlen(e->d_name);
         if (n < 6 || strcmp(e->d_name + n - 5, ".sock") != 0)
             continue;
-        if (found == 0)
-            snprintf(dst, size, "%s/%s", dir, e->d_name);
+        if (found == 0 && (size_t)snprintf(dst, size, "%s/", dir) + n < size)
+            strcat(dst, e->d_name);
+        else if (found == 0)
+            dst[0] = '\0'; /* too long for a socket path: found, but not usable */
         if (strlen(names) + n + 3 < sizeof(names)) {
             strcat(names, found ? ", " : "");
             strncat(names, e->d_name, n - 5);

@@ -213,8 +213,13 @@ SETTER(set_strategy)
 
 SETTER(set_revision)
 {
-    if (v[0] == '\0' || v[0] == '-' || v[0] == '/' || strstr(v, "..") != NULL ||
-        strpbrk(v, " ~^:?*[\\") != NULL || strlen(v) > 200) {
+    if (v[0] == '\0') { /* everything to main */
+        free(cfg->revision);
+        cfg->revision = NULL;
+        return 0;
+    }
+    if (v[0] == '-' || v[0] == '/' || strstr(v, "..") != NULL || strpbrk(v, " ~^:?*[\\") != NULL ||
+        strlen(v) > 200) {
         snprintf(why, why_size, "invalid branch name '%.100s'", v);
         return -EINVAL;
     }
@@ -990,6 +995,8 @@ int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err)
     memset(cfg, 0, sizeof(*cfg));
     ckpt_err_clear(err);
     code = load(cfg, argc, argv);
+    cfg->argc = argc;
+    cfg->argv = argv;
     if (cfg->problems[0] != '\0')
         ckpt_err_set(err, CKPT_ERR_INPUT, -EINVAL, "%s", cfg->problems);
     return code;

@@ -59,6 +59,9 @@ struct config {
         long quiet_ms; /* -1: the global quiet period */
     } rules[CONFIG_MAX_RULES];
     size_t rule_count;
+    /* What the configuration was loaded from, for SIGHUP: argv is borrowed from main. */
+    int argc;
+    char **argv;
     enum config_strategy strategy;
     /* Upload path (issue 4). */
     char *revision;                      /* branch for intermediate commits; NULL: main */

@@ -64,6 +64,8 @@ struct daemon {
     uv_signal_t sig_term;
     uv_signal_t sig_int;
     uv_signal_t sig_usr1;
+    uv_signal_t sig_hup;
+    unsigned drain_timeout_s; /* reloadable */
 
     struct waiter waiters[MAX_WAITERS];
     size_t waiter_count;
@@ -597,7 +599,7 @@ static void on_drain_timeout(uv_timer_t *timer)
     struct daemon *d = timer->data;
 
     log_error("drain-timeout", "seconds=%u pending=%zu reason='pins kept in %s for the next start'",
-              d->cfg->drain_timeout_s, queue_pending(d->queue), d->cfg->staging_dir);
+              d->drain_timeout_s, queue_pending(d->queue), d->cfg->staging_dir);
     daemon_stop(d, CKPT_EXIT_FAILURE);
 }
 
@@ -613,9 +615,9 @@ static void start_drain(struct daemon *d, const char *why)
         return;
     }
     d->draining = true;
-    log_info("draining", "reason='%s' deadline_s=%u", why, d->cfg->drain_timeout_s);
+    log_info("draining", "reason='%s' deadline_s=%u", why, d->drain_timeout_s);
     notify_sendf("STOPPING=1\nSTATUS=Draining after %s: %zu checkpoint(s) to push within %us", why,
-                 queue_pending(d->queue), d->cfg->drain_timeout_s);
+                 queue_pending(d->queue), d->drain_timeout_s);
     detect_seal_all_complete(d->detect, now_ms(d));
     if (d->hub_ready)
         start_card_only_commit(d);
@@ -624,14 +626,60 @@ static void start_drain(struct daemon *d, const char *why)
         return;
     }
     if (!uv_is_active((uv_handle_t *)&d->drain_timer))
-        uv_timer_start(&d->drain_timer, on_drain_timeout, (uint64_t)d->cfg->drain_timeout_s * 1000,
-                       0);
+        uv_timer_start(&d->drain_timer, on_drain_timeout, (uint64_t)d->drain_timeout_s * 1000, 0);
+}
+
+static bool same_text(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* SIGHUP: read the configuration again (file, environment, the same flags). What a running
+ * daemon can change takes effect; the rest is named and needs a restart. A configuration with
+ * problems changes nothing. Reading a small file here is a startup-style exception to the
+ * no-I/O rule: SIGHUP is rare and the file is bounded. */
+static void reload(struct daemon *d)
+{
+    struct config fresh;
+    struct ckpt_err err;
+    char restart[256] = "";
+
+    if (config_load(&fresh, d->cfg->argc, d->cfg->argv, &err) != 0) {
+        log_error("reload-rejected", "reason='%s', keeping the running configuration", err.msg);
+        config_release(&fresh);
+        return;
+    }
+#define NEEDS_RESTART(changed, name)                                                               \
+    if (changed)                                                                                   \
+    snprintf(restart + strlen(restart), sizeof(restart) - strlen(restart), "%s%s",                 \
+             restart[0] ? "," : "", name)
+    NEEDS_RESTART(!same_text(fresh.watch_dir, d->cfg->watch_dir), "watch");
+    NEEDS_RESTART(!same_text(fresh.repo_id, d->cfg->repo_id), "repo");
+    NEEDS_RESTART(!same_text(fresh.endpoint, d->cfg->endpoint), "endpoint");
+    NEEDS_RESTART(!same_text(fresh.socket_path, d->cfg->socket_path), "socket");
+    NEEDS_RESTART(fresh.strategy != d->cfg->strategy, "strategy");
+    NEEDS_RESTART(fresh.quiet_ms != d->cfg->quiet_ms, "quiet_ms");
+#undef NEEDS_RESTART
+    log_set_level(fresh.log_level);
+    log_set_format(fresh.log_format);
+    d->drain_timeout_s = fresh.drain_timeout_s;
+    if (d->hub != NULL && fresh.token != NULL && hub_set_token(d->hub, fresh.token) < 0)
+        log_error("reload-failed", "reason='out of memory'");
+    log_info("reloaded", "token_source='%s' log_level=%d drain_timeout_s=%u%s%s%s",
+             fresh.token_source ? fresh.token_source : "", (int)fresh.log_level,
+             fresh.drain_timeout_s, restart[0] ? " needs_restart='" : "", restart,
+             restart[0] ? "'" : "");
+    config_release(&fresh);
 }
 
 static void on_signal(uv_signal_t *sig, int signum)
 {
     struct daemon *d = sig->data;
 
+    if (signum == SIGHUP) {
+        reload(d);
+        return;
+    }
     if (signum == SIGUSR1) {
         log_info("push-now", "reason='SIGUSR1: sealing every complete checkpoint'");
         detect_seal_all_complete(d->detect, now_ms(d));
@@ -645,8 +693,8 @@ static void on_signal(uv_signal_t *sig, int signum)
                  d->child.pid);
         uv_process_kill(&d->child, signum);
         if (!uv_is_active((uv_handle_t *)&d->drain_timer))
-            uv_timer_start(&d->drain_timer, on_drain_timeout,
-                           (uint64_t)d->cfg->drain_timeout_s * 1000, 0);
+            uv_timer_start(&d->drain_timer, on_drain_timeout, (uint64_t)d->drain_timeout_s * 1000,
+                           0);
         return;
     }
     start_drain(d, signum == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -745,6 +793,7 @@ static void daemon_stop(struct daemon *d, int exit_code)
     uv_close((uv_handle_t *)&d->sig_term, NULL);
     uv_close((uv_handle_t *)&d->sig_int, NULL);
     uv_close((uv_handle_t *)&d->sig_usr1, NULL);
+    uv_close((uv_handle_t *)&d->sig_hup, NULL);
     /* Closing the handles restores the default actions: a late SIGTERM while the loop winds
      * down would kill us with the pushes already done but the exit code lost. */
     signal(SIGTERM, SIG_IGN);
@@ -1072,11 +1121,13 @@ static void init_handles(struct daemon *d)
     uv_signal_init(d->loop, &d->sig_term);
     uv_signal_init(d->loop, &d->sig_int);
     uv_signal_init(d->loop, &d->sig_usr1);
+    uv_signal_init(d->loop, &d->sig_hup);
     d->detect_timer.data = d->drain_timer.data = d->waiter_timer.data = d;
-    d->sig_term.data = d->sig_int.data = d->sig_usr1.data = d;
+    d->sig_term.data = d->sig_int.data = d->sig_usr1.data = d->sig_hup.data = d;
     uv_signal_start(&d->sig_term, on_signal, SIGTERM);
     uv_signal_start(&d->sig_int, on_signal, SIGINT);
     uv_signal_start(&d->sig_usr1, on_signal, SIGUSR1);
+    uv_signal_start(&d->sig_hup, on_signal, SIGHUP);
 }
 
 int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg, int *ret_exit,
@@ -1112,6 +1163,7 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
         clock_gettime(CLOCK_REALTIME, &now);
         d->id_base = ((uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000) * 1000000;
     }
+    d->drain_timeout_s = cfg->drain_timeout_s;
     d->started_ms = (uint64_t)now_ms(d);
     callbacks.ctx = d;
     for (size_t i = 0; i < cfg->rule_count; i++) {

@@ -412,6 +412,20 @@ void hub_free(struct hub *hub)
     free(hub);
 }
 
+int hub_set_token(struct hub *hub, const char *token)
+{
+    char *copy = token ? strdup(token) : NULL;
+
+    if (token != NULL && copy == NULL)
+        return -ENOMEM;
+    if (hub->token != NULL) {
+        explicit_bzero(hub->token, strlen(hub->token));
+        free(hub->token);
+    }
+    hub->token = copy;
+    return 0;
+}
+
 const char *hub_repo_id(const struct hub *hub)
 {
     return hub->repo_id;

@@ -48,6 +48,8 @@ int hub_init(struct hub **ret, struct http *http, const struct hub_config *cfg,
 /* NULL-safe. Call only when no operation is in flight. */
 void hub_free(struct hub *hub);
 const char *hub_repo_id(const struct hub *hub);
+/* A rotated token (SIGHUP): used from the next request on. -ENOMEM or 0. */
+int hub_set_token(struct hub *hub, const char *token);
 const char *hub_endpoint(const struct hub *hub);
 
 /* Validates "namespace/name" as the Hub does; fills err naming the id (escaped). */
