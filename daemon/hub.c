@@ -39,6 +39,7 @@ struct hub {
 enum op_kind {
     OP_WHOAMI,
     OP_ENSURE_REPO,
+    OP_ENSURE_BRANCH,
     OP_HEAD,
     OP_PREUPLOAD,
     OP_BATCH,
@@ -426,6 +427,29 @@ int hub_set_token(struct hub *hub, const char *token)
     return 0;
 }
 
+int hub_set_revision(struct hub *hub, const char *revision)
+{
+    const char *rev = revision != NULL && revision[0] != '\0' ? revision : "main";
+    char *copy, *enc;
+
+    if (strcmp(rev, hub->rev) == 0)
+        return 0;
+    if ((copy = strdup(rev)) == NULL || (enc = pct_encode(rev)) == NULL) {
+        free(copy);
+        return -ENOMEM;
+    }
+    free(hub->rev);
+    free(hub->rev_enc);
+    hub->rev = copy;
+    hub->rev_enc = enc;
+    return 0;
+}
+
+const char *hub_revision(const struct hub *hub)
+{
+    return hub->rev;
+}
+
 const char *hub_repo_id(const struct hub *hub)
 {
     return hub->repo_id;
@@ -697,7 +721,8 @@ static void on_http_done(void *ctx, const struct http_response *res)
     ckpt_err_clear(&e);
     op->hub->n_ops--;
     int r = map_error(op, res, &e);
-    if (r < 0 && op->kind == OP_ENSURE_REPO && res->fail == HTTP_FAIL_NONE && res->status == 409) {
+    if (r < 0 && (op->kind == OP_ENSURE_REPO || op->kind == OP_ENSURE_BRANCH) &&
+        res->fail == HTTP_FAIL_NONE && res->status == 409) {
         ckpt_err_clear(&e);
         r = 0; /* the repo exists */
     }
@@ -747,6 +772,7 @@ static void on_http_done(void *ctx, const struct http_response *res)
         op->cb.etag(op->ctx, errp, r < 0 ? NULL : res->etag);
         break;
     case OP_ENSURE_REPO:
+    case OP_ENSURE_BRANCH:
     case OP_COMPLETE:
         op->cb.done(op->ctx, errp);
         break;
@@ -766,6 +792,28 @@ int hub_whoami(struct hub *hub, hub_user_cb cb, void *ctx, struct hub_op **ret_o
         return UV_ENOMEM;
     op->cb.user = cb;
     struct http_request req = {.method = "GET", .url = url, .bearer = hub->token, .retryable = 1};
+    return op_send(op, &req, ret_op);
+}
+
+int hub_ensure_branch(struct hub *hub, hub_done_cb cb, void *ctx, struct hub_op **ret_op)
+{
+    char url[2048];
+    int len = snprintf(url, sizeof(url), "%s/api/%s/%s/branch/%s", hub->endpoint, hub->type_seg,
+                       hub->repo_id, hub->rev_enc);
+    if (len < 0 || (size_t)len >= sizeof(url))
+        return UV_ENAMETOOLONG;
+    struct hub_op *op = op_new(hub, OP_ENSURE_BRANCH, ctx, "create branch in");
+    if (op == NULL)
+        return UV_ENOMEM;
+    op->cb.done = cb;
+    /* from main's head; retrying is safe: a create that landed answers 409 the second time */
+    struct http_request req = {.method = "POST",
+                               .url = url,
+                               .bearer = hub->token,
+                               .content_type = "application/json",
+                               .body = "{}",
+                               .body_len = 2,
+                               .retryable = 1};
     return op_send(op, &req, ret_op);
 }
 

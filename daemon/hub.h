@@ -48,6 +48,10 @@ int hub_init(struct hub **ret, struct http *http, const struct hub_config *cfg,
 /* NULL-safe. Call only when no operation is in flight. */
 void hub_free(struct hub *hub);
 const char *hub_repo_id(const struct hub *hub);
+/* The branch that preupload, batch refs and commits name from now on (NULL or "": main). Only
+ * between operations: those in flight keep theirs. */
+int hub_set_revision(struct hub *hub, const char *revision);
+const char *hub_revision(const struct hub *hub);
 /* A rotated token (SIGHUP): used from the next request on. -ENOMEM or 0. */
 int hub_set_token(struct hub *hub, const char *token);
 const char *hub_endpoint(const struct hub *hub);
@@ -62,6 +66,8 @@ void hub_op_cancel(struct hub_op *op);
 int hub_whoami(struct hub *hub, hub_user_cb cb, void *ctx, struct hub_op **ret_op);
 /* POST /api/repos/create; an existing repo (409) is success. */
 int hub_ensure_repo(struct hub *hub, hub_done_cb cb, void *ctx, struct hub_op **ret_op);
+/* POST /api/T/R/branch/REV from the default branch's head; an existing branch (409) is success. */
+int hub_ensure_branch(struct hub *hub, hub_done_cb cb, void *ctx, struct hub_op **ret_op);
 /* GET /api/T/R/revision/REV -> sha. */
 int hub_get_head(struct hub *hub, hub_oid_cb cb, void *ctx, struct hub_op **ret_op);
 

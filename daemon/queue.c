@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "hub.h"
 #include "journal.h"
 #include "log.h"
 #include "pin.h"
@@ -77,7 +78,8 @@ struct queue {
         char *name, *layout;
     } notes[QUEUE_NOTES_MAX]; /* detected before the journal was read */
     size_t n_notes;
-    bool recovered; /* journal read and pins listed: pushing may start */
+    bool recovered;    /* journal read and pins listed: pushing may start */
+    bool branch_ready; /* --revision: the branch exists */
     bool ready;
     bool paused;
     bool stopped;
@@ -326,7 +328,8 @@ static void on_uploaded(void *ctx, const struct ckpt_err *err, const char *commi
         if (delay > QUEUE_RETRY_MAX_MS)
             delay = QUEUE_RETRY_MAX_MS;
         delay = delay / 2 + (uint64_t)rand() % (delay / 2 + 1); /* jitter */
-        upload_get_progress(it->upload, &it->progress);
+        if (it->upload != NULL)
+            upload_get_progress(it->upload, &it->progress);
         upload_free(it->upload);
         it->upload = NULL;
         plan_release(it);
@@ -352,7 +355,8 @@ static void on_uploaded(void *ctx, const struct ckpt_err *err, const char *commi
         return;
     }
     snprintf(it->commit, sizeof(it->commit), "%s", commit_oid);
-    upload_get_progress(it->upload, &it->progress);
+    if (it->upload != NULL)
+        upload_get_progress(it->upload, &it->progress);
     if (journaled(it) && journal_set_state(q->journal, it->id, JOURNAL_COMMITTED, it->commit,
                                            on_committed_journaled, it) == 0)
         return;
@@ -507,9 +511,14 @@ static void stat_files(struct queue *q, struct item *it)
     if ((rc = strategy_plan(q->deps.cfg->strategy, it->layout, it->name, it->step,
                             (const char *const *)it->files, it->file_count, &it->plan)) < 0)
         goto fail;
+    size_t dropped = strategy_filter(&it->plan, q->deps.cfg->include, q->deps.cfg->exclude);
+    if (dropped > 0)
+        log_debug("filtered", "ckpt='%s' dropped=%zu reason='--include/--exclude'", it->name,
+                  dropped);
     if (it->plan.count == 0 || q->deps.hub == NULL) {
-        log_info("skipped", "ckpt='%s' reason='%s'", it->name,
-                 q->deps.hub == NULL ? "dry run" : "the strategy pushes none of its files");
+        log_info("skipped", "ckpt='%s' strategy=%s reason='%s'", it->name,
+                 config_strategy_name(q->deps.cfg->strategy),
+                 q->deps.hub == NULL ? "dry run" : "the strategy pushes none of its files now");
         release(q, it);
         return;
     }
@@ -551,6 +560,28 @@ fail:
     fail(q, it, "internal", strerror(-rc));
 }
 
+static void start_upload(struct queue *q, struct item *it);
+
+static void on_branch(void *ctx, const struct ckpt_err *err)
+{
+    struct item *it = ctx;
+
+    if (err != NULL) {
+        on_uploaded(it, err, NULL);
+        return;
+    }
+    it->queue->branch_ready = true;
+    log_info("branch-ready", "repo='%s' branch='%s'", hub_repo_id(it->queue->deps.hub),
+             it->queue->deps.cfg->revision);
+    start_upload(it->queue, it);
+}
+
+/* --revision: intermediate checkpoints go to the branch, the end of training to main. */
+static bool to_branch(const struct queue *q, const struct item *it)
+{
+    return q->deps.cfg->revision != NULL && strcmp(it->layout, "model-root") != 0;
+}
+
 static void start_upload(struct queue *q, struct item *it)
 {
     struct upload_file *files = calloc(it->plan.count, sizeof(*files));
@@ -566,6 +597,14 @@ static void start_upload(struct queue *q, struct item *it)
     }
     if (files == NULL)
         goto fail;
+    if ((rc = hub_set_revision(q->deps.hub, to_branch(q, it) ? q->deps.cfg->revision : NULL)) < 0)
+        goto fail;
+    if (to_branch(q, it) && !q->branch_ready) {
+        free(files);
+        if ((rc = hub_ensure_branch(q->deps.hub, on_branch, it, NULL)) < 0)
+            fail(q, it, "internal", strerror(-rc));
+        return;
+    }
     for (size_t i = 0; i < it->plan.count; i++) {
         const struct journal_file *f = journal_file_of(c, it->plan.items[i].file);
         files[i].path_in_repo = it->plan.items[i].path_in_repo;
@@ -626,6 +665,32 @@ static void pump(struct queue *q)
     q->waiting--;
     q->active = it;
     set_state(q, it, QUEUE_PINNING);
+    if (q->deps.cfg->strategy == STRATEGY_CHECKPOINT && strcmp(it->layout, "model-root") != 0) {
+        for (struct item *later = q->head; later != NULL; later = later->next) {
+            if (strcmp(later->layout, it->layout) != 0 || later->source_dir != NULL ||
+                (later->step >= 0 && it->step >= 0 && later->step <= it->step))
+                continue;
+            /* last-checkpoint/ would be overwritten at once: pushing it is stale data */
+            log_info("superseded",
+                     "ckpt='%s' by='%s' reason='strategy checkpoint keeps only the latest: "
+                     "not pushed'",
+                     it->name, later->name);
+            release(q, it);
+            return;
+        }
+        for (struct journal_ckpt *c = journal_ckpts(q->journal); c != NULL; c = c->next) {
+            if (c->id == it->id || it->step < 0 || c->step <= it->step || c->layout == NULL ||
+                strcmp(c->layout, it->layout) != 0 ||
+                (c->state != JOURNAL_COMMITTED && c->state != JOURNAL_RELEASED))
+                continue;
+            log_info("superseded",
+                     "ckpt='%s' by='%s' reason='a later step is in last-checkpoint/ already: "
+                     "not pushed'",
+                     it->name, c->name ? c->name : "");
+            release(q, it);
+            return;
+        }
+    }
     if (it->source_dir != NULL)
         stat_files(q, it);
     else if (pin_when_idle(q->deps.pin, it->id, on_pins_idle, it) < 0)
@@ -719,11 +784,17 @@ int queue_add(struct queue *q, uint64_t id, const char *name, const char *layout
         return -ENOBUFS;
     if ((it = item_new(q, id, name, layout, step, source_dir, files, file_count)) == NULL)
         return -ENOMEM;
-    if (q->tail != NULL)
-        q->tail->next = it;
-    else
-        q->head = it;
-    q->tail = it;
+    /* Save order: a scan at start may seal checkpoint-20 before checkpoint-10; an earlier step
+     * of the same layout goes before a waiting later one. */
+    struct item **at = &q->head;
+    while (*at != NULL && !(step >= 0 && (*at)->step > step && !(*at)->recovered &&
+                            strcmp((*at)->layout, layout) == 0)) {
+        at = &(*at)->next;
+    }
+    it->next = *at;
+    *at = it;
+    if (it->next == NULL)
+        q->tail = it;
     q->waiting++;
     if (!journaled(it)) {
         it->journaled = true;
