@@ -72,6 +72,7 @@ void config_print_usage(void)
           "  --exclude GLOB       never push repo paths matching GLOB (repeatable)\n"
           "  --max-rate BYTES     upload bandwidth cap, all transfers together (0: none)\n"
           "  --max-transfers N    parts or files uploading at once (4)\n"
+          "  --commits-per-hour N commit budget; faster saves coalesce (128, as the Hub allows)\n"
           "  --staging-max BYTES  space for pins that had to be copied (0: no limit)\n"
           "  --public             create the repo public (default: private)\n"
           "  --quiet-ms N         quiet period before a checkpoint counts as complete (1000)\n"
@@ -279,6 +280,15 @@ SETTER(set_staging_max)
     return 0;
 }
 
+SETTER(set_commits_per_hour)
+{
+    if (parse_unsigned(v, 100000, &cfg->commits_per_hour) != 0 || cfg->commits_per_hour == 0) {
+        snprintf(why, why_size, "'%.100s' is not a number from 1 to 100000", v);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 SETTER(set_max_transfers)
 {
     if (parse_unsigned(v, 64, &cfg->max_transfers) != 0 || cfg->max_transfers == 0) {
@@ -457,6 +467,7 @@ static const struct key_def keys[] = {
     {"max_rate", "max-rate", NULL, NULL, KEY_NUMBER, false, set_max_rate},
     {"max_transfers", "max-transfers", NULL, NULL, KEY_NUMBER, false, set_max_transfers},
     {"staging_max", "staging-max", NULL, NULL, KEY_NUMBER, false, set_staging_max},
+    {"commits_per_hour", "commits-per-hour", NULL, NULL, KEY_NUMBER, false, set_commits_per_hour},
     {"private", "public", "false", NULL, KEY_BOOL, false, set_private},
     {"quiet_ms", "quiet-ms", NULL, NULL, KEY_NUMBER, false, set_quiet_ms},
     {"drain_timeout_s", "drain-timeout", NULL, NULL, KEY_NUMBER, false, set_drain_timeout},
@@ -853,6 +864,7 @@ static int load(struct config *cfg, int argc, char **argv)
     cfg->log_format = LOG_FORMAT_KV;
     cfg->strategy = STRATEGY_EVERY_SAVE;
     cfg->max_transfers = 4;
+    cfg->commits_per_hour = 128;
 
     for (size_t i = 0; i < KEY_COUNT; i++)
         if (keys[i].flag != NULL)
@@ -1036,6 +1048,7 @@ char *config_to_json(const struct config *cfg)
     cJSON_AddNumberToObject(o, "max_rate", (double)cfg->max_rate);
     cJSON_AddNumberToObject(o, "max_transfers", cfg->max_transfers);
     cJSON_AddNumberToObject(o, "staging_max", (double)cfg->staging_max);
+    cJSON_AddNumberToObject(o, "commits_per_hour", cfg->commits_per_hour);
     cJSON_AddBoolToObject(o, "private", cfg->private_repo);
     cJSON_AddNumberToObject(o, "quiet_ms", cfg->quiet_ms);
     add_string_or_null(o, "staging", cfg->staging_dir);

@@ -363,6 +363,10 @@ static void on_read_done(uv_fs_t *req)
             set_file_err(x, r, "read");
         } else {
             b->state = RB_READY;
+            /* Checkpoint bytes are read once: drop them from the page cache rather than push
+             * out the training job's pages. A hint, not data I/O: it does not wait for the
+             * disk, so it may run here. */
+            posix_fadvise(x->fd, (off_t)b->off, (off_t)b->have, POSIX_FADV_DONTNEED);
         }
     }
     unpause(x);

@@ -28,6 +28,9 @@
 
 #define RECOVER_MAX_DIRS 65536
 #define QUEUE_NOTES_MAX 256
+#define QUEUE_FILES_PER_COMMIT 100
+#define QUEUE_BUDGET_RING 4096
+#define QUEUE_BUDGET_WINDOW_MS (3600u * 1000)
 #define RECOVER_MAX_FILES 100000
 
 struct item {
@@ -41,9 +44,11 @@ struct item {
     char **files;
     size_t file_count;
     enum queue_state state;
-    bool journaled; /* its sealed record is durable */
-    bool sealing;   /* its sealed record is being written */
-    bool deferred;  /* found again by a scan: journaled only if it is not a re-push */
+    bool journaled;  /* its sealed record is durable */
+    bool sealing;    /* its sealed record is being written */
+    bool deferred;   /* found again by a scan: journaled only if it is not a re-push */
+    size_t part_off; /* very many files: the first plan item of the commit in flight */
+    size_t part_n;
     bool recovered;
     unsigned attempts;
     uint64_t sealed_at_ms;
@@ -72,6 +77,9 @@ struct queue {
     struct item *history[QUEUE_HISTORY]; /* ring, newest at history_next - 1 */
     size_t history_next;
     uv_timer_t retry_timer;
+    uv_timer_t budget_timer;
+    uint64_t commit_ms[QUEUE_BUDGET_RING]; /* times of the last commits, a ring */
+    size_t n_commits;
     uint64_t last_detected;
     struct note {
         uint64_t id;
@@ -89,6 +97,7 @@ struct queue {
 
 static void pump(struct queue *q);
 static void stat_files(struct queue *q, struct item *it);
+static void start_upload(struct queue *q, struct item *it);
 
 const char *queue_state_name(enum queue_state state)
 {
@@ -357,6 +366,17 @@ static void on_uploaded(void *ctx, const struct ckpt_err *err, const char *commi
     snprintf(it->commit, sizeof(it->commit), "%s", commit_oid);
     if (it->upload != NULL)
         upload_get_progress(it->upload, &it->progress);
+    if (it->upload == NULL || it->progress.files_total > it->progress.files_skipped)
+        q->commit_ms[q->n_commits++ % QUEUE_BUDGET_RING] = now_ms(q);
+    if (it->part_off + it->part_n < it->plan.count) {
+        log_info("committed-part", "ckpt='%s' commit=%s files=%zu-%zu of %zu", it->name, it->commit,
+                 it->part_off + 1, it->part_off + it->part_n, it->plan.count);
+        it->part_off += it->part_n;
+        upload_free(it->upload);
+        it->upload = NULL;
+        start_upload(q, it);
+        return;
+    }
     if (journaled(it) && journal_set_state(q->journal, it->id, JOURNAL_COMMITTED, it->commit,
                                            on_committed_journaled, it) == 0)
         return;
@@ -485,9 +505,16 @@ static void after_stat(uv_work_t *w, int status)
     }
     struct journal_ckpt *before = pushed_before(q, it);
     if (before != NULL) {
-        log_info("already-pushed",
-                 "ckpt='%s' commit=%s reason='the same files were committed before the restart'",
-                 it->name, before->commit);
+        if (before->commit[0] != '\0')
+            log_info("already-pushed",
+                     "ckpt='%s' commit=%s reason='the same files were committed before the "
+                     "restart'",
+                     it->name, before->commit);
+        else
+            log_info("already-skipped",
+                     "ckpt='%s' reason='the same files were superseded or coalesced before the "
+                     "restart'",
+                     it->name);
         plan_release(it);
         release(q, it);
         return;
@@ -605,18 +632,31 @@ static void start_upload(struct queue *q, struct item *it)
             fail(q, it, "internal", strerror(-rc));
         return;
     }
-    for (size_t i = 0; i < it->plan.count; i++) {
+    /* Very many files: several commits (the Hub times a commit out at about 60 s and advises
+     * under 100 files each); the later ones say "(part N)", as upload_folder does. */
+    size_t n = it->plan.count - it->part_off;
+    char message[512];
+    if (n > QUEUE_FILES_PER_COMMIT)
+        n = QUEUE_FILES_PER_COMMIT;
+    if (it->part_off == 0)
+        snprintf(message, sizeof(message), "%s", it->plan.message);
+    else
+        snprintf(message, sizeof(message), "%s (part %zu)", it->plan.message,
+                 it->part_off / QUEUE_FILES_PER_COMMIT + 1);
+    for (size_t k = 0; k < n; k++) {
+        size_t i = it->part_off + k;
         const struct journal_file *f = journal_file_of(c, it->plan.items[i].file);
-        files[i].path_in_repo = it->plan.items[i].path_in_repo;
-        files[i].local_path = it->local_paths[i];
-        files[i].journal_path = it->plan.items[i].file;
+        files[k].path_in_repo = it->plan.items[i].path_in_repo;
+        files[k].local_path = it->local_paths[i];
+        files[k].journal_path = it->plan.items[i].file;
         if (f != NULL && f->sha256[0] != '\0' && same_file(f, &it->stats[i])) {
-            files[i].sha256 = f->sha256;
-            files[i].size = f->size;
+            files[k].sha256 = f->sha256;
+            files[k].size = f->size;
         }
     }
-    rc = upload_start(&it->upload, q->deps.hub, q->deps.hashes, files, it->plan.count,
-                      it->plan.message, &opts, on_uploaded, it);
+    it->part_n = n;
+    rc = upload_start(&it->upload, q->deps.hub, q->deps.hashes, files, n, message, &opts,
+                      on_uploaded, it);
     free(files);
     files = NULL;
     if (rc < 0)
@@ -650,12 +690,79 @@ static void on_pins_idle(void *ctx, int status)
     stat_files(q, it);
 }
 
+/* Commits made in the last hour; *ret_wait_ms: until one of them leaves the window. */
+static unsigned commits_in_window(struct queue *q, uint64_t *ret_wait_ms)
+{
+    uint64_t now = now_ms(q), oldest = UINT64_MAX;
+    size_t kept = q->n_commits < QUEUE_BUDGET_RING ? q->n_commits : QUEUE_BUDGET_RING;
+    unsigned n = 0;
+
+    for (size_t i = 0; i < kept; i++) {
+        uint64_t t = q->commit_ms[i];
+        if (now - t >= QUEUE_BUDGET_WINDOW_MS)
+            continue;
+        n++;
+        if (t < oldest)
+            oldest = t;
+    }
+    *ret_wait_ms = n > 0 ? oldest + QUEUE_BUDGET_WINDOW_MS - now : 0;
+    return n;
+}
+
+static void on_budget_timer(uv_timer_t *timer)
+{
+    pump(timer->data);
+}
+
+/* The commit budget is spent: a newer checkpoint of the same layout waiting behind the head
+ * makes pushing the head pointless (every_save and checkpoint overwrite the same paths), so it
+ * is skipped, logged; otherwise the head waits. Returns true when pump must stop here. */
+static bool over_budget(struct queue *q)
+{
+    uint64_t wait_ms;
+    unsigned n = commits_in_window(q, &wait_ms);
+    struct item *it = q->head;
+
+    if (n < q->deps.cfg->commits_per_hour)
+        return false;
+    if (q->deps.cfg->strategy != STRATEGY_ALL_CHECKPOINTS && it->step >= 0 &&
+        strcmp(it->layout, "model-root") != 0) {
+        for (struct item *later = it->next; later != NULL; later = later->next) {
+            if (strcmp(later->layout, it->layout) != 0 || later->step <= it->step)
+                continue;
+            q->head = it->next;
+            if (q->head == NULL)
+                q->tail = NULL;
+            it->next = NULL;
+            q->waiting--;
+            q->active = it;
+            log_info("coalesced",
+                     "ckpt='%s' by='%s' commits=%u per_hour=%u reason='commit budget spent: "
+                     "only the newest waiting checkpoint is pushed'",
+                     it->name, later->name, n, q->deps.cfg->commits_per_hour);
+            release(q, it);
+            return true;
+        }
+    }
+    if (!uv_is_active((uv_handle_t *)&q->budget_timer)) {
+        log_warn("commit-budget",
+                 "ckpt='%s' commits=%u per_hour=%u reason='the Hub allows about %u commits an "
+                 "hour', waiting %.0fs",
+                 it->name, n, q->deps.cfg->commits_per_hour, q->deps.cfg->commits_per_hour,
+                 (double)wait_ms / 1000.0);
+        uv_timer_start(&q->budget_timer, on_budget_timer, wait_ms + 1, 0);
+    }
+    return true;
+}
+
 static void pump(struct queue *q)
 {
     struct item *it;
 
     if (q->active != NULL || q->head == NULL || q->stopped || q->paused || !q->ready ||
         !q->recovered || !q->head->journaled)
+        return;
+    if (q->deps.hub != NULL && over_budget(q))
         return;
     it = q->head;
     q->head = it->next;
@@ -665,9 +772,12 @@ static void pump(struct queue *q)
     q->waiting--;
     q->active = it;
     set_state(q, it, QUEUE_PINNING);
-    if (q->deps.cfg->strategy == STRATEGY_CHECKPOINT && strcmp(it->layout, "model-root") != 0) {
+    if ((q->deps.cfg->strategy == STRATEGY_CHECKPOINT ||
+         q->deps.cfg->strategy == STRATEGY_EVERY_SAVE) &&
+        strcmp(it->layout, "model-root") != 0 && it->source_dir == NULL) {
         for (struct item *later = q->head; later != NULL; later = later->next) {
-            if (strcmp(later->layout, it->layout) != 0 || later->source_dir != NULL ||
+            if (q->deps.cfg->strategy != STRATEGY_CHECKPOINT ||
+                strcmp(later->layout, it->layout) != 0 || later->source_dir != NULL ||
                 (later->step >= 0 && it->step >= 0 && later->step <= it->step))
                 continue;
             /* last-checkpoint/ would be overwritten at once: pushing it is stale data */
@@ -684,8 +794,8 @@ static void pump(struct queue *q)
                 (c->state != JOURNAL_COMMITTED && c->state != JOURNAL_RELEASED))
                 continue;
             log_info("superseded",
-                     "ckpt='%s' by='%s' reason='a later step is in last-checkpoint/ already: "
-                     "not pushed'",
+                     "ckpt='%s' by='%s' reason='a later step of this run was pushed already: "
+                     "its files would overwrite newer ones'",
                      it->name, c->name ? c->name : "");
             release(q, it);
             return;
@@ -1203,6 +1313,8 @@ int queue_new(struct queue **ret, const struct queue_deps *deps, queue_event_cb 
     }
     uv_timer_init(deps->loop, &q->retry_timer);
     q->retry_timer.data = q;
+    uv_timer_init(deps->loop, &q->budget_timer);
+    q->budget_timer.data = q;
     *ret = q;
     return 0;
 }
@@ -1281,6 +1393,7 @@ void queue_stop(struct queue *q)
         return;
     q->stopped = true;
     uv_close((uv_handle_t *)&q->retry_timer, NULL);
+    uv_close((uv_handle_t *)&q->budget_timer, NULL);
     if (q->active != NULL && q->active->upload != NULL)
         upload_cancel(q->active->upload);
     else if (q->active != NULL && q->active->state == QUEUE_WAITING)

@@ -146,6 +146,41 @@ class Strategies(unittest.TestCase):
                          sha[2]["model.safetensors"])
         self.check_root_model(repo, sha)
 
+    def test_commit_budget_coalesces_and_the_rest_resumes(self):
+        root = h.tempdir("ckpt-budget-")
+        watch = os.path.join(root, "output")
+        os.mkdir(watch)
+        repo = f"{h.USER}/budget-{os.getpid()}"
+        rng = random.Random(3)
+        sha = {}
+        args = ["--quiet-ms", "200", "--socket", os.path.join(root, "ctl.sock")]
+        d = h.Daemon(watch, repo=repo, endpoint=self.hub.url, log_level="info",
+                     args=args + ["--commits-per-hour", "2", "--drain-timeout", "1"])
+        d.wait_event("ready", timeout=20)
+        for s in (1, 2):
+            sha[s] = checkpoint(watch, s, rng)
+            d.wait_event("committed", timeout=30, ckpt=f"checkpoint-{s}")
+        for s in (3, 4, 5):
+            sha[s] = checkpoint(watch, s, rng)
+            time.sleep(0.4)
+        d.wait_event("coalesced", timeout=20, count=2)
+        self.assertEqual([r["kv"]["ckpt"] for r in d.events("coalesced")],
+                         ["checkpoint-3", "checkpoint-4"], d.tail())
+        self.assertTrue(d.events("commit-budget"), d.tail())
+        # the drain cannot finish within the budget: the pins stay for the next start
+        self.assertEqual(d.stop(signal.SIGTERM, 30), 1, d.tail())
+        d2 = h.Daemon(watch, repo=repo, endpoint=self.hub.url, log_level="info", args=args)
+        d2.wait_event("committed", timeout=30, ckpt="checkpoint-5")
+        time.sleep(1.0)  # the scan finds 1-5 again: nothing more may be pushed
+        self.assertEqual(d2.stop(signal.SIGTERM, 30), 0, d2.tail())
+        # (the drain's end-of-training commit carries the model card)
+        self.assertEqual([t for t in self.titles(repo) if t != "End of training"],
+                         [f"Training in progress, step {s}" for s in (1, 2, 5)])
+        self.assertEqual(self.hub.sha256_at(repo, "main", "model.safetensors"),
+                         sha[5]["model.safetensors"])
+        self.assertEqual([r["kv"]["ckpt"] for r in d2.events("committed") if r["kv"]["ckpt"]],
+                         ["checkpoint-5"], d2.tail())
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
