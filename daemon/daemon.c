@@ -310,7 +310,6 @@ static void write_card(struct end_commit *e)
         req.model_dir = pins;
         req.out_dir = pins;
     }
-    d->cards_pending++;
     if (card_job_start(d->loop, &req, on_card_written, e) < 0) {
         struct ckpt_err err;
         ckpt_err_set(&err, CKPT_ERR_IO, -ENOMEM, "out of memory");
@@ -338,6 +337,7 @@ static void start_end_commit(struct daemon *d, const struct detect_cand *c)
         if (end_commit_add_file(e, detect_cand_file(c, i)) < 0)
             goto oom;
     d->end_commit_queued = true;
+    d->cards_pending++; /* from now: a drain waits for this commit */
     if (pin_when_idle(d->pin, e->id, on_end_pins_idle, e) < 0)
         write_card(e);
     return;
@@ -365,6 +365,7 @@ static void start_card_only_commit(struct daemon *d)
     e->card_only = true;
     snprintf(e->out_dir, sizeof(e->out_dir), "%s/card", d->cfg->staging_dir);
     d->end_commit_queued = true;
+    d->cards_pending++;
     write_card(e);
 }
 

@@ -860,7 +860,7 @@ static const struct layout layouts[] = {
     {"torchsnapshot", true, false, true, tsnap_match, tsnap_complete},
     {"torch-dcp", true, false, true, dcp_match, dcp_complete},
     {"model-dir", true, true, true, model_dir_match, model_dir_complete},
-    {"model-root", false, false, false, root_match, root_complete},
+    {"model-root", false, true, false, root_match, root_complete},
     {"single-file", false, true, true, file_match, file_complete},
 };
 
@@ -1175,9 +1175,10 @@ static int cand_for(struct detect *d, const char *path, const struct match *m, i
         struct drec **keep = NULL;
         size_t n_keep = 0;
         int rc;
-        if (c->layout->folder && c->n_members > 0) {
-            /* A folder saved again (save_pretrained into the same directory): the new version
-             * holds its files still there, written again or not. */
+        if ((c->layout->folder || strcmp(c->layout->name, "model-root") == 0) && c->n_members > 0) {
+            /* A folder saved again (save_pretrained into the same directory), or the output
+             * root getting its results and card after the final model: the new version holds
+             * the files still there, written again or not. */
             keep = malloc(c->n_members * sizeof(*keep));
             if (keep == NULL)
                 return -ENOMEM;

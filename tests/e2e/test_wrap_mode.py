@@ -82,6 +82,21 @@ class WrapMode(unittest.TestCase):
         self.assertEqual(status, 200)
         self.assertTrue(svg.startswith(b"<svg") or b"<svg" in svg[:200])
 
+    def test_results_written_after_the_final_model_are_pushed(self):
+        # A script saves the model, evaluates for longer than the quiet period, then writes its
+        # results: they reach the hub in a second end-of-training commit, not lost as late.
+        script = ("head -c 2000 /dev/urandom >{out}/model.safetensors && echo {{}} "
+                  ">{out}/config.json && sleep 1 && echo '{{\"eval_loss\": 1.5}}' "
+                  ">{out}/eval_results.json")
+        d, repo, _ = self.run_wrapped("late-results", ["sh", "-c", script])
+        rc = d.proc.wait(timeout=60)
+        d.stop()
+        self.assertEqual(rc, 0, d.tail())
+        tree = self.hub.tree(repo)
+        for path in ("model.safetensors", "config.json", "eval_results.json", "README.md"):
+            self.assertIn(path, tree, d.tail())
+        self.assertEqual(len(d.events("late-write")), 0, d.tail())
+
     def test_failing_command_status_wins(self):
         d, repo, _ = self.run_wrapped("failing", ["sh", "-c", "exit 3"])
         rc = d.proc.wait(timeout=60)
