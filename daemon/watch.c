@@ -337,6 +337,32 @@ static void scan_now(struct watch *w, const char *rel)
 
 /* --- reading ------------------------------------------------------------------------------ */
 
+/* One path component, NUL-terminated within its padded length: what the kernel sends. A name
+ * with '/' or a "." or ".." would make paths outside the tree. */
+static bool name_ok(const char *name, size_t size)
+{
+    size_t n = strnlen(name, size);
+
+    return n < size && memchr(name, '/', n) == NULL && strcmp(name, ".") != 0 &&
+           strcmp(name, "..") != 0;
+}
+
+size_t watch_decode(const char *buf, size_t len, const struct inotify_event **ret, size_t max)
+{
+    size_t n = 0, off = 0;
+
+    while (n < max && len - off >= sizeof(struct inotify_event)) {
+        const struct inotify_event *ev = (const struct inotify_event *)(buf + off);
+        /* The kernel pads names with NULs to keep the next record aligned. */
+        if (ev->len > len - off - sizeof(*ev) || ev->len % alignof(struct inotify_event) != 0 ||
+            (ev->len > 0 && !name_ok(ev->name, ev->len)))
+            break;
+        ret[n++] = ev;
+        off += sizeof(*ev) + ev->len;
+    }
+    return n;
+}
+
 static void process_batch(struct watch *w, const char *buf, size_t len)
 {
     size_t n = 0;
@@ -349,13 +375,10 @@ static void process_batch(struct watch *w, const char *buf, size_t len)
         w->consumed[n] = false;
         n++;
     }
-    for (size_t off = 0; off + sizeof(struct inotify_event) <= len && n < MAX_BATCH;) {
-        const struct inotify_event *ev = (const struct inotify_event *)(buf + off);
-        w->batch[n] = ev;
-        w->consumed[n] = false;
-        n++;
-        off += sizeof(*ev) + ev->len;
-    }
+    if (buf != NULL)
+        n += watch_decode(buf, len, w->batch + n, MAX_BATCH - n);
+    for (size_t i = 0; i < n; i++)
+        w->consumed[i] = false;
     for (size_t i = 0; i < n && !w->closing; i++) {
         const struct inotify_event *ev = w->batch[i];
         bool is_dir = (ev->mask & IN_ISDIR) != 0;
@@ -450,6 +473,19 @@ static void process_batch(struct watch *w, const char *buf, size_t len)
 
 static void drain(struct watch *w);
 
+/* After reading the fd to EAGAIN. */
+static void drain_end(struct watch *w)
+{
+    if (w->has_pending)
+        process_batch(w, NULL, 0); /* its MOVED_TO never came: moved out */
+    if (w->rescan_all) {
+        w->rescan_all = false;
+        if (scan_push(w, "", false) == 0)
+            idle_kick(w);
+    }
+    idle_kick(w);
+}
+
 static void on_readable(uv_poll_t *h, int status, int events)
 {
     struct watch *w = h->data;
@@ -491,14 +527,23 @@ static void drain(struct watch *w)
         if (w->closing)
             return;
     }
-    if (w->has_pending)
-        process_batch(w, NULL, 0); /* its MOVED_TO never came: moved out */
-    if (w->rescan_all) {
-        w->rescan_all = false;
-        if (scan_push(w, "", false) == 0)
-            idle_kick(w);
+    drain_end(w);
+}
+
+void watch_feed(struct watch *w, const char *buf, size_t len)
+{
+    alignas(struct inotify_event) char copy[READ_BUF];
+
+    if (w->closing)
+        return;
+    if (buf == NULL) {
+        drain_end(w);
+        return;
     }
-    idle_kick(w);
+    if (len > sizeof(copy))
+        len = sizeof(copy);
+    memcpy(copy, buf, len);
+    process_batch(w, copy, len);
 }
 
 /* --- lifecycle ---------------------------------------------------------------------------- */

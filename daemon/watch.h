@@ -10,6 +10,7 @@
 #define CKPT_WATCH_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 struct ckpt_err;
 struct uv_loop_s;
@@ -62,5 +63,15 @@ void watch_read_now(struct watch *w);
 /* Number of directories watched now (tests, status). */
 unsigned watch_count(const struct watch *w);
 const char *watch_kind_name(enum watch_kind kind);
+
+struct inotify_event;
+/* Splits buf[0..len) (aligned like struct inotify_event), as read from an inotify descriptor,
+ * into at most max records in ret. Stops at a record cut short or malformed (a name length that
+ * breaks the alignment, a name without its NUL, with a '/', or "." or ".."), which the kernel never
+ * sends. Returns the count. Pure; any thread. */
+size_t watch_decode(const char *buf, size_t len, const struct inotify_event **ret, size_t max);
+/* Handles buf (at most 64 KiB) as if read from w's inotify descriptor; buf NULL ends the drain
+ * as reaching EAGAIN does. For tests and the fuzzer. */
+void watch_feed(struct watch *w, const char *buf, size_t len);
 
 #endif
