@@ -80,6 +80,23 @@ EXPECTED = {
         "count": {"lightning_logs/version_0/checkpoints/last.ckpt": (2, 2)},
         "count0": {"lightning_logs/version_0/checkpoints/last.ckpt": (1, 2)},
     },
+    # Trainer variants (SOURCES.md): checkpoint-<global_step>/ sealed on trainer_state.json.
+    "synthetic/trainer-save-epoch.jsonl": {
+        "sealed": {f"checkpoint-{s}": "transformers-trainer" for s in (63, 126, 189)},
+        "files": {f"checkpoint-{s}": 10 for s in (63, 126, 189)},
+    },
+    "synthetic/trainer-peft-adapter.jsonl": {
+        "sealed": {f"checkpoint-{s}": "transformers-trainer" for s in (50, 100)},
+        "files": {f"checkpoint-{s}": 10 for s in (50, 100)},
+    },
+    "synthetic/trainer-save-only-model.jsonl": {
+        "sealed": {f"checkpoint-{s}": "transformers-trainer" for s in (10, 20, 30)},
+        "files": {f"checkpoint-{s}": 7 for s in (10, 20, 30)},
+    },
+    "synthetic/trainer-load-best.jsonl": {
+        "sealed": {f"checkpoint-{s}": "transformers-trainer" for s in (10, 20, 30, 40)},
+        "files": {f"checkpoint-{s}": 10 for s in (10, 20, 30, 40)},
+    },
     "synthetic/plain-torch-save.jsonl": {
         "sealed": {"ckpt/step_100.pt": "single-file", "ckpt/step_200.pt": "single-file",
                    "ckpt/latest.pt": "single-file"},
