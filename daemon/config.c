@@ -64,7 +64,16 @@ void config_print_usage(void)
           "  --watch DIR          training output directory to watch (required)\n"
           "  --repo ID            target repository, namespace/name (required unless --dry-run)\n"
           "  --endpoint URL       Hub endpoint (default: $HF_ENDPOINT, else " DEFAULT_ENDPOINT ")\n"
-          "  --strategy NAME      what to push: every_save (default)\n"
+          "  --strategy NAME      what to push: every_save (default), checkpoint,\n"
+          "                       all_checkpoints or end (as transformers' hub_strategy)\n"
+          "  --revision BRANCH    intermediate checkpoints go to BRANCH (created if missing);\n"
+          "                       the end-of-training commit goes to main\n"
+          "  --include GLOB       push only repo paths matching GLOB (repeatable)\n"
+          "  --exclude GLOB       never push repo paths matching GLOB (repeatable)\n"
+          "  --max-rate BYTES     upload bandwidth cap, all transfers together (0: none)\n"
+          "  --max-transfers N    parts or files uploading at once (4)\n"
+          "  --commits-per-hour N commit budget; faster saves coalesce (128, as the Hub allows)\n"
+          "  --staging-max BYTES  space for pins that had to be copied (0: no limit)\n"
           "  --public             create the repo public (default: private)\n"
           "  --quiet-ms N         quiet period before a checkpoint counts as complete (1000)\n"
           "  --drain-timeout S    on SIGTERM, seconds to finish pushes before exiting (60)\n"
@@ -87,13 +96,17 @@ void config_print_usage(void)
           stdout);
 }
 
+static const char *const strategy_names[] = {
+    [STRATEGY_EVERY_SAVE] = "every_save",
+    [STRATEGY_CHECKPOINT] = "checkpoint",
+    [STRATEGY_ALL_CHECKPOINTS] = "all_checkpoints",
+    [STRATEGY_END] = "end",
+};
+#define STRATEGY_COUNT (sizeof(strategy_names) / sizeof(strategy_names[0]))
+
 const char *config_strategy_name(enum config_strategy strategy)
 {
-    switch (strategy) {
-    case STRATEGY_EVERY_SAVE:
-        return "every_save";
-    }
-    return "unknown";
+    return (unsigned)strategy < STRATEGY_COUNT ? strategy_names[strategy] : "unknown";
 }
 
 /* --- one setter per key: check the text, store it, or say why not ------------------------ */
@@ -188,11 +201,100 @@ SETTER(set_endpoint)
 
 SETTER(set_strategy)
 {
-    if (strcmp(v, "every_save") != 0) {
-        snprintf(why, why_size, "unknown strategy '%.100s' (known: every_save)", v);
+    for (size_t i = 0; i < STRATEGY_COUNT; i++) {
+        if (strcmp(v, strategy_names[i]) == 0) {
+            cfg->strategy = (enum config_strategy)i;
+            return 0;
+        }
+    }
+    snprintf(why, why_size,
+             "unknown strategy '%.100s' (known: every_save, checkpoint, all_checkpoints, end)", v);
+    return -EINVAL;
+}
+
+SETTER(set_revision)
+{
+    if (v[0] == '\0') { /* everything to main */
+        free(cfg->revision);
+        cfg->revision = NULL;
+        return 0;
+    }
+    if (v[0] == '-' || v[0] == '/' || strstr(v, "..") != NULL || strpbrk(v, " ~^:?*[\\") != NULL ||
+        strlen(v) > 200) {
+        snprintf(why, why_size, "invalid branch name '%.100s'", v);
         return -EINVAL;
     }
-    cfg->strategy = STRATEGY_EVERY_SAVE;
+    return replace(&cfg->revision, v);
+}
+
+static int add_glob(char **list, const char *v, char *why, size_t why_size)
+{
+    size_t n = 0;
+
+    while (list[n] != NULL)
+        n++;
+    if (n >= CONFIG_GLOBS_MAX || v[0] == '\0') {
+        snprintf(why, why_size, "an empty glob, or more than %d", CONFIG_GLOBS_MAX);
+        return -EINVAL;
+    }
+    list[n] = strdup(v);
+    return list[n] != NULL ? 0 : -ENOMEM;
+}
+
+SETTER(add_include)
+{
+    return add_glob(cfg->include, v, why, why_size);
+}
+
+SETTER(add_exclude)
+{
+    return add_glob(cfg->exclude, v, why, why_size);
+}
+
+static int parse_bytes(const char *v, unsigned long long *ret)
+{
+    char *end;
+
+    if (v[0] < '0' || v[0] > '9')
+        return -EINVAL;
+    errno = 0;
+    *ret = strtoull(v, &end, 10);
+    return errno != 0 || *end != '\0' ? -EINVAL : 0;
+}
+
+SETTER(set_max_rate)
+{
+    if (parse_bytes(v, &cfg->max_rate) != 0) {
+        snprintf(why, why_size, "'%.100s' is not a number of bytes per second", v);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+SETTER(set_staging_max)
+{
+    if (parse_bytes(v, &cfg->staging_max) != 0) {
+        snprintf(why, why_size, "'%.100s' is not a number of bytes", v);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+SETTER(set_commits_per_hour)
+{
+    if (parse_unsigned(v, 100000, &cfg->commits_per_hour) != 0 || cfg->commits_per_hour == 0) {
+        snprintf(why, why_size, "'%.100s' is not a number from 1 to 100000", v);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+SETTER(set_max_transfers)
+{
+    if (parse_unsigned(v, 64, &cfg->max_transfers) != 0 || cfg->max_transfers == 0) {
+        snprintf(why, why_size, "'%.100s' is not a number from 1 to 64", v);
+        return -EINVAL;
+    }
     return 0;
 }
 
@@ -359,6 +461,13 @@ static const struct key_def keys[] = {
     {"repo", "repo", NULL, NULL, KEY_TEXT, false, set_repo},
     {"endpoint", "endpoint", NULL, "HF_ENDPOINT", KEY_TEXT, false, set_endpoint},
     {"strategy", "strategy", NULL, NULL, KEY_TEXT, false, set_strategy},
+    {"revision", "revision", NULL, NULL, KEY_TEXT, false, set_revision},
+    {"include", "include", NULL, NULL, KEY_LIST, false, add_include},
+    {"exclude", "exclude", NULL, NULL, KEY_LIST, false, add_exclude},
+    {"max_rate", "max-rate", NULL, NULL, KEY_NUMBER, false, set_max_rate},
+    {"max_transfers", "max-transfers", NULL, NULL, KEY_NUMBER, false, set_max_transfers},
+    {"staging_max", "staging-max", NULL, NULL, KEY_NUMBER, false, set_staging_max},
+    {"commits_per_hour", "commits-per-hour", NULL, NULL, KEY_NUMBER, false, set_commits_per_hour},
     {"private", "public", "false", NULL, KEY_BOOL, false, set_private},
     {"quiet_ms", "quiet-ms", NULL, NULL, KEY_NUMBER, false, set_quiet_ms},
     {"drain_timeout_s", "drain-timeout", NULL, NULL, KEY_NUMBER, false, set_drain_timeout},
@@ -762,6 +871,8 @@ static int load(struct config *cfg, int argc, char **argv)
     cfg->log_level = LOG_INFO;
     cfg->log_format = LOG_FORMAT_KV;
     cfg->strategy = STRATEGY_EVERY_SAVE;
+    cfg->max_transfers = 4;
+    cfg->commits_per_hour = 128;
 
     for (size_t i = 0; i < KEY_COUNT; i++)
         if (keys[i].flag != NULL)
@@ -933,6 +1044,19 @@ char *config_to_json(const struct config *cfg)
     add_string_or_null(o, "repo", cfg->repo_id);
     add_string_or_null(o, "endpoint", cfg->endpoint);
     cJSON_AddStringToObject(o, "strategy", config_strategy_name(cfg->strategy));
+    add_string_or_null(o, "revision", cfg->revision);
+    {
+        cJSON *inc = cJSON_AddArrayToObject(o, "include");
+        cJSON *exc = cJSON_AddArrayToObject(o, "exclude");
+        for (size_t i = 0; inc != NULL && cfg->include[i] != NULL; i++)
+            cJSON_AddItemToArray(inc, cJSON_CreateString(cfg->include[i]));
+        for (size_t i = 0; exc != NULL && cfg->exclude[i] != NULL; i++)
+            cJSON_AddItemToArray(exc, cJSON_CreateString(cfg->exclude[i]));
+    }
+    cJSON_AddNumberToObject(o, "max_rate", (double)cfg->max_rate);
+    cJSON_AddNumberToObject(o, "max_transfers", cfg->max_transfers);
+    cJSON_AddNumberToObject(o, "staging_max", (double)cfg->staging_max);
+    cJSON_AddNumberToObject(o, "commits_per_hour", cfg->commits_per_hour);
     cJSON_AddBoolToObject(o, "private", cfg->private_repo);
     cJSON_AddNumberToObject(o, "quiet_ms", cfg->quiet_ms);
     add_string_or_null(o, "staging", cfg->staging_dir);
@@ -985,6 +1109,11 @@ void config_release(struct config *cfg)
     free(cfg->socket_path);
     free(cfg->job);
     free(cfg->layout);
+    free(cfg->revision);
+    for (size_t i = 0; cfg->include[i] != NULL; i++)
+        free(cfg->include[i]);
+    for (size_t i = 0; cfg->exclude[i] != NULL; i++)
+        free(cfg->exclude[i]);
     for (size_t i = 0; i < cfg->rule_count; i++) {
         free(cfg->rules[i].glob);
         free(cfg->rules[i].marker);

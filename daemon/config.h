@@ -26,7 +26,14 @@ enum ckpt_exit {
 
 #define CONFIG_MAX_RULES 32
 
-enum config_strategy { STRATEGY_EVERY_SAVE };
+enum config_strategy {
+    STRATEGY_EVERY_SAVE,
+    STRATEGY_CHECKPOINT,      /* + the whole latest checkpoint under last-checkpoint/ */
+    STRATEGY_ALL_CHECKPOINTS, /* + each checkpoint under its own folder name */
+    STRATEGY_END,             /* nothing during training, everything at the end */
+};
+
+#define CONFIG_GLOBS_MAX 64
 
 /* The largest configuration file read. */
 #define CONFIG_FILE_MAX (1024 * 1024)
@@ -56,6 +63,14 @@ struct config {
     int argc;
     char **argv;
     enum config_strategy strategy;
+    /* Upload path (issue 4). */
+    char *revision;                      /* branch for intermediate commits; NULL: main */
+    char *include[CONFIG_GLOBS_MAX + 1]; /* fnmatch globs on repo paths, NULL-terminated */
+    char *exclude[CONFIG_GLOBS_MAX + 1];
+    unsigned long long max_rate;    /* upload bytes per second, all transfers; 0: none */
+    unsigned max_transfers;         /* PUTs in flight (parts or files) */
+    unsigned commits_per_hour;      /* commit budget per repo; later saves coalesce */
+    unsigned long long staging_max; /* bytes of copied (not linked) pins; 0: no limit */
     enum log_format log_format;
     bool private_repo;
     bool dry_run;

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "card.h"
 #include "card_job.h"
@@ -70,6 +71,7 @@ struct daemon {
     size_t waiter_count;
     char last_commit[41];
     uint64_t explicit_ids; /* ids of explicit pushes count down from UINT64_MAX */
+    uint64_t id_base;      /* pin id = id_base + detect id: unique across restarts */
     uint64_t started_ms;
 
     daemon_event_cb event_cb;
@@ -119,6 +121,12 @@ static int64_t now_ms(struct daemon *d)
 
 /* --- detection: events in, pins and sealed checkpoints out ------------------------------- */
 
+/* Pins of earlier runs may still wait under their ids: this run's ids start past them. */
+static uint64_t pin_id(const struct daemon *d, const struct detect_cand *c)
+{
+    return d->id_base + detect_cand_id(c);
+}
+
 static void rearm_detect_timer(struct daemon *d)
 {
     int64_t deadline = detect_next_deadline_ms(d->detect);
@@ -138,6 +146,8 @@ static void on_detect_timer(uv_timer_t *timer)
 {
     struct daemon *d = timer->data;
 
+    /* Events still queued in the kernel (the loop was busy) may predate the deadline. */
+    watch_read_now(d->watch);
     detect_tick(d->detect, now_ms(d));
     rearm_detect_timer(d);
 }
@@ -167,7 +177,8 @@ static void on_file_added(void *ctx, const struct detect_cand *c, const char *re
 
     if (detect_cand_source(c, relpath, source, sizeof(source)) != 0)
         return;
-    rc = pin_add(d->pin, detect_cand_id(c), source, relpath);
+    queue_note_detected(d->queue, pin_id(d, c), detect_cand_name(c), detect_cand_layout(c));
+    rc = pin_add(d->pin, pin_id(d, c), source, relpath);
     if (rc < 0)
         log_warn("pin-failed", "ckpt='%s' file='%s' reason='%s'", detect_cand_name(c), relpath,
                  strerror(-rc));
@@ -178,14 +189,14 @@ static void on_file_renamed(void *ctx, const struct detect_cand *c, const char *
 {
     struct daemon *d = ctx;
 
-    pin_rename(d->pin, detect_cand_id(c), from, to);
+    pin_rename(d->pin, pin_id(d, c), from, to);
 }
 
 static void on_file_removed(void *ctx, const struct detect_cand *c, const char *relpath)
 {
     struct daemon *d = ctx;
 
-    pin_remove(d->pin, detect_cand_id(c), relpath);
+    pin_remove(d->pin, pin_id(d, c), relpath);
 }
 
 static void on_pin_result(void *ctx, const struct pin_result *res)
@@ -323,7 +334,7 @@ static void start_end_commit(struct daemon *d, const struct detect_cand *c)
     if (e == NULL || (e->name = strdup(detect_cand_name(c))) == NULL)
         goto oom;
     e->daemon = d;
-    e->id = detect_cand_id(c);
+    e->id = pin_id(d, c);
     for (size_t i = 0; i < n; i++)
         if (end_commit_add_file(e, detect_cand_file(c, i)) < 0)
             goto oom;
@@ -378,8 +389,8 @@ static void on_sealed(void *ctx, const struct detect_cand *c)
     }
     for (size_t i = 0; i < n; i++)
         files[i] = detect_cand_file(c, i);
-    queue_sealed(d, detect_cand_id(c), detect_cand_name(c), detect_cand_layout(c),
-                 detect_cand_step(c), NULL, files, n);
+    queue_sealed(d, pin_id(d, c), detect_cand_name(c), detect_cand_layout(c), detect_cand_step(c),
+                 NULL, files, n);
     free(files);
 }
 
@@ -388,7 +399,7 @@ static void on_dropped(void *ctx, const struct detect_cand *c, const char *why)
     struct daemon *d = ctx;
 
     log_warn("dropped", "ckpt='%s' reason='%s'", detect_cand_name(c), why);
-    pin_release(d->pin, detect_cand_id(c), NULL, NULL);
+    pin_release(d->pin, pin_id(d, c), NULL, NULL);
 }
 
 static void on_late_write(void *ctx, const struct detect_cand *c, const char *relpath)
@@ -1150,6 +1161,11 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
     d->loop = loop;
     d->cfg = cfg;
     d->explicit_ids = UINT64_MAX;
+    {
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        d->id_base = ((uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000) * 1000000;
+    }
     d->drain_timeout_s = cfg->drain_timeout_s;
     d->started_ms = (uint64_t)now_ms(d);
     callbacks.ctx = d;
@@ -1167,7 +1183,8 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
             .repo_id = cfg->repo_id,
             .private_repo = cfg->private_repo,
         };
-        if ((rc = http_init(&d->http, loop, NULL)) < 0) {
+        struct http_opts http_opts = {.max_rate = cfg->max_rate};
+        if ((rc = http_init(&d->http, loop, &http_opts)) < 0) {
             ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start HTTP: %s", uv_strerror(rc));
             goto fail;
         }
@@ -1183,7 +1200,7 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
         goto fail;
     }
     {
-        struct queue_deps deps = {loop, cfg, d->pin, d->hub, d->hashes};
+        struct queue_deps deps = {loop, cfg, d->pin, d->hub, d->hashes, d->id_base + 1};
         if ((rc = queue_new(&d->queue, &deps, on_queue_event, d)) < 0) {
             ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start: %s", strerror(-rc));
             goto fail;

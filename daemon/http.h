@@ -22,7 +22,10 @@ struct http_opts {
     uint64_t retry_after_max_ms; /* a longer Retry-After ends retrying; 0 -> 300000 */
     long connect_timeout_ms;     /* 0 -> 30000 */
     long stall_timeout_s;        /* abort below 1 byte/s for this long; 0 -> 60 */
-    size_t file_buf_size;        /* each of the 2 ring buffers of a file body; 0 -> 1 MiB */
+    size_t file_buf_size;        /* each of the 2 ring buffers of a file body; 0 -> 512 KiB */
+    /* Request body bytes per second, all transfers together (a token bucket on the loop:
+     * curl's per-handle CURLOPT_MAX_SEND_SPEED_LARGE is not shared); 0: no cap. */
+    uint64_t max_rate;
 };
 
 /* Why a request got no usable HTTP answer. */
@@ -62,6 +65,9 @@ typedef void (*http_sent_cb)(void *ctx, int64_t delta);
 typedef void (*http_done_cb)(void *ctx, const struct http_response *res);
 typedef void (*http_close_cb)(void *ctx);
 
+#define HTTP_RETRY_ALL 1
+#define HTTP_RETRY_429 2
+
 #define HTTP_MAX_HEADERS 16
 #define HTTP_MAX_MEM_BODY (512u * 1024 * 1024)
 #define HTTP_DEFAULT_MAX_RESPONSE (4u * 1024 * 1024)
@@ -79,7 +85,10 @@ struct http_request {
     uint64_t body_offset;
     uint64_t body_file_len;
     size_t max_response; /* 0 -> HTTP_DEFAULT_MAX_RESPONSE */
-    int retryable;       /* retry connection errors, 408, 429, 5xx with backoff */
+    /* HTTP_RETRY_ALL: connection errors, 408, 429, 5xx with backoff. HTTP_RETRY_429: only a 429
+     * (rate limited: the request was refused before it was applied, so even a commit may be
+     * sent again), honouring Retry-After and RateLimit. 0: never. */
+    int retryable;
     int follow_redirects;
     http_sent_cb sent_cb;
 };

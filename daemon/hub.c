@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cjson/cJSON.h>
 #include <openssl/evp.h>
@@ -39,6 +40,7 @@ struct hub {
 enum op_kind {
     OP_WHOAMI,
     OP_ENSURE_REPO,
+    OP_ENSURE_BRANCH,
     OP_HEAD,
     OP_PREUPLOAD,
     OP_BATCH,
@@ -426,6 +428,29 @@ int hub_set_token(struct hub *hub, const char *token)
     return 0;
 }
 
+int hub_set_revision(struct hub *hub, const char *revision)
+{
+    const char *rev = revision != NULL && revision[0] != '\0' ? revision : "main";
+    char *copy, *enc;
+
+    if (strcmp(rev, hub->rev) == 0)
+        return 0;
+    if ((copy = strdup(rev)) == NULL || (enc = pct_encode(rev)) == NULL) {
+        free(copy);
+        return -ENOMEM;
+    }
+    free(hub->rev);
+    free(hub->rev_enc);
+    hub->rev = copy;
+    hub->rev_enc = enc;
+    return 0;
+}
+
+const char *hub_revision(const struct hub *hub)
+{
+    return hub->rev;
+}
+
 const char *hub_repo_id(const struct hub *hub)
 {
     return hub->repo_id;
@@ -661,6 +686,9 @@ static int parse_batch(struct hub_op *op, const cJSON *j, struct ckpt_err *err)
             r = protocol_error(op, err, "'href' is not an http(s) URL");
             break;
         }
+        const cJSON *exp = cJSON_GetObjectItemCaseSensitive(up, "expires_in");
+        if (cJSON_IsNumber(exp) && exp->valuedouble > 0 && exp->valuedouble < 1e9)
+            lo->expires_at = (int64_t)time(NULL) + (int64_t)exp->valuedouble;
         lo->href = strdup(href);
         if (lo->href == NULL) {
             r = ckpt_err_set(err, CKPT_ERR_IO, -ENOMEM, "%s: out of memory", op->what);
@@ -694,7 +722,8 @@ static void on_http_done(void *ctx, const struct http_response *res)
     ckpt_err_clear(&e);
     op->hub->n_ops--;
     int r = map_error(op, res, &e);
-    if (r < 0 && op->kind == OP_ENSURE_REPO && res->fail == HTTP_FAIL_NONE && res->status == 409) {
+    if (r < 0 && (op->kind == OP_ENSURE_REPO || op->kind == OP_ENSURE_BRANCH) &&
+        res->fail == HTTP_FAIL_NONE && res->status == 409) {
         ckpt_err_clear(&e);
         r = 0; /* the repo exists */
     }
@@ -744,6 +773,7 @@ static void on_http_done(void *ctx, const struct http_response *res)
         op->cb.etag(op->ctx, errp, r < 0 ? NULL : res->etag);
         break;
     case OP_ENSURE_REPO:
+    case OP_ENSURE_BRANCH:
     case OP_COMPLETE:
         op->cb.done(op->ctx, errp);
         break;
@@ -763,6 +793,28 @@ int hub_whoami(struct hub *hub, hub_user_cb cb, void *ctx, struct hub_op **ret_o
         return UV_ENOMEM;
     op->cb.user = cb;
     struct http_request req = {.method = "GET", .url = url, .bearer = hub->token, .retryable = 1};
+    return op_send(op, &req, ret_op);
+}
+
+int hub_ensure_branch(struct hub *hub, hub_done_cb cb, void *ctx, struct hub_op **ret_op)
+{
+    char url[2048];
+    int len = snprintf(url, sizeof(url), "%s/api/%s/%s/branch/%s", hub->endpoint, hub->type_seg,
+                       hub->repo_id, hub->rev_enc);
+    if (len < 0 || (size_t)len >= sizeof(url))
+        return UV_ENAMETOOLONG;
+    struct hub_op *op = op_new(hub, OP_ENSURE_BRANCH, ctx, "create branch in");
+    if (op == NULL)
+        return UV_ENOMEM;
+    op->cb.done = cb;
+    /* from main's head; retrying is safe: a create that landed answers 409 the second time */
+    struct http_request req = {.method = "POST",
+                               .url = url,
+                               .bearer = hub->token,
+                               .content_type = "application/json",
+                               .body = "{}",
+                               .body_len = 2,
+                               .retryable = 1};
     return op_send(op, &req, ret_op);
 }
 
@@ -897,6 +949,7 @@ int hub_lfs_batch(struct hub *hub, struct hub_lfs_object *objs, size_t n, hub_do
         objs[i].href = NULL;
         objs[i].part_urls = NULL;
         objs[i].n_parts = 0;
+        objs[i].expires_at = 0;
     }
     sb_str(&b, "]}");
     struct hub_op *op = b.failed ? NULL : op_new(hub, OP_BATCH, ctx, "LFS batch for");
@@ -1055,7 +1108,7 @@ int hub_commit(struct hub *hub, const char *summary, const char *description,
                                .content_type = "application/x-ndjson",
                                .body = b.p,
                                .body_len = b.len,
-                               .retryable = 0};
+                               .retryable = HTTP_RETRY_429};
     r = op_send(op, &req, ret_op);
     free(b.p);
     return r;

@@ -48,6 +48,10 @@ int hub_init(struct hub **ret, struct http *http, const struct hub_config *cfg,
 /* NULL-safe. Call only when no operation is in flight. */
 void hub_free(struct hub *hub);
 const char *hub_repo_id(const struct hub *hub);
+/* The branch that preupload, batch refs and commits name from now on (NULL or "": main). Only
+ * between operations: those in flight keep theirs. */
+int hub_set_revision(struct hub *hub, const char *revision);
+const char *hub_revision(const struct hub *hub);
 /* A rotated token (SIGHUP): used from the next request on. -ENOMEM or 0. */
 int hub_set_token(struct hub *hub, const char *token);
 const char *hub_endpoint(const struct hub *hub);
@@ -62,6 +66,8 @@ void hub_op_cancel(struct hub_op *op);
 int hub_whoami(struct hub *hub, hub_user_cb cb, void *ctx, struct hub_op **ret_op);
 /* POST /api/repos/create; an existing repo (409) is success. */
 int hub_ensure_repo(struct hub *hub, hub_done_cb cb, void *ctx, struct hub_op **ret_op);
+/* POST /api/T/R/branch/REV from the default branch's head; an existing branch (409) is success. */
+int hub_ensure_branch(struct hub *hub, hub_done_cb cb, void *ctx, struct hub_op **ret_op);
 /* GET /api/T/R/revision/REV -> sha. */
 int hub_get_head(struct hub *hub, hub_oid_cb cb, void *ctx, struct hub_op **ret_op);
 
@@ -94,6 +100,7 @@ struct hub_lfs_object {
     uint64_t chunk_size;
     char **part_urls; /* multipart: n_parts URLs, part i+1 at [i] */
     size_t n_parts;
+    int64_t expires_at; /* unix seconds from the answer's expires_in; 0 when not given */
 };
 void hub_lfs_object_release(struct hub_lfs_object *obj);
 
@@ -122,7 +129,8 @@ struct hub_commit_op {
 
 #define HUB_COMMIT_BODY_MAX (256u * 1024 * 1024)
 
-/* One NDJSON commit POST, never retried here (a lost answer may hide a commit that landed).
+/* One NDJSON commit POST, retried here only after a 429 (refused before it was applied); never
+ * after a lost answer or a 5xx, which may hide a commit that landed.
  * parent_commit may be NULL. The body is built before returning; ops may be freed then. Fails at
  * once with UV_E2BIG past HUB_COMMIT_BODY_MAX. A transport failure is CKPT_ERR_NETWORK. */
 int hub_commit(struct hub *hub, const char *summary, const char *description,

@@ -1,16 +1,37 @@
-/* queue.c - one push at a time, in the order checkpoints were sealed. */
+/* queue.c - one push at a time, in the order checkpoints were sealed, journaled at each step.
+ *
+ * An item's path: sealed (journaled) -> waiting -> pinning (its pins settle) -> stat (size,
+ * mtime, inode of each file on the pool; journaled) -> uploading (upload.c journals hashes,
+ * parts, objects) -> committed (journaled, then reported) -> pins released (journaled).
+ * At start the journal is read and the pins directory listed; whatever an earlier run left
+ * unfinished goes first, in its save order.
+ */
 #include "queue.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "hub.h"
+#include "journal.h"
 #include "log.h"
 #include "pin.h"
 #include "strategy.h"
+
+#define RECOVER_MAX_DIRS 65536
+#define QUEUE_NOTES_MAX 256
+#define QUEUE_FILES_PER_COMMIT 100
+#define QUEUE_BUDGET_RING 4096
+#define QUEUE_BUDGET_WINDOW_MS (3600u * 1000)
+#define RECOVER_MAX_FILES 100000
 
 struct item {
     struct item *next;
@@ -23,11 +44,20 @@ struct item {
     char **files;
     size_t file_count;
     enum queue_state state;
+    bool journaled;  /* its sealed record is durable */
+    bool sealing;    /* its sealed record is being written */
+    bool deferred;   /* found again by a scan: journaled only if it is not a re-push */
+    size_t part_off; /* very many files: the first plan item of the commit in flight */
+    size_t part_n;
+    bool recovered;
+    unsigned attempts;
     uint64_t sealed_at_ms;
     uint64_t upload_started_ms;
     uint64_t finished_ms;
     struct strategy_plan plan;
     char **local_paths;
+    struct journal_file *stats; /* plan.count, after the stat step */
+    bool *present;
     struct upload *upload;
     struct upload_progress progress; /* kept after the upload is freed */
     char commit[41];
@@ -38,12 +68,26 @@ struct queue {
     struct queue_deps deps;
     queue_event_cb cb;
     void *ctx;
+    struct journal *journal;
+    char *staging; /* the pins' parent: <root>/.ckptpush */
     struct item *head;
     struct item *tail;
     size_t waiting;
     struct item *active;
     struct item *history[QUEUE_HISTORY]; /* ring, newest at history_next - 1 */
     size_t history_next;
+    uv_timer_t retry_timer;
+    uv_timer_t budget_timer;
+    uint64_t commit_ms[QUEUE_BUDGET_RING]; /* times of the last commits, a ring */
+    size_t n_commits;
+    uint64_t last_detected;
+    struct note {
+        uint64_t id;
+        char *name, *layout;
+    } notes[QUEUE_NOTES_MAX]; /* detected before the journal was read */
+    size_t n_notes;
+    bool recovered;    /* journal read and pins listed: pushing may start */
+    bool branch_ready; /* --revision: the branch exists */
     bool ready;
     bool paused;
     bool stopped;
@@ -52,6 +96,8 @@ struct queue {
 };
 
 static void pump(struct queue *q);
+static void stat_files(struct queue *q, struct item *it);
+static void start_upload(struct queue *q, struct item *it);
 
 const char *queue_state_name(enum queue_state state)
 {
@@ -69,17 +115,27 @@ static uint64_t now_ms(const struct queue *q)
     return uv_now(q->deps.loop);
 }
 
+static void plan_release(struct item *it)
+{
+    if (it->local_paths != NULL)
+        for (size_t i = 0; i < it->plan.count; i++)
+            free(it->local_paths[i]);
+    free(it->local_paths);
+    it->local_paths = NULL;
+    free(it->stats);
+    it->stats = NULL;
+    free(it->present);
+    it->present = NULL;
+    strategy_plan_release(&it->plan);
+}
+
 static void item_free(struct item *it)
 {
     if (it == NULL)
         return;
     for (size_t i = 0; i < it->file_count; i++)
         free(it->files[i]);
-    if (it->local_paths != NULL)
-        for (size_t i = 0; i < it->plan.count; i++)
-            free(it->local_paths[i]);
-    free(it->local_paths);
-    strategy_plan_release(&it->plan);
+    plan_release(it);
     upload_free(it->upload);
     free(it->files);
     free(it->name);
@@ -103,6 +159,8 @@ static void view_of(const struct queue *q, const struct item *it, struct queue_i
     v->message = it->plan.message ? it->plan.message : "";
     v->commit = it->commit;
     v->error = it->error ? it->error : "";
+    v->recovered = it->recovered;
+    v->attempts = it->attempts;
     if (it->upload != NULL)
         upload_get_progress(it->upload, &v->progress);
     else
@@ -122,6 +180,18 @@ static void set_state(struct queue *q, struct item *it, enum queue_state state)
     view_of(q, it, &view);
     if (q->cb != NULL)
         q->cb(q->ctx, &view);
+}
+
+static bool journaled(const struct item *it)
+{
+    return it->source_dir == NULL;
+}
+
+/* Journal writes whose failure is logged but never stops a push: the pins are ground truth. */
+static void on_journal_written(void *ctx, int status)
+{
+    (void)ctx;
+    (void)status; /* journal.c logs the first failure */
 }
 
 /* The item leaves the active slot for the history; the next one starts. */
@@ -148,23 +218,49 @@ static void finish(struct queue *q, struct item *it, enum queue_state state)
     pump(q);
 }
 
-static void fail(struct queue *q, struct item *it, const char *kind, const char *reason)
+static void set_error(struct item *it, const char *reason)
 {
     free(it->error);
     it->error = strdup(reason);
+}
+
+static void log_failed(struct queue *q, struct item *it, const char *kind)
+{
     /* The pins are kept: the checkpoint is not lost, only not pushed yet. */
-    log_error("push-failed", "ckpt='%s' kind=%s reason='%s' pins='%s/pins/%" PRIu64 "'", it->name,
-              kind, reason, q->deps.cfg->staging_dir, it->id);
+    log_error("push-failed",
+              "ckpt='%s' kind=%s reason='%s' pins='%s/pins/%" PRIu64
+              "' next='retried at the next start'",
+              it->name, kind, it->error ? it->error : "", q->staging, it->id);
+}
+
+static void on_failed_journaled(void *ctx, int status)
+{
+    struct item *it = ctx;
+
+    (void)status;
+    finish(it->queue, it, QUEUE_FAILED);
+}
+
+static void fail(struct queue *q, struct item *it, const char *kind, const char *reason)
+{
+    set_error(it, reason);
+    log_failed(q, it, kind);
+    if (journaled(it) &&
+        journal_set_state(q->journal, it->id, JOURNAL_FAILED, reason, on_failed_journaled, it) == 0)
+        return;
     finish(q, it, QUEUE_FAILED);
 }
 
 static void on_released(void *ctx, int status)
 {
     struct item *it = ctx;
+    struct queue *q = it->queue;
 
     if (status < 0)
         log_warn("release-failed", "ckpt='%s' reason='%s'", it->name, strerror(-status));
-    finish(it->queue, it, it->commit[0] ? QUEUE_COMMITTED : QUEUE_SKIPPED);
+    else if (journaled(it))
+        journal_set_state(q->journal, it->id, JOURNAL_RELEASED, NULL, on_journal_written, NULL);
+    finish(q, it, it->commit[0] ? QUEUE_COMMITTED : QUEUE_SKIPPED);
 }
 
 static void release(struct queue *q, struct item *it)
@@ -175,44 +271,290 @@ static void release(struct queue *q, struct item *it)
         on_released(it, 0);
 }
 
-static void on_uploaded(void *ctx, const struct ckpt_err *err, const char *commit_oid)
+static void on_committed_journaled(void *ctx, int status)
 {
     struct item *it = ctx;
     struct queue *q = it->queue;
     struct queue_item_view view;
 
+    (void)status;
+    view_of(q, it, &view);
+    log_info("committed",
+             "ckpt='%s' commit=%s files=%zu skipped=%zu bytes=%" PRIu64 " sent=%" PRIu64
+             " parts_sent=%zu parts_resumed=%zu hash_skipped=%zu rebatches=%zu attempts=%u"
+             " recovered=%s seconds=%.3f message='%s'",
+             it->name, it->commit, view.progress.files_total, view.progress.files_skipped,
+             view.progress.bytes_total, view.progress.bytes_sent, view.progress.parts_sent,
+             view.progress.parts_resumed, view.progress.files_hash_skipped, view.progress.rebatches,
+             it->attempts + 1, it->recovered ? "yes" : "no", view.seconds, it->plan.message);
+    release(q, it);
+}
+
+static bool transient(const struct ckpt_err *err)
+{
+    switch (err->kind) {
+    case CKPT_ERR_NETWORK:
+    case CKPT_ERR_SERVER:
+    case CKPT_ERR_CONFLICT:
+    case CKPT_ERR_PROTOCOL:
+        return true;
+    case CKPT_ERR_IO:
+        return err->code != UV_ECANCELED && err->code != UV_ENOENT && err->code != -ENOENT;
+    default:
+        return false;
+    }
+}
+
+static void on_retry_timer(uv_timer_t *timer)
+{
+    struct queue *q = timer->data;
+    struct item *it = q->active;
+
+    if (it == NULL || q->stopped)
+        return;
+    if (q->paused || !q->ready) {
+        /* paused meanwhile: it goes back to the head of the line */
+        q->active = NULL;
+        it->next = q->head;
+        q->head = it;
+        if (q->tail == NULL)
+            q->tail = it;
+        q->waiting++;
+        return;
+    }
+    log_info("push-retry", "ckpt='%s' attempt=%u", it->name, it->attempts + 1);
+    set_state(q, it, QUEUE_PINNING);
+    stat_files(q, it);
+}
+
+static void on_uploaded(void *ctx, const struct ckpt_err *err, const char *commit_oid)
+{
+    struct item *it = ctx;
+    struct queue *q = it->queue;
+
+    if (err != NULL && transient(err) && !q->stopped) {
+        uint64_t delay = QUEUE_RETRY_BASE_MS << (it->attempts < 8 ? it->attempts : 8);
+        if (delay > QUEUE_RETRY_MAX_MS)
+            delay = QUEUE_RETRY_MAX_MS;
+        delay = delay / 2 + (uint64_t)rand() % (delay / 2 + 1); /* jitter */
+        if (it->upload != NULL)
+            upload_get_progress(it->upload, &it->progress);
+        upload_free(it->upload);
+        it->upload = NULL;
+        plan_release(it);
+        it->attempts++;
+        set_error(it, err->msg);
+        log_warn("push-retry-later", "ckpt='%s' kind=%s attempt=%u reason='%s', retrying in %.1fs",
+                 it->name, ckpt_err_kind_name(err->kind), it->attempts, err->msg,
+                 (double)delay / 1000.0);
+        set_state(q, it, QUEUE_WAITING);
+        uv_timer_start(&q->retry_timer, on_retry_timer, delay, 0);
+        return;
+    }
     if (err != NULL) {
+        if (err->kind == CKPT_ERR_IO && err->code == UV_ECANCELED) {
+            /* the daemon is stopping: the journal still says uploading, the next start resumes */
+            set_error(it, err->msg);
+            log_warn("push-interrupted", "ckpt='%s' reason='%s' next='resumed at the next start'",
+                     it->name, err->msg);
+            finish(q, it, QUEUE_FAILED);
+            return;
+        }
         fail(q, it, ckpt_err_kind_name(err->kind), err->msg);
         return;
     }
     snprintf(it->commit, sizeof(it->commit), "%s", commit_oid);
-    view_of(q, it, &view);
-    log_info("committed",
-             "ckpt='%s' commit=%s files=%zu skipped=%zu bytes=%" PRIu64 " sent=%" PRIu64
-             " seconds=%.3f message='%s'",
-             it->name, it->commit, view.progress.files_total, view.progress.files_skipped,
-             view.progress.bytes_total, view.progress.bytes_sent, view.seconds, it->plan.message);
-    release(q, it);
+    if (it->upload != NULL)
+        upload_get_progress(it->upload, &it->progress);
+    if (it->upload == NULL || it->progress.files_total > it->progress.files_skipped)
+        q->commit_ms[q->n_commits++ % QUEUE_BUDGET_RING] = now_ms(q);
+    if (it->part_off + it->part_n < it->plan.count) {
+        log_info("committed-part", "ckpt='%s' commit=%s files=%zu-%zu of %zu", it->name, it->commit,
+                 it->part_off + 1, it->part_off + it->part_n, it->plan.count);
+        it->part_off += it->part_n;
+        upload_free(it->upload);
+        it->upload = NULL;
+        start_upload(q, it);
+        return;
+    }
+    if (journaled(it) && journal_set_state(q->journal, it->id, JOURNAL_COMMITTED, it->commit,
+                                           on_committed_journaled, it) == 0)
+        return;
+    on_committed_journaled(it, 0);
 }
 
-static void start_upload(struct queue *q, struct item *it)
+/* ---- the stat step: which files are there, which are unchanged since they were hashed ---- */
+
+struct stat_job {
+    uv_work_t work;
+    struct item *item;
+    size_t n;
+    char **paths; /* borrowed from the item */
+    struct journal_file *stats;
+    bool *present;
+};
+
+static void stat_work(uv_work_t *w)
 {
-    struct upload_file *files = NULL;
+    struct stat_job *job = w->data;
+
+    for (size_t i = 0; i < job->n; i++) {
+        struct stat st;
+        if (lstat(job->paths[i], &st) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        job->present[i] = true;
+        job->stats[i].size = (uint64_t)st.st_size;
+        job->stats[i].mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+        job->stats[i].ino = (uint64_t)st.st_ino;
+        job->stats[i].have_stat = true;
+    }
+}
+
+static bool same_file(const struct journal_file *a, const struct journal_file *b)
+{
+    return a->have_stat && b->have_stat && a->size == b->size && a->mtime_ns == b->mtime_ns &&
+           a->ino == b->ino;
+}
+
+static struct journal_file *journal_file_of(struct journal_ckpt *c, const char *path)
+{
+    for (size_t i = 0; c != NULL && i < c->n_files; i++)
+        if (strcmp(c->files[i].path, path) == 0)
+            return &c->files[i];
+    return NULL;
+}
+
+/* An earlier push of the very same files under the same name (a checkpoint found again by the
+ * scan after a restart): nothing to push. */
+static struct journal_ckpt *pushed_before(struct queue *q, struct item *it)
+{
+    for (struct journal_ckpt *c = journal_ckpts(q->journal); c != NULL; c = c->next) {
+        bool all = true;
+        if (c->id == it->id || (c->state != JOURNAL_COMMITTED && c->state != JOURNAL_RELEASED) ||
+            c->name == NULL || c->layout == NULL || strcmp(c->name, it->name) != 0 ||
+            strcmp(c->layout, it->layout) != 0)
+            continue;
+        for (size_t i = 0; i < it->plan.count && all; i++) {
+            const struct journal_file *f = journal_file_of(c, it->plan.items[i].file);
+            all = f != NULL && it->present[i] && same_file(f, &it->stats[i]);
+        }
+        if (all && it->plan.count > 0)
+            return c;
+    }
+    return NULL;
+}
+
+static void start_upload(struct queue *q, struct item *it);
+
+static void on_stats_journaled(void *ctx, int status)
+{
+    struct item *it = ctx;
+
+    (void)status;
+    start_upload(it->queue, it);
+}
+
+static void on_deferred_sealed(void *ctx, int status)
+{
+    struct item *it = ctx;
+    struct queue *q = it->queue;
+
+    (void)status;
+    for (size_t i = 0; i < it->plan.count; i++)
+        it->stats[i].path = (char *)it->plan.items[i].file; /* borrowed, read only */
+    if (journal_stats(q->journal, it->id, it->stats, it->plan.count, on_stats_journaled, it) < 0)
+        start_upload(q, it);
+}
+
+static void after_stat(uv_work_t *w, int status)
+{
+    struct stat_job *job = w->data;
+    struct item *it = job->item;
+    struct queue *q = it->queue;
+    size_t kept = 0;
+
+    (void)status;
+    free(job);
+    if (q->stopped) {
+        finish(q, it, QUEUE_FAILED);
+        return;
+    }
+    /* files lost before they could be pinned were reported by the daemon: push the rest */
+    for (size_t i = 0; i < it->plan.count; i++) {
+        if (!it->present[i]) {
+            log_warn("file-lost", "ckpt='%s' file='%s' reason='not in its pins', pushing the rest",
+                     it->name, it->plan.items[i].file);
+            free(it->plan.items[i].path_in_repo);
+            free(it->local_paths[i]);
+            continue;
+        }
+        it->plan.items[kept] = it->plan.items[i];
+        it->local_paths[kept] = it->local_paths[i];
+        it->stats[kept] = it->stats[i];
+        it->present[kept] = true;
+        kept++;
+    }
+    it->plan.count = kept;
+    if (kept == 0) {
+        fail(q, it, "input", "none of its files is left in its pins");
+        return;
+    }
+    if (!journaled(it)) {
+        start_upload(q, it);
+        return;
+    }
+    struct journal_ckpt *before = pushed_before(q, it);
+    if (before != NULL) {
+        if (before->commit[0] != '\0')
+            log_info("already-pushed",
+                     "ckpt='%s' commit=%s reason='the same files were committed before the "
+                     "restart'",
+                     it->name, before->commit);
+        else
+            log_info("already-skipped",
+                     "ckpt='%s' reason='the same files were superseded or coalesced before the "
+                     "restart'",
+                     it->name);
+        plan_release(it);
+        release(q, it);
+        return;
+    }
+    if (it->deferred) {
+        it->deferred = false;
+        if (journal_sealed(q->journal, it->id, it->name, it->layout, it->step,
+                           (const char *const *)it->files, it->file_count, on_deferred_sealed,
+                           it) == 0)
+            return;
+    }
+    on_deferred_sealed(it, 0);
+}
+
+static void stat_files(struct queue *q, struct item *it)
+{
     char path[PATH_MAX];
+    struct stat_job *job;
     int rc;
 
     if ((rc = strategy_plan(q->deps.cfg->strategy, it->layout, it->name, it->step,
                             (const char *const *)it->files, it->file_count, &it->plan)) < 0)
         goto fail;
+    size_t dropped = strategy_filter(&it->plan, q->deps.cfg->include, q->deps.cfg->exclude);
+    if (dropped > 0)
+        log_debug("filtered", "ckpt='%s' dropped=%zu reason='--include/--exclude'", it->name,
+                  dropped);
     if (it->plan.count == 0 || q->deps.hub == NULL) {
-        log_info("skipped", "ckpt='%s' reason='%s'", it->name,
-                 q->deps.hub == NULL ? "dry run" : "the strategy pushes none of its files");
+        log_info("skipped", "ckpt='%s' strategy=%s reason='%s'", it->name,
+                 config_strategy_name(q->deps.cfg->strategy),
+                 q->deps.hub == NULL ? "dry run" : "the strategy pushes none of its files now");
         release(q, it);
         return;
     }
     it->local_paths = calloc(it->plan.count, sizeof(*it->local_paths));
-    files = calloc(it->plan.count, sizeof(*files));
-    if (it->local_paths == NULL || files == NULL) {
+    it->stats = calloc(it->plan.count, sizeof(*it->stats));
+    it->present = calloc(it->plan.count, sizeof(*it->present));
+    job = calloc(1, sizeof(*job));
+    if (it->local_paths == NULL || it->stats == NULL || it->present == NULL || job == NULL) {
+        free(job);
         rc = -ENOMEM;
         goto fail;
     }
@@ -220,17 +562,101 @@ static void start_upload(struct queue *q, struct item *it)
         if (it->source_dir != NULL)
             snprintf(path, sizeof(path), "%s/%s", it->source_dir, it->plan.items[i].file);
         else if ((rc = pin_path(q->deps.pin, it->id, it->plan.items[i].file, path, sizeof(path))) <
-                 0)
+                 0) {
+            free(job);
             goto fail;
+        }
         if ((it->local_paths[i] = strdup(path)) == NULL) {
+            free(job);
             rc = -ENOMEM;
             goto fail;
         }
-        files[i].path_in_repo = it->plan.items[i].path_in_repo;
-        files[i].local_path = it->local_paths[i];
     }
-    rc = upload_start(&it->upload, q->deps.hub, q->deps.hashes, files, it->plan.count,
-                      it->plan.message, NULL, on_uploaded, it);
+    job->item = it;
+    job->n = it->plan.count;
+    job->paths = it->local_paths;
+    job->stats = it->stats;
+    job->present = it->present;
+    job->work.data = job;
+    if ((rc = uv_queue_work(q->deps.loop, &job->work, stat_work, after_stat)) < 0) {
+        free(job);
+        goto fail;
+    }
+    return;
+fail:
+    fail(q, it, "internal", strerror(-rc));
+}
+
+static void start_upload(struct queue *q, struct item *it);
+
+static void on_branch(void *ctx, const struct ckpt_err *err)
+{
+    struct item *it = ctx;
+
+    if (err != NULL) {
+        on_uploaded(it, err, NULL);
+        return;
+    }
+    it->queue->branch_ready = true;
+    log_info("branch-ready", "repo='%s' branch='%s'", hub_repo_id(it->queue->deps.hub),
+             it->queue->deps.cfg->revision);
+    start_upload(it->queue, it);
+}
+
+/* --revision: intermediate checkpoints go to the branch, the end of training to main. */
+static bool to_branch(const struct queue *q, const struct item *it)
+{
+    return q->deps.cfg->revision != NULL && strcmp(it->layout, "model-root") != 0;
+}
+
+static void start_upload(struct queue *q, struct item *it)
+{
+    struct upload_file *files = calloc(it->plan.count, sizeof(*files));
+    struct journal_ckpt *c = journaled(it) ? journal_ckpt_find(q->journal, it->id) : NULL;
+    struct upload_opts opts = {
+        .journal = q->journal, .journal_id = it->id, .max_transfers = q->deps.cfg->max_transfers};
+    int rc = -ENOMEM;
+
+    if (q->stopped) {
+        free(files);
+        finish(q, it, QUEUE_FAILED);
+        return;
+    }
+    if (files == NULL)
+        goto fail;
+    if ((rc = hub_set_revision(q->deps.hub, to_branch(q, it) ? q->deps.cfg->revision : NULL)) < 0)
+        goto fail;
+    if (to_branch(q, it) && !q->branch_ready) {
+        free(files);
+        if ((rc = hub_ensure_branch(q->deps.hub, on_branch, it, NULL)) < 0)
+            fail(q, it, "internal", strerror(-rc));
+        return;
+    }
+    /* Very many files: several commits (the Hub times a commit out at about 60 s and advises
+     * under 100 files each); the later ones say "(part N)", as upload_folder does. */
+    size_t n = it->plan.count - it->part_off;
+    char message[512];
+    if (n > QUEUE_FILES_PER_COMMIT)
+        n = QUEUE_FILES_PER_COMMIT;
+    if (it->part_off == 0)
+        snprintf(message, sizeof(message), "%s", it->plan.message);
+    else
+        snprintf(message, sizeof(message), "%s (part %zu)", it->plan.message,
+                 it->part_off / QUEUE_FILES_PER_COMMIT + 1);
+    for (size_t k = 0; k < n; k++) {
+        size_t i = it->part_off + k;
+        const struct journal_file *f = journal_file_of(c, it->plan.items[i].file);
+        files[k].path_in_repo = it->plan.items[i].path_in_repo;
+        files[k].local_path = it->local_paths[i];
+        files[k].journal_path = it->plan.items[i].file;
+        if (f != NULL && f->sha256[0] != '\0' && same_file(f, &it->stats[i])) {
+            files[k].sha256 = f->sha256;
+            files[k].size = f->size;
+        }
+    }
+    it->part_n = n;
+    rc = upload_start(&it->upload, q->deps.hub, q->deps.hashes, files, n, message, &opts,
+                      on_uploaded, it);
     free(files);
     files = NULL;
     if (rc < 0)
@@ -249,7 +675,7 @@ static void on_pins_copied(void *ctx, int status)
 
     if (status < 0)
         log_warn("pin-copy-failed", "ckpt='%s' reason='%s'", it->name, strerror(-status));
-    start_upload(it->queue, it);
+    stat_files(it->queue, it);
 }
 
 static void on_pins_idle(void *ctx, int status)
@@ -261,14 +687,82 @@ static void on_pins_idle(void *ctx, int status)
     if (pin_copies_pending(q->deps.pin, it->id) > 0 &&
         pin_copy_pending(q->deps.pin, it->id, on_pins_copied, it) == 0)
         return;
-    start_upload(q, it);
+    stat_files(q, it);
+}
+
+/* Commits made in the last hour; *ret_wait_ms: until one of them leaves the window. */
+static unsigned commits_in_window(struct queue *q, uint64_t *ret_wait_ms)
+{
+    uint64_t now = now_ms(q), oldest = UINT64_MAX;
+    size_t kept = q->n_commits < QUEUE_BUDGET_RING ? q->n_commits : QUEUE_BUDGET_RING;
+    unsigned n = 0;
+
+    for (size_t i = 0; i < kept; i++) {
+        uint64_t t = q->commit_ms[i];
+        if (now - t >= QUEUE_BUDGET_WINDOW_MS)
+            continue;
+        n++;
+        if (t < oldest)
+            oldest = t;
+    }
+    *ret_wait_ms = n > 0 ? oldest + QUEUE_BUDGET_WINDOW_MS - now : 0;
+    return n;
+}
+
+static void on_budget_timer(uv_timer_t *timer)
+{
+    pump(timer->data);
+}
+
+/* The commit budget is spent: a newer checkpoint of the same layout waiting behind the head
+ * makes pushing the head pointless (every_save and checkpoint overwrite the same paths), so it
+ * is skipped, logged; otherwise the head waits. Returns true when pump must stop here. */
+static bool over_budget(struct queue *q)
+{
+    uint64_t wait_ms;
+    unsigned n = commits_in_window(q, &wait_ms);
+    struct item *it = q->head;
+
+    if (n < q->deps.cfg->commits_per_hour)
+        return false;
+    if (q->deps.cfg->strategy != STRATEGY_ALL_CHECKPOINTS && it->step >= 0 &&
+        strcmp(it->layout, "model-root") != 0) {
+        for (struct item *later = it->next; later != NULL; later = later->next) {
+            if (strcmp(later->layout, it->layout) != 0 || later->step <= it->step)
+                continue;
+            q->head = it->next;
+            if (q->head == NULL)
+                q->tail = NULL;
+            it->next = NULL;
+            q->waiting--;
+            q->active = it;
+            log_info("coalesced",
+                     "ckpt='%s' by='%s' commits=%u per_hour=%u reason='commit budget spent: "
+                     "only the newest waiting checkpoint is pushed'",
+                     it->name, later->name, n, q->deps.cfg->commits_per_hour);
+            release(q, it);
+            return true;
+        }
+    }
+    if (!uv_is_active((uv_handle_t *)&q->budget_timer)) {
+        log_warn("commit-budget",
+                 "ckpt='%s' commits=%u per_hour=%u reason='the Hub allows about %u commits an "
+                 "hour', waiting %.0fs",
+                 it->name, n, q->deps.cfg->commits_per_hour, q->deps.cfg->commits_per_hour,
+                 (double)wait_ms / 1000.0);
+        uv_timer_start(&q->budget_timer, on_budget_timer, wait_ms + 1, 0);
+    }
+    return true;
 }
 
 static void pump(struct queue *q)
 {
     struct item *it;
 
-    if (q->active != NULL || q->head == NULL || q->stopped || q->paused || !q->ready)
+    if (q->active != NULL || q->head == NULL || q->stopped || q->paused || !q->ready ||
+        !q->recovered || !q->head->journaled)
+        return;
+    if (q->deps.hub != NULL && over_budget(q))
         return;
     it = q->head;
     q->head = it->next;
@@ -278,34 +772,97 @@ static void pump(struct queue *q)
     q->waiting--;
     q->active = it;
     set_state(q, it, QUEUE_PINNING);
+    if ((q->deps.cfg->strategy == STRATEGY_CHECKPOINT ||
+         q->deps.cfg->strategy == STRATEGY_EVERY_SAVE) &&
+        strcmp(it->layout, "model-root") != 0 && it->source_dir == NULL) {
+        for (struct item *later = q->head; later != NULL; later = later->next) {
+            if (q->deps.cfg->strategy != STRATEGY_CHECKPOINT ||
+                strcmp(later->layout, it->layout) != 0 || later->source_dir != NULL ||
+                (later->step >= 0 && it->step >= 0 && later->step <= it->step))
+                continue;
+            /* last-checkpoint/ would be overwritten at once: pushing it is stale data */
+            log_info("superseded",
+                     "ckpt='%s' by='%s' reason='strategy checkpoint keeps only the latest: "
+                     "not pushed'",
+                     it->name, later->name);
+            release(q, it);
+            return;
+        }
+        for (struct journal_ckpt *c = journal_ckpts(q->journal); c != NULL; c = c->next) {
+            if (c->id == it->id || it->step < 0 || c->step <= it->step || c->layout == NULL ||
+                strcmp(c->layout, it->layout) != 0 ||
+                (c->state != JOURNAL_COMMITTED && c->state != JOURNAL_RELEASED))
+                continue;
+            log_info("superseded",
+                     "ckpt='%s' by='%s' reason='a later step of this run was pushed already: "
+                     "its files would overwrite newer ones'",
+                     it->name, c->name ? c->name : "");
+            release(q, it);
+            return;
+        }
+    }
     if (it->source_dir != NULL)
-        start_upload(q, it);
+        stat_files(q, it);
     else if (pin_when_idle(q->deps.pin, it->id, on_pins_idle, it) < 0)
         on_pins_idle(it, 0);
 }
 
-int queue_new(struct queue **ret, const struct queue_deps *deps, queue_event_cb cb, void *ctx)
-{
-    struct queue *q = calloc(1, sizeof(*q));
+/* ---- adding ------------------------------------------------------------------------------ */
 
-    if (q == NULL)
-        return -ENOMEM;
-    q->deps = *deps;
-    q->cb = cb;
-    q->ctx = ctx;
-    *ret = q;
-    return 0;
+static void on_sealed_journaled(void *ctx, int status)
+{
+    struct item *it = ctx;
+
+    (void)status;
+    it->journaled = true;
+    set_state(it->queue, it, QUEUE_WAITING);
+    pump(it->queue);
 }
 
-int queue_add(struct queue *q, uint64_t id, const char *name, const char *layout, int64_t step,
-              const char *source_dir, const char *const *files, size_t file_count)
+/* A checkpoint of this name is journaled already: this one is likely the scan after a restart
+ * finding it again. */
+static bool name_known(struct queue *q, const struct item *it)
 {
-    struct item *it;
+    for (struct journal_ckpt *c = journal_ckpts(q->journal); c != NULL; c = c->next)
+        if (c->id != it->id && c->state >= JOURNAL_SEALED && c->name != NULL && c->layout != NULL &&
+            strcmp(c->name, it->name) == 0 && strcmp(c->layout, it->layout) == 0)
+            return true;
+    return false;
+}
 
-    if (q->waiting >= QUEUE_MAX_WAITING)
-        return -ENOBUFS;
-    if ((it = calloc(1, sizeof(*it))) == NULL)
-        return -ENOMEM;
+/* Writes the sealed record of every item that has none yet, in queue order. One whose name is
+ * journaled already waits for its stat step (the same files as an earlier push: skipped, never
+ * journaled, so that restarts do not pile up copies of it). */
+static void journal_waiting(struct queue *q)
+{
+    for (struct item *it = q->head; it != NULL && q->recovered; it = it->next) {
+        if (it->journaled || it->sealing)
+            continue;
+        if (!it->recovered && name_known(q, it)) {
+            it->journaled = true;
+            it->deferred = true;
+            set_state(q, it, QUEUE_WAITING);
+            continue;
+        }
+        it->sealing = true;
+        if (journal_sealed(q->journal, it->id, it->name, it->layout, it->step,
+                           (const char *const *)it->files, it->file_count, on_sealed_journaled,
+                           it) < 0) {
+            it->journaled = true; /* the pins stay the ground truth */
+            set_state(q, it, QUEUE_WAITING);
+        }
+    }
+    pump(q);
+}
+
+static struct item *item_new(struct queue *q, uint64_t id, const char *name, const char *layout,
+                             int64_t step, const char *source_dir, const char *const *files,
+                             size_t file_count)
+{
+    struct item *it = calloc(1, sizeof(*it));
+
+    if (it == NULL)
+        return NULL;
     it->queue = q;
     it->id = id;
     it->step = step;
@@ -322,18 +879,444 @@ int queue_add(struct queue *q, uint64_t id, const char *name, const char *layout
             goto oom;
         it->file_count++;
     }
-    if (q->tail != NULL)
-        q->tail->next = it;
-    else
-        q->head = it;
-    q->tail = it;
-    q->waiting++;
-    set_state(q, it, QUEUE_WAITING);
-    pump(q);
-    return 0;
+    return it;
 oom:
     item_free(it);
-    return -ENOMEM;
+    return NULL;
+}
+
+int queue_add(struct queue *q, uint64_t id, const char *name, const char *layout, int64_t step,
+              const char *source_dir, const char *const *files, size_t file_count)
+{
+    struct item *it;
+
+    if (q->waiting >= QUEUE_MAX_WAITING)
+        return -ENOBUFS;
+    if ((it = item_new(q, id, name, layout, step, source_dir, files, file_count)) == NULL)
+        return -ENOMEM;
+    /* Save order: a scan at start may seal checkpoint-20 before checkpoint-10; an earlier step
+     * of the same layout goes before a waiting later one. */
+    struct item **at = &q->head;
+    while (*at != NULL && !(step >= 0 && (*at)->step > step && !(*at)->recovered &&
+                            strcmp((*at)->layout, layout) == 0)) {
+        at = &(*at)->next;
+    }
+    it->next = *at;
+    *at = it;
+    if (it->next == NULL)
+        q->tail = it;
+    q->waiting++;
+    if (!journaled(it)) {
+        it->journaled = true;
+        set_state(q, it, QUEUE_WAITING);
+        pump(q);
+        return 0;
+    }
+    it->state = QUEUE_WAITING;
+    journal_waiting(q);
+    return 0;
+}
+
+void queue_note_detected(struct queue *q, uint64_t id, const char *name, const char *layout)
+{
+    if (id == q->last_detected)
+        return;
+    q->last_detected = id;
+    if (!q->recovered) {
+        struct note *n = &q->notes[q->n_notes];
+        for (size_t i = 0; i < q->n_notes; i++)
+            if (q->notes[i].id == id)
+                return;
+        if (q->n_notes == QUEUE_NOTES_MAX)
+            return; /* its pins are released at the next start if this run dies first */
+        n->id = id;
+        n->name = strdup(name);
+        n->layout = strdup(layout);
+        if (n->name == NULL || n->layout == NULL) {
+            free(n->name);
+            free(n->layout);
+            return;
+        }
+        q->n_notes++;
+        return;
+    }
+    if (journal_ckpt_find(q->journal, id) == NULL)
+        journal_detected(q->journal, id, name, layout, on_journal_written, NULL);
+}
+
+static void flush_notes(struct queue *q)
+{
+    for (size_t i = 0; i < q->n_notes; i++) {
+        struct note *n = &q->notes[i];
+        if (journal_ckpt_find(q->journal, n->id) == NULL)
+            journal_detected(q->journal, n->id, n->name, n->layout, on_journal_written, NULL);
+        free(n->name);
+        free(n->layout);
+    }
+    q->n_notes = 0;
+}
+
+/* ---- recovery at start: the journal and the pins directory -------------------------------- */
+
+struct pin_dir {
+    uint64_t id;
+    char **files;
+    size_t n, cap;
+};
+
+struct recover_job {
+    uv_work_t work;
+    struct queue *q;
+    char *pins;      /* <staging>/pins */
+    char *watch_dir; /* originals of unsealed checkpoints are looked for here */
+    char **names;    /* unsealed checkpoints' names (in), exists[] (out) */
+    bool *exists;
+    size_t n_names;
+    struct pin_dir *dirs;
+    size_t n_dirs;
+    int status;
+};
+
+static struct pin_dir *walking_dir; /* nftw has no context: one walk at a time */
+static size_t walking_base;
+static uv_mutex_t walk_lock;
+static uv_once_t walk_once = UV_ONCE_INIT;
+
+static void walk_lock_init(void)
+{
+    uv_mutex_init(&walk_lock);
+}
+
+static int collect(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    struct pin_dir *d = walking_dir;
+
+    (void)ftw;
+    if (type != FTW_F || !S_ISREG(st->st_mode) || strlen(path) <= walking_base)
+        return 0;
+    if (d->n >= RECOVER_MAX_FILES)
+        return 1;
+    if (d->n == d->cap) {
+        size_t cap = d->cap ? d->cap * 2 : 16;
+        char **p = realloc(d->files, cap * sizeof(*p));
+        if (p == NULL)
+            return 1;
+        d->files = p;
+        d->cap = cap;
+    }
+    if ((d->files[d->n] = strdup(path + walking_base)) != NULL)
+        d->n++;
+    return 0;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void recover_work(uv_work_t *w)
+{
+    struct recover_job *job = w->data;
+    DIR *dir = opendir(job->pins);
+    struct dirent *de;
+
+    for (size_t i = 0; i < job->n_names; i++) {
+        char path[PATH_MAX];
+        struct stat st;
+        snprintf(path, sizeof(path), "%s/%s", job->watch_dir, job->names[i]);
+        job->exists[i] = job->names[i][0] != '\0' && lstat(path, &st) == 0;
+    }
+    if (dir == NULL) {
+        job->status = errno == ENOENT ? 0 : -errno;
+        return;
+    }
+    job->dirs = calloc(RECOVER_MAX_DIRS, sizeof(*job->dirs));
+    while (job->dirs != NULL && (de = readdir(dir)) != NULL && job->n_dirs < RECOVER_MAX_DIRS) {
+        char *end;
+        char path[PATH_MAX];
+        struct pin_dir *d = &job->dirs[job->n_dirs];
+        if (de->d_name[0] < '0' || de->d_name[0] > '9')
+            continue;
+        errno = 0;
+        d->id = strtoull(de->d_name, &end, 10);
+        if (errno != 0 || *end != '\0')
+            continue;
+        job->n_dirs++;
+        snprintf(path, sizeof(path), "%s/%s", job->pins, de->d_name);
+        uv_once(&walk_once, walk_lock_init);
+        uv_mutex_lock(&walk_lock);
+        walking_dir = d;
+        walking_base = strlen(path) + 1;
+        nftw(path, collect, 16, FTW_PHYS);
+        walking_dir = NULL;
+        uv_mutex_unlock(&walk_lock);
+        if (d->n > 1)
+            qsort(d->files, d->n, sizeof(*d->files), cmp_str);
+    }
+    closedir(dir);
+}
+
+static struct pin_dir *find_dir(struct recover_job *job, uint64_t id)
+{
+    for (size_t i = 0; i < job->n_dirs; i++)
+        if (job->dirs[i].id == id)
+            return &job->dirs[i];
+    return NULL;
+}
+
+static void release_quietly(struct queue *q, uint64_t id)
+{
+    pin_release(q->deps.pin, id, NULL, NULL);
+}
+
+static int cmp_seq(const void *a, const void *b)
+{
+    const struct journal_ckpt *x = *(struct journal_ckpt *const *)a;
+    const struct journal_ckpt *y = *(struct journal_ckpt *const *)b;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+static void requeue(struct queue *q, struct item ***tail, uint64_t id, const char *name,
+                    const char *layout, int64_t step, const char *const *files, size_t n,
+                    bool journaled_already)
+{
+    struct item *it = item_new(q, id, name, layout, step, NULL, files, n);
+
+    if (it == NULL) {
+        log_error("recover-failed", "pin=%" PRIu64 " reason='out of memory', pins kept", id);
+        return;
+    }
+    it->recovered = true;
+    it->journaled = journaled_already;
+    it->state = QUEUE_WAITING;
+    **tail = it;
+    *tail = &it->next;
+    q->waiting++;
+}
+
+static void after_recover(uv_work_t *w, int status)
+{
+    struct recover_job *job = w->data;
+    struct queue *q = job->q;
+    struct item *first = NULL, **tail = &first;
+    size_t n = 0, k = 0, requeued = 0, released = 0;
+    struct journal_ckpt **order;
+
+    if (status == 0 && job->status < 0)
+        log_warn("recover-failed", "dir='%s' reason='%s', pushing only new checkpoints", job->pins,
+                 strerror(-job->status));
+    for (struct journal_ckpt *c = journal_ckpts(q->journal); c != NULL; c = c->next)
+        n++;
+    order = calloc(n ? n : 1, sizeof(*order));
+    for (struct journal_ckpt *c = journal_ckpts(q->journal); order != NULL && c != NULL;
+         c = c->next)
+        order[k++] = c;
+    if (order != NULL)
+        qsort(order, k, sizeof(*order), cmp_seq);
+    for (size_t i = 0, u = 0; order != NULL && i < k; i++) {
+        struct journal_ckpt *c = order[i];
+        struct pin_dir *d = find_dir(job, c->id);
+        bool unsealed = c->state == JOURNAL_DETECTED;
+        bool original = false;
+        if (unsealed && u < job->n_names)
+            original = job->exists[u++];
+        if (c->id >= q->deps.new_ids_from)
+            continue;
+        if (d != NULL)
+            d->id = 0; /* known */
+        if (c->state == JOURNAL_COMMITTED || c->state == JOURNAL_RELEASED) {
+            if (d != NULL) {
+                release_quietly(q, c->id);
+                released++;
+                if (c->state == JOURNAL_COMMITTED)
+                    journal_set_state(q->journal, c->id, JOURNAL_RELEASED, NULL, on_journal_written,
+                                      NULL);
+            }
+            continue;
+        }
+        if (d == NULL || (unsealed && original) || (unsealed && d->n == 0)) {
+            /* no pins: nothing to push from (the scan finds the original if it is still
+             * there); an unsealed one whose original is still there is sealed again by the
+             * scan, from new pins */
+            if (d == NULL && !unsealed)
+                log_warn("recover-lost",
+                         "ckpt='%s' pin=%" PRIu64 " state=%s reason='its pins are gone', "
+                         "pushed again only if the scan finds it",
+                         c->name ? c->name : "", c->id, journal_state_name(c->state));
+            if (d != NULL)
+                release_quietly(q, c->id);
+            journal_forget(q->journal, c->id, on_journal_written, NULL);
+            continue;
+        }
+        if (unsealed) {
+            log_warn("recovered-unsealed",
+                     "ckpt='%s' pin=%" PRIu64 " files=%zu reason='its original is gone: pushing "
+                     "what was pinned'",
+                     c->name ? c->name : "", c->id, d->n);
+            requeue(q, &tail, c->id, c->name ? c->name : "", c->layout ? c->layout : "explicit-dir",
+                    c->step, (const char *const *)d->files, d->n, false);
+        } else {
+            const char **files = calloc(c->n_files ? c->n_files : 1, sizeof(*files));
+            for (size_t f = 0; files != NULL && f < c->n_files; f++)
+                files[f] = c->files[f].path;
+            log_info("recovered", "ckpt='%s' pin=%" PRIu64 " state=%s files=%zu%s%s%s",
+                     c->name ? c->name : "", c->id, journal_state_name(c->state), c->n_files,
+                     c->error ? " error='" : "", c->error ? c->error : "", c->error ? "'" : "");
+            if (files != NULL)
+                requeue(q, &tail, c->id, c->name ? c->name : "",
+                        c->layout ? c->layout : "explicit-dir", c->step, files, c->n_files, true);
+            free(files);
+        }
+        requeued++;
+    }
+    free(order);
+    /* Pins the journal does not know. With a sound journal they belong to a candidate that
+     * died in the milliseconds between its first file and its journal record: its original
+     * is still there and the scan finds it again. With a damaged or missing journal they may be
+     * anything: pushed under a name of their own rather than lost. */
+    bool damaged = journal_corrupt_records(q->journal) > 0 || k == 0;
+    for (size_t i = 0; i < job->n_dirs; i++) {
+        struct pin_dir *d = &job->dirs[i];
+        char name[48];
+        if (d->id == 0 || d->id >= q->deps.new_ids_from)
+            continue;
+        if (d->n == 0 || !damaged) {
+            if (d->n > 0)
+                log_info("released-unknown",
+                         "pin=%" PRIu64 " files=%zu reason='never journaled: the scan finds its "
+                         "original'",
+                         d->id, d->n);
+            release_quietly(q, d->id);
+            continue;
+        }
+        snprintf(name, sizeof(name), "recovered-%" PRIu64, d->id);
+        log_warn("recovered-unknown",
+                 "pin=%" PRIu64 " files=%zu name='%s' reason='pins the journal does not know: "
+                 "pushed under their own folder'",
+                 d->id, d->n, name);
+        requeue(q, &tail, d->id, name, "explicit-dir", -1, (const char *const *)d->files, d->n,
+                false);
+        requeued++;
+    }
+    /* recovered ones go before everything sealed by this run */
+    if (first != NULL) {
+        *tail = q->head;
+        if (q->head == NULL) {
+            q->tail = first;
+            while (q->tail->next != NULL)
+                q->tail = q->tail->next;
+        }
+        q->head = first;
+    }
+    log_info("recovery", "journal_corrupt_records=%u requeued=%zu released=%zu",
+             journal_corrupt_records(q->journal), requeued, released);
+    for (size_t i = 0; i < job->n_dirs; i++) {
+        for (size_t f = 0; f < job->dirs[i].n; f++)
+            free(job->dirs[i].files[f]);
+        free(job->dirs[i].files);
+    }
+    free(job->dirs);
+    for (size_t i = 0; i < job->n_names; i++)
+        free(job->names[i]);
+    free(job->names);
+    free(job->exists);
+    free(job->pins);
+    free(job->watch_dir);
+    free(job);
+    q->recovered = true;
+    flush_notes(q);
+    for (struct item *it = q->head; it != NULL; it = it->next)
+        if (it->journaled && it->recovered)
+            set_state(q, it, QUEUE_WAITING);
+    journal_waiting(q);
+}
+
+static void on_journal_open(void *ctx, int status)
+{
+    struct queue *q = ctx;
+    struct recover_job *job = calloc(1, sizeof(*job));
+    size_t n = 0;
+
+    if (status < 0)
+        log_error("journal-failed", "dir='%s' reason='%s', pushing without a journal", q->staging,
+                  uv_strerror(status));
+    for (struct journal_ckpt *c = journal_ckpts(q->journal); c != NULL; c = c->next)
+        n += c->state == JOURNAL_DETECTED;
+    if (job == NULL || asprintf(&job->pins, "%s/pins", q->staging) < 0 ||
+        (job->watch_dir = strdup(q->deps.cfg->watch_dir)) == NULL ||
+        (job->names = calloc(n ? n : 1, sizeof(char *))) == NULL ||
+        (job->exists = calloc(n ? n : 1, sizeof(bool))) == NULL)
+        goto fail;
+    /* in seq order, as after_recover walks them */
+    {
+        struct journal_ckpt **order = calloc(n ? n : 1, sizeof(*order));
+        size_t k = 0;
+        if (order == NULL)
+            goto fail;
+        for (struct journal_ckpt *c = journal_ckpts(q->journal); c != NULL; c = c->next)
+            if (c->state == JOURNAL_DETECTED)
+                order[k++] = c;
+        qsort(order, k, sizeof(*order), cmp_seq);
+        for (size_t i = 0; i < k; i++)
+            job->names[job->n_names++] = strdup(order[i]->name ? order[i]->name : "");
+        free(order);
+    }
+    job->q = q;
+    job->work.data = job;
+    if (uv_queue_work(q->deps.loop, &job->work, recover_work, after_recover) == 0)
+        return;
+fail:
+    if (job != NULL) {
+        for (size_t i = 0; i < job->n_names; i++)
+            free(job->names[i]);
+        free(job->names);
+        free(job->exists);
+        free(job->pins);
+        free(job->watch_dir);
+        free(job);
+    }
+    log_error("recover-failed", "dir='%s' reason='out of memory'", q->staging);
+    q->recovered = true;
+    flush_notes(q);
+    journal_waiting(q);
+}
+
+/* ---- the rest of the API ------------------------------------------------------------------ */
+
+int queue_new(struct queue **ret, const struct queue_deps *deps, queue_event_cb cb, void *ctx)
+{
+    struct queue *q = calloc(1, sizeof(*q));
+    char path[PATH_MAX];
+    int rc;
+
+    if (q == NULL)
+        return -ENOMEM;
+    q->deps = *deps;
+    if (q->deps.new_ids_from == 0)
+        q->deps.new_ids_from = UINT64_MAX;
+    q->cb = cb;
+    q->ctx = ctx;
+    /* the journal lives beside the pins: <staging>/pins/<id>/<file> */
+    if ((rc = pin_path(deps->pin, 0, "x", path, sizeof(path))) < 0) {
+        free(q);
+        return rc;
+    }
+    path[strlen(path) - strlen("/pins/0/x")] = '\0';
+    if ((q->staging = strdup(path)) == NULL) {
+        free(q);
+        return -ENOMEM;
+    }
+    if ((rc = journal_open(&q->journal, deps->loop, q->staging, on_journal_open, q)) < 0) {
+        free(q->staging);
+        free(q);
+        return rc;
+    }
+    uv_timer_init(deps->loop, &q->retry_timer);
+    q->retry_timer.data = q;
+    uv_timer_init(deps->loop, &q->budget_timer);
+    q->budget_timer.data = q;
+    *ret = q;
+    return 0;
 }
 
 void queue_set_ready(struct queue *q, bool ready)
@@ -406,9 +1389,15 @@ bool queue_knows(const struct queue *q, const char *name)
 
 void queue_stop(struct queue *q)
 {
+    if (q->stopped)
+        return;
     q->stopped = true;
+    uv_close((uv_handle_t *)&q->retry_timer, NULL);
+    uv_close((uv_handle_t *)&q->budget_timer, NULL);
     if (q->active != NULL && q->active->upload != NULL)
         upload_cancel(q->active->upload);
+    else if (q->active != NULL && q->active->state == QUEUE_WAITING)
+        finish(q, q->active, QUEUE_FAILED); /* waiting for a retry */
 }
 
 void queue_free(struct queue *q)
@@ -424,5 +1413,11 @@ void queue_free(struct queue *q)
     }
     for (size_t i = 0; i < QUEUE_HISTORY; i++)
         item_free(q->history[i]);
+    for (size_t i = 0; i < q->n_notes; i++) {
+        free(q->notes[i].name);
+        free(q->notes[i].layout);
+    }
+    journal_free(q->journal);
+    free(q->staging);
     free(q);
 }

@@ -1,7 +1,10 @@
 /* queue.h - sealed checkpoints on their way to the Hub: waiting in save order, pushed one at a
  * time (a later checkpoint's commit never lands before an earlier one's), pins released after the
- * commit is confirmed, a bounded history of finished pushes for status. Decides and logs each
- * push's outcome. Loop thread only.
+ * commit is confirmed, a bounded history of finished pushes for status. Owns the journal: every
+ * state is durable before it is acted on or reported, and a restart re-queues what the last run
+ * left (from the pins, before anything new). Decides and logs each push's outcome: transient
+ * failures are retried with backoff, permanent ones leave the checkpoint failed with its pins.
+ * Loop thread only.
  */
 #ifndef CKPT_QUEUE_H
 #define CKPT_QUEUE_H
@@ -45,6 +48,8 @@ struct queue_item_view {
     struct upload_progress progress;
     double seconds;  /* since it was sealed */
     double rate_bps; /* bytes sent per second while uploading, 0 otherwise */
+    bool recovered;  /* left unfinished by an earlier run */
+    unsigned attempts;
 };
 
 /* Called on every state change; item is valid only during the call. */
@@ -56,7 +61,12 @@ struct queue_deps {
     struct pin *pin;
     struct hub *hub; /* NULL in dry-run */
     struct hash_pool *hashes;
+    /* Pin ids from here up belong to this run: recovery leaves their pins alone. */
+    uint64_t new_ids_from;
 };
+
+#define QUEUE_RETRY_BASE_MS 1000
+#define QUEUE_RETRY_MAX_MS 30000
 
 int queue_new(struct queue **ret, const struct queue_deps *deps, queue_event_cb cb, void *ctx);
 /* Copies everything. files are relative to the checkpoint root; they are read from the pins of
@@ -64,6 +74,8 @@ int queue_new(struct queue **ret, const struct queue_deps *deps, queue_event_cb 
  * from source_dir itself. -ENOBUFS when QUEUE_MAX_WAITING are waiting (pins stay on disk). */
 int queue_add(struct queue *q, uint64_t id, const char *name, const char *layout, int64_t step,
               const char *source_dir, const char *const *files, size_t file_count);
+/* A candidate got its first file: journaled so that its pins are known after a crash. */
+void queue_note_detected(struct queue *q, uint64_t id, const char *name, const char *layout);
 /* Pushing starts once the hub is known to be usable and while not paused. */
 void queue_set_ready(struct queue *q, bool ready);
 void queue_set_paused(struct queue *q, bool paused);

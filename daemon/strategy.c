@@ -1,4 +1,6 @@
-/* strategy.c - every_save: a checkpoint's model files at the repo root, as Trainer pushes them. */
+/* strategy.c - transformers' hub strategies: every_save (a checkpoint's model files at the repo
+ * root), checkpoint (+ the whole latest checkpoint under last-checkpoint/), all_checkpoints (+
+ * each checkpoint under its own folder), end (only the end of training); include/exclude globs. */
 #include "strategy.h"
 
 #include <errno.h>
@@ -48,40 +50,97 @@ static char *message_for(const char *layout, const char *name, long long step)
     return rc < 0 ? NULL : out;
 }
 
+/* Transformers never pushes these from the output root (push_to_hub's ignore_patterns). */
+static bool root_ignored(const char *file)
+{
+    return file[0] == '_' || fnmatch("checkpoint-*", file, 0) == 0;
+}
+
+static int add_item(struct strategy_plan *plan, char *path, const char *file)
+{
+    if (path == NULL)
+        return -ENOMEM;
+    plan->items[plan->count].path_in_repo = path;
+    plan->items[plan->count].file = file;
+    plan->count++;
+    return 0;
+}
+
 int strategy_plan(enum config_strategy strategy, const char *layout, const char *name,
                   long long step, const char *const *files, size_t file_count,
                   struct strategy_plan *ret)
 {
-    bool at_root = strcmp(layout, "transformers-trainer") == 0 || strcmp(layout, "model-root") == 0;
+    bool trainer = strcmp(layout, "transformers-trainer") == 0;
+    bool root = strcmp(layout, "model-root") == 0;
     bool single = strcmp(layout, "single-file") == 0;
+    /* where the whole checkpoint goes, besides its model files at the root */
+    const char *folder = strategy == STRATEGY_CHECKPOINT        ? "last-checkpoint"
+                         : strategy == STRATEGY_ALL_CHECKPOINTS ? name
+                                                                : NULL;
 
-    (void)strategy; /* every_save is the only strategy so far */
     memset(ret, 0, sizeof(*ret));
-    ret->items = calloc(file_count ? file_count : 1, sizeof(*ret->items));
+    ret->items = calloc(file_count ? 2 * file_count : 1, sizeof(*ret->items));
     ret->message = message_for(layout, name, step);
     if (ret->items == NULL || ret->message == NULL)
         goto oom;
+    if (strategy == STRATEGY_END && !root)
+        return 0; /* nothing during training */
 
     for (size_t i = 0; i < file_count; i++) {
-        struct strategy_item *item = &ret->items[ret->count];
+        const char *f = files[i];
+        char *path;
 
-        if (strcmp(layout, "transformers-trainer") == 0 && is_training_state(files[i]))
+        if (trainer && is_training_state(f))
             continue;
-        if (at_root)
-            item->path_in_repo = strdup(files[i]);
+        if (root && root_ignored(f))
+            continue;
+        if (trainer || root)
+            path = strdup(f);
         else if (single)
-            item->path_in_repo = strdup(name); /* the file keeps its place in the tree */
+            path = strdup(name); /* the file keeps its place in the tree */
+        else if (strategy == STRATEGY_CHECKPOINT)
+            path = join("last-checkpoint", f);
         else
-            item->path_in_repo = join(name, files[i]);
-        if (item->path_in_repo == NULL)
+            path = join(name, f);
+        if (add_item(ret, path, f) < 0)
             goto oom;
-        item->file = files[i];
-        ret->count++;
     }
+    /* transformers' hub_strategy checkpoint / all_checkpoints: the whole checkpoint too, so
+     * that training can resume from the Hub */
+    if (trainer && folder != NULL)
+        for (size_t i = 0; i < file_count; i++)
+            if (add_item(ret, join(folder, files[i]), files[i]) < 0)
+                goto oom;
     return 0;
 oom:
     strategy_plan_release(ret);
     return -ENOMEM;
+}
+
+static bool any_match(char *const *globs, const char *path)
+{
+    for (size_t i = 0; globs != NULL && globs[i] != NULL; i++)
+        if (fnmatch(globs[i], path, 0) == 0)
+            return true;
+    return false;
+}
+
+size_t strategy_filter(struct strategy_plan *plan, char *const *include, char *const *exclude)
+{
+    size_t kept = 0, dropped = 0;
+
+    for (size_t i = 0; i < plan->count; i++) {
+        struct strategy_item *it = &plan->items[i];
+        if ((include != NULL && include[0] != NULL && !any_match(include, it->path_in_repo)) ||
+            any_match(exclude, it->path_in_repo)) {
+            free(it->path_in_repo);
+            dropped++;
+            continue;
+        }
+        plan->items[kept++] = *it;
+    }
+    plan->count = kept;
+    return dropped;
 }
 
 void strategy_plan_release(struct strategy_plan *plan)

@@ -27,5 +27,8 @@ int strategy_plan(enum config_strategy strategy, const char *layout, const char 
                   long long step, const char *const *files, size_t file_count,
                   struct strategy_plan *ret);
 void strategy_plan_release(struct strategy_plan *plan);
+/* Keeps the items whose repo path matches one of include (all when include is NULL or empty)
+ * and none of exclude (NULL-terminated fnmatch globs); returns how many were dropped. */
+size_t strategy_filter(struct strategy_plan *plan, char *const *include, char *const *exclude);
 
 #endif

@@ -13,6 +13,7 @@
 
 #include "hash.h"
 #include "hub.h"
+#include "journal.h"
 #include "log.h"
 
 #include <errno.h>
@@ -47,6 +48,8 @@ struct up_entry {
     struct upload *u;
     char *repo_path;
     char *local_path;
+    char *journal_path;
+    int known; /* sha256 and size from the journal: not hashed again */
     uint64_t size;
     char sha256[65];
     char git_sha1[41];
@@ -58,16 +61,23 @@ struct up_entry {
     size_t content_len;
 };
 
-struct up_obj {
-    size_t entry; /* the first entry with this content: its file is sent */
-    char **etags;
-    size_t parts_done;
-    int done;
-};
+enum { PART_TODO = 0, PART_RUNNING, PART_DONE };
 
-struct up_job {
-    size_t obj;
-    size_t part; /* 0: basic PUT; n: multipart part n */
+struct up_obj {
+    size_t entry;          /* the first entry with this content: its file is sent */
+    char **etags;          /* n */
+    unsigned char *pstate; /* n: PART_* */
+    size_t n;              /* parts (1 for a basic transfer); 0 before the batch answer */
+    uint64_t chunk_size;   /* of the layout pstate describes */
+    size_t cursor;         /* no PART_TODO before it */
+    size_t parts_done;
+    unsigned gen;        /* bumped by each re-batch: older URLs' failures do not re-batch */
+    unsigned layout_gen; /* answers for parts started before it belong to a dropped layout */
+    unsigned rebatches;
+    int rebatching;
+    int completing;
+    int counted;
+    int done;
 };
 
 /* One hub operation in flight; the ctx of its callback. */
@@ -76,6 +86,8 @@ struct up_req {
     struct hub_op *op;
     struct up_req *prev, *next;
     size_t obj, part, off, n;
+    unsigned gen;
+    struct hub_lfs_object *tmp; /* a re-batch's answer */
 };
 
 struct up_read {
@@ -107,8 +119,7 @@ struct upload {
     size_t n_objs;
     size_t batch_off;
 
-    struct up_job *jobs;
-    size_t n_jobs, next_job, running_jobs;
+    size_t running_jobs;
     size_t objs_done;
 
     size_t next_read, reads_done;
@@ -130,6 +141,13 @@ struct upload {
 
 static void upload_enter(struct upload *u, enum upload_state s);
 static void send_preupload(struct upload *u);
+static void obj_forget_parts(struct upload *u, size_t i);
+
+static void journal_state(struct upload *u, enum journal_state s)
+{
+    if (u->opts.journal != NULL)
+        journal_set_state(u->opts.journal, u->opts.journal_id, s, NULL, NULL, NULL);
+}
 
 /* ---- completion and failure -------------------------------------------------------------- */
 
@@ -138,21 +156,17 @@ static void upload_release(struct upload *u)
     for (size_t i = 0; i < u->n; i++) {
         free(u->entries[i].repo_path);
         free(u->entries[i].local_path);
+        free(u->entries[i].journal_path);
         free(u->entries[i].content);
     }
     for (size_t i = 0; i < u->n_objs; i++) {
-        if (u->ob[i].etags != NULL) {
-            for (size_t k = 0; k < u->lo[i].n_parts; k++)
-                free(u->ob[i].etags[k]);
-            free(u->ob[i].etags);
-        }
+        obj_forget_parts(u, i);
         hub_lfs_object_release(&u->lo[i]);
     }
     free(u->entries);
     free(u->pf);
     free(u->lo);
     free(u->ob);
-    free(u->jobs);
     free(u->message);
     free(u);
 }
@@ -260,6 +274,9 @@ static void on_hashed(void *ctx, int status, const struct hash_result *res)
     }
     e->size = res->size;
     memcpy(e->sha256, res->sha256, sizeof(e->sha256));
+    if (u->opts.journal != NULL && e->journal_path != NULL)
+        journal_hashed(u->opts.journal, u->opts.journal_id, e->journal_path, res->sha256,
+                       res->git_sha1, NULL, NULL);
     memcpy(e->git_sha1, res->git_sha1, sizeof(e->git_sha1));
     memcpy(e->sample, res->sample, res->sample_len);
     e->sample_len = res->sample_len;
@@ -421,6 +438,7 @@ static int classify(struct upload *u)
 
 static void send_batch(struct upload *u);
 static void pump_transfers(struct upload *u);
+static void send_complete(struct upload *u, size_t i);
 
 static void on_batch(void *ctx, const struct ckpt_err *err)
 {
@@ -439,6 +457,7 @@ static void on_batch(void *ctx, const struct ckpt_err *err)
         send_batch(u);
         return;
     }
+    journal_state(u, JOURNAL_PLANNED);
     upload_enter(u, UP_TRANSFER);
 }
 
@@ -457,9 +476,88 @@ static void send_batch(struct upload *u)
 
 static void obj_done(struct upload *u, size_t i)
 {
+    if (u->ob[i].done)
+        return;
     u->ob[i].done = 1;
+    if (u->opts.journal != NULL)
+        journal_obj_done(u->opts.journal, u->lo[i].oid, u->lo[i].size, NULL, NULL);
     if (++u->objs_done == u->n_objs)
         upload_enter(u, UP_READ);
+}
+
+static void obj_forget_parts(struct upload *u, size_t i)
+{
+    struct up_obj *ob = &u->ob[i];
+    if (ob->etags != NULL)
+        for (size_t k = 0; k < ob->n; k++)
+            free(ob->etags[k]);
+    free(ob->etags);
+    free(ob->pstate);
+    ob->etags = NULL;
+    ob->pstate = NULL;
+    ob->n = 0;
+    ob->parts_done = 0;
+    ob->cursor = 0;
+    ob->layout_gen = ob->gen;
+}
+
+static uint64_t part_len(const struct hub_lfs_object *o, size_t k)
+{
+    uint64_t off = (uint64_t)k * o->chunk_size;
+    return o->size - off < o->chunk_size ? o->size - off : o->chunk_size;
+}
+
+/* After a batch answer for object i (the first one or a re-batch): what is left to send. */
+static void obj_setup(struct upload *u, size_t i)
+{
+    struct hub_lfs_object *o = &u->lo[i];
+    struct up_obj *ob = &u->ob[i];
+    int multi = o->action == HUB_LFS_MULTIPART;
+    size_t n = multi ? o->n_parts : 1;
+
+    if (ob->done)
+        return;
+    if (o->action == HUB_LFS_STORED) {
+        obj_done(u, i);
+        return;
+    }
+    if (ob->pstate == NULL || ob->n != n || ob->chunk_size != (multi ? o->chunk_size : 0)) {
+        obj_forget_parts(u, i);
+        ob->etags = calloc(n, sizeof(char *));
+        ob->pstate = calloc(n, 1);
+        if (ob->etags == NULL || ob->pstate == NULL) {
+            fail_code(u, UV_ENOMEM, "plan transfers");
+            return;
+        }
+        ob->n = n;
+        ob->chunk_size = multi ? o->chunk_size : 0;
+        if (!ob->counted) {
+            ob->counted = 1;
+            u->progress.bytes_to_send += o->size;
+        }
+        struct journal_obj *jo =
+            u->opts.journal != NULL ? journal_obj_find(u->opts.journal, o->oid, o->size) : NULL;
+        if (multi && jo != NULL && jo->chunk_size == o->chunk_size && jo->n_parts == n) {
+            for (size_t k = 0; k < n; k++) {
+                if (jo->etags[k] == NULL || (ob->etags[k] = strdup(jo->etags[k])) == NULL)
+                    continue;
+                ob->pstate[k] = PART_DONE;
+                ob->parts_done++;
+                u->progress.parts_resumed++;
+                u->progress.bytes_to_send -= part_len(o, k);
+            }
+            if (ob->parts_done > 0)
+                log_info("upload-resume", "repo='%s' oid=%s parts_done=%zu parts=%zu",
+                         hub_repo_id(u->hub), o->oid, ob->parts_done, n);
+        }
+    }
+    ob->cursor = 0;
+    if (u->opts.journal != NULL)
+        journal_obj_planned(u->opts.journal, o->oid, o->size, multi ? o->chunk_size : 0, o->href,
+                            o->expires_at, multi ? (const char *const *)o->part_urls : NULL,
+                            multi ? n : 0, NULL, NULL);
+    if (multi && ob->parts_done == n)
+        send_complete(u, i);
 }
 
 static void on_sent(void *ctx, int64_t delta)
@@ -472,19 +570,127 @@ static void on_sent(void *ctx, int64_t delta)
         p->bytes_sent += (uint64_t)delta;
 }
 
+/* A presigned URL the storage refused: expired (403), signature gone stale (401/403), or the
+ * multipart session is gone (404). A new batch answer gives fresh ones. */
+static int url_refused(const struct ckpt_err *err)
+{
+    return err->kind != CKPT_ERR_NETWORK &&
+           (err->code == 401 || err->code == 403 || err->code == 404);
+}
+
+static void on_rebatch(void *ctx, const struct ckpt_err *err)
+{
+    struct up_req rc;
+    struct upload *u = req_done(ctx, &rc);
+    struct up_obj *ob = &u->ob[rc.obj];
+
+    ob->rebatching = 0;
+    if (u->failed || err != NULL) {
+        if (rc.tmp != NULL)
+            hub_lfs_object_release(rc.tmp);
+        free(rc.tmp);
+        if (u->failed)
+            maybe_finish_failed(u);
+        else
+            fail(u, err);
+        return;
+    }
+    hub_lfs_object_release(&u->lo[rc.obj]);
+    u->lo[rc.obj] = *rc.tmp;
+    free(rc.tmp);
+    obj_setup(u, rc.obj);
+    if (!u->failed && u->state == UP_TRANSFER)
+        pump_transfers(u);
+}
+
+/* Fresh URLs for object i; the parts already finished stay finished (the server keeps them). */
+static int rebatch(struct upload *u, size_t i, const struct ckpt_err *why)
+{
+    struct up_obj *ob = &u->ob[i];
+    struct up_req *r;
+
+    if (ob->rebatching)
+        return 0;
+    if (ob->rebatches >= UPLOAD_REBATCH_MAX) {
+        fail(u, why);
+        return -1;
+    }
+    ob->rebatches++;
+    ob->gen++;
+    u->progress.rebatches++;
+    log_info("upload-rebatch", "repo='%s' oid=%s reason='%s'", hub_repo_id(u->hub), u->lo[i].oid,
+             why->msg);
+    if ((r = req_new(u)) == NULL || (r->tmp = calloc(1, sizeof(*r->tmp))) == NULL) {
+        free(r);
+        fail_code(u, UV_ENOMEM, "LFS batch");
+        return -1;
+    }
+    r->obj = i;
+    memcpy(r->tmp->oid, u->lo[i].oid, sizeof(r->tmp->oid));
+    r->tmp->size = u->lo[i].size;
+    ob->rebatching = 1;
+    int rc = hub_lfs_batch(u->hub, r->tmp, 1, on_rebatch, r, &r->op);
+    if (rc < 0) {
+        ob->rebatching = 0;
+        free(r->tmp);
+    }
+    return req_started(u, r, rc, "LFS batch");
+}
+
 static void on_complete(void *ctx, const struct ckpt_err *err)
 {
     struct up_req rc;
     struct upload *u = req_done(ctx, &rc);
+    struct up_obj *ob = &u->ob[rc.obj];
+
+    ob->completing = 0;
     if (u->failed) {
         maybe_finish_failed(u);
         return;
     }
+    if (ob->done)
+        return;
     if (err != NULL) {
+        if (url_refused(err) && rc.gen == ob->gen) {
+            rebatch(u, rc.obj, err);
+            return;
+        }
+        if (err->kind == CKPT_ERR_REJECTED && err->code == 400) {
+            /* the server does not have the parts we named (lost, or replaced): send all again */
+            log_warn("upload-parts-refused",
+                     "repo='%s' oid=%s reason='%s', sending every part again", hub_repo_id(u->hub),
+                     u->lo[rc.obj].oid, err->msg);
+            obj_forget_parts(u, rc.obj);
+            if (u->opts.journal != NULL)
+                journal_obj_planned(u->opts.journal, u->lo[rc.obj].oid, u->lo[rc.obj].size, 0, NULL,
+                                    0, NULL, 0, NULL, NULL);
+            rebatch(u, rc.obj, err);
+            return;
+        }
         fail(u, err);
         return;
     }
     obj_done(u, rc.obj);
+}
+
+static void send_complete(struct upload *u, size_t i)
+{
+    struct hub_lfs_object *o = &u->lo[i];
+    struct up_obj *ob = &u->ob[i];
+    struct up_req *r = req_new(u);
+
+    if (r == NULL) {
+        fail_code(u, UV_ENOMEM, "multipart completion");
+        return;
+    }
+    r->obj = i;
+    r->gen = ob->gen;
+    ob->completing = 1;
+    int st = hub_lfs_complete(u->hub, o->href, o->oid, (const char *const *)ob->etags, o->n_parts,
+                              on_complete, r, &r->op);
+    if (st < 0)
+        ob->completing = 0;
+    req_started(u, r, st, "multipart completion");
 }
 
 static void on_put(void *ctx, const struct ckpt_err *err, const char *etag)
@@ -496,13 +702,24 @@ static void on_put(void *ctx, const struct ckpt_err *err, const char *etag)
         maybe_finish_failed(u);
         return;
     }
-    if (err != NULL) {
-        fail(u, err);
-        return;
-    }
     struct hub_lfs_object *o = &u->lo[rc.obj];
     struct up_obj *ob = &u->ob[rc.obj];
-    if (rc.part == 0) {
+    size_t k = rc.part > 0 ? rc.part - 1 : 0;
+    if (ob->done || rc.gen < ob->layout_gen || ob->pstate == NULL || k >= ob->n) {
+        /* answered for a layout a re-batch replaced, or for an object found stored */
+    } else if (err != NULL) {
+        ob->pstate[k] = PART_TODO;
+        if (k < ob->cursor)
+            ob->cursor = k;
+        if (!url_refused(err)) {
+            fail(u, err);
+            return;
+        }
+        if (rc.gen == ob->gen && rebatch(u, rc.obj, err) < 0)
+            return;
+    } else if (rc.part == 0) {
+        ob->pstate[k] = PART_DONE;
+        u->progress.parts_sent++;
         obj_done(u, rc.obj);
     } else {
         if (etag == NULL || etag[0] == '\0') {
@@ -513,80 +730,63 @@ static void on_put(void *ctx, const struct ckpt_err *err, const char *etag)
             fail(u, &e);
             return;
         }
-        ob->etags[rc.part - 1] = strdup(etag);
-        if (ob->etags[rc.part - 1] == NULL) {
+        free(ob->etags[k]);
+        ob->etags[k] = strdup(etag);
+        if (ob->etags[k] == NULL) {
             fail_code(u, UV_ENOMEM, "multipart upload");
             return;
         }
-        if (++ob->parts_done == o->n_parts) {
-            struct up_req *r = req_new(u);
-            if (r == NULL) {
-                fail_code(u, UV_ENOMEM, "multipart completion");
-                return;
-            }
-            r->obj = rc.obj;
-            int st = hub_lfs_complete(u->hub, o->href, o->oid, (const char *const *)ob->etags,
-                                      o->n_parts, on_complete, r, &r->op);
-            if (req_started(u, r, st, "multipart completion") < 0)
-                return;
-        }
+        ob->pstate[k] = PART_DONE;
+        u->progress.parts_sent++;
+        if (u->opts.journal != NULL)
+            journal_part_done(u->opts.journal, o->oid, o->size, rc.part, etag, NULL, NULL);
+        if (++ob->parts_done == ob->n)
+            send_complete(u, rc.obj);
     }
     if (!u->failed && u->state == UP_TRANSFER)
         pump_transfers(u);
 }
 
-static void pump_transfers(struct upload *u)
+static int start_put(struct upload *u, size_t i, size_t k)
 {
-    while (!u->failed && u->running_jobs < u->opts.max_transfers && u->next_job < u->n_jobs) {
-        struct up_job *j = &u->jobs[u->next_job++];
-        struct hub_lfs_object *o = &u->lo[j->obj];
-        struct up_entry *e = &u->entries[u->ob[j->obj].entry];
-        const char *url = o->href;
-        uint64_t off = 0, len = o->size;
-        if (j->part > 0) {
-            url = o->part_urls[j->part - 1];
-            off = (uint64_t)(j->part - 1) * o->chunk_size;
-            len = o->size - off < o->chunk_size ? o->size - off : o->chunk_size;
-        }
-        struct up_req *r = req_new(u);
-        if (r == NULL) {
-            fail_code(u, UV_ENOMEM, "upload");
-            return;
-        }
-        r->obj = j->obj;
-        r->part = j->part;
-        int rc = hub_lfs_put(u->hub, url, e->local_path, off, len, on_sent, on_put, r, &r->op);
-        if (req_started(u, r, rc, "upload") < 0)
-            return;
-        u->running_jobs++;
+    struct hub_lfs_object *o = &u->lo[i];
+    struct up_obj *ob = &u->ob[i];
+    struct up_entry *e = &u->entries[ob->entry];
+    int multi = o->action == HUB_LFS_MULTIPART;
+    const char *url = multi ? o->part_urls[k] : o->href;
+    uint64_t off = multi ? (uint64_t)k * o->chunk_size : 0;
+    uint64_t len = multi ? part_len(o, k) : o->size;
+    struct up_req *r = req_new(u);
+
+    if (r == NULL) {
+        fail_code(u, UV_ENOMEM, "upload");
+        return UV_ENOMEM;
     }
+    r->obj = i;
+    r->part = multi ? k + 1 : 0;
+    r->gen = ob->gen;
+    int rc = hub_lfs_put(u->hub, url, e->local_path, off, len, on_sent, on_put, r, &r->op);
+    if (req_started(u, r, rc, "upload") < 0)
+        return rc;
+    ob->pstate[k] = PART_RUNNING;
+    u->running_jobs++;
+    return 0;
 }
 
-static int plan_transfers(struct upload *u)
+static void pump_transfers(struct upload *u)
 {
-    size_t n = 0;
-    for (size_t i = 0; i < u->n_objs; i++)
-        n += u->lo[i].action == HUB_LFS_MULTIPART ? u->lo[i].n_parts
-             : u->lo[i].action == HUB_LFS_BASIC   ? 1
-                                                  : 0;
-    u->jobs = calloc(n > 0 ? n : 1, sizeof(*u->jobs));
-    if (u->jobs == NULL)
-        return UV_ENOMEM;
     for (size_t i = 0; i < u->n_objs; i++) {
-        struct hub_lfs_object *o = &u->lo[i];
-        if (o->action == HUB_LFS_BASIC) {
-            u->jobs[u->n_jobs++] = (struct up_job){.obj = i, .part = 0};
-            u->progress.bytes_to_send += o->size;
-        } else if (o->action == HUB_LFS_MULTIPART) {
-            u->ob[i].etags = calloc(o->n_parts, sizeof(char *));
-            if (u->ob[i].etags == NULL)
-                return UV_ENOMEM;
-            for (size_t k = 1; k <= o->n_parts; k++)
-                u->jobs[u->n_jobs++] = (struct up_job){.obj = i, .part = k};
-            u->progress.bytes_to_send += o->size;
+        struct up_obj *ob = &u->ob[i];
+        if (ob->done || ob->rebatching || ob->completing || ob->pstate == NULL)
+            continue;
+        while (ob->cursor < ob->n) {
+            if (u->failed || u->running_jobs >= u->opts.max_transfers)
+                return;
+            size_t k = ob->cursor++;
+            if (ob->pstate[k] == PART_TODO && start_put(u, i, k) < 0)
+                return;
         }
     }
-    return 0;
 }
 
 /* ---- regular files' content -------------------------------------------------------------- */
@@ -779,15 +979,28 @@ static void upload_enter(struct upload *u, enum upload_state s)
     switch (s) {
     case UP_HASH:
         for (size_t i = 0; i < u->n; i++) {
-            int r = hash_file(u->hashes, u->entries[i].local_path, on_hashed, &u->entries[i]);
+            struct up_entry *e = &u->entries[i];
+            if (e->known) {
+                /* unchanged since an earlier run hashed it; too big to be a regular file */
+                u->progress.bytes_total += e->size;
+                u->progress.bytes_hashed += e->size;
+                u->progress.files_hash_skipped++;
+                u->hashed++;
+                continue;
+            }
+            int r = hash_file(u->hashes, e->local_path, on_hashed, e);
             if (r < 0) {
                 fail_code(u, r, "hash");
                 return;
             }
             u->outstanding++;
         }
+        if (u->hashed == u->n)
+            upload_enter(u, UP_PREUPLOAD);
         break;
     case UP_PREUPLOAD:
+        journal_state(u, JOURNAL_HASHED);
+        /* fall through */
     case UP_VERIFY:
         for (size_t i = 0; i < u->n; i++) {
             struct hub_preupload_file *p = &u->pf[i];
@@ -818,20 +1031,13 @@ static void upload_enter(struct upload *u, enum upload_state s)
         send_batch(u);
         break;
     }
-    case UP_TRANSFER: {
-        int r = plan_transfers(u);
-        if (r < 0) {
-            fail_code(u, r, "plan transfers");
-            return;
-        }
-        for (size_t i = 0; i < u->n_objs; i++) {
-            if (u->lo[i].action == HUB_LFS_STORED)
-                obj_done(u, i); /* the last one moves us on */
-        }
-        if (u->state == UP_TRANSFER)
+    case UP_TRANSFER:
+        journal_state(u, JOURNAL_UPLOADING);
+        for (size_t i = 0; i < u->n_objs && u->state == UP_TRANSFER && !u->failed; i++)
+            obj_setup(u, i); /* stored ones are done at once: the last one moves us on */
+        if (u->state == UP_TRANSFER && !u->failed)
             pump_transfers(u);
         break;
-    }
     case UP_READ:
         if (u->n_regular == 0) {
             upload_enter(u, UP_COMMIT);
@@ -887,6 +1093,15 @@ int upload_start(struct upload **ret, struct hub *hub, struct hash_pool *hashes,
         e->local_path = strdup(files[i].local_path);
         if (e->repo_path == NULL || e->local_path == NULL)
             goto nomem;
+        if (files[i].journal_path != NULL &&
+            (e->journal_path = strdup(files[i].journal_path)) == NULL)
+            goto nomem;
+        if (files[i].sha256 != NULL && strlen(files[i].sha256) == 64 &&
+            files[i].size > HASH_GIT_SHA1_MAX) {
+            e->known = 1;
+            e->size = files[i].size;
+            memcpy(e->sha256, files[i].sha256, 65);
+        }
     }
     /* a path twice in one commit would make the later one win silently */
     for (size_t i = 0; i < n; i++) {

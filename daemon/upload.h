@@ -14,6 +14,7 @@
 
 struct hub;
 struct hash_pool;
+struct journal;
 struct upload;
 
 #define UPLOAD_FILES_MAX 20000
@@ -23,6 +24,11 @@ struct upload;
 struct upload_file {
     const char *path_in_repo;
     const char *local_path;
+    const char *journal_path; /* the file's name in the journal's checkpoint; NULL: none */
+    /* A hash known from an earlier run (same inode, size and mtime): the file is not hashed
+     * again when it is bigger than HASH_GIT_SHA1_MAX (smaller ones are cheap and need more). */
+    const char *sha256;
+    uint64_t size;
 };
 
 struct upload_progress {
@@ -31,13 +37,24 @@ struct upload_progress {
     uint64_t bytes_sent;    /* LFS bytes handed to the network, minus restarted bodies */
     uint64_t bytes_to_send; /* LFS bytes the Hub does not have, known after the batch */
     size_t files_total;
-    size_t files_skipped; /* same content already on the Hub */
-    size_t files_ignored; /* the Hub's .gitignore matched */
+    size_t files_skipped;      /* same content already on the Hub */
+    size_t files_ignored;      /* the Hub's .gitignore matched */
+    size_t files_hash_skipped; /* hash known from the journal */
+    size_t parts_sent;         /* PUTs (whole objects or parts) that succeeded */
+    size_t parts_resumed;      /* multipart parts finished by an earlier run: not sent again */
+    size_t rebatches;          /* objects re-batched for fresh URLs (expired, session lost) */
 };
 
 struct upload_opts {
     unsigned max_transfers; /* PUTs (whole files or parts) in flight; 0 -> 4 */
+    /* Hashes, the state (hashed, planned, uploading) of checkpoint journal_id and every LFS
+     * object's URLs and finished parts go to the journal; finished parts found there are not
+     * sent again. NULL: nothing recorded. */
+    struct journal *journal;
+    uint64_t journal_id;
 };
+
+#define UPLOAD_REBATCH_MAX 8 /* fresh URLs per object per upload */
 
 /* err is NULL on success. commit_oid is the new commit, or the current head when nothing
  * changed (no commit is made then). A cancelled upload reports kind CKPT_ERR_IO with code

@@ -65,17 +65,12 @@ struct watch {
 const char *watch_kind_name(enum watch_kind kind)
 {
     static const char *const names[] = {
-        [WATCH_CREATE] = "create",
-        [WATCH_MODIFY] = "modify",
-        [WATCH_CLOSE_WRITE] = "close_write",
-        [WATCH_MOVED_IN] = "moved_in",
-        [WATCH_RENAMED] = "renamed",
-        [WATCH_MOVED_OUT] = "moved_out",
-        [WATCH_DELETE] = "delete",
-        [WATCH_ATTRIB] = "attrib",
-        [WATCH_OVERFLOW] = "overflow",
-        [WATCH_SCANNED] = "scanned",
-        [WATCH_ERROR] = "error",
+        [WATCH_CREATE] = "create",           [WATCH_MODIFY] = "modify",
+        [WATCH_CLOSE_WRITE] = "close_write", [WATCH_MOVED_IN] = "moved_in",
+        [WATCH_RENAMED] = "renamed",         [WATCH_MOVED_OUT] = "moved_out",
+        [WATCH_DELETE] = "delete",           [WATCH_ATTRIB] = "attrib",
+        [WATCH_OVERFLOW] = "overflow",       [WATCH_SCANNED] = "scanned",
+        [WATCH_UNLISTED] = "unlisted",       [WATCH_ERROR] = "error",
     };
     return (unsigned)kind < sizeof(names) / sizeof(names[0]) ? names[kind] : "unknown";
 }
@@ -255,6 +250,8 @@ static void scan_one(struct watch *w, const char *rel, bool urgent)
         rc = -errno;
         if (rc != -ENOENT && rc != -ENOTDIR && rc != -ELOOP)
             emit_error(w, rel, rc);
+        else if (rc == -ENOENT && rel[0] != '\0')
+            emit(w, WATCH_UNLISTED, true, rel, NULL); /* made and removed (or renamed) unseen */
         return;
     }
     rc = dirs_set(w, wd, rel);
@@ -264,8 +261,11 @@ static void scan_one(struct watch *w, const char *rel, bool urgent)
         return;
     }
     dfd = open(abs, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-    if (dfd < 0)
+    if (dfd < 0) {
+        if (rel[0] != '\0')
+            emit(w, WATCH_UNLISTED, true, rel, NULL);
         return; /* gone meanwhile: its IN_IGNORED drops the watch */
+    }
     dir = fdopendir(dfd);
     if (dir == NULL) {
         close(dfd);
@@ -471,6 +471,8 @@ static void process_batch(struct watch *w, const char *buf, size_t len)
     }
 }
 
+static void drain(struct watch *w);
+
 /* After reading the fd to EAGAIN. */
 static void drain_end(struct watch *w)
 {
@@ -487,7 +489,6 @@ static void drain_end(struct watch *w)
 static void on_readable(uv_poll_t *h, int status, int events)
 {
     struct watch *w = h->data;
-    alignas(struct inotify_event) char buf[READ_BUF];
 
     (void)events;
     if (w->closing)
@@ -496,6 +497,21 @@ static void on_readable(uv_poll_t *h, int status, int events)
         emit_error(w, "", status);
         return;
     }
+    drain(w);
+}
+
+void watch_read_now(struct watch *w)
+{
+    if (w != NULL && !w->closing)
+        drain(w);
+}
+
+/* Reads until the kernel queue is empty: every event that happened before this call is reported
+ * before it returns. */
+static void drain(struct watch *w)
+{
+    alignas(struct inotify_event) char buf[READ_BUF];
+
     for (;;) {
         ssize_t n = read(w->fd, buf, sizeof(buf));
         if (n < 0) {

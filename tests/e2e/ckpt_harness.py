@@ -284,7 +284,7 @@ class Daemon:
 class Hub:
     """tests/hub/hub.py on a free port with a temporary data directory."""
 
-    def __init__(self, users=(f"{USER}:{TOKEN}",), data=None, timeout=20.0):
+    def __init__(self, users=(f"{USER}:{TOKEN}",), data=None, timeout=20.0, args=(), env=None):
         if not os.path.isfile(HUB):
             raise RuntimeError(f"test hub not found at '{HUB}'")
         self.dir = tempdir("ckpt-hub-")
@@ -296,9 +296,12 @@ class Hub:
                 self.port_file, "--log", self.log]
         for u in users:
             argv += ["--user", u]
+        argv += list(args)
+        self.argv = argv
+        self.env = dict(os.environ, **(env or {}))
         with open(self.out, "wb") as out:
             self.proc = spawn(argv, stdin=subprocess.DEVNULL, stdout=out,
-                              stderr=subprocess.STDOUT)
+                              stderr=subprocess.STDOUT, env=self.env)
         self.url = self._wait_url(timeout)
 
     def _wait_url(self, timeout):
@@ -328,6 +331,43 @@ class Hub:
 
     def stop(self):
         return stop_process(self.proc, signal.SIGTERM, 10)
+
+    def restart(self, down_s=0.0, timeout=20.0):
+        """Stop the hub and start it again on the same port and data: its state survives."""
+        self.stop()
+        time.sleep(down_s)
+        port = self.url.rsplit(":", 1)[1]
+        argv = list(self.argv)
+        argv[argv.index("--port") + 1] = port
+        for f in (self.port_file, self.out):
+            try:
+                os.unlink(f)
+            except FileNotFoundError:
+                pass
+        with open(self.out, "wb") as out:
+            self.proc = spawn(argv, stdin=subprocess.DEVNULL, stdout=out,
+                              stderr=subprocess.STDOUT, env=self.env)
+        self.url = self._wait_url(timeout)
+
+    def log_records(self):
+        """The hub's request log, one dict per request."""
+        out = []
+        try:
+            with open(self.log, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        out.append(json.loads(line))
+                    except ValueError:
+                        pass
+        except FileNotFoundError:
+            pass
+        return out
+
+    def fault(self, spec):
+        """Queue faults (one dict or a list) on the hub."""
+        status, _, body = self.request("POST", "/_admin/faults", token=None, body=spec)
+        if status != 200:
+            raise AssertionError(f"faults: HTTP {status}: {body[:300]!r}")
 
     # HTTP helpers -----------------------------------------------------------------------------
     def request(self, method, path, token=TOKEN, body=None, headers=None):

@@ -72,8 +72,50 @@ static void test_folders(void)
     strategy_plan_release(&plan);
 }
 
+/* checkpoint / all_checkpoints add the whole checkpoint under last-checkpoint/ or its name; end
+ * pushes nothing during training; include/exclude globs work on repo paths. */
+static void test_other_strategies(void)
+{
+    const char *files[] = {"config.json", "model.safetensors", "optimizer.pt",
+                           "trainer_state.json"};
+    const char *root[] = {"config.json", "model.safetensors", "_private.txt"};
+    struct strategy_plan plan;
+
+    CHECK_INT(strategy_plan(STRATEGY_CHECKPOINT, "transformers-trainer", "checkpoint-5", 5, files,
+                            4, &plan),
+              0);
+    CHECK_INT(plan.count, 6);
+    CHECK_STR(plan.items[0].path_in_repo, "config.json");
+    CHECK_STR(plan.items[2].path_in_repo, "last-checkpoint/config.json");
+    CHECK_STR(plan.items[5].path_in_repo, "last-checkpoint/trainer_state.json");
+    CHECK_STR(plan.message, "Training in progress, step 5");
+    char *include[] = {"*.json", "last-checkpoint/*", NULL};
+    char *exclude[] = {"*/optimizer.pt", NULL};
+    CHECK_INT(strategy_filter(&plan, include, exclude), 2); /* model.safetensors, optimizer.pt */
+    CHECK_INT(plan.count, 4);
+    CHECK_STR(plan.items[1].path_in_repo, "last-checkpoint/config.json");
+    strategy_plan_release(&plan);
+
+    CHECK_INT(strategy_plan(STRATEGY_ALL_CHECKPOINTS, "transformers-trainer", "checkpoint-5", 5,
+                            files, 4, &plan),
+              0);
+    CHECK_INT(plan.count, 6);
+    CHECK_STR(plan.items[3].path_in_repo, "checkpoint-5/model.safetensors");
+    strategy_plan_release(&plan);
+
+    CHECK_INT(
+        strategy_plan(STRATEGY_END, "transformers-trainer", "checkpoint-5", 5, files, 4, &plan), 0);
+    CHECK_INT(plan.count, 0);
+    strategy_plan_release(&plan);
+    CHECK_INT(strategy_plan(STRATEGY_END, "model-root", "", -1, root, 3, &plan), 0);
+    CHECK_INT(plan.count, 2); /* "_*" is never pushed from the root, as transformers does */
+    CHECK_STR(plan.message, "End of training");
+    strategy_plan_release(&plan);
+}
+
 int main(void)
 {
+    test_other_strategies();
     test_folders();
     test_trainer_checkpoint();
     test_single_file_and_root();

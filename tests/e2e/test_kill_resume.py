@@ -1,0 +1,173 @@
+"""ckptpushd killed with SIGKILL at 20+ random moments while it pushes a run of checkpoints with
+multipart objects, restarted each time: at the end every checkpoint has its commit, the remote
+bytes equal the local ones (SHA-256), and the hub's request log shows at most one finished part
+sent again per kill. Prints the figures (kills, parts re-sent, parts resumed, retries).
+
+Uploads are stretched with --max-rate so that kills land in the middle of transfers; the test hub
+cuts objects of 1 MiB and more into 1 MiB parts. A checkpoint is rotated away (deleted) once it
+was sealed, so some are pushed from their pins only."""
+
+import hashlib
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ckpt_harness as h  # noqa: E402
+
+MiB = 1 << 20
+STEPS = (10, 20, 30, 40, 50, 60)
+KILLS = int(os.environ.get("CKPT_KILLS", "22"))
+RATE = 1536 * 1024  # bytes per second, all transfers together
+KEEP = 2  # checkpoints kept on disk (save_total_limit)
+MODEL_FILES = ("model.safetensors", "config.json")
+
+
+def write_checkpoint(root, step, rng):
+    """A Trainer-like checkpoint: weights, optimizer, config, then trainer_state.json last.
+    Returns {file: sha256} of the files every_save pushes."""
+    d = os.path.join(root, f"checkpoint-{step}")
+    os.mkdir(d)
+    out = {}
+    for name, size in (("model.safetensors", 3 * MiB + rng.randrange(MiB)),
+                       ("optimizer.pt", MiB // 2), ("config.json", 300)):
+        data = rng.randbytes(size) if name != "config.json" else \
+            (b'{"step": %d, "pad": "' % step + b"x" * 250 + b'"}\n')
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+        out[name] = hashlib.sha256(data).hexdigest()
+    with open(os.path.join(d, "trainer_state.json"), "w") as f:
+        f.write('{"global_step": %d}\n' % step)
+    return {k: v for k, v in out.items() if k in MODEL_FILES}
+
+
+class KillResume(unittest.TestCase):
+    def test_kill_and_resume(self):
+        hub = h.Hub(args=["--multipart-threshold", str(MiB), "--chunk-size", str(MiB)])
+        root = h.tempdir("ckpt-kill-")
+        watch = os.path.join(root, "output")
+        os.mkdir(watch)
+        repo = f"{h.USER}/kill-resume-{os.getpid()}"
+        args = ["--quiet-ms", "300", "--max-rate", str(RATE), "--max-transfers", "3",
+                "--socket", os.path.join(root, "ctl.sock")]
+        rng = random.Random(int(os.environ.get("CKPT_SEED", "4")))
+        expected = {}
+        sealed = set()
+        daemons = []
+        lock = threading.Lock()
+
+        def start():
+            d = h.Daemon(watch, repo=repo, endpoint=hub.url, args=args, log_level="info")
+            with lock:
+                daemons.append(d)
+            return d
+
+        def sealed_names():
+            with lock:
+                ds = list(daemons)
+            names = set()
+            for d in ds:
+                names |= {r["kv"].get("ckpt") for r in d.events("sealed")}
+                names |= {r["kv"].get("ckpt") for r in d.events("recovered")}
+            return names
+
+        stop_writer = threading.Event()
+
+        def writer():
+            # one checkpoint every ~2.5 s; checkpoint k-KEEP is deleted once it was sealed
+            for i, step in enumerate(STEPS):
+                if stop_writer.wait(2.5 if i else 1.0):
+                    return
+                expected[step] = write_checkpoint(watch, step, rng)
+                for old in STEPS[:max(0, i + 1 - KEEP)]:
+                    name = f"checkpoint-{old}"
+                    p = os.path.join(watch, name)
+                    if os.path.isdir(p) and name in sealed_names():
+                        for f in os.listdir(p):
+                            os.unlink(os.path.join(p, f))
+                        os.rmdir(p)
+                        sealed.add(name)
+
+        t = threading.Thread(target=writer, daemon=True)
+        d = start()
+        d.wait_event("ready", timeout=20)
+        t.start()
+        kills = 0
+        while kills < KILLS:
+            time.sleep(rng.uniform(0.4, 1.6))
+            d.stop(signal.SIGKILL, 5)
+            kills += 1
+            d = start()
+            d.wait_event("ready", timeout=20)
+        t.join(60)
+        self.assertFalse(t.is_alive())
+        # Let the last daemon finish: every step committed.
+        deadline = time.monotonic() + 90
+        titles = []
+        while time.monotonic() < deadline:
+            titles = [h.commit_title(c) for c in hub.commits(repo)]
+            if all(f"Training in progress, step {s}" in titles for s in STEPS) and \
+                    d.events("recovery"):
+                break
+            time.sleep(0.5)
+        # settle: nothing left in the queue
+        time.sleep(1.0)
+        rc = d.stop(signal.SIGTERM, 60)
+        self.assertEqual(rc, 0, d.tail())
+
+        # 1. every checkpoint has exactly one commit whose tree holds its model files' bytes
+        commits = hub.commits(repo)
+        for step in STEPS:
+            mine = [c for c in commits if h.commit_title(c) == f"Training in progress, step {step}"]
+            self.assertEqual(len(mine), 1, f"step {step}: {[h.commit_title(c) for c in commits]}")
+            tree = hub.tree(repo, mine[0]["id"])
+            for name, sha in expected[step].items():
+                self.assertIn(name, tree, f"step {step}")
+                self.assertEqual(hub.sha256_at(repo, mine[0]["id"], name), sha,
+                                 f"step {step} '{name}'")
+            self.assertNotIn("optimizer.pt", tree)
+        # the commits are in save order
+        order = [h.commit_title(c) for c in reversed(commits)
+                 if h.commit_title(c).startswith("Training in progress")]
+        self.assertEqual(order, [f"Training in progress, step {s}" for s in STEPS])
+        # the final remote files are the last checkpoint's
+        for name, sha in expected[STEPS[-1]].items():
+            self.assertEqual(hub.sha256_at(repo, "main", name), sha)
+
+        # 2. finished parts sent again: at most one per kill
+        done = {}
+        for r in hub.log_records():
+            if r.get("route") in ("part_put", "lfs_put") and r.get("status") == 200:
+                key = r["path"].split("?", 1)[0]
+                done[key] = done.get(key, 0) + 1
+        resent = sum(n - 1 for n in done.values() if n > 1)
+        parts_total = len(done)
+        with lock:
+            ds = list(daemons)
+        resumed = sum(int(r["kv"].get("parts_resumed", 0)) for x in ds
+                      for r in x.events("committed"))
+        hash_skipped = sum(int(r["kv"].get("hash_skipped", 0)) for x in ds
+                           for r in x.events("committed"))
+        retries = sum(len(x.events("push-retry-later")) for x in ds)
+        recovered = sum(len(x.events("recovered")) + len(x.events("recovered-unsealed"))
+                        for x in ds)
+        already = sum(len(x.events("already-pushed")) for x in ds)
+        corrupt = sum(len(x.events("journal-corrupt")) for x in ds)
+        print(f"\nFIGURES kill_resume: kills={kills} checkpoints={len(STEPS)} "
+              f"parts_finished={parts_total} parts_resent={resent} "
+              f"parts_resumed_from_journal={resumed} hash_skipped={hash_skipped} "
+              f"recovered={recovered} already_pushed_skips={already} "
+              f"queue_retries={retries} journal_corrupt_lines={corrupt} "
+              f"rotated_before_push={len(sealed)}", flush=True)
+        self.assertLessEqual(resent, kills, f"{resent} finished parts sent again for {kills} kills")
+        for x in ds:
+            self.assertEqual(x.events("push-failed"), [], x.tail())
+        hub.stop()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
