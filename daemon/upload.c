@@ -4,6 +4,12 @@
  * LFS objects, the transfer slots, and the commit retry rule below. Loop thread only; hashing and
  * reading regular files' content run on the libuv pool.
  *
+ * Pipeline: hashed files join a preupload batch (sent at HUB_PREUPLOAD_MAX files, when hashing is
+ * over, or at UPLOAD_PIPE_BYTES while no preupload is in flight: the answers pace the batching, so
+ * no timer is needed); each answer's new LFS objects go to an LFS batch at once and their PUTs
+ * start while later files still hash. Regular files are read and the commit made only after
+ * every file is classified and every object is on the Hub.
+ *
  * Commit retries: the commit always carries parentCommit (the head seen by preupload), so a
  * commit can never land twice. After a transport error, a 5xx or a 412, we preupload again: if
  * every file's remote oid now equals ours, the content is on the branch and we report success
@@ -29,20 +35,19 @@
 #include <uv.h>
 
 #define UPLOAD_READS_MAX 2
+/* Hashed bytes that wait for a preupload before one is sent while another is in flight would
+ * not be: fewer calls for small files, an early start for big ones. */
+#define UPLOAD_PIPE_BYTES (32u * 1024 * 1024)
 
 enum upload_state {
-    UP_HASH,
-    UP_PREUPLOAD,
-    UP_BATCH,
-    UP_TRANSFER,
+    UP_PIPE, /* hash, preupload, LFS batch and PUTs, each file as soon as it can */
     UP_READ,
     UP_COMMIT,
     UP_VERIFY,
     UP_DONE,
 };
 
-static const char *const state_names[] = {"hash", "preupload", "batch",  "transfer",
-                                          "read", "commit",    "verify", "done"};
+static const char *const state_names[] = {"pipeline", "read", "commit", "verify", "done"};
 
 struct up_entry {
     struct upload *u;
@@ -87,7 +92,9 @@ struct up_req {
     struct up_req *prev, *next;
     size_t obj, part, off, n;
     unsigned gen;
-    struct hub_lfs_object *tmp; /* a re-batch's answer */
+    struct hub_lfs_object *tmp;    /* a re-batch's answer */
+    struct hub_preupload_file *pf; /* a pipeline preupload's files: entries idx[0..n) */
+    size_t *idx;
 };
 
 struct up_read {
@@ -112,12 +119,25 @@ struct upload {
     size_t n;
     size_t hashed;
     struct hub_preupload_file *pf;
-    size_t pre_off;
+    size_t pre_off; /* the verify step's next preupload */
 
+    /* pipeline: entries in the order their hash became known; [pre_sent, n_ready) wait for a
+     * preupload */
+    size_t *ready;
+    size_t n_ready, pre_sent, pre_answered, pre_inflight;
+    uint64_t ready_bytes; /* of the waiting ones */
+    size_t changes;
+    uint64_t regular_bytes;
+    int journaled; /* the furthest journal state this upload recorded */
+
+    /* capacity n: the hub keeps pointers into lo while a batch is in flight */
     struct hub_lfs_object *lo;
     struct up_obj *ob;
     size_t n_objs;
-    size_t batch_off;
+    size_t batch_off; /* objects [0, batch_off) were sent to an LFS batch */
+    size_t batch_answered;
+    size_t *otab; /* open addressing, obj index + 1 by sha256; otab_cap is a power of two */
+    size_t otab_cap;
 
     size_t running_jobs;
     size_t objs_done;
@@ -142,9 +162,15 @@ struct upload {
 static void upload_enter(struct upload *u, enum upload_state s);
 static void send_preupload(struct upload *u);
 static void obj_forget_parts(struct upload *u, size_t i);
+static void pipe_preupload(struct upload *u);
+static void pipe_check_done(struct upload *u);
 
+/* Pipelined phases overlap: a state is recorded only when it moves forward. */
 static void journal_state(struct upload *u, enum journal_state s)
 {
+    if ((int)s <= u->journaled)
+        return;
+    u->journaled = (int)s;
     if (u->opts.journal != NULL)
         journal_set_state(u->opts.journal, u->opts.journal_id, s, NULL, NULL, NULL);
 }
@@ -164,6 +190,8 @@ static void upload_release(struct upload *u)
         hub_lfs_object_release(&u->lo[i]);
     }
     free(u->entries);
+    free(u->ready);
+    free(u->otab);
     free(u->pf);
     free(u->lo);
     free(u->ob);
@@ -282,25 +310,51 @@ static void on_hashed(void *ctx, int status, const struct hash_result *res)
     e->sample_len = res->sample_len;
     u->progress.bytes_hashed += res->size;
     u->progress.bytes_total += res->size;
+    u->ready[u->n_ready++] = (size_t)(e - u->entries);
+    u->ready_bytes += res->size;
     if (++u->hashed == u->n)
-        upload_enter(u, UP_PREUPLOAD);
+        journal_state(u, JOURNAL_HASHED);
+    pipe_preupload(u);
 }
 
 /* ---- preupload (also the verify step after a doubtful commit) ---------------------------- */
+
+static int classify(struct upload *u, const size_t *idx, size_t n);
+static void send_batch(struct upload *u);
+static void pump_transfers(struct upload *u);
 
 static void on_preupload(void *ctx, const struct ckpt_err *err, const char *head)
 {
     struct up_req rc;
     struct upload *u = req_done(ctx, &rc);
+    if (rc.pf != NULL) {
+        for (size_t k = 0; k < rc.n; k++)
+            u->pf[rc.idx[k]] = rc.pf[k];
+        free(rc.pf);
+        u->pre_inflight--;
+    }
     if (u->failed) {
+        free(rc.idx);
         maybe_finish_failed(u);
         return;
     }
     if (err != NULL) {
+        free(rc.idx);
         fail(u, err);
         return;
     }
     snprintf(u->head, sizeof(u->head), "%s", head);
+    if (rc.pf != NULL) {
+        u->pre_answered += rc.n;
+        int r = classify(u, rc.idx, rc.n);
+        free(rc.idx);
+        if (r < 0)
+            return;
+        send_batch(u);
+        pipe_preupload(u);
+        pipe_check_done(u);
+        return;
+    }
     u->pre_off = rc.off + rc.n;
     if (u->pre_off < u->n) {
         send_preupload(u);
@@ -325,7 +379,52 @@ static void on_preupload(void *ctx, const struct ckpt_err *err, const char *head
         finish(u, NULL, u->head);
         return;
     }
-    upload_enter(u, UP_BATCH);
+}
+
+/* Sends what waits when a batch is full, hashing is over, or enough bytes wait while no
+ * preupload is in flight (its answer sends the rest). */
+static void pipe_preupload(struct upload *u)
+{
+    while (!u->failed && u->state == UP_PIPE && u->pre_sent < u->n_ready) {
+        size_t n = u->n_ready - u->pre_sent;
+        if (n < HUB_PREUPLOAD_MAX && u->hashed < u->n &&
+            (u->pre_inflight > 0 || u->ready_bytes < UPLOAD_PIPE_BYTES))
+            return;
+        if (n > HUB_PREUPLOAD_MAX)
+            n = HUB_PREUPLOAD_MAX;
+        struct up_req *r = req_new(u);
+        if (r == NULL || (r->pf = calloc(n, sizeof(*r->pf))) == NULL ||
+            (r->idx = malloc(n * sizeof(*r->idx))) == NULL) {
+            if (r != NULL) {
+                free(r->pf);
+                free(r);
+            }
+            fail_code(u, UV_ENOMEM, "preupload");
+            return;
+        }
+        r->n = n;
+        for (size_t k = 0; k < n; k++) {
+            struct up_entry *e = &u->entries[u->ready[u->pre_sent + k]];
+            struct hub_preupload_file *p = &r->pf[k];
+            r->idx[k] = u->ready[u->pre_sent + k];
+            p->path = e->repo_path;
+            p->size = e->size;
+            p->sample = e->sample;
+            p->sample_len = e->sample_len;
+            u->ready_bytes -= u->ready_bytes < e->size ? u->ready_bytes : e->size;
+        }
+        u->pre_sent += n;
+        struct hub_preupload_file *pf = r->pf;
+        size_t *idx = r->idx;
+        int rc = hub_preupload(u->hub, pf, n, on_preupload, r, &r->op);
+        if (rc < 0) {
+            free(pf);
+            free(idx);
+        }
+        if (req_started(u, r, rc, "preupload") < 0)
+            return;
+        u->pre_inflight++;
+    }
 }
 
 static void send_preupload(struct upload *u)
@@ -341,21 +440,40 @@ static void send_preupload(struct upload *u)
     req_started(u, r, rc, "preupload");
 }
 
-static int cmp_obj_idx(const void *a, const void *b, void *arg)
+static uint64_t oid_key(const char *sha256)
 {
-    const struct up_entry *entries = arg;
-    return strcmp(entries[*(const size_t *)a].sha256, entries[*(const size_t *)b].sha256);
+    uint64_t k = 0;
+    for (int i = 0; i < 16; i++)
+        k = k << 4 | (uint64_t)(sha256[i] <= '9' ? sha256[i] - '0' : (sha256[i] | 0x20) - 'a' + 10);
+    return k;
 }
 
-/* After preupload: drop what the Hub has, group identical LFS content into objects. Returns 1
- * when there is something to commit, 0 when not, -1 after failing the upload. */
-static int classify(struct upload *u)
+/* The object of this content, made when new. */
+static size_t obj_for(struct upload *u, size_t entry)
 {
-    size_t changes = 0, n_lfs = 0;
-    uint64_t regular_bytes = 0;
-    for (size_t i = 0; i < u->n; i++) {
-        struct up_entry *e = &u->entries[i];
-        struct hub_preupload_file *p = &u->pf[i];
+    struct up_entry *e = &u->entries[entry];
+    size_t mask = u->otab_cap - 1;
+    for (size_t h = (size_t)oid_key(e->sha256) & mask;; h = (h + 1) & mask) {
+        if (u->otab[h] == 0) {
+            size_t i = u->n_objs++;
+            memcpy(u->lo[i].oid, e->sha256, sizeof(u->lo[i].oid));
+            u->lo[i].size = e->size;
+            u->ob[i].entry = entry;
+            u->otab[h] = i + 1;
+            return i;
+        }
+        if (strcmp(u->lo[u->otab[h] - 1].oid, e->sha256) == 0)
+            return u->otab[h] - 1;
+    }
+}
+
+/* After a preupload answer for entries idx[0..n): drop what the Hub has, give each LFS file its
+ * object (identical content shares one). Returns 0, or -1 after failing the upload. */
+static int classify(struct upload *u, const size_t *idx, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
+        struct up_entry *e = &u->entries[idx[k]];
+        struct hub_preupload_file *p = &u->pf[idx[k]];
         e->skip = 0;
         if (p->should_ignore) {
             e->skip = 1;
@@ -368,7 +486,7 @@ static int classify(struct upload *u)
                 u->progress.files_skipped++;
                 continue;
             }
-            n_lfs++;
+            e->obj = obj_for(u, idx[k]);
         } else {
             if (e->git_sha1[0] == '\0' || e->size > HUB_REGULAR_MAX) {
                 struct ckpt_err err;
@@ -386,59 +504,43 @@ static int classify(struct upload *u)
                 u->progress.files_skipped++;
                 continue;
             }
-            regular_bytes += e->size;
+            u->regular_bytes += e->size;
             u->n_regular++;
         }
-        changes++;
+        u->changes++;
     }
-    if (regular_bytes > UPLOAD_REGULAR_BYTES_MAX) {
+    if (u->regular_bytes > UPLOAD_REGULAR_BYTES_MAX) {
         struct ckpt_err err;
         ckpt_err_set(&err, CKPT_ERR_INPUT, -E2BIG,
                      "%" PRIu64 " bytes of regular (non-LFS) files exceed the %u bytes one commit "
                      "may carry",
-                     regular_bytes, UPLOAD_REGULAR_BYTES_MAX);
+                     u->regular_bytes, UPLOAD_REGULAR_BYTES_MAX);
         fail(u, &err);
         return -1;
     }
-    if (changes == 0)
-        return 0;
-    if (n_lfs == 0)
-        return 1;
+    return 0;
+}
 
-    size_t *idx = malloc(n_lfs * sizeof(*idx));
-    u->lo = calloc(n_lfs, sizeof(*u->lo));
-    u->ob = calloc(n_lfs, sizeof(*u->ob));
-    if (idx == NULL || u->lo == NULL || u->ob == NULL) {
-        free(idx);
-        fail_code(u, UV_ENOMEM, "group LFS objects");
-        return -1;
+/* Every file classified and every object on the Hub: read the regular files, then commit. */
+static void pipe_check_done(struct upload *u)
+{
+    if (u->failed || u->state != UP_PIPE || u->pre_answered < u->n ||
+        u->batch_answered < u->n_objs || u->objs_done < u->n_objs)
+        return;
+    journal_state(u, JOURNAL_PLANNED);
+    snprintf(u->parent, sizeof(u->parent), "%s", u->head);
+    if (u->changes == 0) {
+        log_debug("upload_unchanged", "repo='%s' head=%s", hub_repo_id(u->hub), u->head);
+        finish(u, NULL, u->head);
+        return;
     }
-    size_t k = 0;
-    for (size_t i = 0; i < u->n; i++) {
-        if (!u->entries[i].skip && u->pf[i].mode == HUB_MODE_LFS)
-            idx[k++] = i;
-    }
-    qsort_r(idx, n_lfs, sizeof(*idx), cmp_obj_idx, u->entries);
-    for (size_t i = 0; i < n_lfs; i++) {
-        struct up_entry *e = &u->entries[idx[i]];
-        if (u->n_objs == 0 || strcmp(u->lo[u->n_objs - 1].oid, e->sha256) != 0) {
-            struct hub_lfs_object *o = &u->lo[u->n_objs];
-            memcpy(o->oid, e->sha256, sizeof(o->oid));
-            o->size = e->size;
-            u->ob[u->n_objs].entry = idx[i];
-            u->n_objs++;
-        }
-        e->obj = u->n_objs - 1;
-    }
-    free(idx);
-    return 1;
+    upload_enter(u, UP_READ);
 }
 
 /* ---- LFS batch and transfers ------------------------------------------------------------- */
 
-static void send_batch(struct upload *u);
-static void pump_transfers(struct upload *u);
 static void send_complete(struct upload *u, size_t i);
+static void obj_setup(struct upload *u, size_t i);
 
 static void on_batch(void *ctx, const struct ckpt_err *err)
 {
@@ -452,26 +554,31 @@ static void on_batch(void *ctx, const struct ckpt_err *err)
         fail(u, err);
         return;
     }
-    u->batch_off = rc.off + rc.n;
-    if (u->batch_off < u->n_objs) {
-        send_batch(u);
-        return;
-    }
-    journal_state(u, JOURNAL_PLANNED);
-    upload_enter(u, UP_TRANSFER);
+    /* stored ones are done at once: the last one may end the pipeline, so count them after */
+    for (size_t i = rc.off; i < rc.off + rc.n && u->state == UP_PIPE && !u->failed; i++)
+        obj_setup(u, i);
+    u->batch_answered += rc.n;
+    pipe_check_done(u);
+    if (u->state == UP_PIPE && !u->failed)
+        pump_transfers(u);
 }
 
+/* The objects new since the last batch, at once: their PUTs start while others still hash. */
 static void send_batch(struct upload *u)
 {
-    struct up_req *r = req_new(u);
-    if (r == NULL) {
-        fail_code(u, UV_ENOMEM, "LFS batch");
-        return;
+    while (!u->failed && u->batch_off < u->n_objs) {
+        struct up_req *r = req_new(u);
+        if (r == NULL) {
+            fail_code(u, UV_ENOMEM, "LFS batch");
+            return;
+        }
+        r->off = u->batch_off;
+        r->n = u->n_objs - r->off < HUB_BATCH_MAX ? u->n_objs - r->off : HUB_BATCH_MAX;
+        u->batch_off += r->n;
+        int rc = hub_lfs_batch(u->hub, u->lo + r->off, r->n, on_batch, r, &r->op);
+        if (req_started(u, r, rc, "LFS batch") < 0)
+            return;
     }
-    r->off = u->batch_off;
-    r->n = u->n_objs - r->off < HUB_BATCH_MAX ? u->n_objs - r->off : HUB_BATCH_MAX;
-    int rc = hub_lfs_batch(u->hub, u->lo + r->off, r->n, on_batch, r, &r->op);
-    req_started(u, r, rc, "LFS batch");
 }
 
 static void obj_done(struct upload *u, size_t i)
@@ -481,8 +588,8 @@ static void obj_done(struct upload *u, size_t i)
     u->ob[i].done = 1;
     if (u->opts.journal != NULL)
         journal_obj_done(u->opts.journal, u->lo[i].oid, u->lo[i].size, NULL, NULL);
-    if (++u->objs_done == u->n_objs)
-        upload_enter(u, UP_READ);
+    u->objs_done++;
+    pipe_check_done(u);
 }
 
 static void obj_forget_parts(struct upload *u, size_t i)
@@ -599,7 +706,7 @@ static void on_rebatch(void *ctx, const struct ckpt_err *err)
     u->lo[rc.obj] = *rc.tmp;
     free(rc.tmp);
     obj_setup(u, rc.obj);
-    if (!u->failed && u->state == UP_TRANSFER)
+    if (!u->failed && u->state == UP_PIPE)
         pump_transfers(u);
 }
 
@@ -743,7 +850,7 @@ static void on_put(void *ctx, const struct ckpt_err *err, const char *etag)
         if (++ob->parts_done == ob->n)
             send_complete(u, rc.obj);
     }
-    if (!u->failed && u->state == UP_TRANSFER)
+    if (!u->failed && u->state == UP_PIPE)
         pump_transfers(u);
 }
 
@@ -770,6 +877,7 @@ static int start_put(struct upload *u, size_t i, size_t k)
         return rc;
     ob->pstate[k] = PART_RUNNING;
     u->running_jobs++;
+    journal_state(u, JOURNAL_UPLOADING);
     return 0;
 }
 
@@ -977,7 +1085,7 @@ static void upload_enter(struct upload *u, enum upload_state s)
     u->state = s;
     log_debug("upload_state", "repo='%s' state=%s", hub_repo_id(u->hub), state_names[s]);
     switch (s) {
-    case UP_HASH:
+    case UP_PIPE:
         for (size_t i = 0; i < u->n; i++) {
             struct up_entry *e = &u->entries[i];
             if (e->known) {
@@ -986,6 +1094,8 @@ static void upload_enter(struct upload *u, enum upload_state s)
                 u->progress.bytes_hashed += e->size;
                 u->progress.files_hash_skipped++;
                 u->hashed++;
+                u->ready[u->n_ready++] = i;
+                u->ready_bytes += e->size;
                 continue;
             }
             int r = hash_file(u->hashes, e->local_path, on_hashed, e);
@@ -996,11 +1106,9 @@ static void upload_enter(struct upload *u, enum upload_state s)
             u->outstanding++;
         }
         if (u->hashed == u->n)
-            upload_enter(u, UP_PREUPLOAD);
+            journal_state(u, JOURNAL_HASHED);
+        pipe_preupload(u);
         break;
-    case UP_PREUPLOAD:
-        journal_state(u, JOURNAL_HASHED);
-        /* fall through */
     case UP_VERIFY:
         for (size_t i = 0; i < u->n; i++) {
             struct hub_preupload_file *p = &u->pf[i];
@@ -1012,31 +1120,6 @@ static void upload_enter(struct upload *u, enum upload_state s)
         }
         u->pre_off = 0;
         send_preupload(u);
-        break;
-    case UP_BATCH: {
-        int r = classify(u);
-        if (r < 0)
-            return;
-        snprintf(u->parent, sizeof(u->parent), "%s", u->head);
-        if (r == 0) {
-            log_debug("upload_unchanged", "repo='%s' head=%s", hub_repo_id(u->hub), u->head);
-            finish(u, NULL, u->head);
-            return;
-        }
-        if (u->n_objs == 0) {
-            upload_enter(u, UP_READ);
-            return;
-        }
-        u->batch_off = 0;
-        send_batch(u);
-        break;
-    }
-    case UP_TRANSFER:
-        journal_state(u, JOURNAL_UPLOADING);
-        for (size_t i = 0; i < u->n_objs && u->state == UP_TRANSFER && !u->failed; i++)
-            obj_setup(u, i); /* stored ones are done at once: the last one moves us on */
-        if (u->state == UP_TRANSFER && !u->failed)
-            pump_transfers(u);
         break;
     case UP_READ:
         if (u->n_regular == 0) {
@@ -1084,7 +1167,14 @@ int upload_start(struct upload **ret, struct hub *hub, struct hash_pool *hashes,
     u->message = strdup(commit_message);
     u->entries = calloc(n, sizeof(*u->entries));
     u->pf = calloc(n, sizeof(*u->pf));
-    if (u->message == NULL || u->entries == NULL || u->pf == NULL)
+    u->ready = calloc(n, sizeof(*u->ready));
+    u->lo = calloc(n, sizeof(*u->lo));
+    u->ob = calloc(n, sizeof(*u->ob));
+    for (u->otab_cap = 16; u->otab_cap < 2 * n; u->otab_cap *= 2)
+        ;
+    u->otab = calloc(u->otab_cap, sizeof(*u->otab));
+    if (u->message == NULL || u->entries == NULL || u->pf == NULL || u->ready == NULL ||
+        u->lo == NULL || u->ob == NULL || u->otab == NULL)
         goto nomem;
     for (size_t i = 0; i < n; i++) {
         struct up_entry *e = &u->entries[i];
@@ -1115,7 +1205,7 @@ int upload_start(struct upload **ret, struct hub *hub, struct hash_pool *hashes,
     u->progress.files_total = n;
     /* hash_file fails only at once: then nothing is in flight yet and we can still refuse */
     u->starting = 1;
-    upload_enter(u, UP_HASH);
+    upload_enter(u, UP_PIPE);
     u->starting = 0;
     if (u->failed && u->outstanding == 0) {
         int code = u->err.code < 0 ? u->err.code : UV_EIO;
