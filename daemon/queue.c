@@ -962,6 +962,7 @@ struct pin_dir {
     uint64_t id;
     char **files;
     size_t n, cap;
+    bool original; /* its first file is a link of a file in the watched tree */
 };
 
 struct recover_job {
@@ -1014,6 +1015,36 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* Pins the journal does not know: is their first file still in the watched tree, under the
+ * root or a top-level folder, as the same inode? Then the scan pushes the original. */
+static bool original_exists(struct recover_job *job, const char *pin_dir, const struct pin_dir *d)
+{
+    char path[PATH_MAX];
+    struct stat pin, st;
+    struct dirent *de;
+    bool found = false;
+    DIR *top;
+
+    if (d->n == 0)
+        return false;
+    snprintf(path, sizeof(path), "%s/%s", pin_dir, d->files[0]);
+    if (lstat(path, &pin) != 0 || pin.st_nlink < 2)
+        return false; /* the only link left: the original is gone */
+    snprintf(path, sizeof(path), "%s/%s", job->watch_dir, d->files[0]);
+    if (lstat(path, &st) == 0 && st.st_ino == pin.st_ino && st.st_dev == pin.st_dev)
+        return true;
+    if ((top = opendir(job->watch_dir)) == NULL)
+        return false;
+    for (size_t i = 0; !found && (de = readdir(top)) != NULL && i < RECOVER_MAX_DIRS; i++) {
+        if (de->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "%s/%s/%s", job->watch_dir, de->d_name, d->files[0]);
+        found = lstat(path, &st) == 0 && st.st_ino == pin.st_ino && st.st_dev == pin.st_dev;
+    }
+    closedir(top);
+    return found;
+}
+
 static void recover_work(uv_work_t *w)
 {
     struct recover_job *job = w->data;
@@ -1052,6 +1083,7 @@ static void recover_work(uv_work_t *w)
         uv_mutex_unlock(&walk_lock);
         if (d->n > 1)
             qsort(d->files, d->n, sizeof(*d->files), cmp_str);
+        d->original = original_exists(job, path, d);
     }
     closedir(dir);
 }
@@ -1180,7 +1212,7 @@ static void after_recover(uv_work_t *w, int status)
         char name[48];
         if (d->id == 0 || d->id >= q->deps.new_ids_from)
             continue;
-        if (d->n == 0 || !damaged) {
+        if (d->n == 0 || !damaged || d->original) {
             if (d->n > 0)
                 log_info("released-unknown",
                          "pin=%" PRIu64 " files=%zu reason='never journaled: the scan finds its "

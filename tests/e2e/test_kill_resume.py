@@ -148,8 +148,9 @@ class KillResume(unittest.TestCase):
         parts_total = len(done)
         with lock:
             ds = list(daemons)
-        resumed = sum(int(r["kv"].get("parts_resumed", 0)) for x in ds
-                      for r in x.events("committed"))
+        # parts an earlier run had finished, found in the journal and not sent again
+        resumed = sum(int(r["kv"].get("parts_done", 0)) for x in ds
+                      for r in x.events("upload-resume"))
         hash_skipped = sum(int(r["kv"].get("hash_skipped", 0)) for x in ds
                            for r in x.events("committed"))
         retries = sum(len(x.events("push-retry-later")) for x in ds)
@@ -166,6 +167,52 @@ class KillResume(unittest.TestCase):
         self.assertLessEqual(resent, kills, f"{resent} finished parts sent again for {kills} kills")
         for x in ds:
             self.assertEqual(x.events("push-failed"), [], x.tail())
+        hub.stop()
+
+    def test_corrupt_journal_is_reported_and_rebuilt_from_the_pins(self):
+        hub = h.Hub()
+        root = h.tempdir("ckpt-corrupt-")
+        watch = os.path.join(root, "output")
+        os.mkdir(watch)
+        repo = f"{h.USER}/corrupt-{os.getpid()}"
+        args = ["--quiet-ms", "200", "--max-rate", "300000",
+                "--socket", os.path.join(root, "ctl.sock")]
+        rng = random.Random(12)
+        d = h.Daemon(watch, repo=repo, endpoint=hub.url, args=args, log_level="info")
+        d.wait_event("ready", timeout=20)
+        exp1 = write_checkpoint(watch, 1, rng)
+        d.wait_event("sealed", timeout=20, ckpt="checkpoint-1")
+        exp2 = write_checkpoint(watch, 2, rng)
+        d.wait_event("sealed", timeout=20, ckpt="checkpoint-2")
+        d.stop(signal.SIGKILL, 5)  # checkpoint 1 is still uploading (300 kB/s)
+        # checkpoint 1 rotated away: only its pins are left; then the journal is destroyed
+        c1 = os.path.join(watch, "checkpoint-1")
+        for f in os.listdir(c1):
+            os.unlink(os.path.join(c1, f))
+        os.rmdir(c1)
+        journal = os.path.join(watch, ".ckptpush", "journal")
+        self.assertTrue(os.path.getsize(journal) > 0)
+        with open(journal, "r+b") as f:
+            f.write(rng.randbytes(os.path.getsize(journal)))
+        d2 = h.Daemon(watch, repo=repo, endpoint=hub.url, log_level="info",
+                      args=["--quiet-ms", "200", "--socket", os.path.join(root, "ctl.sock")])
+        bad = d2.wait_event("journal-corrupt", timeout=20)
+        self.assertEqual(bad[0]["kv"].get("file"), journal)
+        self.assertEqual(bad[0]["kv"].get("offset"), "0")
+        d2.wait_event("committed", timeout=60, ckpt="checkpoint-2")
+        unknown = d2.wait_event("recovered-unknown", timeout=20)
+        name = unknown[0]["kv"]["name"]
+        d2.wait_event("committed", timeout=60, ckpt=name)
+        self.assertEqual(d2.stop(signal.SIGTERM, 30), 0, d2.tail())
+        # checkpoint 1 is not lost: its bytes are on the Hub under a folder of its own
+        self.assertEqual(hub.sha256_at(repo, "main", f"{name}/model.safetensors"),
+                         exp1["model.safetensors"])
+        c2 = [c for c in hub.commits(repo)
+              if h.commit_title(c) == "Training in progress, step 2"]
+        self.assertEqual(len(c2), 1)
+        self.assertEqual(hub.sha256_at(repo, c2[0]["id"], "model.safetensors"),
+                         exp2["model.safetensors"])
+        self.assertEqual(d2.events("push-failed"), [])
         hub.stop()
 
 
