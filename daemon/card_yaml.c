@@ -148,7 +148,8 @@ void card_yaml_front_matter(struct card_buf *b, const struct card_data *d, const
                             size_t existing_len)
 {
     bool done[N_OWNED] = {false};
-    const char *p = existing, *end = existing + existing_len;
+    /* NULL + 0 is undefined behaviour in C: no existing front matter has no end either. */
+    const char *p = existing, *end = existing != NULL ? existing + existing_len : NULL;
     bool skipping = false;
     size_t i;
 

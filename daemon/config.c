@@ -566,22 +566,12 @@ static const struct key_def *find_key(const char *name)
     return NULL;
 }
 
-static void load_file(struct config *cfg, const char *path, int *code)
+int config_apply_text(struct config *cfg, char *text, const char *path)
 {
-    char *text = NULL, where[PATH_MAX + 80];
+    char where[PATH_MAX + 80];
     cJSON *root, *item;
-    int rc = read_file(path, &text);
+    int code = 0, *codep = &code;
 
-    if (cfg->config_path == NULL)
-        cfg->config_path = strdup(path);
-    if (rc < 0) {
-        add_problem(cfg, "cannot read config '%s': %s", path,
-                    rc == -EFBIG    ? "larger than 1 MiB"
-                    : rc == -EINVAL ? "not a regular file"
-                                    : strerror(-rc));
-        set_code(code, CKPT_EXIT_INVALID);
-        return;
-    }
     strip_comments(text);
     root = cJSON_Parse(text);
     if (root == NULL || !cJSON_IsObject(root)) {
@@ -594,10 +584,9 @@ static void load_file(struct config *cfg, const char *path, int *code)
             add_problem(cfg, "config '%s': invalid JSON near line %u", path, line);
         else
             add_problem(cfg, "config '%s': must be one JSON object", path);
-        set_code(code, CKPT_EXIT_INVALID);
+        set_code(codep, CKPT_EXIT_INVALID);
         cJSON_Delete(root);
-        free(text);
-        return;
+        return code;
     }
     cJSON_ArrayForEach(item, root)
     {
@@ -608,7 +597,7 @@ static void load_file(struct config *cfg, const char *path, int *code)
         snprintf(where, sizeof(where), "config '%s': %s", path, item->string);
         if (k == NULL) {
             add_problem(cfg, "config '%s': unknown key '%s'", path, item->string);
-            set_code(code, CKPT_EXIT_INVALID);
+            set_code(codep, CKPT_EXIT_INVALID);
             continue;
         }
         switch (k->type) {
@@ -618,10 +607,10 @@ static void load_file(struct config *cfg, const char *path, int *code)
                 cJSON_ArrayForEach(element, item)
                 {
                     if (cJSON_IsString(element)) {
-                        apply(cfg, k, element->valuestring, where, code);
+                        apply(cfg, k, element->valuestring, where, codep);
                     } else {
                         add_problem(cfg, "%s: every element must be a string", where);
-                        set_code(code, CKPT_EXIT_INVALID);
+                        set_code(codep, CKPT_EXIT_INVALID);
                     }
                 }
                 continue;
@@ -651,16 +640,35 @@ static void load_file(struct config *cfg, const char *path, int *code)
         }
         if (value == NULL) {
             add_problem(cfg, "%s: must be %s", where, want);
-            set_code(code, CKPT_EXIT_INVALID);
+            set_code(codep, CKPT_EXIT_INVALID);
         } else if (k->path && value[0] != '/') {
             /* relative to what? the daemon's working directory differs between launchers */
             add_problem(cfg, "%s: '%s' must be an absolute path", where, value);
-            set_code(code, CKPT_EXIT_INVALID);
+            set_code(codep, CKPT_EXIT_INVALID);
         } else {
-            apply(cfg, k, value, where, code);
+            apply(cfg, k, value, where, codep);
         }
     }
     cJSON_Delete(root);
+    return code;
+}
+
+static void load_file(struct config *cfg, const char *path, int *code)
+{
+    char *text = NULL;
+    int rc = read_file(path, &text);
+
+    if (cfg->config_path == NULL)
+        cfg->config_path = strdup(path);
+    if (rc < 0) {
+        add_problem(cfg, "cannot read config '%s': %s", path,
+                    rc == -EFBIG    ? "larger than 1 MiB"
+                    : rc == -EINVAL ? "not a regular file"
+                                    : strerror(-rc));
+        set_code(code, CKPT_EXIT_INVALID);
+        return;
+    }
+    set_code(code, config_apply_text(cfg, text, path));
     free(text);
 }
 

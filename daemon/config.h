@@ -94,6 +94,10 @@ struct config {
  * line, each naming the flag, variable or file key at fault (err->msg: as many as fit). */
 int config_load(struct config *cfg, int argc, char **argv, struct ckpt_err *err);
 void config_release(struct config *cfg);
+/* Applies the text of a configuration file (JSON, comments allowed; blanked in place) as
+ * config_load does for --config, path naming it in problems. Returns 0 or the exit code; each
+ * problem is added to cfg->problems. Pure: the setters only check and copy. */
+int config_apply_text(struct config *cfg, char *text, const char *path);
 const char *config_strategy_name(enum config_strategy strategy);
 void config_print_usage(void);
 /* The effective configuration as one JSON object (token redacted to "hf_***" with its source),

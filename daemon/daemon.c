@@ -146,6 +146,8 @@ static void on_detect_timer(uv_timer_t *timer)
 {
     struct daemon *d = timer->data;
 
+    /* Events still queued in the kernel (the loop was busy) may predate the deadline. */
+    watch_read_now(d->watch);
     detect_tick(d->detect, now_ms(d));
     rearm_detect_timer(d);
 }

@@ -123,6 +123,7 @@ struct drec {
     bool open;                /* CREATE/MODIFY seen without CLOSE_WRITE */
     bool closed;              /* closed after writing, or found complete */
     bool late;                /* late write already reported */
+    bool scanned;             /* found by a directory listing, never seen written since */
     int64_t wrote_ms;         /* last close or rename into this name */
 };
 
@@ -137,6 +138,7 @@ struct detect_cand {
     int64_t quiet_ms;  /* the layout's or the custom rule's quiet period */
     int rule_idx;      /* custom rules: index into detect.rules */
     bool marked;       /* orbax: renamed from its temporary name */
+    bool doubtful;     /* deleted while files of it were only known from a scan: never sealed */
     unsigned replaced; /* versions of a file replaced before the seal (coalesced) */
     size_t n_open;
     struct drec **members;
@@ -407,6 +409,9 @@ static bool trainer_complete(const struct detect *d, const struct detect_cand *c
     return member_closed(d, c, "trainer_state.json");
 }
 
+static bool owner_match(const struct detect *d, const char *path, bool is_dir, struct match *m,
+                        const char *layout);
+
 /* "__<rank>_<n>.distcp": torch.distributed.checkpoint's data files. */
 static bool is_distcp_name(const char *b)
 {
@@ -432,8 +437,12 @@ static bool dcp_match(const struct detect *d, const char *path, bool is_dir, str
     bool named = is_distcp_name(b) || strcmp(b, ".metadata") == 0;
     if (!named) {
         const char *o = owner_of(d, path, m->dir_len);
-        if (o == NULL || strcmp(o, "torch-dcp") != 0)
-            return false;
+        if (o == NULL || strcmp(o, "torch-dcp") != 0) {
+            /* Deeper: what the saver wrote beside the DCP files (NeMo's context/ when its
+             * -unfinished marker was gone before the folder was first seen). */
+            memset(m, 0, sizeof(*m));
+            return owner_match(d, path, is_dir, m, "torch-dcp");
+        }
     }
     m->member = b[0] != '.' || strcmp(b, ".metadata") == 0;
     return true;
@@ -722,6 +731,9 @@ static bool acc_complete(const struct detect *d, const struct detect_cand *c, ch
 }
 
 #define ORBAX_TMP ".orbax-checkpoint-tmp-"
+/* Orbax's step metadata (metadata/checkpoint.py _STEP_METADATA_FILENAME), written into the
+ * temporary folder when it is made and again after the handler's save (Checkpointer.save). */
+#define ORBAX_META "_CHECKPOINT_METADATA"
 
 static bool orbax_tmp_pred(const char *path, const char *s, size_t n)
 {
@@ -740,9 +752,14 @@ static bool orbax_tmp_pred(const char *path, const char *s, size_t n)
  * so its files are pinned at first sight; the rename moves them to the final candidate. */
 static bool orbax_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
 {
+    const char *b;
     if (component_match(path, is_dir, m, orbax_tmp_pred))
         return true;
-    return owner_match(d, path, is_dir, m, "orbax");
+    if (owner_match(d, path, is_dir, m, "orbax"))
+        return true;
+    /* A folder already renamed to its final name when first seen still holds the metadata. */
+    memset(m, 0, sizeof(*m));
+    return in_subdir(path, is_dir, m, &b) && strcmp(b, ORBAX_META) == 0;
 }
 
 static bool orbax_complete(const struct detect *d, const struct detect_cand *c, char *why, size_t n)
@@ -751,9 +768,21 @@ static bool orbax_complete(const struct detect *d, const struct detect_cand *c, 
         say(why, n, "renamed from its " ORBAX_TMP "* folder");
         return c->n_members > 0;
     }
-    say(why, n, "commit_success.txt closed");
-    return strstr(base_name(c->name), ORBAX_TMP) == NULL &&
-           member_closed(d, c, "commit_success.txt");
+    if (strstr(base_name(c->name), ORBAX_TMP) != NULL)
+        return false;
+    if (member_closed(d, c, "commit_success.txt")) {
+        say(why, n, "commit_success.txt closed");
+        return true;
+    }
+    /* On a local filesystem Orbax always saves under the temporary name and renames (only GCS
+     * paths save in place with commit_success.txt): a folder whose metadata a scan found under
+     * its final name was renamed before its watch existed, so it is finalised
+     * (utils.is_checkpoint_finalized). Metadata seen written here means an in-place save. */
+    char p[PATH_MAX_LEN + 2];
+    snprintf(p, sizeof(p), "%s/" ORBAX_META, c->dir);
+    const struct drec *meta = rec_get(d, p);
+    say(why, n, "found finalised (" ORBAX_META " under its final name)");
+    return rec_done(c, meta) && meta->scanned;
 }
 
 /* NeMo ModelCheckpoint._save_checkpoint: touches <ckpt>-unfinished beside the checkpoint
@@ -1047,7 +1076,7 @@ static void rec_free(struct detect *d, struct drec *r)
 
 static bool cand_ready(const struct detect *d, const struct detect_cand *c)
 {
-    return !c->sealed && c->n_open == 0 && c->layout->complete(d, c, NULL, 0);
+    return !c->sealed && !c->doubtful && c->n_open == 0 && c->layout->complete(d, c, NULL, 0);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -1277,6 +1306,7 @@ static int on_write(struct detect *d, const char *path, bool close, bool scan, i
         }
         r->open = !close && !scan;
         r->closed = close || scan;
+        r->scanned = scan;
         rc = rec_attach(d, r, now, &added);
         if (rc < 0) {
             rec_free(d, r);
@@ -1286,6 +1316,7 @@ static int on_write(struct detect *d, const char *path, bool close, bool scan, i
             d->cbs.file_added(d->cbs.ctx, r->cand, rec_rel(r));
     } else {
         rec_set_open(r, !close);
+        r->scanned = false;
         if (close)
             r->closed = true;
         if (!r->cand->sealed)
@@ -1304,7 +1335,15 @@ static int on_write(struct detect *d, const char *path, bool close, bool scan, i
  * seal now, the pins hold the bytes, rather than lose it to the quiet period. */
 static bool seal_early(struct detect *d, struct detect_cand *c)
 {
-    if (c->sealed || !c->layout->seal_on_delete || !cand_ready(d, c))
+    if (c->sealed || !c->layout->seal_on_delete)
+        return false;
+    for (size_t i = 0; i < c->n_members && !c->doubtful; i++) {
+        /* A scan lists what is left: files deleted before it (rotation already under way
+         * when the folder was first seen) left no trace, so whether it is whole is unknown. */
+        if (c->members[i]->scanned)
+            c->doubtful = true;
+    }
+    if (!cand_ready(d, c))
         return false;
     cand_seal(d, c, "sealed early: deleted (rotation) before the quiet period ended");
     return true;
@@ -1367,7 +1406,10 @@ static int on_dir_gone(struct detect *d, const char *path, int64_t now)
         struct detect_cand *c = d->cands[i];
         if (c->layout->folder && (strcmp(c->name, path) == 0 || under(c->name, path))) {
             if (!c->sealed && !seal_early(d, c))
-                cand_drop(d, c, "folder deleted before it was sealed");
+                cand_drop(d, c,
+                          c->doubtful ? "deleted while first seen by a scan: whether it was "
+                                        "whole cannot be known"
+                                      : "folder deleted before it was sealed");
             else
                 cand_destroy(d, c);
             continue;
@@ -1450,6 +1492,7 @@ static int on_rename(struct detect *d, const char *from, const char *to, int64_t
             r->closed = true;
     }
     r->late = false;
+    r->scanned = false;
     rc = rec_attach(d, r, now, &added);
     if (rc < 0) {
         rec_free(d, r);
@@ -1496,6 +1539,16 @@ static int on_dir_rename(struct detect *d, const char *from, const char *to, int
         if (rc < 0)
             return rc;
         c->marked = true;
+        /* Files a scan found under the final name before this event was read. */
+        rc = cand_adopt(d, c, "");
+        if (rc < 0)
+            return rc;
+    }
+    if (orbax_tmp_pred(from, base_name(from), strlen(base_name(from)))) {
+        /* A scan found it under its final name before this rename event was read. */
+        struct detect_cand *c = cand_named(d, to, strlen(to), "orbax");
+        if (c != NULL && !c->sealed)
+            c->marked = true;
     }
     rc = collect(d, from, &recs, &n);
     if (rc < 0)
@@ -1557,8 +1610,19 @@ int detect_feed(struct detect *d, const struct watch_event *ev, int64_t now_ms)
         return 0;
     if (!path_valid(path) || (ev->kind == WATCH_RENAMED && !path_valid(ev->old_path)))
         return strlen(path) > PATH_MAX_LEN ? -ENAMETOOLONG : -EINVAL;
-    detect_tick(d, now_ms);
+    /* No detect_tick here: an event read after a deadline may have happened before it (the loop
+     * was busy), so it postpones the seal rather than arrive as a write after it. */
 
+    if (ev->is_dir && ev->kind == WATCH_UNLISTED) {
+        /* Files of it may have come and gone unseen: a candidate owning it cannot be known
+         * whole. (A temporary folder renamed away lands here too; its candidate never seals.) */
+        struct match m;
+        struct detect_cand *c;
+        if (classify(d, path, true, &m) && m.name_len < strlen(path) &&
+            (c = cand_named(d, path, m.name_len, m.layout->name)) != NULL && !c->sealed)
+            c->doubtful = true;
+        return 0;
+    }
     if (ev->is_dir) {
         switch (ev->kind) {
         case WATCH_CREATE:

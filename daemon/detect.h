@@ -62,8 +62,9 @@ bool detect_layout_known(const char *name);
 void detect_free(struct detect *d);
 
 /* Returns 0, -EINVAL for a path with a leading '/' or a '..' segment, -ENAMETOOLONG, or -ENOSPC
- * when DETECT_MAX_FILES / DETECT_MAX_CANDS is reached (the event is then ignored). Seals what
- * was due before now_ms first, so a late timer cannot let an event postpone a due seal. */
+ * when DETECT_MAX_FILES / DETECT_MAX_CANDS is reached (the event is then ignored). Seals nothing:
+ * an event read late may predate a deadline that passed, so it restarts the quiet period. The
+ * caller reads every queued event (watch_read_now) before detect_tick. */
 int detect_feed(struct detect *d, const struct watch_event *ev, int64_t now_ms);
 /* Earliest time a candidate may seal, -1 when none can without further events. */
 int64_t detect_next_deadline_ms(const struct detect *d);

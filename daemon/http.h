@@ -22,7 +22,7 @@ struct http_opts {
     uint64_t retry_after_max_ms; /* a longer Retry-After ends retrying; 0 -> 300000 */
     long connect_timeout_ms;     /* 0 -> 30000 */
     long stall_timeout_s;        /* abort below 1 byte/s for this long; 0 -> 60 */
-    size_t file_buf_size;        /* each of the 2 ring buffers of a file body; 0 -> 1 MiB */
+    size_t file_buf_size;        /* each of the 2 ring buffers of a file body; 0 -> 512 KiB */
     /* Request body bytes per second, all transfers together (a token bucket on the loop:
      * curl's per-handle CURLOPT_MAX_SEND_SPEED_LARGE is not shared); 0: no cap. */
     uint64_t max_rate;

@@ -7,6 +7,7 @@
 #include "hub.h"
 
 #include "http.h"
+#include "hub_internal.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -1111,4 +1112,53 @@ int hub_commit(struct hub *hub, const char *summary, const char *description,
     r = op_send(op, &req, ret_op);
     free(b.p);
     return r;
+}
+
+/* ---- answers without a transfer (hub_internal.h) ------------------------------------------- */
+
+int hub_answer(struct hub *hub, const struct hub_answer_args *a, const struct http_response *res)
+{
+    static const enum op_kind kinds[] = {
+        [HUB_ANSWER_WHOAMI] = OP_WHOAMI,
+        [HUB_ANSWER_HEAD] = OP_HEAD,
+        [HUB_ANSWER_PREUPLOAD] = OP_PREUPLOAD,
+        [HUB_ANSWER_BATCH] = OP_BATCH,
+        [HUB_ANSWER_PUT] = OP_PUT,
+        [HUB_ANSWER_COMPLETE] = OP_COMPLETE,
+        [HUB_ANSWER_COMMIT] = OP_COMMIT,
+        [HUB_ANSWER_ENSURE] = OP_ENSURE_REPO,
+    };
+    struct hub_op *op;
+
+    if ((unsigned)a->kind >= sizeof(kinds) / sizeof(kinds[0]))
+        return -EINVAL;
+    op = op_new(hub, kinds[a->kind], a->ctx, "answer for");
+    if (op == NULL)
+        return -ENOMEM;
+    switch (a->kind) {
+    case HUB_ANSWER_WHOAMI:
+        op->cb.user = a->user;
+        break;
+    case HUB_ANSWER_HEAD:
+    case HUB_ANSWER_COMMIT:
+    case HUB_ANSWER_PREUPLOAD:
+        op->cb.oid = a->oid;
+        break;
+    case HUB_ANSWER_BATCH:
+    case HUB_ANSWER_COMPLETE:
+    case HUB_ANSWER_ENSURE:
+        op->cb.done = a->done;
+        break;
+    case HUB_ANSWER_PUT:
+        op->cb.etag = a->etag;
+        break;
+    }
+    op->files = a->files;
+    op->objs = a->objs;
+    op->n = a->n;
+    if (a->storage_url != NULL)
+        storage_where(op, a->storage_url);
+    hub->n_ops++;
+    on_http_done(op, res);
+    return 0;
 }

@@ -47,12 +47,10 @@ struct ipc_client {
     uv_pipe_t pipe;
     uv_shutdown_t shutdown_req;
     struct ipc_request *requests;
-    char *inbuf; /* IPC_MAX_MESSAGE bytes; inlen < IPC_MAX_MESSAGE between reads */
-    size_t inlen;
+    struct ipc_framer in; /* owns a buffer of IPC_MAX_MESSAGE bytes */
     uint64_t serial;
     unsigned uid;
     int pid;
-    bool discarding; /* skipping the rest of an oversized line */
     bool subscriber;
     bool eof;      /* the peer stopped sending; close once pending requests are answered */
     bool draining; /* no more input; closing after the queued output is written */
@@ -373,32 +371,32 @@ static bool id_valid(const cJSON *id)
     return false;
 }
 
-/* Checks the envelope and field types; on failure answers and returns false. */
-static bool request_check(struct ipc_client *c, const cJSON *json, const cJSON *id,
-                          const struct type_rule **ret_rule)
+/* Checks the envelope and field types; on failure fills code and message. */
+static bool request_check(const cJSON *json, struct ipc_parsed *ret)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(json, "v");
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(json, "type");
-    char msg[256];
+    char *msg = ret->message;
+    size_t size = sizeof(ret->message);
 
     if (!cJSON_IsNumber(v) || v->valuedouble != IPC_PROTO_VERSION) {
         if (v == NULL)
-            snprintf(msg, sizeof(msg), "request has no protocol version 'v'; server speaks %d",
+            snprintf(msg, size, "request has no protocol version 'v'; server speaks %d",
                      IPC_PROTO_VERSION);
         else if (cJSON_IsNumber(v))
-            snprintf(msg, sizeof(msg), "protocol version %g is not supported; server speaks %d",
+            snprintf(msg, size, "protocol version %g is not supported; server speaks %d",
                      v->valuedouble, IPC_PROTO_VERSION);
         else
-            snprintf(msg, sizeof(msg), "protocol version 'v' is not a number; server speaks %d",
+            snprintf(msg, size, "protocol version 'v' is not a number; server speaks %d",
                      IPC_PROTO_VERSION);
-        log_info("ipc-bad-version", "client=%llu pid=%d", (unsigned long long)c->serial, c->pid);
-        client_send_error(c, id, IPC_ERR_BAD_VERSION, NULL, msg);
-        client_drain(c, "bad version");
+        ret->code = IPC_ERR_BAD_VERSION;
+        ret->close = true;
         return false;
     }
     if (!cJSON_IsString(type)) {
-        client_send_error(c, id, IPC_ERR_UNKNOWN_TYPE, NULL,
-                          type == NULL ? "request has no 'type'" : "'type' is not a string");
+        ret->code = IPC_ERR_UNKNOWN_TYPE;
+        snprintf(msg, size, "%s",
+                 type == NULL ? "request has no 'type'" : "'type' is not a string");
         return false;
     }
     for (size_t i = 0; i < sizeof(type_rules) / sizeof(type_rules[0]); i++) {
@@ -414,68 +412,86 @@ static bool request_check(struct ipc_client *c, const cJSON *json, const cJSON *
             if ((item == NULL || cJSON_IsNull(item)) && !fr->required)
                 continue;
             if (item == NULL || !field_matches(item, fr->kind)) {
-                snprintf(msg, sizeof(msg), "field '%s' of '%s' %s %s", fr->name, rule->type,
+                snprintf(msg, size, "field '%s' of '%s' %s %s", fr->name, rule->type,
                          item == NULL ? "is missing; it must be" : "must be",
                          field_kind_names[fr->kind]);
-                client_send_error(c, id, IPC_ERR_BAD_REQUEST, NULL, msg);
+                ret->code = IPC_ERR_BAD_REQUEST;
                 return false;
             }
         }
-        *ret_rule = rule;
+        ret->type = rule->type;
         return true;
     }
-    snprintf(msg, sizeof(msg), "unknown request type '%.64s'", type->valuestring);
-    client_send_error(c, id, IPC_ERR_UNKNOWN_TYPE, NULL, msg);
+    snprintf(msg, size, "unknown request type '%.64s'", type->valuestring);
+    ret->code = IPC_ERR_UNKNOWN_TYPE;
     return false;
+}
+
+int ipc_parse_request(char *line, size_t len, struct ipc_parsed *ret)
+{
+    const char *end = NULL;
+    const cJSON *id;
+
+    memset(ret, 0, sizeof(*ret));
+    if (len > 0 && line[len - 1] == '\r')
+        line[--len] = '\0';
+    if (len == 0)
+        return 0;
+    ret->code = IPC_ERR_BAD_JSON;
+    if (memchr(line, '\0', len) != NULL) {
+        snprintf(ret->message, sizeof(ret->message), "request contains a NUL byte");
+        return -EINVAL;
+    }
+    ret->json = cJSON_ParseWithOpts(line, &end, true);
+    if (ret->json == NULL || !cJSON_IsObject(ret->json)) {
+        snprintf(ret->message, sizeof(ret->message), "%s",
+                 ret->json == NULL ? "request is not valid JSON" : "request is not an object");
+        return -EINVAL;
+    }
+    id = cJSON_GetObjectItemCaseSensitive(ret->json, "id");
+    if (cJSON_IsNull(id))
+        id = NULL;
+    if (id != NULL && !id_valid(id)) {
+        ret->code = IPC_ERR_BAD_REQUEST;
+        snprintf(ret->message, sizeof(ret->message),
+                 "field 'id' must be an integer or a string of at most %d bytes", IPC_MAX_ID);
+        return -EINVAL;
+    }
+    ret->id = id;
+    if (!request_check(ret->json, ret))
+        return -EINVAL;
+    ret->code = NULL;
+    return 1;
 }
 
 static void handle_line(struct ipc_client *c, char *line, size_t len)
 {
     struct ipc_server *s = c->server;
-    const struct type_rule *rule = NULL;
     struct ipc_request *req;
-    const char *end = NULL;
-    cJSON *json, *id;
+    struct ipc_parsed p;
+    int r = ipc_parse_request(line, len, &p);
 
-    if (len > 0 && line[len - 1] == '\r')
-        line[--len] = '\0';
-    if (len == 0)
+    if (r == 0)
         return;
-    if (memchr(line, '\0', len) != NULL) {
-        client_send_error(c, NULL, IPC_ERR_BAD_JSON, NULL, "request contains a NUL byte");
-        return;
-    }
-    json = cJSON_ParseWithOpts(line, &end, true);
-    if (json == NULL || !cJSON_IsObject(json)) {
-        client_send_error(c, NULL, IPC_ERR_BAD_JSON, NULL,
-                          json == NULL ? "request is not valid JSON" : "request is not an object");
-        cJSON_Delete(json);
-        return;
-    }
-    id = cJSON_GetObjectItemCaseSensitive(json, "id");
-    if (cJSON_IsNull(id))
-        id = NULL;
-    if (id != NULL && !id_valid(id)) {
-        char msg[128];
-        snprintf(msg, sizeof(msg), "field 'id' must be an integer or a string of at most %d bytes",
-                 IPC_MAX_ID);
-        client_send_error(c, NULL, IPC_ERR_BAD_REQUEST, NULL, msg);
-        cJSON_Delete(json);
-        return;
-    }
-    if (!request_check(c, json, id, &rule)) {
-        cJSON_Delete(json);
+    if (r < 0) {
+        if (p.close)
+            log_info("ipc-bad-version", "client=%llu pid=%d", (unsigned long long)c->serial,
+                     c->pid);
+        client_send_error(c, p.id, p.code, NULL, p.message);
+        if (p.close)
+            client_drain(c, "bad version");
+        cJSON_Delete(p.json);
         return;
     }
     req = calloc(1, sizeof(*req));
-    if (req == NULL || (id != NULL && (req->id = cJSON_Duplicate(id, true)) == NULL)) {
+    if (req == NULL || (p.id != NULL && (req->id = cJSON_Duplicate(p.id, true)) == NULL)) {
         free(req);
-        client_send_error(c, id, IPC_ERR_FAILED, "io", "out of memory");
-        cJSON_Delete(json);
+        client_send_error(c, p.id, IPC_ERR_FAILED, "io", "out of memory");
+        cJSON_Delete(p.json);
         return;
     }
-    req->json = json;
-    req->type = rule->type;
+    req->json = p.json;
+    req->type = p.type;
     req->client = c;
     req->next = c->requests;
     if (c->requests != NULL)
@@ -485,35 +501,66 @@ static void handle_line(struct ipc_client *c, char *line, size_t len)
     s->handler.on_request(s->handler.ctx, req);
 }
 
+bool ipc_framer_next(struct ipc_framer *f, char **ret_line, size_t *ret_len)
+{
+    char *line, *nl;
+    size_t len;
+
+    while ((nl = memchr(f->buf + f->start, '\n', f->len - f->start)) != NULL) {
+        line = f->buf + f->start;
+        len = (size_t)(nl - line);
+        f->start += len + 1;
+        if (f->discarding) {
+            f->discarding = false;
+            continue;
+        }
+        *nl = '\0';
+        *ret_line = line;
+        *ret_len = len;
+        return true;
+    }
+    return false;
+}
+
+int ipc_framer_compact(struct ipc_framer *f)
+{
+    if (f->discarding) {
+        ipc_framer_reset(f);
+        return 0;
+    }
+    memmove(f->buf, f->buf + f->start, f->len - f->start);
+    f->len -= f->start;
+    f->start = 0;
+    if (f->len == IPC_MAX_MESSAGE) {
+        f->discarding = true;
+        f->len = 0;
+        return -EMSGSIZE;
+    }
+    return 0;
+}
+
+void ipc_framer_reset(struct ipc_framer *f)
+{
+    f->len = 0;
+    f->start = 0;
+}
+
 static void process_input(struct ipc_client *c)
 {
-    size_t start = 0;
-    char *nl;
+    char *line;
+    size_t len;
 
-    while (!c->closing && !c->draining &&
-           (nl = memchr(c->inbuf + start, '\n', c->inlen - start)) != NULL) {
-        size_t len = (size_t)(nl - (c->inbuf + start));
-        if (c->discarding) {
-            c->discarding = false;
-        } else {
-            *nl = '\0';
-            handle_line(c, c->inbuf + start, len);
-        }
-        start += len + 1;
-    }
-    if (c->closing || c->draining || c->discarding) {
-        c->inlen = 0;
+    while (!c->closing && !c->draining && ipc_framer_next(&c->in, &line, &len))
+        handle_line(c, line, len);
+    if (c->closing || c->draining) {
+        ipc_framer_reset(&c->in);
         return;
     }
-    memmove(c->inbuf, c->inbuf + start, c->inlen - start);
-    c->inlen -= start;
-    if (c->inlen == IPC_MAX_MESSAGE) {
+    if (ipc_framer_compact(&c->in) == -EMSGSIZE) {
         char msg[96];
         snprintf(msg, sizeof(msg), "request is longer than %d bytes", IPC_MAX_MESSAGE - 1);
         log_info("ipc-too-large", "client=%llu pid=%d", (unsigned long long)c->serial, c->pid);
         client_send_error(c, NULL, IPC_ERR_TOO_LARGE, NULL, msg);
-        c->discarding = true;
-        c->inlen = 0;
     }
 }
 
@@ -522,8 +569,8 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     struct ipc_client *c = h->data;
 
     (void)suggested;
-    buf->base = c->inbuf + c->inlen;
-    buf->len = IPC_MAX_MESSAGE - c->inlen;
+    buf->base = c->in.buf + c->in.len;
+    buf->len = IPC_MAX_MESSAGE - c->in.len;
 }
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
@@ -536,10 +583,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (nread == UV_EOF) {
         uv_read_stop(stream);
         c->eof = true;
-        if (c->inlen > 0 && !c->discarding)
+        if (c->in.len > 0 && !c->in.discarding)
             client_send_error(c, NULL, IPC_ERR_BAD_JSON, NULL,
                               "request not terminated by a newline before end of input");
-        c->inlen = 0;
+        ipc_framer_reset(&c->in);
         if (c->requests == NULL)
             client_drain(c, "end of input");
         return;
@@ -548,7 +595,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         client_teardown(c, uv_err_name((int)nread));
         return;
     }
-    c->inlen += (size_t)nread;
+    c->in.len += (size_t)nread;
     process_input(c);
 }
 
@@ -564,7 +611,7 @@ static void on_client_closed(uv_handle_t *h)
         s->clients = c->next;
     if (c->next != NULL)
         c->next->prev = c->prev;
-    free(c->inbuf);
+    free(c->in.buf);
     free(c);
     server_maybe_done(s);
 }
@@ -634,7 +681,7 @@ static void on_connection(uv_stream_t *listener, int status)
         return;
     }
     c = calloc(1, sizeof(*c));
-    if (c == NULL || (c->inbuf = malloc(IPC_MAX_MESSAGE)) == NULL) {
+    if (c == NULL || (c->in.buf = malloc(IPC_MAX_MESSAGE)) == NULL) {
         free(c);
         log_error("ipc-accept-failed", "error=ENOMEM");
         return;

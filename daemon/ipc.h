@@ -53,4 +53,39 @@ int ipc_reply_error(struct ipc_request *req, const char *code, const char *messa
 int ipc_reply_error_kind(struct ipc_request *req, const char *code, const char *kind,
                          const char *message);
 
+/* ---- pure parsing: no loop, no I/O, no logging; any thread (the fuzzer's entry points) ---- */
+
+/* Line framing over a buffer of IPC_MAX_MESSAGE bytes: read into buf + len, add to len, then
+ * take lines with ipc_framer_next and call ipc_framer_compact once none is left. */
+struct ipc_framer {
+    char *buf;       /* IPC_MAX_MESSAGE bytes */
+    size_t len;      /* bytes held; < IPC_MAX_MESSAGE between reads */
+    size_t start;    /* where the next line begins */
+    bool discarding; /* skipping the rest of an oversized line */
+};
+
+/* The next complete line, its '\n' replaced by a NUL: returns true with *ret_line and *ret_len
+ * (valid until the next compact), false when no complete line is held. */
+bool ipc_framer_next(struct ipc_framer *f, char **ret_line, size_t *ret_len);
+/* Moves a partial line to the front. Returns -EMSGSIZE when it fills the buffer: it is dropped,
+ * and its rest, up to the next '\n', is skipped. */
+int ipc_framer_compact(struct ipc_framer *f);
+/* Drops every byte held (a client that is going away). */
+void ipc_framer_reset(struct ipc_framer *f);
+
+/* One request line checked: envelope, id, version, type and field types (see ipc_proto.h). */
+struct ipc_parsed {
+    struct cJSON *json;     /* the request; the caller frees it (also after a failure) */
+    const struct cJSON *id; /* in json; NULL when absent, null, or itself the fault */
+    const char *type;       /* on success: one of IPC_TYPE_* (static) */
+    const char *code;       /* on failure: IPC_ERR_* to answer */
+    bool close;             /* on failure: answer, then close the connection */
+    char message[256];      /* on failure: the sentence to answer */
+};
+
+/* Parses line[0..len) (NUL-terminated at len; a trailing '\r' is cut in place). Returns 1 with a
+ * request, 0 for a blank line (nothing to answer), or -EINVAL with code and message to answer
+ * (with id when known). The caller frees ret->json in every case. */
+int ipc_parse_request(char *line, size_t len, struct ipc_parsed *ret);
+
 #endif

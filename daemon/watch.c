@@ -65,17 +65,12 @@ struct watch {
 const char *watch_kind_name(enum watch_kind kind)
 {
     static const char *const names[] = {
-        [WATCH_CREATE] = "create",
-        [WATCH_MODIFY] = "modify",
-        [WATCH_CLOSE_WRITE] = "close_write",
-        [WATCH_MOVED_IN] = "moved_in",
-        [WATCH_RENAMED] = "renamed",
-        [WATCH_MOVED_OUT] = "moved_out",
-        [WATCH_DELETE] = "delete",
-        [WATCH_ATTRIB] = "attrib",
-        [WATCH_OVERFLOW] = "overflow",
-        [WATCH_SCANNED] = "scanned",
-        [WATCH_ERROR] = "error",
+        [WATCH_CREATE] = "create",           [WATCH_MODIFY] = "modify",
+        [WATCH_CLOSE_WRITE] = "close_write", [WATCH_MOVED_IN] = "moved_in",
+        [WATCH_RENAMED] = "renamed",         [WATCH_MOVED_OUT] = "moved_out",
+        [WATCH_DELETE] = "delete",           [WATCH_ATTRIB] = "attrib",
+        [WATCH_OVERFLOW] = "overflow",       [WATCH_SCANNED] = "scanned",
+        [WATCH_UNLISTED] = "unlisted",       [WATCH_ERROR] = "error",
     };
     return (unsigned)kind < sizeof(names) / sizeof(names[0]) ? names[kind] : "unknown";
 }
@@ -255,6 +250,8 @@ static void scan_one(struct watch *w, const char *rel, bool urgent)
         rc = -errno;
         if (rc != -ENOENT && rc != -ENOTDIR && rc != -ELOOP)
             emit_error(w, rel, rc);
+        else if (rc == -ENOENT && rel[0] != '\0')
+            emit(w, WATCH_UNLISTED, true, rel, NULL); /* made and removed (or renamed) unseen */
         return;
     }
     rc = dirs_set(w, wd, rel);
@@ -264,8 +261,11 @@ static void scan_one(struct watch *w, const char *rel, bool urgent)
         return;
     }
     dfd = open(abs, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-    if (dfd < 0)
+    if (dfd < 0) {
+        if (rel[0] != '\0')
+            emit(w, WATCH_UNLISTED, true, rel, NULL);
         return; /* gone meanwhile: its IN_IGNORED drops the watch */
+    }
     dir = fdopendir(dfd);
     if (dir == NULL) {
         close(dfd);
@@ -337,6 +337,32 @@ static void scan_now(struct watch *w, const char *rel)
 
 /* --- reading ------------------------------------------------------------------------------ */
 
+/* One path component, NUL-terminated within its padded length: what the kernel sends. A name
+ * with '/' or a "." or ".." would make paths outside the tree. */
+static bool name_ok(const char *name, size_t size)
+{
+    size_t n = strnlen(name, size);
+
+    return n < size && memchr(name, '/', n) == NULL && strcmp(name, ".") != 0 &&
+           strcmp(name, "..") != 0;
+}
+
+size_t watch_decode(const char *buf, size_t len, const struct inotify_event **ret, size_t max)
+{
+    size_t n = 0, off = 0;
+
+    while (n < max && len - off >= sizeof(struct inotify_event)) {
+        const struct inotify_event *ev = (const struct inotify_event *)(buf + off);
+        /* The kernel pads names with NULs to keep the next record aligned. */
+        if (ev->len > len - off - sizeof(*ev) || ev->len % alignof(struct inotify_event) != 0 ||
+            (ev->len > 0 && !name_ok(ev->name, ev->len)))
+            break;
+        ret[n++] = ev;
+        off += sizeof(*ev) + ev->len;
+    }
+    return n;
+}
+
 static void process_batch(struct watch *w, const char *buf, size_t len)
 {
     size_t n = 0;
@@ -349,13 +375,10 @@ static void process_batch(struct watch *w, const char *buf, size_t len)
         w->consumed[n] = false;
         n++;
     }
-    for (size_t off = 0; off + sizeof(struct inotify_event) <= len && n < MAX_BATCH;) {
-        const struct inotify_event *ev = (const struct inotify_event *)(buf + off);
-        w->batch[n] = ev;
-        w->consumed[n] = false;
-        n++;
-        off += sizeof(*ev) + ev->len;
-    }
+    if (buf != NULL)
+        n += watch_decode(buf, len, w->batch + n, MAX_BATCH - n);
+    for (size_t i = 0; i < n; i++)
+        w->consumed[i] = false;
     for (size_t i = 0; i < n && !w->closing; i++) {
         const struct inotify_event *ev = w->batch[i];
         bool is_dir = (ev->mask & IN_ISDIR) != 0;
@@ -448,10 +471,24 @@ static void process_batch(struct watch *w, const char *buf, size_t len)
     }
 }
 
+static void drain(struct watch *w);
+
+/* After reading the fd to EAGAIN. */
+static void drain_end(struct watch *w)
+{
+    if (w->has_pending)
+        process_batch(w, NULL, 0); /* its MOVED_TO never came: moved out */
+    if (w->rescan_all) {
+        w->rescan_all = false;
+        if (scan_push(w, "", false) == 0)
+            idle_kick(w);
+    }
+    idle_kick(w);
+}
+
 static void on_readable(uv_poll_t *h, int status, int events)
 {
     struct watch *w = h->data;
-    alignas(struct inotify_event) char buf[READ_BUF];
 
     (void)events;
     if (w->closing)
@@ -460,6 +497,21 @@ static void on_readable(uv_poll_t *h, int status, int events)
         emit_error(w, "", status);
         return;
     }
+    drain(w);
+}
+
+void watch_read_now(struct watch *w)
+{
+    if (w != NULL && !w->closing)
+        drain(w);
+}
+
+/* Reads until the kernel queue is empty: every event that happened before this call is reported
+ * before it returns. */
+static void drain(struct watch *w)
+{
+    alignas(struct inotify_event) char buf[READ_BUF];
+
     for (;;) {
         ssize_t n = read(w->fd, buf, sizeof(buf));
         if (n < 0) {
@@ -475,14 +527,23 @@ static void on_readable(uv_poll_t *h, int status, int events)
         if (w->closing)
             return;
     }
-    if (w->has_pending)
-        process_batch(w, NULL, 0); /* its MOVED_TO never came: moved out */
-    if (w->rescan_all) {
-        w->rescan_all = false;
-        if (scan_push(w, "", false) == 0)
-            idle_kick(w);
+    drain_end(w);
+}
+
+void watch_feed(struct watch *w, const char *buf, size_t len)
+{
+    alignas(struct inotify_event) char copy[READ_BUF];
+
+    if (w->closing)
+        return;
+    if (buf == NULL) {
+        drain_end(w);
+        return;
     }
-    idle_kick(w);
+    if (len > sizeof(copy))
+        len = sizeof(copy);
+    memcpy(copy, buf, len);
+    process_batch(w, copy, len);
 }
 
 /* --- lifecycle ---------------------------------------------------------------------------- */

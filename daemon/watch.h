@@ -10,6 +10,7 @@
 #define CKPT_WATCH_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 struct ckpt_err;
 struct uv_loop_s;
@@ -29,6 +30,7 @@ enum watch_kind {
     WATCH_ATTRIB,
     WATCH_OVERFLOW, /* the kernel queue overflowed: events were lost, a rescan follows */
     WATCH_SCANNED,  /* synthetic: found by a directory listing, state unknown */
+    WATCH_UNLISTED, /* is_dir: appeared but was gone before it could be listed (contents unknown) */
     WATCH_ERROR,    /* a directory could not be watched: error and message say why */
 };
 
@@ -54,8 +56,22 @@ int watch_start(struct watch **ret, struct uv_loop_s *loop, const char *root, co
 /* Stops events at once (also from inside the event callback); memory and the descriptor are
  * released in the close callbacks, then closed_cb (may be NULL) runs. */
 void watch_close(struct watch *w, watch_closed_cb closed_cb, void *ctx);
+/* Reports every event the kernel has queued now, before returning (the loop may not have polled
+ * for a while). Call it before judging a quiet period by the clock: an event still unread may
+ * predate the deadline. Not from inside the event callback. */
+void watch_read_now(struct watch *w);
 /* Number of directories watched now (tests, status). */
 unsigned watch_count(const struct watch *w);
 const char *watch_kind_name(enum watch_kind kind);
+
+struct inotify_event;
+/* Splits buf[0..len) (aligned like struct inotify_event), as read from an inotify descriptor,
+ * into at most max records in ret. Stops at a record cut short or malformed (a name length that
+ * breaks the alignment, a name without its NUL, with a '/', or "." or ".."), which the kernel never
+ * sends. Returns the count. Pure; any thread. */
+size_t watch_decode(const char *buf, size_t len, const struct inotify_event **ret, size_t max);
+/* Handles buf (at most 64 KiB) as if read from w's inotify descriptor; buf NULL ends the drain
+ * as reaching EAGAIN does. For tests and the fuzzer. */
+void watch_feed(struct watch *w, const char *buf, size_t len);
 
 #endif

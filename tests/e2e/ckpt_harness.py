@@ -210,6 +210,14 @@ class Daemon:
             e["HF_TOKEN"] = token
         if env:
             e.update(env)
+        # CKPT_VALGRIND=1: under valgrind, any memory error or definite leak exits 99 (see
+        # test_valgrind.py); the report goes to self.valgrind_log.
+        self.valgrind_log = None
+        if os.environ.get("CKPT_VALGRIND") == "1":
+            self.valgrind_log = os.path.join(tempdir("ckpt-valgrind-"), "valgrind.log")
+            argv = ["valgrind", "--quiet", "--leak-check=full", "--errors-for-leak-kinds=definite",
+                    "--error-exitcode=99", "--track-fds=no", f"--log-file={self.valgrind_log}",
+                    *argv]
         self.argv = argv
         self.proc = spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, env=e)

@@ -22,7 +22,9 @@ import ckpt_harness as h  # noqa: E402
 SPEED = 0.2  # time scale: the trace runs 5x faster than recorded
 QUIET_MS = 200
 SETTLE_S = 1.5  # after the last expected seal, time for a duplicate seal to show up
-REPEAT = 20
+# Speed-0 replays at once per trace: 20 with CKPT_SPEED0=full, else a few (test_detect_speed0.py
+# runs them in ctest).
+REPEAT = 20 if os.environ.get("CKPT_SPEED0") == "full" else 4
 
 NOT_TRAINER = object()
 ANY = None
@@ -53,11 +55,15 @@ EXPECTED = {
     },
     "synthetic/orbax-save.jsonl": {
         "sealed": {"100/default": "orbax", "200/default": "orbax"},
-        "files": {"100/default": 2, "200/default": 2},
+        "files": {"100/default": 3, "200/default": 3},
     },
     "synthetic/nemo-unfinished-marker.jsonl": {
         "sealed": {"ckpts/megatron--step=100": "nemo", "ckpts/megatron--step=200": "nemo"},
         "files": {"ckpts/megatron--step=100": 3, "ckpts/megatron--step=200": 3},
+        # At speed 0 the marker can be gone before the folder is first seen: then it is what
+        # is left, a distributed checkpoint (with NeMo's context/ in it).
+        "layout0": {"ckpts/megatron--step=100": ("nemo", "torch-dcp"),
+                    "ckpts/megatron--step=200": ("nemo", "torch-dcp")},
     },
     "synthetic/torchsnapshot-take.jsonl": {
         "sealed": {"snap-30": "torchsnapshot"},
@@ -77,6 +83,7 @@ EXPECTED = {
     "synthetic/plain-torch-save.jsonl": {
         "sealed": {"ckpt/step_100.pt": "single-file", "ckpt/step_200.pt": "single-file",
                    "ckpt/latest.pt": "single-file"},
+        "count0": {"ckpt/latest.pt": (1, 2)},
     },
 }
 
@@ -88,11 +95,24 @@ def trace_names():
     return sorted(names)
 
 
+def deleted_in_replay(manifest, name, prefix):
+    """Every version of every file of the candidate was deleted (rotation) during the replay.
+    Manifest paths are relative to the replay's own directory (prefix not included)."""
+    del prefix
+    full = name
+    versions = [v for path, vs in manifest["files"].items()
+                if path == full or path.startswith(full + "/") for v in vs]
+    return bool(versions) and all(v["deleted"] or v["superseded"] for v in versions) and not any(
+        p == full or p.startswith(full + "/") for p in manifest["final_tree"])
+
+
 def last_write(manifest, name, prefix=""):
-    """Latest close or rename into the candidate (relative to the start)."""
+    """Latest close or rename into the candidate (relative to the start). Manifest paths are
+    relative to the replay's own directory: prefix is not part of them."""
+    del prefix
     if name == "":
-        return manifest["root_last_write_at"] if not prefix else None
-    full = prefix + name
+        return manifest["root_last_write_at"]
+    full = name
     t = None
     for path, versions in manifest["files"].items():
         if path == full or path.startswith(full + "/"):
@@ -118,7 +138,7 @@ class DetectTraces(unittest.TestCase):
                          os.path.realpath(watch), ready["line"])
         return d, watch
 
-    def check(self, d, exp, manifest, prefix, counts):
+    def check(self, d, exp, manifest, prefix, counts, zero=False):
         sealed = [r for r in d.events("sealed") if r["kv"].get("ckpt", "").startswith(prefix)
                   or (prefix and r["kv"].get("ckpt") == prefix.rstrip("/"))]
         names = [r["kv"].get("ckpt") for r in sealed]
@@ -126,15 +146,22 @@ class DetectTraces(unittest.TestCase):
         for ckpt in exp["sealed"]:
             full = prefix + ckpt if ckpt else prefix.rstrip("/")
             lo, hi = counts.get(ckpt, (1, 1))
+            if zero and deleted_in_replay(manifest, ckpt, prefix):
+                # Made, completed and deleted with no gap: it may be gone before the daemon's
+                # first look (inotify reports nothing of a directory before its watch exists).
+                lo = 0
             n = names.count(full)
             self.assertTrue(lo <= n <= hi, f"'{full}' sealed {n} times\n{d.tail()}")
             want[full] = ckpt
-        self.assertEqual(sorted(set(names)), sorted(want), f"unexpected seals\n{d.tail()}")
+        self.assertEqual(sorted(set(names) - set(want)), [], f"unexpected seals\n{d.tail()}")
         for rec in sealed:
             full = rec["kv"]["ckpt"]
             ckpt = want[full]
             layout = exp["sealed"][ckpt]
-            if layout is not None and not (prefix and ckpt == ""):
+            layouts = exp.get("layout0", {}).get(ckpt) if zero else None
+            if layouts is not None:
+                self.assertIn(rec["kv"].get("layout"), layouts, rec["line"])
+            elif layout is not None and not (prefix and ckpt == ""):
                 self.assertEqual(rec["kv"].get("layout"), layout, rec["line"])
             if ckpt in exp.get("files", {}):
                 self.assertEqual(int(rec["kv"].get("files", -1)), exp["files"][ckpt], rec["line"])
@@ -175,35 +202,40 @@ class DetectTraces(unittest.TestCase):
         for p in procs:
             _, err = p.communicate(timeout=60)
             self.assertEqual(p.returncode, 0, err)
-        n_seals = sum(hi if lo == hi else lo for lo, hi in
-                      (exp.get("count0", {}).get(c, (1, 1)) for c in exp["sealed"]))
-        d.wait_event("sealed", timeout=30, count=n_seals * REPEAT)
+        import json
+        manifests = []
+        for i in range(REPEAT):
+            with open(os.path.join(tmp, f"m{i}.json"), encoding="utf-8") as f:
+                manifests.append(json.load(f))
+        n_seals = 0
+        for i, m in enumerate(manifests):
+            for c in exp["sealed"]:
+                lo, hi = exp.get("count0", {}).get(c, (1, 1))
+                if not deleted_in_replay(m, c, f"rep-{i}/"):
+                    n_seals += lo
+        d.wait_event("sealed", timeout=30, count=n_seals)
         time.sleep(0.6)
         rc = d.stop(signal.SIGTERM, 30)
         self.assertEqual(rc, 0, "daemon exit status after SIGTERM\n" + d.tail())
-        import json
-        for i in range(REPEAT):
-            with open(os.path.join(tmp, f"m{i}.json"), encoding="utf-8") as f:
-                manifest = json.load(f)
+        for i, manifest in enumerate(manifests):
             with self.subTest(rep=i):
-                self.check(d, exp, manifest, f"rep-{i}/", exp.get("count0", {}))
+                self.check(d, exp, manifest, f"rep-{i}/", exp.get("count0", {}), zero=True)
 
 
 def _make(name, zero):
     def test(self):
         (self.run_trace_zero if zero else self.run_trace)(name)
-    test.__doc__ = f"dry-run detection of {name}" + (" at speed 0, x20" if zero else "")
+    test.__doc__ = f"dry-run detection of {name}" + (f" at speed 0, x{REPEAT}" if zero else "")
     return test
 
 
-# The speed-0 x20 mode is opt-in (CKPT_SPEED0=1) until the races it finds are fixed: at speed 0
-# a folder can be created, filled, renamed or deleted before its inotify watch exists (orbax,
-# accelerate, nemo, lightning lose seals; see the report of issue 8).
+# Speed 0 runs from test_detect_speed0.py (its own ctest entry), or here with CKPT_SPEED0 set
+# (CKPT_SPEED0=full: 20 replays a trace).
 for _name in EXPECTED:
     _slug = _name.removesuffix(".jsonl").replace("-", "_").replace(".", "_").replace("/", "_")
     setattr(DetectTraces, f"test_{_slug}", _make(_name, False))
-    if os.environ.get("CKPT_SPEED0") == "1":
-        setattr(DetectTraces, f"test_speed0_x20_{_slug}", _make(_name, True))
+    if os.environ.get("CKPT_SPEED0") or os.environ.get("CKPT_SPEED0_ONLY"):
+        setattr(DetectTraces, f"test_speed0_x{REPEAT}_{_slug}", _make(_name, True))
 
 
 if __name__ == "__main__":

@@ -107,7 +107,9 @@ class Notify(unittest.TestCase):
         write_checkpoint(watch, 5)
         lst.wait_for(lambda m: m.startswith("STATUS=Pushing 'checkpoint-5' to " + repo), 20)
         _, idle = lst.wait_for(lambda m: m.startswith("STATUS=Idle: 1 checkpoint(s) pushed"), 30)
-        commit = d.events("committed")[0]["kv"].get("commit", "")
+        # The log line is read on a thread: it may come in after the notify datagram.
+        (committed,) = d.wait_event("committed", timeout=10)
+        commit = committed["kv"].get("commit", "")
         self.assertIn(commit[:12], idle)
 
         t_term = time.monotonic()

@@ -547,7 +547,7 @@ static const struct want_trace synthetic[] = {
     {"synthetic/deepspeed-save-checkpoint.jsonl",
      {{"global_step10", "deepspeed", 3, 1}, {"global_step20", "deepspeed", 3, 1}}},
     {"synthetic/orbax-save.jsonl",
-     {{"100/default", "orbax", 2, 1}, {"200/default", "orbax", 2, 1}}},
+     {{"100/default", "orbax", 3, 1}, {"200/default", "orbax", 3, 1}}},
     {"synthetic/nemo-unfinished-marker.jsonl",
      {{"ckpts/megatron--step=100", "nemo", 3, 1}, {"ckpts/megatron--step=200", "nemo", 3, 1}}},
     {"synthetic/torchsnapshot-take.jsonl", {{"snap-30", "torchsnapshot", 3, 1}}},
@@ -895,6 +895,136 @@ static void test_overflow_and_scan(void)
     free(r);
 }
 
+/* Zero gaps: Orbax renamed its temporary folder before the watch on the step folder existed, so
+ * the scan finds it under its final name; its _CHECKPOINT_METADATA says it is Orbax's, the final
+ * name that it is finalised. The same metadata seen written in place waits for
+ * commit_success.txt (GCS-style saves). A rename event read after such a scan marks it too. */
+static void test_orbax_found_by_scan(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 100);
+    const char *want[] = {"_CHECKPOINT_METADATA", "checkpoint", "d/0.0"};
+
+    feed(d, r, 0, WATCH_CREATE, true, "100", NULL);
+    feed(d, r, 0, WATCH_SCANNED, true, "100/default", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "100/default/checkpoint", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "100/default/_CHECKPOINT_METADATA", NULL);
+    feed(d, r, 0, WATCH_SCANNED, true, "100/default/d", NULL);
+    feed(d, r, 1, WATCH_SCANNED, false, "100/default/d/0.0", NULL);
+    finish(d, r);
+    const struct seal *s = find_seal(r, "100/default");
+    CHECK(r->n_seals == 1 && s != NULL && strcmp(s->layout, "orbax") == 0 && s->at_ms == 101);
+    CHECK(files_are(s, want, 3));
+    CHECK(s != NULL && strstr(s->rule, "found finalised") != NULL);
+
+    /* In place: no seal without commit_success.txt. */
+    feed(d, r, 1000, WATCH_CREATE, true, "300", NULL);
+    feed(d, r, 1000, WATCH_CLOSE_WRITE, false, "300/_CHECKPOINT_METADATA", NULL);
+    feed(d, r, 1001, WATCH_CLOSE_WRITE, false, "300/checkpoint", NULL);
+    advance(d, r, 5000);
+    CHECK(r->n_seals == 1);
+    feed(d, r, 5000, WATCH_CLOSE_WRITE, false, "300/commit_success.txt", NULL);
+    finish(d, r);
+    s = find_seal(r, "300");
+    CHECK(r->n_seals == 2 && s != NULL && s->n_files == 3 && s->at_ms == 5100);
+
+    /* The scan saw the final name, then the queued events of the step folder arrive. */
+    feed(d, r, 6000, WATCH_CREATE, true, "200", NULL);
+    feed(d, r, 6000, WATCH_SCANNED, true, "200/default", NULL);
+    feed(d, r, 6000, WATCH_SCANNED, false, "200/default/checkpoint", NULL);
+    feed(d, r, 6001, WATCH_CREATE, true, "200/default.orbax-checkpoint-tmp-1", NULL);
+    feed(d, r, 6002, WATCH_RENAMED, true, "200/default", "200/default.orbax-checkpoint-tmp-1");
+    finish(d, r);
+    s = find_seal(r, "200/default");
+    CHECK(r->n_seals == 3 && s != NULL && s->n_files == 1 && s->at_ms == 6102);
+    CHECK(s != NULL && strstr(s->rule, "renamed from its") != NULL);
+    CHECK(detect_pending(d) == 0);
+    detect_free(d);
+    free(r);
+}
+
+/* Zero gaps on a busy machine: a scan found step_100.pt while its writer was still at it; the
+ * loop was busy past the quiet period, then read the writer's MODIFY and CLOSE_WRITE. Those may
+ * predate the deadline: they postpone the seal (once, after the close), never follow it. */
+static void test_late_read_events(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 100);
+    struct watch_event ev = {WATCH_MODIFY, false, "ckpt/step_100.pt", NULL, 0, NULL};
+
+    feed(d, r, 0, WATCH_SCANNED, true, "ckpt", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "ckpt/step_100.pt", NULL);
+    CHECK(detect_next_deadline_ms(d) == 100);
+    r->now = 300; /* the timer is late; the caller read the queue (watch_read_now) first */
+    CHECK(detect_feed(d, &ev, 300) == 0);
+    ev.kind = WATCH_CLOSE_WRITE;
+    CHECK(detect_feed(d, &ev, 300) == 0);
+    CHECK(r->n_seals == 0);
+    finish(d, r);
+    CHECK(r->n_seals == 1 && r->seals[0].at_ms == 400);
+    CHECK(!has_note(r, "dropped"));
+    detect_free(d);
+    free(r);
+}
+
+/* NeMo's -unfinished marker was removed before the folder was first seen: its distributed
+ * checkpoint makes it a torch-dcp folder, and what NeMo wrote beside it (context/) is part of it.
+ */
+static void test_nemo_found_unmarked(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 100);
+    const char *want[] = {".metadata", "__0_0.distcp", "context/io.json"};
+
+    feed(d, r, 0, WATCH_SCANNED, true, "ckpts/m--step=200", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "ckpts/m--step=200/__0_0.distcp", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "ckpts/m--step=200/.metadata", NULL);
+    feed(d, r, 0, WATCH_SCANNED, true, "ckpts/m--step=200/context", NULL);
+    feed(d, r, 1, WATCH_SCANNED, false, "ckpts/m--step=200/context/io.json", NULL);
+    finish(d, r);
+    const struct seal *s = find_seal(r, "ckpts/m--step=200");
+    CHECK(r->n_seals == 1 && s != NULL && strcmp(s->layout, "torch-dcp") == 0);
+    CHECK(files_are(s, want, 3));
+    detect_free(d);
+    free(r);
+}
+
+/* Zero gaps: rotation was deleting checkpoint_0 when a scan first saw it. The scan lists what
+ * is left; a delete then must not seal it (files gone before the listing left no trace). A
+ * folder seen written before its rotation is still sealed early, whole. */
+static void test_rotation_under_way_at_scan(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 100);
+
+    feed(d, r, 0, WATCH_SCANNED, true, "checkpoints/checkpoint_0", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "checkpoints/checkpoint_0/optimizer.bin", NULL);
+    feed(d, r, 1, WATCH_DELETE, false, "checkpoints/checkpoint_0/optimizer.bin", NULL);
+    feed(d, r, 2, WATCH_DELETE, true, "checkpoints/checkpoint_0", NULL);
+    finish(d, r);
+    CHECK(r->n_seals == 0);
+    CHECK(has_note(r, "dropped 'checkpoints/checkpoint_0' deleted while first seen by a scan"));
+    feed(d, r, 1000, WATCH_CREATE, true, "checkpoints/checkpoint_1", NULL);
+    feed(d, r, 1000, WATCH_CLOSE_WRITE, false, "checkpoints/checkpoint_1/model.safetensors", NULL);
+    feed(d, r, 1001, WATCH_CLOSE_WRITE, false, "checkpoints/checkpoint_1/optimizer.bin", NULL);
+    feed(d, r, 1002, WATCH_DELETE, false, "checkpoints/checkpoint_1/model.safetensors", NULL);
+    const struct seal *s = find_seal(r, "checkpoints/checkpoint_1");
+    CHECK(r->n_seals == 1 && s != NULL && s->n_files == 2 && s->at_ms == 1002);
+    /* A subfolder made, filled and removed before it could be listed: contents unknown. */
+    feed(d, r, 2000, WATCH_CREATE, true, "ckpts/m--step=9", NULL);
+    feed(d, r, 2000, WATCH_CLOSE_WRITE, false, "ckpts/m--step=9-unfinished", NULL);
+    feed(d, r, 2000, WATCH_CLOSE_WRITE, false, "ckpts/m--step=9/__0_0.distcp", NULL);
+    feed(d, r, 2001, WATCH_CREATE, true, "ckpts/m--step=9/context", NULL);
+    feed(d, r, 2001, WATCH_UNLISTED, true, "ckpts/m--step=9/context", NULL);
+    feed(d, r, 2002, WATCH_DELETE, false, "ckpts/m--step=9-unfinished", NULL);
+    feed(d, r, 2003, WATCH_DELETE, false, "ckpts/m--step=9/__0_0.distcp", NULL);
+    feed(d, r, 2004, WATCH_DELETE, true, "ckpts/m--step=9", NULL);
+    finish(d, r);
+    CHECK(r->n_seals == 1 && find_seal(r, "ckpts/m--step=9") == NULL);
+    detect_free(d);
+    free(r);
+}
+
 static void test_root_waits_for_weights(void)
 {
     struct rec *r = calloc(1, sizeof(*r));
@@ -945,6 +1075,10 @@ int main(void)
     test_deletes_and_late_writes();
     test_folder_renamed_into_place();
     test_overflow_and_scan();
+    test_orbax_found_by_scan();
+    test_late_read_events();
+    test_nemo_found_unmarked();
+    test_rotation_under_way_at_scan();
     if (failures != 0) {
         fprintf(stderr, "test_detect: %d failures\n", failures);
         return 1;

@@ -266,6 +266,46 @@ static void step(uv_timer_t *h)
     uv_timer_start(&t->timer, step, t->step == 7 ? 500 : 150, 0);
 }
 
+/* A busy loop has not polled inotify for a while when the quiet-period timer fires: whatever the
+ * kernel queued meanwhile must be reported by watch_read_now, before the caller judges the quiet
+ * period, and in order (a directory made, filled and renamed with no loop iteration between). */
+static void test_read_now(struct t *t)
+{
+    struct ckpt_err err;
+    char p[PATH_MAX], q[PATH_MAX];
+
+    clear(t);
+    t->closed = false;
+    CHECK(uv_loop_init(&t->loop) == 0);
+    CHECK(watch_start(&t->w, &t->loop, t->root, ".ckptpush", on_event, t, &err) == 0);
+    uv_run(&t->loop, UV_RUN_NOWAIT); /* the initial scan */
+    clear(t);
+    snprintf(p, sizeof(p), "%s/busy", t->root);
+    CHECK(mkdir(p, 0755) == 0);
+    snprintf(p, sizeof(p), "%s/busy/x.pt", t->root);
+    write_file(p, "x");
+    snprintf(p, sizeof(p), "%s/busy/s.tmp", t->root);
+    CHECK(mkdir(p, 0755) == 0);
+    snprintf(p, sizeof(p), "%s/busy/s.tmp/a.bin", t->root);
+    write_file(p, "a");
+    snprintf(p, sizeof(p), "%s/busy/s.tmp", t->root);
+    snprintf(q, sizeof(q), "%s/busy/s", t->root);
+    CHECK(rename(p, q) == 0);
+    CHECK(t->n_events == 0);
+    watch_read_now(t->w);
+    /* busy/ was listed when its CREATE was read: everything in it so far is scanned. */
+    CHECK(seen(t, "create/d busy"));
+    CHECK(seen(t, "scanned busy/x.pt"));
+    CHECK(seen(t, "scanned/d busy/s"));
+    CHECK(seen(t, "scanned busy/s/a.bin"));
+    CHECK(none_contains(t, "s.tmp/a.bin"));
+    watch_close(t->w, on_closed, t);
+    uv_run(&t->loop, UV_RUN_DEFAULT);
+    CHECK(t->closed);
+    CHECK(uv_loop_close(&t->loop) == 0);
+    clear(t);
+}
+
 int main(void)
 {
     static struct t t;
@@ -313,6 +353,7 @@ int main(void)
     CHECK(t.closed);
     CHECK(uv_loop_close(&t.loop) == 0);
     clear(&t);
+    test_read_now(&t);
     free(t.events);
     rm_rf(t.base);
     if (failures != 0) {

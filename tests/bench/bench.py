@@ -1,0 +1,768 @@
+#!/usr/bin/env python3
+"""Benchmarks: ckptpushd against the official JS client and the machine's limit, same run.
+
+Owns: the benchmark data under --work (created, then deleted by run.sh), one test hub
+(--fast-parts) for the whole run, the daemons, JS clients, openssl and curl processes it starts
+(each waited for; all killed at exit). Not: building (run.sh). Main thread, plus one stderr
+reader thread per daemon. Python 3.11 standard library only.
+
+Scenarios: s1 one checkpoint (big weights + config/tokenizer), s2 64 shards, s3 ten successive
+checkpoints where most files are unchanged. Plus: the part sink alone, idle wake-ups, and the
+slowdown of a checkpoint writer while the daemon pushes. See tests/bench/README.md.
+"""
+
+import argparse
+import atexit
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.dirname(os.path.dirname(HERE))
+HUB = os.path.join(SRC, "tests", "hub", "hub.py")
+JS_PUSH = os.path.join(HERE, "js_push.mjs")
+USER, TOKEN = "bench", "hf_bench_token"
+MIB = 1 << 20
+CHUNK = 8 * MIB  # the hub's default multipart part size
+TICK = os.sysconf("SC_CLK_TCK")
+
+SIZES = {
+    #        s1 weights, s2 (n, size), s3 (ckpts, shards, shard size), writer (files, size), idle s
+    "full": dict(s1=2048 * MIB, s2=(64, 32 * MIB), s3=(10, 8, 32 * MIB), wr=(4, 256 * MIB),
+                 idle=10),
+    "quick": dict(s1=512 * MIB, s2=(64, 8 * MIB), s3=(10, 8, 8 * MIB), wr=(4, 64 * MIB),
+                  idle=5),
+    "smoke": dict(s1=16 * MIB, s2=(8, 1 * MIB), s3=(3, 4, 1 * MIB), wr=(2, 4 * MIB), idle=1),
+}
+
+_children = []
+
+
+def _cleanup():
+    for p in _children:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            p.wait()
+
+
+atexit.register(_cleanup)
+signal.signal(signal.SIGTERM, lambda s, f: sys.exit(128 + s))
+
+
+def spawn(argv, **kw):
+    p = subprocess.Popen(argv, start_new_session=True, **kw)
+    _children.append(p)
+    return p
+
+
+def reap(p):
+    """wait4 on p: (exit status, wall-unaware rusage)."""
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    _children.remove(p)
+    return p.returncode, ru
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+
+def rand_file(path, size, seed):
+    """Incompressible bytes, fast: AES-CTR keystream of zeros."""
+    with open(path, "wb") as out:
+        enc = subprocess.Popen(["openssl", "enc", "-aes-128-ctr", "-nosalt", "-pbkdf2",
+                                "-pass", f"pass:{seed}"], stdin=subprocess.PIPE, stdout=out)
+        left = size
+        zeros = bytes(4 * MIB)
+        while left > 0:
+            n = min(left, len(zeros))
+            enc.stdin.write(zeros[:n])
+            left -= n
+        enc.stdin.close()
+        enc.wait()
+
+
+def small_files(d, step, tok_size):
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump({"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32,
+                   "vocab_size": 32000, "torch_dtype": "bfloat16"}, f, indent=2)
+    with open(os.path.join(d, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": 1, "eos_token_id": 2}, f)
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        json.dump({"model_max_length": 4096, "tokenizer_class": "LlamaTokenizer"}, f)
+    with open(os.path.join(d, "special_tokens_map.json"), "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "</s>"}, f)
+    # a tokenizer.json-like text file: regular (non-LFS) content in the commit
+    vocab = {f"tok{i}_{hashlib.sha1(str(i).encode()).hexdigest()[:8]}": i
+             for i in range(tok_size // 24)}
+    with open(os.path.join(d, "tokenizer.json"), "w") as f:
+        json.dump({"model": {"type": "BPE", "vocab": vocab}}, f)
+
+
+def trainer_state(d, step):
+    with open(os.path.join(d, "trainer_state.json"), "w") as f:
+        json.dump({"global_step": step, "log_history": [{"step": step, "loss": 1.0 / step}]}, f)
+
+
+def make_data(work, sz):
+    """Prepared checkpoints under work/data: {scenario: [checkpoint dirs]}."""
+    data = os.path.join(work, "data")
+    os.makedirs(data, exist_ok=True)
+    out = {}
+    d = os.path.join(data, "s1", "checkpoint-100")
+    os.makedirs(d)
+    rand_file(os.path.join(d, "model.safetensors"), sz["s1"], "s1")
+    small_files(d, 100, 2 * MIB)
+    trainer_state(d, 100)
+    out["s1"] = [d]
+    n, size = sz["s2"]
+    d = os.path.join(data, "s2", "checkpoint-200")
+    os.makedirs(d)
+    for i in range(n):
+        rand_file(os.path.join(d, f"model-{i + 1:05d}-of-{n:05d}.safetensors"), size, f"s2-{i}")
+    with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
+        json.dump({"weight_map": {f"layer{i}": f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+                                  for i in range(n)}}, f)
+    small_files(d, 200, 64 * 1024)
+    trainer_state(d, 200)
+    out["s2"] = [d]
+    ck, shards, size = sz["s3"]
+    base = os.path.join(data, "s3", "base")
+    os.makedirs(base)
+    for i in range(shards):
+        rand_file(os.path.join(base, f"model-{i + 1:05d}-of-{shards:05d}.safetensors"), size,
+                  f"s3-{i}")
+    out["s3"] = []
+    for k in range(1, ck + 1):
+        d = os.path.join(data, "s3", f"checkpoint-{k * 10}")
+        os.makedirs(d)
+        for i in range(shards):
+            name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+            if i == shards - 1 and k > 1:  # the head changes, the frozen layers do not
+                rand_file(os.path.join(d, name), size, f"s3-{k}-{i}")
+            else:
+                os.link(os.path.join(base, name), os.path.join(d, name))
+        small_files(d, k * 10, 64 * 1024)
+        trainer_state(d, k * 10)
+        out["s3"].append(d)
+    return out
+
+
+def pushed_files(ckpt):
+    """(path_in_repo, local path) of what every_save pushes: all but the training state."""
+    skip = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth")
+    return sorted((f, os.path.join(ckpt, f)) for f in os.listdir(ckpt) if f not in skip)
+
+
+def warm(paths):
+    for p in paths:
+        with open(p, "rb") as f:
+            while f.read(8 * MIB):
+                pass
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            d = f.read(8 * MIB)
+            if not d:
+                return h.hexdigest()
+            h.update(d)
+
+
+# ---- hub -------------------------------------------------------------------------------------
+
+
+class Hub:
+    def __init__(self, work, fast=True):
+        self.data = os.path.join(work, "hub-fast" if fast else "hub-plain")
+        port_file = self.data + ".port"
+        argv = [sys.executable, HUB, "--data", self.data, "--port-file", port_file,
+                "--user", f"{USER}:{TOKEN}"]
+        if fast:
+            argv.append("--fast-parts")
+        self.p = spawn(argv, stdout=subprocess.PIPE, stderr=open(self.data + ".err", "wb"))
+        line = self.p.stdout.readline().decode()
+        if "listening on" not in line:
+            raise RuntimeError(f"hub did not start: {line!r}")
+        self.url = line.split("listening on ")[1].strip()
+        self.n = 0
+
+    def call(self, method, path, body=None, auth=True, url=None):
+        h = {"Content-Type": "application/json"}
+        if auth:
+            h["Authorization"] = f"Bearer {TOKEN}"
+        data = json.dumps(body).encode() if body is not None else None
+        r = urllib.request.Request(url or self.url + path, data=data, method=method, headers=h)
+        with urllib.request.urlopen(r, timeout=600) as f:
+            raw = f.read()
+        return json.loads(raw) if raw else None
+
+    def new_repo(self, tag, create=True):
+        self.n += 1
+        name = f"{tag}-{self.n}"
+        if not create:
+            return f"{USER}/{name}"
+        self.call("POST", "/api/repos/create", {"name": name, "type": "model", "private": True})
+        return f"{USER}/{name}"
+
+    def batch(self, repo, objs):
+        return self.call("POST", f"/{repo}.git/info/lfs/objects/batch",
+                         {"operation": "upload", "transfers": ["basic", "multipart"],
+                          "objects": [{"oid": o, "size": s} for o, s in objs]})["objects"]
+
+    def drop_objects(self):
+        """Free the page cache the stored objects hold between runs (repos forget them)."""
+        for sub in ("lfs", "multipart"):
+            shutil.rmtree(os.path.join(self.data, sub), ignore_errors=True)
+            os.makedirs(os.path.join(self.data, sub), exist_ok=True)
+
+    def stop(self):
+        self.p.terminate()
+        reap(self.p)
+
+
+def curl_plan(objs_actions, files_by_oid, cfg_path):
+    """A curl -K config PUTting every part / basic object; returns completions to send."""
+    completes = []
+    with open(cfg_path, "w") as cfg:
+        for o in objs_actions:
+            act = (o.get("actions") or {}).get("upload")
+            if act is None:
+                continue
+            path = files_by_oid[o["oid"]]
+            hdr = act.get("header") or {}
+            if "chunk_size" in hdr:
+                chunk = int(hdr["chunk_size"])
+                keys = sorted(k for k in hdr if k.isdigit())
+                for i, k in enumerate(keys):
+                    # curl has no byte-range upload: a part is a slice file made once per object
+                    part = f"{path}.part{i:05d}"
+                    if not os.path.exists(part):
+                        with open(path, "rb") as src, open(part, "wb") as dst:
+                            src.seek(i * chunk)
+                            dst.write(src.read(chunk))
+                    cfg.write(f'upload-file = "{part}"\nurl = "{hdr[k]}"\n'
+                              'output = "/dev/null"\nheader = "Expect:"\n')
+                completes.append((act["href"], o["oid"], len(keys)))
+            else:
+                cfg.write(f'upload-file = "{path}"\nurl = "{act["href"]}"\n'
+                          'output = "/dev/null"\nheader = "Expect:"\n')
+    return completes
+
+
+def curl_put(cfg_path):
+    p = spawn(["curl", "-fsS", "--no-progress-meter", "-Z", "--parallel-max", "4", "-K", cfg_path],
+              stdout=subprocess.PIPE)
+    out = p.stdout.read().decode()
+    rc, ru = reap(p)
+    if rc != 0:
+        raise RuntimeError(f"curl exited {rc}")
+    return out, ru
+
+
+def send_completions(hub, completes):
+    # parallel curl reports ETags in completion order, not by URL: the limit client reads them
+    # where the hub keeps them (the hub still checks them against what it stored)
+    for href, oid, nparts in completes:
+        sid = href.split("/_storage/complete/")[1].split("?")[0]
+        sdir = os.path.join(hub.data, "multipart", sid)
+        parts = []
+        for i in range(1, nparts + 1):
+            with open(os.path.join(sdir, "part-%05d.etag" % i)) as f:
+                parts.append({"partNumber": i, "etag": f.read()})
+        hub.call("POST", None, {"oid": oid, "parts": parts}, auth=False, url=href)
+
+
+# ---- the three clients -----------------------------------------------------------------------
+
+
+def proc_cpu(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def proc_status(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class Daemon:
+    def __init__(self, exe, hub, work, repo, extra=()):
+        self.watch = os.path.join(work, "watch")
+        shutil.rmtree(self.watch, ignore_errors=True)
+        os.makedirs(self.watch)
+        self.events = []
+        self.cond = threading.Condition()
+        env = dict(os.environ, HF_TOKEN=TOKEN)
+        self.p = spawn([exe, "--watch", self.watch, "--repo", repo, "--endpoint", hub.url,
+                        "--quiet-ms", "300", "--log-format", "json", "--socket",
+                        os.path.join(work, "d.sock"), *extra],
+                       stderr=subprocess.PIPE, env=env)
+        threading.Thread(target=self._read, daemon=True).start()
+        self.wait("ready", 1)
+
+    def _read(self):
+        for line in self.p.stderr:
+            t = time.monotonic()
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            with self.cond:
+                self.events.append((t, ev))
+                self.cond.notify_all()
+
+    def wait(self, event, count, timeout=600):
+        with self.cond:
+            ok = self.cond.wait_for(
+                lambda: sum(1 for _, e in self.events if e.get("event") == event) >= count or
+                any(e.get("level") == "error" for _, e in self.events) or
+                self.p.poll() is not None, timeout)
+            got = [(t, e) for t, e in self.events if e.get("event") == event]
+            if not ok or len(got) < count:
+                bad = [e for _, e in self.events if e.get("level") in ("error", "warn")]
+                raise RuntimeError(f"daemon: no {event} #{count}: {bad[-3:]}")
+            return got[count - 1]
+
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        rc, ru = reap(self.p)
+        return rc
+
+
+def run_daemon(exe, hub, work, ckpts):
+    repo = hub.new_repo("ckptpushd")
+    d = Daemon(exe, hub, work, repo)
+    pid = d.p.pid
+    cpu0 = proc_cpu(pid)
+    t0 = time.monotonic()
+    close_to_commit, sealed_to_commit, sent = [], [], 0
+    moved = []
+    for k, ck in enumerate(ckpts, 1):
+        dst = os.path.join(d.watch, os.path.basename(ck))
+        tc = time.monotonic()
+        os.rename(ck, dst)  # the checkpoint's files are closed: this is its last "close"
+        moved.append((dst, ck))
+        ts, _ = d.wait("sealed", k)
+        tm, ev = d.wait("committed", k)
+        close_to_commit.append(tm - tc)
+        sealed_to_commit.append(tm - ts)
+        sent += int(ev.get("sent", 0))
+    wall = time.monotonic() - t0
+    cpu = proc_cpu(pid) - cpu0
+    hwm = proc_status(pid, "VmHWM")
+    d.stop()
+    for dst, ck in moved:
+        os.rename(dst, ck)
+    shutil.rmtree(d.watch, ignore_errors=True)
+    return dict(wall=wall, push=sum(sealed_to_commit), close_commit=sum(close_to_commit),
+                cpu=cpu, rss_kib=hwm, sent=sent)
+
+
+def run_js(hub, work, ckpts):
+    repo = hub.new_repo("js", create=False)
+    spec = os.path.join(work, "js.json")
+    with open(spec, "w") as f:
+        json.dump({"hubUrl": hub.url, "token": TOKEN, "repo": repo,
+                   "commits": [pushed_files(c) for c in ckpts]}, f)
+    t0 = time.monotonic()
+    p = spawn(["node", JS_PUSH, spec], stdout=subprocess.PIPE)
+    out = p.stdout.read().decode()
+    rc, ru = reap(p)
+    wall = time.monotonic() - t0
+    if rc != 0:
+        raise RuntimeError(f"js client exited {rc}")
+    res = json.loads(out.strip().splitlines()[-1])
+    return dict(wall=wall, push=sum(res["seconds"]), close_commit=sum(res["seconds"]),
+                cpu=ru.ru_utime + ru.ru_stime, rss_kib=ru.ru_maxrss)
+
+
+def lfs_files(ckpts):
+    """The files a limit run PUTs: each checkpoint's big ones, deduplicated by content."""
+    out = []
+    for c in ckpts:
+        out.append([p for _, p in pushed_files(c) if os.path.getsize(p) > 10 * MIB or
+                    p.endswith(".safetensors")])
+    return out
+
+
+def run_limit(hub, work, ckpts, oids, overlapped):
+    """openssl dgst -sha256 of every pushed byte, and curl PUT (4 streams) of the bytes the Hub
+    does not have yet, to the same part sink; 'then' (one after the other) or overlapped."""
+    repo = hub.new_repo("limit-ovl" if overlapped else "limit-seq")
+    cpu = 0.0
+    t0 = time.monotonic()
+    seen = set()
+    for k, c in enumerate(ckpts):
+        every = [p for _, p in pushed_files(c)]
+        big = [p for p in lfs_files([c])[0] if oids[p] not in seen]
+        seen.update(oids[p] for p in big)
+        cfg = os.path.join(work, f"curl-{k}.cfg")
+        hashp = None
+        if overlapped:
+            # the URLs need the oids: known from setup, as if hashing had run ahead
+            acts = hub.batch(repo, [(oids[p], os.path.getsize(p)) for p in big])
+            completes = curl_plan(acts, {oids[p]: p for p in big}, cfg)
+            hashp = hash_start(every)
+        else:
+            for hp in hash_start(every):
+                cpu += sum_ru(reap(hp)[1])
+            acts = hub.batch(repo, [(oids[p], os.path.getsize(p)) for p in big])
+            completes = curl_plan(acts, {oids[p]: p for p in big}, cfg)
+        out, ru = curl_put(cfg) if big else ("", None)
+        if ru is not None:
+            cpu += sum_ru(ru)
+        for hp in hashp or []:
+            cpu += sum_ru(reap(hp)[1])
+        send_completions(hub, completes)
+    wall = time.monotonic() - t0
+    return dict(wall=wall, push=wall, close_commit=wall, cpu=cpu, rss_kib=0)
+
+
+def hash_start(paths):
+    """openssl dgst -sha256 over paths, as two processes with about equal bytes (2 cores)."""
+    groups, sizes = [[], []], [0, 0]
+    for p in sorted(paths, key=os.path.getsize, reverse=True):
+        i = 0 if sizes[0] <= sizes[1] else 1
+        groups[i].append(p)
+        sizes[i] += os.path.getsize(p)
+    return [spawn(["openssl", "dgst", "-sha256", *g], stdout=subprocess.DEVNULL)
+            for g in groups if g]
+
+
+def sum_ru(ru):
+    return ru.ru_utime + ru.ru_stime
+
+
+def slice_parts(ckpts):
+    """Part slice files for curl, made before timing (they are the same bytes as the files)."""
+    for c in ckpts:
+        for p in lfs_files([c])[0]:
+            size = os.path.getsize(p)
+            if size >= CHUNK:
+                for i in range(-(-size // CHUNK)):
+                    part = f"{p}.part{i:05d}"
+                    if not os.path.exists(part):
+                        with open(p, "rb") as src, open(part, "wb") as dst:
+                            src.seek(i * CHUNK)
+                            dst.write(src.read(CHUNK))
+
+
+def drop_slices(ckpts):
+    for c in ckpts:
+        for f in os.listdir(c):
+            if ".part" in f:
+                os.unlink(os.path.join(c, f))
+
+
+# ---- scenarios -------------------------------------------------------------------------------
+
+
+def stats(xs):
+    xs = sorted(xs)
+    return statistics.median(xs), xs[0], xs[-1]
+
+
+def fmt_t(xs):
+    m, lo, hi = stats(xs)
+    return f"{m:7.2f} [{lo:.2f}-{hi:.2f}]"
+
+
+def scenario(name, ckpts, args, hub, work):
+    files = [p for c in ckpts for _, p in pushed_files(c)]
+    oids = {p: sha256_file(p) for p in files}
+    uniq = {}
+    for p in files:
+        uniq.setdefault(oids[p], os.path.getsize(p))
+    total = sum(os.path.getsize(p) for p in files)  # bytes hashed (every file of every commit)
+    new_bytes = sum(uniq.values())  # bytes that have to travel
+    clients = ["ckptpushd", "js", "limit-seq", "limit-ovl"]
+    if not os.path.isdir(os.path.join(SRC, "tests", "hub", "node_modules", "@huggingface")):
+        if args.size != "smoke":
+            raise RuntimeError("tests/hub/node_modules missing: npm ci --prefix tests/hub")
+        log("  js client not installed (npm ci --prefix tests/hub): smoke runs without it")
+        clients.remove("js")
+    if args.compare:
+        clients.insert(1, "candidate")
+    if args.only_clients:
+        clients = [c for c in clients if c in args.only_clients.split(",")]
+    res = {c: [] for c in clients}
+    la0 = loadavg()
+    for rep in range(args.reps):
+        order = clients[rep % len(clients):] + clients[:rep % len(clients)]
+        for c in order:
+            slice_parts(ckpts) if c.startswith("limit") else None
+            warm(files)
+            hub.drop_objects()
+            if c == "ckptpushd":
+                r = run_daemon(args.daemon, hub, work, ckpts)
+            elif c == "candidate":
+                r = run_daemon(args.compare, hub, work, ckpts)
+            elif c == "js":
+                r = run_js(hub, work, ckpts)
+            else:
+                r = run_limit(hub, work, ckpts, oids, c == "limit-ovl")
+            drop_slices(ckpts)
+            res[c].append(r)
+            log(f"  {name} rep {rep + 1} {c:10s} push {r['push']:.2f}s wall {r['wall']:.2f}s "
+                f"cpu {r['cpu']:.2f}s load {loadavg()}")
+    hub.drop_objects()
+    return dict(name=name, total=total, new=new_bytes, res=res, load=(la0, loadavg()))
+
+
+def table(scs):
+    lines = []
+    hdr = (f"{'scenario':9s} {'client':10s} {'push s: median [min-max]':>25s} {'MB/s':>6s} "
+           f"{'x lim-seq':>9s} {'x lim-ovl':>9s} {'x js':>6s} {'close->commit s':>16s} "
+           f"{'peak RSS MiB':>12s} {'CPU s':>6s}")
+    lines.append(hdr)
+    lines.append("-" * len(hdr))
+    for sc in scs:
+        res = sc["res"]
+        med = {c: statistics.median(r["push"] for r in rs) for c, rs in res.items() if rs}
+        for c, rs in res.items():
+            if not rs:
+                continue
+            m = med[c]
+            ratio = lambda k: f"{med[k] / m:9.2f}" if k in med else f"{'-':>9s}"
+            rss = statistics.median(r["rss_kib"] for r in rs) / 1024
+            lines.append(
+                f"{sc['name']:9s} {c:10s} {fmt_t([r['push'] for r in rs]):>25s} "
+                f"{sc['total'] / m / 1e6:6.0f} {ratio('limit-seq')} {ratio('limit-ovl')} "
+                f"{(med['js'] / m if 'js' in med else 0):6.2f} "
+                f"{statistics.median(r['close_commit'] for r in rs):16.2f} "
+                f"{(f'{rss:12.1f}' if rss else f'{chr(45):>12s}')} "
+                f"{statistics.median(r['cpu'] for r in rs):6.2f}")
+        lines.append(f"{'':9s} bytes hashed {sc['total'] / MIB:.0f} MiB, to send "
+                     f"{sc['new'] / MIB:.0f} MiB; load before/after {sc['load'][0]} / "
+                     f"{sc['load'][1]}")
+    return "\n".join(lines)
+
+
+def sink_probe(hub, work, ckpt, reps):
+    """The part sink alone: curl PUT of the weights file's bytes to the hub's part URLs
+    (--fast-parts and the plain hub) and to a discarding sink."""
+    p = [x for x in lfs_files([ckpt])[0] if "model" in x][0]
+    size = os.path.getsize(p)
+    oid = sha256_file(p)
+    slice_parts([ckpt])
+    plain = Hub(work, fast=False)
+    disc = spawn([sys.executable, "-c", DISCARD_SINK], stdout=subprocess.PIPE)
+    disc_url = disc.stdout.readline().decode().strip()
+    rates = {"hub --fast-parts, 4 streams": [], "hub (plain), 4 streams": [],
+             "discard sink, 1 stream": []}
+    la0 = loadavg()
+    for rep in range(reps):
+        for name in rates:
+            warm([p])
+            cfg = os.path.join(work, "probe.cfg")
+            t0 = time.monotonic()
+            if name.startswith("discard"):
+                subprocess.check_call(["curl", "-fsS", "-o", "/dev/null", "-H", "Expect:", "-T",
+                                       p, disc_url])
+            else:
+                h = hub if "fast" in name else plain
+                h.drop_objects()
+                acts = h.batch(h.new_repo("probe"), [(oid, size)])
+                completes = curl_plan(acts, {oid: p}, cfg)
+                t0 = time.monotonic()
+                out, _ = curl_put(cfg)
+                send_completions(h, completes)
+                h.drop_objects()
+            rates[name].append(size / (time.monotonic() - t0) / 1e6)
+    plain.stop()
+    disc.kill()
+    reap(disc)
+    drop_slices([ckpt])
+    lines = [f"part sink alone: {size / MIB:.0f} MiB, PUT parts + completion, MB/s median "
+             f"[min-max] of {reps}; load {la0} -> {loadavg()}"]
+    for name, xs in rates.items():
+        m, lo, hi = stats(xs)
+        lines.append(f"  {name:30s} {m:6.0f} [{lo:.0f}-{hi:.0f}]")
+    return "\n".join(lines)
+
+
+DISCARD_SINK = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_PUT(self):
+        n = int(self.headers["Content-Length"]); buf = memoryview(bytearray(1 << 20))
+        while n:
+            n -= self.rfile.readinto(buf[:min(n, len(buf))])
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+s = HTTPServer(("127.0.0.1", 0), H)
+print(f"http://127.0.0.1:{s.server_address[1]}/x", flush=True)
+s.serve_forever()
+"""
+
+
+def idle_probe(exe, hub, work, secs):
+    """Wake-ups of an idle daemon: context switches of all its threads over secs seconds."""
+    d = Daemon(exe, hub, work, hub.new_repo("idle"))
+    time.sleep(1.0)
+
+    def switches():
+        n = 0
+        for t in os.listdir(f"/proc/{d.p.pid}/task"):
+            try:
+                n += proc_status(f"{d.p.pid}/task/{t}", "voluntary_ctxt_switches")
+                n += proc_status(f"{d.p.pid}/task/{t}", "nonvoluntary_ctxt_switches")
+            except OSError:
+                pass
+        return n
+
+    s0, c0 = switches(), proc_cpu(d.p.pid)
+    time.sleep(secs)  # no tracer attached while counting switches
+    s1, c1 = switches(), proc_cpu(d.p.pid)
+    strace = shutil.which("strace")
+    sys_out = ""
+    if strace:
+        sp = subprocess.run(["timeout", "-s", "INT", str(secs), strace, "-f", "-c", "-e",
+                             "trace=epoll_wait,epoll_pwait,poll,ppoll,nanosleep,"
+                             "clock_nanosleep,futex,timerfd_settime", "-p", str(d.p.pid)],
+                            capture_output=True, text=True)
+        rows = [ln for ln in sp.stderr.splitlines() if "attached" not in ln and "detached" not in ln]
+        sys_out = "\n".join(rows).strip() or f"no syscalls at all in {secs} s"
+    threads = len(os.listdir(f"/proc/{d.p.pid}/task"))
+    d.stop()
+    shutil.rmtree(d.watch, ignore_errors=True)
+    return (f"idle daemon, {secs} s: {s1 - s0} context switches over {threads} threads, "
+            f"CPU {c1 - c0:.2f} s\n" + (f"strace -f -c, next {secs} s: " + sys_out
+                                         if sys_out else "strace not installed"))
+
+
+WRITER = r"""
+import os, sys, time
+d, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+buf = os.urandom(8 << 20)
+t0 = time.monotonic()
+for i in range(n):
+    fd = os.open(f"{d}/w{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    left = size
+    while left:
+        left -= os.write(fd, buf[:min(left, len(buf))])
+    os.fsync(fd)
+    os.close(fd)
+print(time.monotonic() - t0, flush=True)
+"""
+
+
+def writer_probe(exe, hub, work, ckpt, sz, reps, extra):
+    """Checkpoint writer (write + fsync) alone vs while the daemon pushes ckpt."""
+    n, size = sz["wr"]
+    wdir = os.path.join(work, "writer")
+    alone, busy = [], []
+    la0 = loadavg()
+    files = [p for _, p in pushed_files(ckpt)]
+    for rep in range(reps):
+        for mode in ("alone", "busy") if rep % 2 == 0 else ("busy", "alone"):
+            shutil.rmtree(wdir, ignore_errors=True)
+            os.makedirs(wdir)
+            warm(files)
+            hub.drop_objects()
+            d = None
+            if mode == "busy":
+                d = Daemon(exe, hub, work, hub.new_repo("writer"), extra)
+                dst = os.path.join(d.watch, os.path.basename(ckpt))
+                os.rename(ckpt, dst)
+                d.wait("sealed", 1)
+            out = subprocess.run([sys.executable, "-c", WRITER, wdir, str(n), str(size)],
+                                 capture_output=True, text=True, check=True).stdout
+            (busy if mode == "busy" else alone).append(float(out))
+            if d is not None:
+                still = not any(e.get("event") == "committed" for _, e in d.events)
+                d.wait("committed", 1)
+                d.stop()
+                os.rename(dst, ckpt)
+                shutil.rmtree(d.watch, ignore_errors=True)
+                if not still:
+                    log("  writer: the push ended before the writer did; overlap was partial")
+    shutil.rmtree(wdir, ignore_errors=True)
+    hub.drop_objects()
+    ma, mb = statistics.median(alone), statistics.median(busy)
+    cap = " ".join(extra) if extra else "no bandwidth cap (--max-rate not available)"
+    return (f"checkpoint writer, {n} x {size / MIB:.0f} MiB write+fsync, {reps} reps "
+            f"interleaved, daemon pushing {os.path.basename(ckpt)} with {cap}; load {la0} -> "
+            f"{loadavg()}\n  alone {fmt_t(alone)} s   while pushing {fmt_t(busy)} s   "
+            f"slowdown {100 * (mb / ma - 1):+.1f} % (target <= 2 %)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--daemon", required=True)
+    ap.add_argument("--size", choices=sorted(SIZES), default="full")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--only", default="sink,s1,s2,s3,idle,writer")
+    ap.add_argument("--only-clients", default="")
+    ap.add_argument("--max-rate", default="", help="daemon cap for the writer probe")
+    ap.add_argument("--compare", default="", help="another ckptpushd build, run as 'candidate'")
+    args = ap.parse_args()
+    sz = SIZES[args.size]
+    only = args.only.split(",")
+    t0 = time.monotonic()
+    log(f"bench: size {args.size}, {args.reps} reps, load {loadavg()}; preparing data")
+    data = make_data(args.work, sz)
+    hub = Hub(args.work)
+    out = []
+    try:
+        if "sink" in only:
+            out.append(sink_probe(hub, args.work, data["s1"][0], args.reps))
+            log(out[-1])
+        scs = []
+        for name in ("s1", "s2", "s3"):
+            if name in only:
+                log(f"scenario {name}")
+                scs.append(scenario(name, data[name], args, hub, args.work))
+        if scs:
+            out.append(table(scs))
+        if "idle" in only:
+            out.append(idle_probe(args.daemon, hub, args.work, sz["idle"]))
+        if "writer" in only:
+            extra = ["--max-rate", args.max_rate] if args.max_rate else []
+            out.append(writer_probe(args.daemon, hub, args.work, data["s1"][0], sz,
+                                    max(args.reps, 2), extra))
+    finally:
+        hub.stop()
+    print(f"\nckptpush benchmarks ({args.size}, {args.reps} reps, {os.cpu_count()} cores, "
+          f"{time.monotonic() - t0:.0f} s)\n")
+    print("\n\n".join(out))
+    print("\npush s: ckptpushd from 'sealed' to 'committed' (quiet period 300 ms excluded; "
+          "close->commit includes it); js: the commit() calls; limit: openssl dgst (2 processes) + curl PUT "
+          "(4 streams) to the same --fast-parts hub + completion, one after the other (seq) or "
+          "overlapped (ovl). MB/s = bytes hashed / push s. x lim = limit time / client time "
+          "(1.00 = at the limit); x js = js time / client time. RSS/CPU: whole process "
+          "(limit: CPU of openssl + curl).")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# tests/bench/run.sh - one command for the benchmark table (see tests/bench/README.md).
+# Builds an optimized ckptpushd in build-bench/, makes sure the official JS client is installed,
+# runs bench.py on data in a temporary directory and deletes it. Not part of the default ctest
+# run except --smoke (tiny sizes: the harness itself keeps working).
+#   bash tests/bench/run.sh [--quick | --smoke] [--reps N] [--only s1,s2,...] [--max-rate R]
+#       [--compare OTHER_CKPTPUSHD]   (a second build, interleaved as 'candidate')
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+src=$(cd "$here/../.." && pwd)
+size=full reps=3 pass=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --quick) size=quick ;;
+    --smoke) size=smoke reps=1 ;;
+    --reps) reps=$2; shift ;;
+    --only|--only-clients|--max-rate|--compare) pass+=("$1" "$2"); shift ;;
+    -h|--help) sed -n 2,8p "$0"; exit 0 ;;
+    *) echo "run.sh: unknown option '$1'" >&2; exit 2 ;;
+    esac
+    shift
+done
+for tool in curl openssl node python3; do
+    command -v "$tool" >/dev/null || { echo "run.sh: '$tool' is required" >&2; exit 2; }
+done
+daemon=${CKPTPUSHD_BENCH:-}
+if [ -z "$daemon" ]; then
+    # Release: the numbers are about the shipped build, not the Debug one tests use
+    build=$src/build-bench
+    cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >/dev/null
+    cmake --build "$build" -j2 --target ckptpushd >/dev/null
+    daemon=$build/ckptpushd
+fi
+if [ ! -d "$src/tests/hub/node_modules/@huggingface/hub" ] && [ "$size" != smoke ]; then
+    npm ci --prefix "$src/tests/hub" --no-audit --no-fund >/dev/null
+fi
+work=$(mktemp -d "${TMPDIR:-/tmp}/ckpt-bench.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+python3 "$here/bench.py" --work "$work" --daemon "$daemon" --size "$size" --reps "$reps" \
+    ${pass[@]+"${pass[@]}"}

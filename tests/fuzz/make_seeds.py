@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Regenerates the seed corpora in tests/fuzz/corpus/<target>/ from real inputs: answers of the
+test hub (tests/hub/hub.py, started here on loopback), the recorded inotify traces and the Trainer
+output fixtures (tests/fixtures), the example configuration and the requests the clients send.
+Run it from anywhere after changing what a fuzzer reads; the output is committed."""
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.dirname(os.path.dirname(HERE))
+CORPUS = os.path.join(HERE, "corpus")
+TOKEN = "hf_fuzz_seed_token"
+
+# Must match tests/fuzz/fuzz_hub.c: the operation arguments the answers are parsed against.
+OBJ_MULTI = b"w" * 7000
+OBJ_BASIC = b"x" * 100
+KINDS = {"whoami": 0, "head": 1, "preupload": 2, "batch": 3, "put": 4, "complete": 5,
+         "commit": 6, "ensure": 7}
+STATUSES = [200, 201, 400, 401, 403, 404, 409, 412, 413, 422, 429, 500, 503]
+
+
+def put(target, name, data):
+    d = os.path.join(CORPUS, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+
+
+def hub_seed(name, kind, status, body, error_code=False):
+    sel = STATUSES.index(status) | (0x80 if error_code else 0)
+    put("fuzz_hub", name, bytes([KINDS[kind], sel]) + body)
+
+
+def request(url, method="GET", body=None, token=TOKEN, ctype="application/json"):
+    req = urllib.request.Request(url, data=body, method=method)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        req.add_header("Content-Type", ctype)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def hub_seeds():
+    tmp = tempfile.mkdtemp(prefix="ckpt-seeds-")
+    port_file = os.path.join(tmp, "port")
+    proc = subprocess.Popen([sys.executable, os.path.join(SRC, "tests", "hub", "hub.py"),
+                             "--data", os.path.join(tmp, "data"), "--port", "0", "--port-file",
+                             port_file, "--user", f"alice:{TOKEN}", "--multipart-threshold",
+                             "1000", "--chunk-size", "1000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if os.path.exists(port_file) and open(port_file).read().strip():
+                break
+            time.sleep(0.05)
+        port = re.search(r"(\d+)\s*$", open(port_file).read()).group(1)
+        base = f"http://127.0.0.1:{port}"
+        rid = "alice/fuzz"
+        st, b = request(f"{base}/api/repos/create", "POST",
+                        json.dumps({"name": "fuzz", "type": "model"}).encode())
+        hub_seed("ensure-created", "ensure", st, b)
+        st, b = request(f"{base}/api/repos/create", "POST",
+                        json.dumps({"name": "fuzz", "type": "model"}).encode())
+        hub_seed("ensure-exists", "ensure", st, b)
+        st, b = request(f"{base}/api/whoami-v2")
+        hub_seed("whoami", "whoami", st, b)
+        st, b = request(f"{base}/api/whoami-v2", token="hf_wrong")
+        hub_seed("whoami-401", "whoami", st, b)
+        st, b = request(f"{base}/api/models/alice/nope/revision/main")
+        hub_seed("head-404", "head", st, b, error_code=True)
+        files = [{"path": "config.json", "size": 12,
+                  "sample": base64.b64encode(b'{"a": 1}\n   ').decode()},
+                 {"path": "model.safetensors", "size": len(OBJ_MULTI),
+                  "sample": base64.b64encode(OBJ_MULTI[:512]).decode()}]
+        st, b = request(f"{base}/api/models/{rid}/preupload/main", "POST",
+                        json.dumps({"files": files}).encode())
+        hub_seed("preupload", "preupload", st, b)
+        objs = [{"oid": hashlib.sha256(o).hexdigest(), "size": len(o)}
+                for o in (OBJ_MULTI, OBJ_BASIC)]
+        st, b = request(f"{base}/{rid}.git/info/lfs/objects/batch", "POST",
+                        json.dumps({"operation": "upload", "transfers": ["basic", "multipart"],
+                                    "objects": objs, "hash_algo": "sha256"}).encode(),
+                        ctype="application/vnd.git-lfs+json")
+        hub_seed("batch", "batch", st, b)
+        stored = json.loads(b)
+        for o in stored.get("objects", []):
+            o.pop("actions", None)
+        hub_seed("batch-stored", "batch", 200, json.dumps(stored).encode())
+        bad = json.loads(b)
+        bad["objects"][0]["error"] = {"code": 422, "message": "Invalid oid"}
+        hub_seed("batch-error", "batch", 200, json.dumps(bad).encode())
+        ndjson = "\n".join(json.dumps(x) for x in [
+            {"key": "header", "value": {"summary": "seed", "description": ""}},
+            {"key": "file", "value": {"path": "config.json", "encoding": "base64",
+                                      "content": base64.b64encode(b'{"a": 1}\n   ').decode()}},
+        ]).encode()
+        st, b = request(f"{base}/api/models/{rid}/commit/main", "POST", ndjson,
+                        ctype="application/x-ndjson")
+        hub_seed("commit", "commit", st, b)
+        st, b = request(f"{base}/api/models/{rid}/revision/main")
+        hub_seed("head", "head", st, b)
+        st, b = request(f"{base}/api/models/{rid}/commit/main", "POST", b"{}",
+                        ctype="application/x-ndjson")
+        hub_seed("commit-400", "commit", st, b)
+        hub_seed("put-200", "put", 200, b"")
+        hub_seed("complete-403", "complete", 403, b"<Error><Code>AccessDenied</Code></Error>")
+        hub_seed("rate-limited", "preupload", 429, b'{"error":"slow down"}')
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Must match tests/fuzz/fuzz_watch.c: the directories it watches (wd 1 is the root).
+WATCH_DIRS = ["", "checkpoint-10", "out", "step-100"]
+IN_BITS = {"ACCESS": 0x1, "MODIFY": 0x2, "ATTRIB": 0x4, "CLOSE_WRITE": 0x8,
+           "CLOSE_NOWRITE": 0x10, "OPEN": 0x20, "MOVED_FROM": 0x40, "MOVED_TO": 0x80,
+           "CREATE": 0x100, "DELETE": 0x200, "DELETE_SELF": 0x400, "MOVE_SELF": 0x800,
+           "Q_OVERFLOW": 0x4000, "IGNORED": 0x8000, "ISDIR": 0x40000000}
+
+
+def inotify_record(wd, mask, cookie, name):
+    raw = name.encode()
+    if raw:
+        raw += b"\0"
+        raw += b"\0" * (-len(raw) % 16)
+    return struct.pack("iIII", wd, mask, cookie, len(raw)) + raw
+
+
+def watch_seeds():
+    tdir = os.path.join(SRC, "tests", "fixtures", "traces")
+    for fn in sorted(os.listdir(tdir)):
+        if not fn.endswith(".jsonl"):
+            continue
+        recs = []
+        for line in open(os.path.join(tdir, fn)):
+            ev = json.loads(line)
+            parent, _, name = ev["path"].rpartition("/")
+            wd = WATCH_DIRS.index(parent) + 1 if parent in WATCH_DIRS else 2
+            mask = 0
+            for e in ev["ev"]:
+                mask |= IN_BITS.get(e, 0)
+            recs.append(inotify_record(wd, mask, ev.get("cookie") or 0, name))
+        # First byte: where the fuzzer splits the buffer into two reads.
+        for i in range(0, len(recs), 48):
+            chunk = b"".join(recs[i:i + 48])
+            put("fuzz_watch", f"{fn[:-6]}-{i // 48:02d}", bytes([len(chunk) // 2 % 256]) + chunk)
+    put("fuzz_watch", "overflow", b"\0" + inotify_record(-1, 0x4000, 0, ""))
+    put("fuzz_watch", "moved-pending", b"\xff" + inotify_record(1, 0x40 | 0x40000000, 7, "tmp"))
+
+
+def text(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def card_seeds():
+    # Fields in the order of tests/fuzz/fuzz_card.c, separated by NUL bytes.
+    fx = os.path.join(SRC, "tests", "fixtures", "trainer-output")
+    config = json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+                         "n_layer": 2, "n_embd": 64, "vocab_size": 1000})
+    fields = [
+        config,
+        text(os.path.join(fx, "trainer_state.json")),
+        text(os.path.join(fx, "all_results.json")),
+        json.dumps({"eval_loss": 1.25, "train_runtime": 10.5}),
+        json.dumps({"learning_rate": 5e-5, "num_train_epochs": 3, "seed": 42}),
+        json.dumps({"license": "apache-2.0", "language": ["en"], "tags": ["fuzz"],
+                    "datasets": "wikitext"}),
+        "lr: 0.001\nbatch_size: 8\n",
+        "epoch,step,train_loss,val_loss\n0,10,2.5,\n0,10,,2.4\n1,20,2.1,2.0\n",
+        text(os.path.join(fx, "README.generated-by-trainer.md")),
+        json.dumps({"transformers": "5.17.0", "torch": "2.9.0"}),
+        json.dumps({"__metadata__": {"format": "pt"},
+                    "w": {"dtype": "F32", "shape": [64, 1000], "data_offsets": [0, 256000]}}),
+    ]
+    put("fuzz_card", "trainer-full", "\0".join(fields))
+    put("fuzz_card", "trainer-state-only", "\0" + fields[1])
+    put("fuzz_card", "readme-only", "\0" * 8 + fields[8])
+    put("fuzz_card", "checkpoint-state", "\0" + text(os.path.join(fx,
+                                                        "checkpoint-40.trainer_state.json")))
+
+
+def ipc_seeds():
+    reqs = [
+        {"v": 1, "id": 1, "type": "status"},
+        {"v": 1, "id": "a", "type": "push", "path": "/tmp/out/checkpoint-10"},
+        {"v": 1, "id": 3, "type": "final", "metrics": {"eval_loss": 1.5},
+         "hparams": {"lr": 0.1}, "wait": True},
+        {"v": 1, "type": "pause"}, {"v": 1, "type": "resume"},
+        {"v": 1, "id": 4, "type": "flush", "timeout_s": 30},
+        {"v": 1, "type": "subscribe"}, {"v": 1, "type": "shutdown"},
+        {"v": 2, "type": "status"}, {"v": 1, "type": "push"}, {"v": 1, "type": "nope"},
+    ]
+    # First byte: the fuzzer's read size and mode (see fuzz_ipc.c).
+    put("fuzz_ipc", "all-types", b"\x07" + b"".join(json.dumps(r).encode() + b"\n"
+                                                    for r in reqs))
+    for i, r in enumerate(reqs):
+        put("fuzz_ipc", f"req-{i:02d}", b"\x00" + json.dumps(r).encode() + b"\r\n")
+    put("fuzz_ipc", "garbage", b"\x01\n\n{\nnot json\n[1,2]\n{\"v\":1,\"id\":1.5}\n")
+    put("fuzz_ipc", "too-large", b"\xc1" + b"x" * 100 + b"\n" + json.dumps(reqs[0]).encode()
+        + b"\n")
+
+
+def config_seeds():
+    put("fuzz_config", "example.jsonc", text(os.path.join(SRC, "config",
+                                                          "ckptpushd.example.jsonc")))
+    put("fuzz_config", "minimal.json", json.dumps({"watch": "/data/out", "repo": "alice/run"}))
+    put("fuzz_config", "all-kinds.json", json.dumps({
+        "watch": "/data/out", "repo": "alice/run", "endpoint": "http://127.0.0.1:1/",
+        "private": True, "quiet_ms": 2000, "drain_timeout_s": 60, "dry_run": False,
+        "log_level": "debug", "log_format": "json", "metrics_path": "/m.prom",
+        "socket": "/run/x.sock", "job": "j-1", "token_path": "/t", "strategy": "every_save"}))
+    put("fuzz_config", "bad.json", '{"watch": 1, "repo": "a//b", "unknown": null, /* c */ "x":')
+
+
+def main():
+    for t in ("fuzz_hub", "fuzz_watch", "fuzz_card", "fuzz_ipc", "fuzz_config"):
+        shutil.rmtree(os.path.join(CORPUS, t), ignore_errors=True)
+    hub_seeds()
+    watch_seeds()
+    card_seeds()
+    ipc_seeds()
+    config_seeds()
+    for t in sorted(os.listdir(CORPUS)):
+        print(f"{t}: {len(os.listdir(os.path.join(CORPUS, t)))} seeds")
+
+
+if __name__ == "__main__":
+    main()
