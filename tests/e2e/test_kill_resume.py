@@ -165,6 +165,8 @@ class KillResume(unittest.TestCase):
               f"queue_retries={retries} journal_corrupt_lines={corrupt} "
               f"rotated_before_push={len(sealed)}", flush=True)
         self.assertLessEqual(resent, kills, f"{resent} finished parts sent again for {kills} kills")
+        with open(os.path.join(watch, ".ckptpush", "journal"), "rb") as f:
+            self.assertNotIn(h.TOKEN.encode(), f.read())  # presigned URLs only, never the token
         for x in ds:
             self.assertEqual(x.events("push-failed"), [], x.tail())
         hub.stop()
