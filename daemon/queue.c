@@ -78,6 +78,9 @@ struct queue {
     size_t history_next;
     uv_timer_t retry_timer;
     uv_timer_t budget_timer;
+    bool staging_scanning, staging_rescan, staging_over;
+    uint64_t staging_bytes; /* held only by pins: originals rotated away, or copies */
+    size_t staging_pins;
     uint64_t commit_ms[QUEUE_BUDGET_RING]; /* times of the last commits, a ring */
     size_t n_commits;
     uint64_t last_detected;
@@ -194,6 +197,110 @@ static void on_journal_written(void *ctx, int status)
     (void)status; /* journal.c logs the first failure */
 }
 
+/* ---- staging space: what only the pins keep alive --------------------------------------- */
+
+struct staging_job {
+    uv_work_t work;
+    struct queue *q;
+    char *pins;
+    uint64_t bytes;
+    size_t dirs;
+};
+
+static struct staging_job *staging_walking; /* nftw has no context: one walk at a time */
+static uv_mutex_t staging_lock;
+static uv_once_t staging_once = UV_ONCE_INIT;
+
+static void staging_lock_init(void)
+{
+    uv_mutex_init(&staging_lock);
+}
+
+static int staging_visit(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)path;
+    if (type == FTW_D && ftw->level == 1)
+        staging_walking->dirs++;
+    /* a file with one link left is kept only by its pin: the space is ours */
+    if (type == FTW_F && S_ISREG(st->st_mode) && st->st_nlink == 1)
+        staging_walking->bytes += (uint64_t)st->st_blocks * 512;
+    return 0;
+}
+
+static void staging_work(uv_work_t *w)
+{
+    struct staging_job *job = w->data;
+
+    uv_once(&staging_once, staging_lock_init);
+    uv_mutex_lock(&staging_lock);
+    staging_walking = job;
+    nftw(job->pins, staging_visit, 16, FTW_PHYS);
+    staging_walking = NULL;
+    uv_mutex_unlock(&staging_lock);
+}
+
+static void staging_scan(struct queue *q);
+
+static void after_staging(uv_work_t *w, int status)
+{
+    struct staging_job *job = w->data;
+    struct queue *q = job->q;
+    uint64_t max = q->deps.cfg->staging_max;
+
+    (void)status;
+    q->staging_scanning = false;
+    if (job->bytes != q->staging_bytes || job->dirs != q->staging_pins)
+        log_debug("staging", "dir='%s' pins=%zu bytes_held=%" PRIu64 " max=%llu", job->pins,
+                  job->dirs, job->bytes, (unsigned long long)max);
+    q->staging_bytes = job->bytes;
+    q->staging_pins = job->dirs;
+    if (max > 0 && job->bytes > max && !q->staging_over)
+        log_warn("staging-full",
+                 "dir='%s' bytes_held=%" PRIu64 " max=%llu pins=%zu reason='checkpoints rotated "
+                 "away are kept until pushed: nothing is dropped; free space or let pushes "
+                 "catch up'",
+                 job->pins, job->bytes, (unsigned long long)max, job->dirs);
+    else if (max > 0 && job->bytes <= max && q->staging_over)
+        log_info("staging-ok", "bytes_held=%" PRIu64 " max=%llu", job->bytes,
+                 (unsigned long long)max);
+    q->staging_over = max > 0 && job->bytes > max;
+    free(job->pins);
+    free(job);
+    if (q->staging_rescan && !q->stopped) {
+        q->staging_rescan = false;
+        staging_scan(q);
+    }
+}
+
+/* Measures the pins on the pool; one walk at a time, one more queued at most. */
+static void staging_scan(struct queue *q)
+{
+    struct staging_job *job;
+
+    if (q->staging_scanning) {
+        q->staging_rescan = true;
+        return;
+    }
+    if ((job = calloc(1, sizeof(*job))) == NULL ||
+        asprintf(&job->pins, "%s/pins", q->staging) < 0) {
+        free(job);
+        return;
+    }
+    job->q = q;
+    job->work.data = job;
+    if (uv_queue_work(q->deps.loop, &job->work, staging_work, after_staging) < 0) {
+        free(job->pins);
+        free(job);
+        return;
+    }
+    q->staging_scanning = true;
+}
+
+uint64_t queue_staging_bytes(const struct queue *q)
+{
+    return q->staging_bytes;
+}
+
 /* The item leaves the active slot for the history; the next one starts. */
 static void finish(struct queue *q, struct item *it, enum queue_state state)
 {
@@ -215,6 +322,8 @@ static void finish(struct queue *q, struct item *it, enum queue_state state)
     *slot = it;
     q->history_next++;
     set_state(q, it, state);
+    if (!q->stopped)
+        staging_scan(q);
     pump(q);
 }
 
@@ -1257,6 +1366,7 @@ static void after_recover(uv_work_t *w, int status)
     free(job);
     q->recovered = true;
     flush_notes(q);
+    staging_scan(q);
     for (struct item *it = q->head; it != NULL; it = it->next)
         if (it->journaled && it->recovered)
             set_state(q, it, QUEUE_WAITING);

@@ -197,10 +197,14 @@ class KillResume(unittest.TestCase):
         with open(journal, "r+b") as f:
             f.write(rng.randbytes(os.path.getsize(journal)))
         d2 = h.Daemon(watch, repo=repo, endpoint=hub.url, log_level="info",
-                      args=["--quiet-ms", "200", "--socket", os.path.join(root, "ctl.sock")])
+                      args=["--quiet-ms", "200", "--socket", os.path.join(root, "ctl.sock"),
+                            "--staging-max", "100000"])
         bad = d2.wait_event("journal-corrupt", timeout=20)
         self.assertEqual(bad[0]["kv"].get("file"), journal)
         self.assertEqual(bad[0]["kv"].get("offset"), "0")
+        # checkpoint 1's bytes live only in its pins now: reported against --staging-max
+        full = d2.wait_event("staging-full", timeout=20)
+        self.assertGreater(int(full[0]["kv"]["bytes_held"]), 3 << 20)
         d2.wait_event("committed", timeout=60, ckpt="checkpoint-2")
         unknown = d2.wait_event("recovered-unknown", timeout=20)
         name = unknown[0]["kv"]["name"]
