@@ -221,6 +221,54 @@ class KillResume(unittest.TestCase):
         self.assertEqual(d2.events("push-failed"), [])
         hub.stop()
 
+    def test_restart_skips_hashing_and_finished_parts(self):
+        """One 12 MiB object in 1 MiB parts: killed after some parts, the next start neither
+        hashes the file again (same inode, size, mtime) nor sends the finished parts."""
+        hub = h.Hub(args=["--multipart-threshold", str(MiB), "--chunk-size", str(MiB)])
+        root = h.tempdir("ckpt-resume-")
+        watch = os.path.join(root, "output")
+        os.mkdir(watch)
+        repo = f"{h.USER}/resume-{os.getpid()}"
+        sock = ["--socket", os.path.join(root, "ctl.sock")]
+        rng = random.Random(5)
+        d = h.Daemon(watch, repo=repo, endpoint=hub.url, log_level="info",
+                     args=["--quiet-ms", "200", "--max-rate", str(2 * MiB),
+                           "--max-transfers", "2"] + sock)
+        d.wait_event("ready", timeout=20)
+        ck = os.path.join(watch, "checkpoint-7")
+        os.mkdir(ck)
+        big = rng.randbytes(12 * MiB + 777)
+        with open(os.path.join(ck, "model.safetensors"), "wb") as f:
+            f.write(big)
+        with open(os.path.join(ck, "trainer_state.json"), "w") as f:
+            f.write('{"global_step": 7}\n')
+
+        def parts_done():
+            return [r for r in hub.log_records() if r.get("route") == "part_put"
+                    and r.get("status") == 200]
+        deadline = time.monotonic() + 30
+        while len(parts_done()) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        d.stop(signal.SIGKILL, 5)
+        before = len(parts_done())
+        self.assertGreaterEqual(before, 5)
+        self.assertLess(before, 13)
+        d2 = h.Daemon(watch, repo=repo, endpoint=hub.url, log_level="info",
+                      args=["--quiet-ms", "200"] + sock)
+        rec = d2.wait_event("committed", timeout=30, ckpt="checkpoint-7")[0]["kv"]
+        self.assertEqual(d2.stop(signal.SIGTERM, 30), 0, d2.tail())
+        self.assertEqual(rec["hash_skipped"], "1", d2.tail())
+        resumed = sum(int(r["kv"]["parts_done"]) for r in d2.events("upload-resume"))
+        self.assertGreaterEqual(resumed, before - 1)  # a part may finish after its last record
+        keys = [r["path"].split("?", 1)[0] for r in parts_done()]
+        self.assertEqual(len(set(keys)), 13)  # ceil((12 MiB + 777) / 1 MiB)
+        self.assertLessEqual(len(keys) - 13, 1, "finished parts sent again")
+        self.assertEqual(hub.sha256_at(repo, "main", "model.safetensors"),
+                         hashlib.sha256(big).hexdigest())
+        print(f"\nFIGURES resume: parts_before_kill={before} parts_resumed={resumed} "
+              f"parts_sent_total={len(keys)} hash_skipped={rec['hash_skipped']}", flush=True)
+        hub.stop()
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
