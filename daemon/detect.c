@@ -124,6 +124,7 @@ struct drec {
     bool closed;              /* closed after writing, or found complete */
     bool late;                /* late write already reported */
     bool scanned;             /* found by a directory listing, never seen written since */
+    int64_t scanned_ms;       /* when that listing reported it */
     int64_t wrote_ms;         /* last close or rename into this name */
 };
 
@@ -1307,6 +1308,7 @@ static int on_write(struct detect *d, const char *path, bool close, bool scan, i
         r->open = !close && !scan;
         r->closed = close || scan;
         r->scanned = scan;
+        r->scanned_ms = now;
         rc = rec_attach(d, r, now, &added);
         if (rc < 0) {
             rec_free(d, r);
@@ -1333,14 +1335,20 @@ static int on_write(struct detect *d, const char *path, bool close, bool scan, i
 
 /* A delete inside a marked, closed checkpoint means its writer is done with it (rotation):
  * seal now, the pins hold the bytes, rather than lose it to the quiet period. */
-static bool seal_early(struct detect *d, struct detect_cand *c)
+/* A delete read this soon after the listing that found a file was most likely queued before
+ * that listing: the rotation was under way when the folder was first seen. */
+#define SCAN_DELETE_RACE_MS 50
+
+static bool seal_early(struct detect *d, struct detect_cand *c, int64_t now)
 {
     if (c->sealed || !c->layout->seal_on_delete)
         return false;
     for (size_t i = 0; i < c->n_members && !c->doubtful; i++) {
-        /* A scan lists what is left: files deleted before it (rotation already under way
-         * when the folder was first seen) left no trace, so whether it is whole is unknown. */
-        if (c->members[i]->scanned)
+        /* A scan lists what is left: files deleted before it left no trace, so whether it is
+         * whole is unknown. Found complete and deleted later (rotation after a restart): the
+         * listing had it all. */
+        const struct drec *m = c->members[i];
+        if (m->scanned && now - m->scanned_ms < SCAN_DELETE_RACE_MS)
             c->doubtful = true;
     }
     if (!cand_ready(d, c))
@@ -1358,7 +1366,7 @@ static void on_remove(struct detect *d, struct drec *r, int64_t now)
             cand_destroy(d, c);
         return;
     }
-    if (seal_early(d, c)) {
+    if (seal_early(d, c, now)) {
         rec_free(d, r);
         return;
     }
@@ -1405,7 +1413,7 @@ static int on_dir_gone(struct detect *d, const char *path, int64_t now)
     for (size_t i = 0; i < d->n_cands;) {
         struct detect_cand *c = d->cands[i];
         if (c->layout->folder && (strcmp(c->name, path) == 0 || under(c->name, path))) {
-            if (!c->sealed && !seal_early(d, c))
+            if (!c->sealed && !seal_early(d, c, now))
                 cand_drop(d, c,
                           c->doubtful ? "deleted while first seen by a scan: whether it was "
                                         "whole cannot be known"
