@@ -897,7 +897,11 @@ static void pump(struct queue *q)
             release(q, it);
             return;
         }
-        for (struct journal_ckpt *c = journal_ckpts(q->journal); c != NULL; c = c->next) {
+        /* Found again after a restart (its name is journaled, or it was left unfinished) while
+         * a later step was pushed meanwhile: pushing it now would put old files over newer
+         * ones. A new save (training resumed from an earlier step) has a name not seen yet. */
+        for (struct journal_ckpt *c = journal_ckpts(q->journal);
+             (it->deferred || it->recovered) && c != NULL; c = c->next) {
             if (c->id == it->id || it->step < 0 || c->step <= it->step || c->layout == NULL ||
                 strcmp(c->layout, it->layout) != 0 ||
                 (c->state != JOURNAL_COMMITTED && c->state != JOURNAL_RELEASED))
