@@ -29,6 +29,7 @@
 #define RECOVER_MAX_DIRS 65536
 #define QUEUE_NOTES_MAX 256
 #define QUEUE_FILES_PER_COMMIT 100
+#define QUEUE_RETRY_BOUNDED 5 /* attempts for protocol and local I/O errors */
 #define QUEUE_BUDGET_RING 4096
 #define QUEUE_BUDGET_WINDOW_MS (3600u * 1000)
 #define RECOVER_MAX_FILES 100000
@@ -399,16 +400,21 @@ static void on_committed_journaled(void *ctx, int status)
     release(q, it);
 }
 
-static bool transient(const struct ckpt_err *err)
+/* Worth another try later? The Hub or the network being away is retried for as long as it
+ * takes (the checkpoint waits, its pins are safe); an answer we could not use, or a local
+ * read error, a few times before the checkpoint is failed. */
+static bool transient(const struct ckpt_err *err, unsigned attempts)
 {
     switch (err->kind) {
     case CKPT_ERR_NETWORK:
     case CKPT_ERR_SERVER:
     case CKPT_ERR_CONFLICT:
-    case CKPT_ERR_PROTOCOL:
         return true;
+    case CKPT_ERR_PROTOCOL:
+        return attempts < QUEUE_RETRY_BOUNDED;
     case CKPT_ERR_IO:
-        return err->code != UV_ECANCELED && err->code != UV_ENOENT && err->code != -ENOENT;
+        return err->code != UV_ECANCELED && err->code != UV_ENOENT && err->code != -ENOENT &&
+               attempts < QUEUE_RETRY_BOUNDED;
     default:
         return false;
     }
@@ -441,7 +447,7 @@ static void on_uploaded(void *ctx, const struct ckpt_err *err, const char *commi
     struct item *it = ctx;
     struct queue *q = it->queue;
 
-    if (err != NULL && transient(err) && !q->stopped) {
+    if (err != NULL && transient(err, it->attempts) && !q->stopped) {
         uint64_t delay = QUEUE_RETRY_BASE_MS << (it->attempts < 8 ? it->attempts : 8);
         if (delay > QUEUE_RETRY_MAX_MS)
             delay = QUEUE_RETRY_MAX_MS;
