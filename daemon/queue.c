@@ -724,6 +724,35 @@ static bool to_branch(const struct queue *q, const struct item *it)
     return q->deps.cfg->revision != NULL && strcmp(it->layout, "model-root") != 0;
 }
 
+/* The files under last-checkpoint/ from the latest checkpoint committed before (the journal
+ * remembers them) that this one does not have. The upload checks each still exists. */
+static void stale_last_checkpoint(struct queue *q, const struct item *it, char ***ret,
+                                  size_t *ret_n)
+{
+    struct journal_ckpt *prev = NULL;
+
+    *ret = NULL;
+    *ret_n = 0;
+    if (q->deps.cfg->strategy != STRATEGY_CHECKPOINT || !journaled(it) ||
+        strcmp(it->layout, "transformers-trainer") != 0)
+        return;
+    for (struct journal_ckpt *c = journal_ckpts(q->journal); c != NULL; c = c->next)
+        if (c->id != it->id && c->commit[0] != '\0' && c->layout != NULL &&
+            strcmp(c->layout, it->layout) == 0 &&
+            (c->state == JOURNAL_COMMITTED || c->state == JOURNAL_RELEASED) &&
+            (prev == NULL || c->seq > prev->seq))
+            prev = c;
+    if (prev == NULL || (*ret = calloc(prev->n_files ? prev->n_files : 1, sizeof(char *))) == NULL)
+        return;
+    for (size_t i = 0; i < prev->n_files; i++) {
+        bool kept = false;
+        for (size_t k = 0; k < it->file_count && !kept; k++)
+            kept = strcmp(it->files[k], prev->files[i].path) == 0;
+        if (!kept && asprintf(&(*ret)[*ret_n], "last-checkpoint/%s", prev->files[i].path) >= 0)
+            (*ret_n)++;
+    }
+}
+
 static void start_upload(struct queue *q, struct item *it)
 {
     struct upload_file *files = calloc(it->plan.count, sizeof(*files));
@@ -770,8 +799,19 @@ static void start_upload(struct queue *q, struct item *it)
         }
     }
     it->part_n = n;
+    /* strategy checkpoint: last-checkpoint/ is replaced, so files of the checkpoint pushed
+     * there before that this one lacks go, in the commit that completes the new one */
+    char **deletes = NULL;
+    size_t n_deletes = 0;
+    if (it->part_off + n == it->plan.count)
+        stale_last_checkpoint(q, it, &deletes, &n_deletes);
+    opts.deletes = (const char *const *)deletes;
+    opts.n_deletes = n_deletes;
     rc = upload_start(&it->upload, q->deps.hub, q->deps.hashes, files, n, message, &opts,
                       on_uploaded, it);
+    for (size_t k = 0; k < n_deletes; k++)
+        free(deletes[k]);
+    free(deletes);
     free(files);
     files = NULL;
     if (rc < 0)
