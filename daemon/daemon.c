@@ -33,6 +33,7 @@
 
 #define STAGING_SKIP_NAME ".ckptpush"
 #define MAX_WAITERS 64
+#define LOST_IDS_MAX 64
 #define EXPLICIT_PUSH_MAX_FILES 100000
 
 /* Someone waiting for the queue to run dry: final, flush. */
@@ -73,6 +74,10 @@ struct daemon {
     uint64_t explicit_ids; /* ids of explicit pushes count down from UINT64_MAX */
     uint64_t id_base;      /* pin id = id_base + detect id: unique across restarts */
     uint64_t started_ms;
+
+    /* Checkpoints a file of which was gone before it could be pinned (most recent ones). */
+    uint64_t lost_ids[LOST_IDS_MAX];
+    size_t lost_next;
 
     daemon_event_cb event_cb;
     void *event_ctx;
@@ -199,13 +204,26 @@ static void on_file_removed(void *ctx, const struct detect_cand *c, const char *
     pin_remove(d->pin, pin_id(d, c), relpath);
 }
 
+static bool pins_lost(const struct daemon *d, uint64_t id)
+{
+    size_t kept = d->lost_next < LOST_IDS_MAX ? d->lost_next : LOST_IDS_MAX;
+
+    for (size_t i = 0; i < kept; i++)
+        if (d->lost_ids[i] == id)
+            return true;
+    return false;
+}
+
 static void on_pin_result(void *ctx, const struct pin_result *res)
 {
-    (void)ctx;
-    if (res->status == -ENOENT)
+    struct daemon *d = ctx;
+
+    if (res->status == -ENOENT) {
         log_warn("pin-lost", "pin=%" PRIu64 " file='%s' reason='gone before it could be pinned'",
                  res->id, res->relpath);
-    else if (res->status < 0)
+        if (!pins_lost(d, res->id))
+            d->lost_ids[d->lost_next++ % LOST_IDS_MAX] = res->id;
+    } else if (res->status < 0)
         log_warn("pin-failed", "pin=%" PRIu64 " file='%s' reason='%s'", res->id, res->relpath,
                  strerror(-res->status));
     else if (res->copy_at_seal)
@@ -379,6 +397,15 @@ static void on_sealed(void *ctx, const struct detect_cand *c)
 
     log_info("sealed", "ckpt='%s' layout=%s rule='%s' files=%zu", detect_cand_name(c),
              detect_cand_layout(c), detect_cand_rule(c), n);
+    if (pins_lost(d, detect_cand_id(c))) {
+        /* Half a checkpoint is worse than none: a reader would load it. */
+        log_error("push-failed",
+                  "ckpt='%s' reason='some of its files were deleted before they could be pinned "
+                  "(rotation outran the daemon): not pushing half a checkpoint'",
+                  detect_cand_name(c));
+        pin_release(d->pin, detect_cand_id(c), NULL, NULL);
+        return;
+    }
     if (strcmp(detect_cand_layout(c), "model-root") == 0 && !d->cfg->dry_run) {
         start_end_commit(d, c);
         return;
@@ -512,6 +539,11 @@ static void on_queue_event(void *ctx, const struct queue_item_view *v)
 
     if (v->state == QUEUE_COMMITTED)
         snprintf(d->last_commit, sizeof(d->last_commit), "%s", v->commit);
+    if (v->state == QUEUE_FAILED && pins_lost(d, v->id))
+        log_error("push-failed-why",
+                  "ckpt='%s' reason='some of its files were deleted before they could be pinned "
+                  "(rotation outran the daemon)'",
+                  v->name);
     metrics_on_queue_event(d->metrics, v);
     notify_queue_status(d, v);
     if (d->event_cb != NULL) {

@@ -1256,3 +1256,34 @@ int journal_sync(struct journal *j, journal_done_cb cb, void *ctx)
         kick(j);
     return rc;
 }
+
+/* ---- the reader without a file (journal.h: tests and the fuzzer) -------------------------- */
+
+int journal_load_bytes(struct journal **ret, const void *data, size_t len, char **ret_snapshot,
+                       size_t *ret_snapshot_len)
+{
+    struct journal *j = calloc(1, sizeof(*j));
+    struct jbuf in = {.p = (char *)data, .len = len, .cap = len}, out = {0};
+    int rc;
+
+    if (j == NULL || (j->path = strdup("(memory)")) == NULL) {
+        free(j);
+        return UV_ENOMEM;
+    }
+    j->fd = -1;
+    j->next_seq = 1;
+    load_records(j, &in);
+    j->loaded = true;
+    if (ret_snapshot != NULL) {
+        rc = snapshot(j, &out);
+        if (rc < 0) {
+            free(out.p);
+            journal_free(j);
+            return rc;
+        }
+        *ret_snapshot = out.p;
+        *ret_snapshot_len = out.len;
+    }
+    *ret = j;
+    return 0;
+}

@@ -127,4 +127,11 @@ int journal_forget(struct journal *j, uint64_t id, journal_done_cb cb, void *ctx
 /* cb once everything appended so far is durable. */
 int journal_sync(struct journal *j, journal_done_cb cb, void *ctx);
 
+/* The reader without a file, for tests and the fuzzer: rebuilds an image from data (a journal
+ * file's bytes) as journal_open does, and when ret_snapshot is not NULL also makes the compacted
+ * file open would write (malloc'd, *ret_snapshot_len bytes; NULL when empty). No loop, no I/O;
+ * any thread. Only the image getters and journal_free apply to the result. */
+int journal_load_bytes(struct journal **ret, const void *data, size_t len, char **ret_snapshot,
+                       size_t *ret_snapshot_len);
+
 #endif

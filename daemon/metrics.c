@@ -195,7 +195,11 @@ static void write_work(uv_work_t *work)
         j->status = -errno;
         return;
     }
-    j->status = write(fd, text, (size_t)len) == len ? 0 : -EIO;
+    {
+        /* Keep the write's errno (ENOSPC, EDQUOT): "no space left" is what the person needs. */
+        ssize_t n = write(fd, text, (size_t)len);
+        j->status = n == len ? 0 : n < 0 ? -errno : -ENOSPC;
+    }
     if (close(fd) != 0 && j->status == 0)
         j->status = -errno;
     if (j->status == 0 && rename(tmp, m->path) != 0)

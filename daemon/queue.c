@@ -611,7 +611,14 @@ static void after_stat(uv_work_t *w, int status)
     }
     it->plan.count = kept;
     if (kept == 0) {
-        fail(q, it, "input", "none of its files is left in its pins");
+        /* Every file went (rotation) before it could be linked: no restart can bring the bytes
+         * back, so a failure retried at the next start would only fail again. */
+        log_warn("lost",
+                 "ckpt='%s' reason='every file was gone before it could be pinned: nothing to "
+                 "push'",
+                 it->name);
+        plan_release(it);
+        release(q, it);
         return;
     }
     if (!journaled(it)) {

@@ -25,6 +25,14 @@ static bool is_training_state(const char *file)
     return false;
 }
 
+/* PEFT's save_pretrained writes a template card into every adapter checkpoint; transformers'
+ * _push_from_checkpoint copies only modeling, adapter, tokenizer and args files to the root, so
+ * the repo's own card is never replaced by it. It still goes with the whole checkpoint. */
+static bool is_checkpoint_card(const char *file)
+{
+    return strcmp(file, "README.md") == 0;
+}
+
 static char *join(const char *dir, const char *file)
 {
     char *out;
@@ -90,7 +98,7 @@ int strategy_plan(enum config_strategy strategy, const char *layout, const char 
         const char *f = files[i];
         char *path;
 
-        if (trainer && is_training_state(f))
+        if (trainer && (is_training_state(f) || is_checkpoint_card(f)))
             continue;
         if (root && root_ignored(f))
             continue;

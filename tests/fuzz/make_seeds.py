@@ -230,14 +230,43 @@ def config_seeds():
     put("fuzz_config", "bad.json", '{"watch": 1, "repo": "a//b", "unknown": null, /* c */ "x":')
 
 
+def journal_seeds():
+    """A real journal: the Trainer replay pushed by the built daemon (CKPTPUSHD or build/)."""
+    sys.path.insert(0, os.path.join(SRC, "tests", "e2e"))
+    import ckpt_harness as h
+    hub = h.Hub(args=["--multipart-threshold", "500000", "--chunk-size", "262144"])
+    try:
+        watch = os.path.join(h.tempdir("ckpt-seeds-"), "output")
+        os.mkdir(watch)
+        d = h.Daemon(watch, repo=f"{h.USER}/seeds", endpoint=hub.url, args=["--quiet-ms", "200"])
+        d.wait_event("ready", timeout=20)
+        h.replay(h.trace_path("hf-trainer-5.17-save-steps.jsonl"), watch, speed=0.2, seed=1)
+        d.wait_event("committed", timeout=60, count=5)
+        d.stop()
+        with open(os.path.join(watch, ".ckptpush", "journal"), "rb") as f:
+            raw = f.read()
+    finally:
+        hub.stop()
+    put("fuzz_journal", "trainer-run.raw", b"\x01" + raw)
+    put("fuzz_journal", "trainer-run-torn.raw", b"\x01" + raw[:len(raw) * 2 // 3])
+    payloads, off = [], 0
+    while off + 12 <= len(raw):
+        n = struct.unpack_from("<I", raw, off)[0]
+        payloads.append(raw[off + 12:off + 12 + n])
+        off += 12 + n
+    put("fuzz_journal", "trainer-run.lines", b"\x00" + b"\n".join(payloads))
+    put("fuzz_journal", "trainer-run-torn.lines", b"\x02" + b"\n".join(payloads))
+
+
 def main():
-    for t in ("fuzz_hub", "fuzz_watch", "fuzz_card", "fuzz_ipc", "fuzz_config"):
+    for t in ("fuzz_hub", "fuzz_watch", "fuzz_card", "fuzz_ipc", "fuzz_config", "fuzz_journal"):
         shutil.rmtree(os.path.join(CORPUS, t), ignore_errors=True)
     hub_seeds()
     watch_seeds()
     card_seeds()
     ipc_seeds()
     config_seeds()
+    journal_seeds()
     for t in sorted(os.listdir(CORPUS)):
         print(f"{t}: {len(os.listdir(os.path.join(CORPUS, t)))} seeds")
 

@@ -24,6 +24,48 @@ static void test_trainer_checkpoint(void)
     strategy_plan_release(&plan);
 }
 
+/* PEFT adapter-only (trainer.py _push_from_checkpoint copies ADAPTER_* to the root) and
+ * save_only_model checkpoints: adapter files at the root, no optimizer state, no checkpoint card;
+ * the card still goes with the whole checkpoint under last-checkpoint/. */
+static void test_trainer_variants(void)
+{
+    const char *peft[] = {"README.md",        "adapter_config.json",   "adapter_model.safetensors",
+                          "optimizer.pt",     "rng_state.pth",         "scheduler.pt",
+                          "tokenizer.json",   "tokenizer_config.json", "trainer_state.json",
+                          "training_args.bin"};
+    const char *only[] = {"config.json",      "generation_config.json", "model.safetensors",
+                          "tokenizer.json",   "tokenizer_config.json",  "trainer_state.json",
+                          "training_args.bin"};
+    struct strategy_plan plan;
+
+    CHECK_INT(strategy_plan(STRATEGY_EVERY_SAVE, "transformers-trainer", "checkpoint-50", 50, peft,
+                            10, &plan),
+              0);
+    CHECK_INT(plan.count, 5);
+    CHECK_STR(plan.items[0].path_in_repo, "adapter_config.json");
+    CHECK_STR(plan.items[1].path_in_repo, "adapter_model.safetensors");
+    CHECK_STR(plan.items[2].path_in_repo, "tokenizer.json");
+    CHECK_STR(plan.items[3].path_in_repo, "tokenizer_config.json");
+    CHECK_STR(plan.items[4].path_in_repo, "training_args.bin");
+    strategy_plan_release(&plan);
+
+    CHECK_INT(strategy_plan(STRATEGY_CHECKPOINT, "transformers-trainer", "checkpoint-50", 50, peft,
+                            10, &plan),
+              0);
+    CHECK_INT(plan.count, 15);
+    CHECK_STR(plan.items[5].path_in_repo, "last-checkpoint/README.md");
+    CHECK_STR(plan.items[8].path_in_repo, "last-checkpoint/optimizer.pt");
+    strategy_plan_release(&plan);
+
+    CHECK_INT(strategy_plan(STRATEGY_EVERY_SAVE, "transformers-trainer", "checkpoint-30", 30, only,
+                            7, &plan),
+              0);
+    CHECK_INT(plan.count, 6);
+    for (size_t i = 0; i < plan.count; i++)
+        CHECK(strcmp(plan.items[i].file, "trainer_state.json") != 0);
+    strategy_plan_release(&plan);
+}
+
 static void test_single_file_and_root(void)
 {
     const char *single[] = {"step_300.pt"};
@@ -118,6 +160,7 @@ int main(void)
     test_other_strategies();
     test_folders();
     test_trainer_checkpoint();
+    test_trainer_variants();
     test_single_file_and_root();
     return check_report("test_strategy");
 }
