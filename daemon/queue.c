@@ -1569,6 +1569,37 @@ void queue_for_each(const struct queue *q, queue_event_cb cb, void *ctx)
     }
 }
 
+bool queue_retry_failed(struct queue *q, const char *name)
+{
+    size_t kept = q->history_next < QUEUE_HISTORY ? q->history_next : QUEUE_HISTORY;
+
+    for (size_t i = 1; i <= kept; i++) {
+        const struct item *old = q->history[(q->history_next - i) % QUEUE_HISTORY];
+        struct item *it;
+        if (strcmp(old->name, name) != 0)
+            continue;
+        if (old->state != QUEUE_FAILED || old->source_dir != NULL)
+            return false; /* its newest push did not fail */
+        it = item_new(q, old->id, old->name, old->layout, old->step, NULL,
+                      (const char *const *)old->files, old->file_count);
+        if (it == NULL)
+            return false;
+        log_info("push-retry", "ckpt='%s' reason='asked for: it failed with %s'", it->name,
+                 old->error ? old->error : "an error");
+        it->journaled = true; /* its sealed record is in the journal, with its pins */
+        it->state = QUEUE_WAITING;
+        it->next = q->head;
+        q->head = it;
+        if (q->tail == NULL)
+            q->tail = it;
+        q->waiting++;
+        set_state(q, it, QUEUE_WAITING);
+        pump(q);
+        return true;
+    }
+    return false;
+}
+
 bool queue_knows(const struct queue *q, const char *name)
 {
     size_t kept = q->history_next < QUEUE_HISTORY ? q->history_next : QUEUE_HISTORY;

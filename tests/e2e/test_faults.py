@@ -8,6 +8,7 @@ import hashlib
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 import unittest
@@ -124,6 +125,16 @@ class Faults(unittest.TestCase):
         expected[2] = write_checkpoint(watch, 2, rng)
         d.wait_event("push-failed", timeout=30, ckpt="checkpoint-2")
         kinds = {r["kv"]["ckpt"]: r["kv"] for r in d.events("push-failed")}
+        # an explicit push of a failed checkpoint retries it from its pins, in this run
+        cli = os.path.join(h.BUILD_DIR, "client", "ckptpush")
+        if os.path.exists(cli):
+            hub.fault([{"route": "preupload", "count": 1, "status": 403}])  # fails again
+            r = subprocess.run([cli, "--socket", os.path.join(root, "ctl.sock"), "push",
+                                os.path.join(watch, "checkpoint-1")], capture_output=True,
+                               text=True, timeout=30)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            d.wait_event("push-retry", timeout=20, ckpt="checkpoint-1")
+            d.wait_event("push-failed", timeout=30, count=3)
         # checkpoint 1 meets the preupload's 403, checkpoint 2 the commit's 413
         self.assertEqual(kinds["checkpoint-1"]["kind"], "auth")
         self.assertEqual(kinds["checkpoint-2"]["kind"], "rejected")
