@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,8 +119,11 @@ struct upload {
     struct up_entry *entries;
     size_t n;
     size_t hashed;
-    struct hub_preupload_file *pf;
-    size_t pre_off; /* the verify step's next preupload */
+    struct hub_preupload_file *pf; /* n files, then n_del deletes */
+    size_t pre_off;                /* the verify step's next preupload */
+    char **del;
+    size_t n_del;
+    size_t n_del_live; /* deletes of paths that exist */
 
     /* pipeline: entries in the order their hash became known; [pre_sent, n_ready) wait for a
      * preupload */
@@ -179,7 +183,7 @@ static void journal_state(struct upload *u, enum journal_state s)
 
 static void upload_release(struct upload *u)
 {
-    for (size_t i = 0; i < u->n; i++) {
+    for (size_t i = 0; u->entries != NULL && i < u->n; i++) {
         free(u->entries[i].repo_path);
         free(u->entries[i].local_path);
         free(u->entries[i].journal_path);
@@ -189,6 +193,9 @@ static void upload_release(struct upload *u)
         obj_forget_parts(u, i);
         hub_lfs_object_release(&u->lo[i]);
     }
+    for (size_t i = 0; i < u->n_del; i++)
+        free(u->del[i]);
+    free(u->del);
     free(u->entries);
     free(u->ready);
     free(u->otab);
@@ -356,11 +363,18 @@ static void on_preupload(void *ctx, const struct ckpt_err *err, const char *head
         return;
     }
     u->pre_off = rc.off + rc.n;
-    if (u->pre_off < u->n) {
+    if (u->pre_off < u->n + u->n_del) {
         send_preupload(u);
         return;
     }
     if (u->state == UP_VERIFY) {
+        for (size_t k = 0; k < u->n_del; k++) {
+            if (u->pf[u->n + k].remote_oid[0] != '\0' && u->n_del_live > 0) {
+                snprintf(u->parent, sizeof(u->parent), "%s", u->head);
+                upload_enter(u, UP_COMMIT); /* a path we delete is still there */
+                return;
+            }
+        }
         for (size_t i = 0; i < u->n; i++) {
             struct hub_preupload_file *p = &u->pf[i];
             struct up_entry *e = &u->entries[i];
@@ -404,9 +418,13 @@ static void pipe_preupload(struct upload *u)
         }
         r->n = n;
         for (size_t k = 0; k < n; k++) {
-            struct up_entry *e = &u->entries[u->ready[u->pre_sent + k]];
             struct hub_preupload_file *p = &r->pf[k];
             r->idx[k] = u->ready[u->pre_sent + k];
+            if (r->idx[k] >= u->n) {
+                p->path = u->del[r->idx[k] - u->n];
+                continue;
+            }
+            struct up_entry *e = &u->entries[r->idx[k]];
             p->path = e->repo_path;
             p->size = e->size;
             p->sample = e->sample;
@@ -434,8 +452,9 @@ static void send_preupload(struct upload *u)
         fail_code(u, UV_ENOMEM, "preupload");
         return;
     }
+    size_t total = u->n + u->n_del;
     r->off = u->pre_off;
-    r->n = u->n - u->pre_off < HUB_PREUPLOAD_MAX ? u->n - u->pre_off : HUB_PREUPLOAD_MAX;
+    r->n = total - u->pre_off < HUB_PREUPLOAD_MAX ? total - u->pre_off : HUB_PREUPLOAD_MAX;
     int rc = hub_preupload(u->hub, u->pf + r->off, r->n, on_preupload, r, &r->op);
     req_started(u, r, rc, "preupload");
 }
@@ -472,6 +491,14 @@ static size_t obj_for(struct upload *u, size_t entry)
 static int classify(struct upload *u, const size_t *idx, size_t n)
 {
     for (size_t k = 0; k < n; k++) {
+        if (idx[k] >= u->n) {
+            /* a delete: a change only where the path exists */
+            if (u->pf[idx[k]].remote_oid[0] != '\0') {
+                u->n_del_live++;
+                u->changes++;
+            }
+            continue;
+        }
         struct up_entry *e = &u->entries[idx[k]];
         struct hub_preupload_file *p = &u->pf[idx[k]];
         e->skip = 0;
@@ -524,7 +551,7 @@ static int classify(struct upload *u, const size_t *idx, size_t n)
 /* Every file classified and every object on the Hub: read the regular files, then commit. */
 static void pipe_check_done(struct upload *u)
 {
-    if (u->failed || u->state != UP_PIPE || u->pre_answered < u->n ||
+    if (u->failed || u->state != UP_PIPE || u->pre_answered < u->n + u->n_del ||
         u->batch_answered < u->n_objs || u->objs_done < u->n_objs)
         return;
     journal_state(u, JOURNAL_PLANNED);
@@ -1044,10 +1071,16 @@ static void on_commit(void *ctx, const struct ckpt_err *err, const char *oid)
 static void send_commit(struct upload *u)
 {
     size_t n = 0;
-    struct hub_commit_op *ops = calloc(u->n, sizeof(*ops));
+    struct hub_commit_op *ops = calloc(u->n + u->n_del, sizeof(*ops));
     if (ops == NULL) {
         fail_code(u, UV_ENOMEM, "commit");
         return;
+    }
+    for (size_t k = 0; k < u->n_del; k++) {
+        if (u->pf[u->n + k].remote_oid[0] == '\0')
+            continue; /* not there: nothing to delete */
+        ops[n].kind = HUB_COMMIT_DELETE;
+        ops[n++].path = u->del[k];
     }
     for (size_t i = 0; i < u->n; i++) {
         struct up_entry *e = &u->entries[i];
@@ -1105,6 +1138,8 @@ static void upload_enter(struct upload *u, enum upload_state s)
             }
             u->outstanding++;
         }
+        for (size_t k = 0; k < u->n_del; k++)
+            u->ready[u->n_ready++] = u->n + k; /* nothing to hash: they go with the first batch */
         if (u->hashed == u->n)
             journal_state(u, JOURNAL_HASHED);
         pipe_preupload(u);
@@ -1117,6 +1152,11 @@ static void upload_enter(struct upload *u, enum upload_state s)
             p->size = e->size;
             p->sample = e->sample;
             p->sample_len = e->sample_len;
+        }
+        for (size_t k = 0; k < u->n_del; k++) {
+            struct hub_preupload_file *p = &u->pf[u->n + k];
+            memset(p, 0, sizeof(*p));
+            p->path = u->del[k];
         }
         u->pre_off = 0;
         send_preupload(u);
@@ -1166,8 +1206,29 @@ int upload_start(struct upload **ret, struct hub *hub, struct hash_pool *hashes,
     u->n = n;
     u->message = strdup(commit_message);
     u->entries = calloc(n, sizeof(*u->entries));
-    u->pf = calloc(n, sizeof(*u->pf));
-    u->ready = calloc(n, sizeof(*u->ready));
+    u->opts.deletes = NULL; /* copied below */
+    u->opts.n_deletes = 0;
+    if (opts != NULL && opts->n_deletes > 0) {
+        if (opts->n_deletes > UPLOAD_FILES_MAX ||
+            (u->del = calloc(opts->n_deletes, sizeof(char *))) == NULL) {
+            upload_release(u);
+            return opts->n_deletes > UPLOAD_FILES_MAX ? UV_E2BIG : UV_ENOMEM;
+        }
+        for (size_t k = 0; k < opts->n_deletes; k++) {
+            bool uploaded = false;
+            for (size_t i = 0; i < n && !uploaded; i++)
+                uploaded = strcmp(files[i].path_in_repo, opts->deletes[k]) == 0;
+            if (uploaded || opts->deletes[k][0] == '\0')
+                continue;
+            if ((u->del[u->n_del] = strdup(opts->deletes[k])) == NULL) {
+                upload_release(u);
+                return UV_ENOMEM;
+            }
+            u->n_del++;
+        }
+    }
+    u->pf = calloc(n + u->n_del, sizeof(*u->pf));
+    u->ready = calloc(n + u->n_del, sizeof(*u->ready));
     u->lo = calloc(n, sizeof(*u->lo));
     u->ob = calloc(n, sizeof(*u->ob));
     for (u->otab_cap = 16; u->otab_cap < 2 * n; u->otab_cap *= 2)
