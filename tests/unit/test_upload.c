@@ -277,6 +277,36 @@ int main(void)
     head_of_main(&e, head, sizeof(head));
     CHECK(strcmp(head, r.oid) == 0);
 
+    /* 4c. pipeline: 60 MiB in 5 files. Once 36 MiB are hashed they go to a preupload and an LFS
+     * batch while the rest still hashes, then the rest in a second one; the fifth file has the
+     * first one's content (in another batch): one object, sent once. Still one commit. */
+    {
+        char pipe_paths[5][600], pipe_repo[5][64];
+        struct upload_file pipe_files[5];
+        const unsigned seeds[5] = {20, 21, 22, 23, 20};
+        for (int i = 0; i < 5; i++) {
+            snprintf(pipe_paths[i], sizeof(pipe_paths[i]), "%s/shard-%d.bin", e.dir, i);
+            snprintf(pipe_repo[i], sizeof(pipe_repo[i]), "pipe/shard-%d.bin", i);
+            test_random_file(pipe_paths[i], 12 * 1024 * 1024, seeds[i]);
+            pipe_files[i] =
+                (struct upload_file){.path_in_repo = pipe_repo[i], .local_path = pipe_paths[i]};
+        }
+        mark = test_hub_lines(&e.th);
+        push(&e, e.hub, pipe_files, 5, "pipelined", &r);
+        CHECK(r.ok);
+        CHECK(test_hub_count(&e.th, "preupload", mark, 0) == 2);
+        CHECK(test_hub_count(&e.th, "lfs_batch", mark, 0) == 2);
+        CHECK(test_hub_count(&e.th, "part_put", mark, 0) == 4 * 3);
+        CHECK(test_hub_count(&e.th, "complete", mark, 0) == 4);
+        CHECK(test_hub_count(&e.th, "commit", mark, 0) == 1);
+        CHECK(r.progress.bytes_total == 5ull * 12 * 1024 * 1024);
+        CHECK(r.progress.bytes_sent == 4ull * 12 * 1024 * 1024);
+        for (int i = 0; i < 5; i++)
+            CHECK(same_remote(&e, pipe_repo[i], pipe_paths[i]));
+        head_of_main(&e, head, sizeof(head));
+        CHECK(strcmp(head, r.oid) == 0);
+    }
+
     /* 5. a bad token: CKPT_ERR_AUTH naming the repo, never the token */
     const char *bad = "hf_not_a_valid_token_123";
     struct hub *badhub = make_hub(&e, bad);
