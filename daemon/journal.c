@@ -1,7 +1,7 @@
 /* journal.c - append-only, checksummed records of checkpoint states and LFS uploads.
  *
  * Format: <staging>/journal is a sequence of records, each
- *     u32 length | u32 CRC-32 (zlib) of those 4 length bytes | u32 CRC-32 (zlib) of the payload | payload
+ *     u32 length | u32 CRC-32 of those 4 length bytes | u32 CRC-32 of the payload | payload
  * (little endian) where the payload is one JSON object ({"k":"st","id":"7","st":"committed",...}).
  * Numbers that may pass 2^53 (ids, mtimes in ns) are strings.
  *
