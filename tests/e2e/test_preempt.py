@@ -107,7 +107,10 @@ class Preempt(unittest.TestCase):
         id2 = next((i for i, n in ckpt_ids.items() if n and n.endswith("checkpoint-2")), None)
         self.assertIsNotNone(id2, recs[:10])
         states2 = [r.get("st") for r in recs if r.get("k") == "st" and r.get("id") == id2]
-        parts_journaled = [r for r in recs if r.get("k") == "part"]
+        oid2 = expected[2]["model.safetensors"]
+        parts_journaled = sorted({int(r["n"]) for r in recs
+                                  if r.get("k") == "part" and r.get("oid") == oid2})
+        self.assertLessEqual(set(parts_journaled), done_before)
         pin2 = os.path.join(staging, "pins", str(id2))
         self.assertTrue(os.path.isfile(os.path.join(pin2, "model.safetensors")), recs[:20])
         self.assertNotIn("committed", states2)
@@ -136,7 +139,7 @@ class Preempt(unittest.TestCase):
         print(f"\nFIGURES preempt: drain_timeout_s={DRAIN_S} exit_code={rc} "
               f"exit_after_sigterm_s={exit_s:.2f} committed_before=['checkpoint-1'] "
               f"interrupted='checkpoint-2' parts={nparts} parts_done_before={len(done_before)} "
-              f"journal_states={states2} journaled_part_records={len(parts_journaled)} "
+              f"journal_states={states2} journaled_parts={parts_journaled} hub_parts_done={sorted(done_before)} "
               f"pinned='pins/{id2}' resume_commit_s={resume_s:.2f} "
               f"parts_sent_after={len(sent_after)} finished_parts_sent_again={len(again)} "
               f"parts_resumed={got['kv'].get('parts_resumed')} recovered={got['kv'].get('recovered')} "
