@@ -1034,6 +1034,8 @@ static bool push_known_checkpoint(struct daemon *d, const char *abs)
     rel = abs + root_len + 1;
     detect_seal_all_complete(d->detect, now_ms(d));
     rearm_detect_timer(d);
+    if (queue_retry_failed(d->queue, rel))
+        return true; /* a failed push, retried from its pins */
     if (!queue_knows(d->queue, rel))
         return false;
     log_info("push-requested", "path='%s' reason='already sealed by the watcher'", abs);

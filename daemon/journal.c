@@ -1,7 +1,7 @@
 /* journal.c - append-only, checksummed records of checkpoint states and LFS uploads.
  *
  * Format: <staging>/journal is a sequence of records, each
- *     u32 length | u32 CRC32C of those 4 length bytes | u32 CRC32C of the payload | payload
+ *     u32 length | u32 CRC-32 of those 4 length bytes | u32 CRC-32 of the payload | payload
  * (little endian) where the payload is one JSON object ({"k":"st","id":"7","st":"committed",...}).
  * Numbers that may pass 2^53 (ids, mtimes in ns) are strings.
  *
@@ -38,6 +38,8 @@
 #include <unistd.h>
 
 #include "log.h"
+
+#include <zlib.h>
 
 #define JOURNAL_CBS_MAX 65536
 
@@ -91,30 +93,11 @@ struct journal {
 
 static void kick(struct journal *j);
 
-/* ---- CRC32C (Castagnoli), bitwise table ---------------------------------------------------- */
-
-static uint32_t crc_table[256];
-static uv_once_t crc_once = UV_ONCE_INIT;
-
-static void crc_init(void)
+/* zlib's CRC-32 (IEEE): a torn or garbled record is what it has to catch, and zlib is already
+ * in every process that links libcurl. */
+static uint32_t record_crc(const void *data, size_t len)
 {
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-        crc_table[i] = c;
-    }
-}
-
-static uint32_t crc32c(const void *data, size_t len)
-{
-    const unsigned char *p = data;
-    uint32_t c = 0xFFFFFFFFu;
-
-    uv_once(&crc_once, crc_init);
-    while (len-- > 0)
-        c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
-    return c ^ 0xFFFFFFFFu;
+    return (uint32_t)crc32(0L, data, (uInt)len);
 }
 
 static void put_u32(unsigned char *p, uint32_t v)
@@ -162,8 +145,8 @@ static int frame(struct jbuf *b, const char *payload, size_t max)
     if (len > JOURNAL_RECORD_MAX)
         return UV_E2BIG;
     put_u32(hdr, (uint32_t)len);
-    put_u32(hdr + 4, crc32c(hdr, 4));
-    put_u32(hdr + 8, crc32c(payload, len));
+    put_u32(hdr + 4, record_crc(hdr, 4));
+    put_u32(hdr + 8, record_crc(payload, len));
     if ((rc = jbuf_add(b, hdr, sizeof(hdr), max)) < 0)
         return rc;
     if ((rc = jbuf_add(b, payload, len, max)) < 0) {
@@ -848,7 +831,7 @@ static void load_records(struct journal *j, const struct jbuf *data)
         cJSON *r = NULL;
         if (off + HDR > data->len) {
             why = "torn record header at the end";
-        } else if (get_u32(p + off + 4) != crc32c(p + off, 4)) {
+        } else if (get_u32(p + off + 4) != record_crc(p + off, 4)) {
             why = "bad record header";
         } else {
             len = get_u32(p + off);
@@ -856,7 +839,7 @@ static void load_records(struct journal *j, const struct jbuf *data)
                 why = "impossible record length";
             else if (off + HDR + len > data->len)
                 why = "torn record at the end";
-            else if (get_u32(p + off + 8) != crc32c(p + off + HDR, len))
+            else if (get_u32(p + off + 8) != record_crc(p + off + HDR, len))
                 why = "checksum mismatch";
             else if ((r = cJSON_ParseWithLength((const char *)p + off + HDR, len)) == NULL ||
                      !cJSON_IsObject(r))

@@ -29,6 +29,7 @@
 #define RECOVER_MAX_DIRS 65536
 #define QUEUE_NOTES_MAX 256
 #define QUEUE_FILES_PER_COMMIT 100
+#define QUEUE_RETRY_BOUNDED 5 /* attempts for protocol and local I/O errors */
 #define QUEUE_BUDGET_RING 4096
 #define QUEUE_BUDGET_WINDOW_MS (3600u * 1000)
 #define RECOVER_MAX_FILES 100000
@@ -78,6 +79,9 @@ struct queue {
     size_t history_next;
     uv_timer_t retry_timer;
     uv_timer_t budget_timer;
+    bool staging_scanning, staging_rescan, staging_over;
+    uint64_t staging_bytes; /* held only by pins: originals rotated away, or copies */
+    size_t staging_pins;
     uint64_t commit_ms[QUEUE_BUDGET_RING]; /* times of the last commits, a ring */
     size_t n_commits;
     uint64_t last_detected;
@@ -194,6 +198,110 @@ static void on_journal_written(void *ctx, int status)
     (void)status; /* journal.c logs the first failure */
 }
 
+/* ---- staging space: what only the pins keep alive --------------------------------------- */
+
+struct staging_job {
+    uv_work_t work;
+    struct queue *q;
+    char *pins;
+    uint64_t bytes;
+    size_t dirs;
+};
+
+static struct staging_job *staging_walking; /* nftw has no context: one walk at a time */
+static uv_mutex_t staging_lock;
+static uv_once_t staging_once = UV_ONCE_INIT;
+
+static void staging_lock_init(void)
+{
+    uv_mutex_init(&staging_lock);
+}
+
+static int staging_visit(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)path;
+    if (type == FTW_D && ftw->level == 1)
+        staging_walking->dirs++;
+    /* a file with one link left is kept only by its pin: the space is ours */
+    if (type == FTW_F && S_ISREG(st->st_mode) && st->st_nlink == 1)
+        staging_walking->bytes += (uint64_t)st->st_blocks * 512;
+    return 0;
+}
+
+static void staging_work(uv_work_t *w)
+{
+    struct staging_job *job = w->data;
+
+    uv_once(&staging_once, staging_lock_init);
+    uv_mutex_lock(&staging_lock);
+    staging_walking = job;
+    nftw(job->pins, staging_visit, 16, FTW_PHYS);
+    staging_walking = NULL;
+    uv_mutex_unlock(&staging_lock);
+}
+
+static void staging_scan(struct queue *q);
+
+static void after_staging(uv_work_t *w, int status)
+{
+    struct staging_job *job = w->data;
+    struct queue *q = job->q;
+    uint64_t max = q->deps.cfg->staging_max;
+
+    (void)status;
+    q->staging_scanning = false;
+    if (job->bytes != q->staging_bytes || job->dirs != q->staging_pins)
+        log_debug("staging", "dir='%s' pins=%zu bytes_held=%" PRIu64 " max=%llu", job->pins,
+                  job->dirs, job->bytes, (unsigned long long)max);
+    q->staging_bytes = job->bytes;
+    q->staging_pins = job->dirs;
+    if (max > 0 && job->bytes > max && !q->staging_over)
+        log_warn("staging-full",
+                 "dir='%s' bytes_held=%" PRIu64 " max=%llu pins=%zu reason='checkpoints rotated "
+                 "away are kept until pushed: nothing is dropped; free space or let pushes "
+                 "catch up'",
+                 job->pins, job->bytes, (unsigned long long)max, job->dirs);
+    else if (max > 0 && job->bytes <= max && q->staging_over)
+        log_info("staging-ok", "bytes_held=%" PRIu64 " max=%llu", job->bytes,
+                 (unsigned long long)max);
+    q->staging_over = max > 0 && job->bytes > max;
+    free(job->pins);
+    free(job);
+    if (q->staging_rescan && !q->stopped) {
+        q->staging_rescan = false;
+        staging_scan(q);
+    }
+}
+
+/* Measures the pins on the pool; one walk at a time, one more queued at most. */
+static void staging_scan(struct queue *q)
+{
+    struct staging_job *job;
+
+    if (q->staging_scanning) {
+        q->staging_rescan = true;
+        return;
+    }
+    if ((job = calloc(1, sizeof(*job))) == NULL ||
+        asprintf(&job->pins, "%s/pins", q->staging) < 0) {
+        free(job);
+        return;
+    }
+    job->q = q;
+    job->work.data = job;
+    if (uv_queue_work(q->deps.loop, &job->work, staging_work, after_staging) < 0) {
+        free(job->pins);
+        free(job);
+        return;
+    }
+    q->staging_scanning = true;
+}
+
+uint64_t queue_staging_bytes(const struct queue *q)
+{
+    return q->staging_bytes;
+}
+
 /* The item leaves the active slot for the history; the next one starts. */
 static void finish(struct queue *q, struct item *it, enum queue_state state)
 {
@@ -215,6 +323,8 @@ static void finish(struct queue *q, struct item *it, enum queue_state state)
     *slot = it;
     q->history_next++;
     set_state(q, it, state);
+    if (!q->stopped)
+        staging_scan(q);
     pump(q);
 }
 
@@ -290,16 +400,21 @@ static void on_committed_journaled(void *ctx, int status)
     release(q, it);
 }
 
-static bool transient(const struct ckpt_err *err)
+/* Worth another try later? The Hub or the network being away is retried for as long as it
+ * takes (the checkpoint waits, its pins are safe); an answer we could not use, or a local
+ * read error, a few times before the checkpoint is failed. */
+static bool transient(const struct ckpt_err *err, unsigned attempts)
 {
     switch (err->kind) {
     case CKPT_ERR_NETWORK:
     case CKPT_ERR_SERVER:
     case CKPT_ERR_CONFLICT:
-    case CKPT_ERR_PROTOCOL:
         return true;
+    case CKPT_ERR_PROTOCOL:
+        return attempts < QUEUE_RETRY_BOUNDED;
     case CKPT_ERR_IO:
-        return err->code != UV_ECANCELED && err->code != UV_ENOENT && err->code != -ENOENT;
+        return err->code != UV_ECANCELED && err->code != UV_ENOENT && err->code != -ENOENT &&
+               attempts < QUEUE_RETRY_BOUNDED;
     default:
         return false;
     }
@@ -332,7 +447,7 @@ static void on_uploaded(void *ctx, const struct ckpt_err *err, const char *commi
     struct item *it = ctx;
     struct queue *q = it->queue;
 
-    if (err != NULL && transient(err) && !q->stopped) {
+    if (err != NULL && transient(err, it->attempts) && !q->stopped) {
         uint64_t delay = QUEUE_RETRY_BASE_MS << (it->attempts < 8 ? it->attempts : 8);
         if (delay > QUEUE_RETRY_MAX_MS)
             delay = QUEUE_RETRY_MAX_MS;
@@ -616,6 +731,35 @@ static bool to_branch(const struct queue *q, const struct item *it)
     return q->deps.cfg->revision != NULL && strcmp(it->layout, "model-root") != 0;
 }
 
+/* The files under last-checkpoint/ from the latest checkpoint committed before (the journal
+ * remembers them) that this one does not have. The upload checks each still exists. */
+static void stale_last_checkpoint(struct queue *q, const struct item *it, char ***ret,
+                                  size_t *ret_n)
+{
+    struct journal_ckpt *prev = NULL;
+
+    *ret = NULL;
+    *ret_n = 0;
+    if (q->deps.cfg->strategy != STRATEGY_CHECKPOINT || !journaled(it) ||
+        strcmp(it->layout, "transformers-trainer") != 0)
+        return;
+    for (struct journal_ckpt *c = journal_ckpts(q->journal); c != NULL; c = c->next)
+        if (c->id != it->id && c->commit[0] != '\0' && c->layout != NULL &&
+            strcmp(c->layout, it->layout) == 0 &&
+            (c->state == JOURNAL_COMMITTED || c->state == JOURNAL_RELEASED) &&
+            (prev == NULL || c->seq > prev->seq))
+            prev = c;
+    if (prev == NULL || (*ret = calloc(prev->n_files ? prev->n_files : 1, sizeof(char *))) == NULL)
+        return;
+    for (size_t i = 0; i < prev->n_files; i++) {
+        bool kept = false;
+        for (size_t k = 0; k < it->file_count && !kept; k++)
+            kept = strcmp(it->files[k], prev->files[i].path) == 0;
+        if (!kept && asprintf(&(*ret)[*ret_n], "last-checkpoint/%s", prev->files[i].path) >= 0)
+            (*ret_n)++;
+    }
+}
+
 static void start_upload(struct queue *q, struct item *it)
 {
     struct upload_file *files = calloc(it->plan.count, sizeof(*files));
@@ -662,8 +806,19 @@ static void start_upload(struct queue *q, struct item *it)
         }
     }
     it->part_n = n;
+    /* strategy checkpoint: last-checkpoint/ is replaced, so files of the checkpoint pushed
+     * there before that this one lacks go, in the commit that completes the new one */
+    char **deletes = NULL;
+    size_t n_deletes = 0;
+    if (it->part_off + n == it->plan.count)
+        stale_last_checkpoint(q, it, &deletes, &n_deletes);
+    opts.deletes = (const char *const *)deletes;
+    opts.n_deletes = n_deletes;
     rc = upload_start(&it->upload, q->deps.hub, q->deps.hashes, files, n, message, &opts,
                       on_uploaded, it);
+    for (size_t k = 0; k < n_deletes; k++)
+        free(deletes[k]);
+    free(deletes);
     free(files);
     files = NULL;
     if (rc < 0)
@@ -795,7 +950,11 @@ static void pump(struct queue *q)
             release(q, it);
             return;
         }
-        for (struct journal_ckpt *c = journal_ckpts(q->journal); c != NULL; c = c->next) {
+        /* Found again after a restart (its name is journaled, or it was left unfinished) while
+         * a later step was pushed meanwhile: pushing it now would put old files over newer
+         * ones. A new save (training resumed from an earlier step) has a name not seen yet. */
+        for (struct journal_ckpt *c = journal_ckpts(q->journal);
+             (it->deferred || it->recovered) && c != NULL; c = c->next) {
             if (c->id == it->id || it->step < 0 || c->step <= it->step || c->layout == NULL ||
                 strcmp(c->layout, it->layout) != 0 ||
                 (c->state != JOURNAL_COMMITTED && c->state != JOURNAL_RELEASED))
@@ -969,6 +1128,7 @@ struct pin_dir {
     uint64_t id;
     char **files;
     size_t n, cap;
+    bool original; /* its first file is a link of a file in the watched tree */
 };
 
 struct recover_job {
@@ -1021,6 +1181,36 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* Pins the journal does not know: is their first file still in the watched tree, under the
+ * root or a top-level folder, as the same inode? Then the scan pushes the original. */
+static bool original_exists(struct recover_job *job, const char *pin_dir, const struct pin_dir *d)
+{
+    char path[PATH_MAX];
+    struct stat pin, st;
+    struct dirent *de;
+    bool found = false;
+    DIR *top;
+
+    if (d->n == 0)
+        return false;
+    snprintf(path, sizeof(path), "%s/%s", pin_dir, d->files[0]);
+    if (lstat(path, &pin) != 0 || pin.st_nlink < 2)
+        return false; /* the only link left: the original is gone */
+    snprintf(path, sizeof(path), "%s/%s", job->watch_dir, d->files[0]);
+    if (lstat(path, &st) == 0 && st.st_ino == pin.st_ino && st.st_dev == pin.st_dev)
+        return true;
+    if ((top = opendir(job->watch_dir)) == NULL)
+        return false;
+    for (size_t i = 0; !found && (de = readdir(top)) != NULL && i < RECOVER_MAX_DIRS; i++) {
+        if (de->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "%s/%s/%s", job->watch_dir, de->d_name, d->files[0]);
+        found = lstat(path, &st) == 0 && st.st_ino == pin.st_ino && st.st_dev == pin.st_dev;
+    }
+    closedir(top);
+    return found;
+}
+
 static void recover_work(uv_work_t *w)
 {
     struct recover_job *job = w->data;
@@ -1059,6 +1249,7 @@ static void recover_work(uv_work_t *w)
         uv_mutex_unlock(&walk_lock);
         if (d->n > 1)
             qsort(d->files, d->n, sizeof(*d->files), cmp_str);
+        d->original = original_exists(job, path, d);
     }
     closedir(dir);
 }
@@ -1187,7 +1378,7 @@ static void after_recover(uv_work_t *w, int status)
         char name[48];
         if (d->id == 0 || d->id >= q->deps.new_ids_from)
             continue;
-        if (d->n == 0 || !damaged) {
+        if (d->n == 0 || !damaged || d->original) {
             if (d->n > 0)
                 log_info("released-unknown",
                          "pin=%" PRIu64 " files=%zu reason='never journaled: the scan finds its "
@@ -1232,6 +1423,7 @@ static void after_recover(uv_work_t *w, int status)
     free(job);
     q->recovered = true;
     flush_notes(q);
+    staging_scan(q);
     for (struct item *it = q->head; it != NULL; it = it->next)
         if (it->journaled && it->recovered)
             set_state(q, it, QUEUE_WAITING);
@@ -1375,6 +1567,37 @@ void queue_for_each(const struct queue *q, queue_event_cb cb, void *ctx)
         view_of(q, q->history[(q->history_next - i) % QUEUE_HISTORY], &view);
         cb(ctx, &view);
     }
+}
+
+bool queue_retry_failed(struct queue *q, const char *name)
+{
+    size_t kept = q->history_next < QUEUE_HISTORY ? q->history_next : QUEUE_HISTORY;
+
+    for (size_t i = 1; i <= kept; i++) {
+        const struct item *old = q->history[(q->history_next - i) % QUEUE_HISTORY];
+        struct item *it;
+        if (strcmp(old->name, name) != 0)
+            continue;
+        if (old->state != QUEUE_FAILED || old->source_dir != NULL)
+            return false; /* its newest push did not fail */
+        it = item_new(q, old->id, old->name, old->layout, old->step, NULL,
+                      (const char *const *)old->files, old->file_count);
+        if (it == NULL)
+            return false;
+        log_info("push-retry", "ckpt='%s' reason='asked for: it failed with %s'", it->name,
+                 old->error ? old->error : "an error");
+        it->journaled = true; /* its sealed record is in the journal, with its pins */
+        it->state = QUEUE_WAITING;
+        it->next = q->head;
+        q->head = it;
+        if (q->tail == NULL)
+            q->tail = it;
+        q->waiting++;
+        set_state(q, it, QUEUE_WAITING);
+        pump(q);
+        return true;
+    }
+    return false;
 }
 
 bool queue_knows(const struct queue *q, const char *name)

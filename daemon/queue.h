@@ -84,10 +84,15 @@ bool queue_paused(const struct queue *q);
 size_t queue_pending(const struct queue *q);
 unsigned queue_committed_count(const struct queue *q);
 unsigned queue_failed_count(const struct queue *q);
+/* Bytes only the pins keep alive (originals rotated away, copies), as last measured. */
+uint64_t queue_staging_bytes(const struct queue *q);
 /* Active first, then waiting in order, then the history, newest first. */
 void queue_for_each(const struct queue *q, queue_event_cb cb, void *ctx);
 /* True when a checkpoint of this name is waiting, in flight, or was committed recently. */
 bool queue_knows(const struct queue *q, const char *name);
+/* A checkpoint of this name whose last push failed (it kept its pins) goes to the head of the
+ * line again; false when there is none. */
+bool queue_retry_failed(struct queue *q, const char *name);
 /* Cancels the push in flight (it ends failed; its pins are kept) and starts no other. */
 void queue_stop(struct queue *q);
 /* Only when nothing is in flight (after the loop ran down). */

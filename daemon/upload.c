@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,8 +112,11 @@ struct upload {
     struct up_entry *entries;
     size_t n;
     size_t hashed;
-    struct hub_preupload_file *pf;
+    struct hub_preupload_file *pf; /* n files, then n_del deletes */
     size_t pre_off;
+    char **del;
+    size_t n_del;
+    size_t n_del_live; /* deletes of paths that exist */
 
     struct hub_lfs_object *lo;
     struct up_obj *ob;
@@ -153,7 +157,7 @@ static void journal_state(struct upload *u, enum journal_state s)
 
 static void upload_release(struct upload *u)
 {
-    for (size_t i = 0; i < u->n; i++) {
+    for (size_t i = 0; u->entries != NULL && i < u->n; i++) {
         free(u->entries[i].repo_path);
         free(u->entries[i].local_path);
         free(u->entries[i].journal_path);
@@ -163,6 +167,9 @@ static void upload_release(struct upload *u)
         obj_forget_parts(u, i);
         hub_lfs_object_release(&u->lo[i]);
     }
+    for (size_t i = 0; i < u->n_del; i++)
+        free(u->del[i]);
+    free(u->del);
     free(u->entries);
     free(u->pf);
     free(u->lo);
@@ -302,11 +309,18 @@ static void on_preupload(void *ctx, const struct ckpt_err *err, const char *head
     }
     snprintf(u->head, sizeof(u->head), "%s", head);
     u->pre_off = rc.off + rc.n;
-    if (u->pre_off < u->n) {
+    if (u->pre_off < u->n + u->n_del) {
         send_preupload(u);
         return;
     }
     if (u->state == UP_VERIFY) {
+        for (size_t k = 0; k < u->n_del; k++) {
+            if (u->pf[u->n + k].remote_oid[0] != '\0' && u->n_del_live > 0) {
+                snprintf(u->parent, sizeof(u->parent), "%s", u->head);
+                upload_enter(u, UP_COMMIT); /* a path we delete is still there */
+                return;
+            }
+        }
         for (size_t i = 0; i < u->n; i++) {
             struct hub_preupload_file *p = &u->pf[i];
             struct up_entry *e = &u->entries[i];
@@ -335,8 +349,9 @@ static void send_preupload(struct upload *u)
         fail_code(u, UV_ENOMEM, "preupload");
         return;
     }
+    size_t total = u->n + u->n_del;
     r->off = u->pre_off;
-    r->n = u->n - u->pre_off < HUB_PREUPLOAD_MAX ? u->n - u->pre_off : HUB_PREUPLOAD_MAX;
+    r->n = total - u->pre_off < HUB_PREUPLOAD_MAX ? total - u->pre_off : HUB_PREUPLOAD_MAX;
     int rc = hub_preupload(u->hub, u->pf + r->off, r->n, on_preupload, r, &r->op);
     req_started(u, r, rc, "preupload");
 }
@@ -391,6 +406,10 @@ static int classify(struct upload *u)
         }
         changes++;
     }
+    u->n_del_live = 0;
+    for (size_t k = 0; k < u->n_del; k++)
+        u->n_del_live += u->pf[u->n + k].remote_oid[0] != '\0';
+    changes += u->n_del_live;
     if (regular_bytes > UPLOAD_REGULAR_BYTES_MAX) {
         struct ckpt_err err;
         ckpt_err_set(&err, CKPT_ERR_INPUT, -E2BIG,
@@ -936,10 +955,16 @@ static void on_commit(void *ctx, const struct ckpt_err *err, const char *oid)
 static void send_commit(struct upload *u)
 {
     size_t n = 0;
-    struct hub_commit_op *ops = calloc(u->n, sizeof(*ops));
+    struct hub_commit_op *ops = calloc(u->n + u->n_del, sizeof(*ops));
     if (ops == NULL) {
         fail_code(u, UV_ENOMEM, "commit");
         return;
+    }
+    for (size_t k = 0; k < u->n_del; k++) {
+        if (u->pf[u->n + k].remote_oid[0] == '\0')
+            continue; /* not there: nothing to delete */
+        ops[n].kind = HUB_COMMIT_DELETE;
+        ops[n++].path = u->del[k];
     }
     for (size_t i = 0; i < u->n; i++) {
         struct up_entry *e = &u->entries[i];
@@ -1009,6 +1034,11 @@ static void upload_enter(struct upload *u, enum upload_state s)
             p->size = e->size;
             p->sample = e->sample;
             p->sample_len = e->sample_len;
+        }
+        for (size_t k = 0; k < u->n_del; k++) {
+            struct hub_preupload_file *p = &u->pf[u->n + k];
+            memset(p, 0, sizeof(*p));
+            p->path = u->del[k];
         }
         u->pre_off = 0;
         send_preupload(u);
@@ -1083,7 +1113,28 @@ int upload_start(struct upload **ret, struct hub *hub, struct hash_pool *hashes,
     u->n = n;
     u->message = strdup(commit_message);
     u->entries = calloc(n, sizeof(*u->entries));
-    u->pf = calloc(n, sizeof(*u->pf));
+    u->opts.deletes = NULL; /* copied below */
+    u->opts.n_deletes = 0;
+    if (opts != NULL && opts->n_deletes > 0) {
+        if (opts->n_deletes > UPLOAD_FILES_MAX ||
+            (u->del = calloc(opts->n_deletes, sizeof(char *))) == NULL) {
+            upload_release(u);
+            return opts->n_deletes > UPLOAD_FILES_MAX ? UV_E2BIG : UV_ENOMEM;
+        }
+        for (size_t k = 0; k < opts->n_deletes; k++) {
+            bool uploaded = false;
+            for (size_t i = 0; i < n && !uploaded; i++)
+                uploaded = strcmp(files[i].path_in_repo, opts->deletes[k]) == 0;
+            if (uploaded || opts->deletes[k][0] == '\0')
+                continue;
+            if ((u->del[u->n_del] = strdup(opts->deletes[k])) == NULL) {
+                upload_release(u);
+                return UV_ENOMEM;
+            }
+            u->n_del++;
+        }
+    }
+    u->pf = calloc(n + u->n_del, sizeof(*u->pf));
     if (u->message == NULL || u->entries == NULL || u->pf == NULL)
         goto nomem;
     for (size_t i = 0; i < n; i++) {

@@ -52,6 +52,10 @@ struct upload_opts {
      * sent again. NULL: nothing recorded. */
     struct journal *journal;
     uint64_t journal_id;
+    /* Repo paths deleted by the same commit where they exist (checked by the preupload, so a
+     * path already gone is no error); copied. A path also uploaded is not deleted. */
+    const char *const *deletes;
+    size_t n_deletes;
 };
 
 #define UPLOAD_REBATCH_MAX 8 /* fresh URLs per object per upload */

@@ -6,7 +6,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 packages=(build-essential cmake pkg-config git python3 curl ca-certificates
-          libuv1-dev libcurl4-openssl-dev libcjson-dev libssl-dev inotify-tools
+          libuv1-dev libcurl4-openssl-dev libcjson-dev libssl-dev zlib1g-dev inotify-tools
           clang-format valgrind python3-yaml nodejs npm
           clang libclang-rt-14-dev) # libFuzzer and the sanitizer runtimes (tests/fuzz/run.sh)
 

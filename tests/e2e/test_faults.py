@@ -7,6 +7,7 @@ printed for the closing note."""
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 import unittest
@@ -77,6 +78,7 @@ class Faults(unittest.TestCase):
                 key = f"{r.get('route')}:{r['fault'] if isinstance(r['fault'], str) else 'fault'}"
                 faults[key] = faults.get(key, 0) + 1
         http_retries = len(d.events("http_retry"))
+        net_retries = len([r for r in d.events("http_retry") if "error" in r["kv"]])
         rebatches = len(d.events("upload-rebatch"))
         later = len(d.events("push-retry-later"))
         # (the test's own downloads follow redirects with the header: only the daemon's count)
@@ -84,13 +86,70 @@ class Faults(unittest.TestCase):
                  r.get("route") in ("part_put", "lfs_put", "complete")]
         print(f"\nFIGURES faults: faults_applied={sum(faults.values())} {faults} "
               f"http_retries={http_retries} rebatches={rebatches} "
-              f"checkpoint_retries={later} hub_restarts=1 commits={len(STEPS)}", flush=True)
+              f"(connection errors: {net_retries}) checkpoint_retries={later} hub_restarts=1 "
+              f"commits={len(STEPS)}", flush=True)
+        self.assertGreaterEqual(net_retries, 2, d.tail())  # resets, and the hub going away
         self.assertEqual(leaks, [])
         self.assertGreaterEqual(rebatches, 2, d.tail())  # expired part URL + completion URL
         self.assertGreaterEqual(http_retries, 6, d.tail())
         # the 429s on the commit were waited out, not turned into failures
         c429 = [r for r in log if r.get("route") == "commit" and r.get("status") == 429]
         self.assertEqual(len(c429), 2)
+        hub.stop()
+
+    def test_refusals_fail_the_checkpoint_and_the_next_start_retries_it(self):
+        hub = h.Hub()
+        root = h.tempdir("ckpt-refused-")
+        watch = os.path.join(root, "output")
+        os.mkdir(watch)
+        repo = f"{h.USER}/refused-{os.getpid()}"
+        rng = random.Random(9)
+        args = ["--quiet-ms", "200", "--socket", os.path.join(root, "ctl.sock")]
+        d = h.Daemon(watch, repo=repo, endpoint=hub.url, log_level="info", args=args)
+        d.wait_event("ready", timeout=20)
+        hub.fault([{"route": "commit", "count": 1, "status": 413},
+                   {"route": "preupload", "count": 1, "status": 403}])
+        expected = {1: write_checkpoint(watch, 1, rng)}
+        d.wait_event("push-failed", timeout=30, ckpt="checkpoint-1")
+        expected[2] = write_checkpoint(watch, 2, rng)
+        d.wait_event("push-failed", timeout=30, ckpt="checkpoint-2")
+        kinds = {r["kv"]["ckpt"]: r["kv"] for r in d.events("push-failed")}
+        # an explicit push of a failed checkpoint retries it from its pins, in this run
+        cli = os.path.join(h.BUILD_DIR, "client", "ckptpush")
+        if os.path.exists(cli):
+            hub.fault([{"route": "preupload", "count": 1, "status": 403}])  # fails again
+            r = subprocess.run([cli, "--socket", os.path.join(root, "ctl.sock"), "push",
+                                os.path.join(watch, "checkpoint-1")], capture_output=True,
+                               text=True, timeout=30)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            d.wait_event("push-retry", timeout=20, ckpt="checkpoint-1")
+            d.wait_event("push-failed", timeout=30, count=3)
+        # checkpoint 1 meets the preupload's 403, checkpoint 2 the commit's 413
+        self.assertEqual(kinds["checkpoint-1"]["kind"], "auth")
+        self.assertEqual(kinds["checkpoint-2"]["kind"], "rejected")
+        self.assertIn("413", kinds["checkpoint-2"]["reason"])
+        for k in kinds.values():  # never dropped: the pins are named
+            self.assertIn("pins", k)
+        d.stop(signal.SIGTERM, 30)
+        titles = [h.commit_title(c) for c in hub.commits(repo)]
+        self.assertFalse([t for t in titles if t.startswith("Training")], titles)
+        # the next start retries both, in save order
+        d2 = h.Daemon(watch, repo=repo, endpoint=hub.url, log_level="info", args=args)
+        d2.wait_event("committed", timeout=30, ckpt="checkpoint-2")
+        rec = [r["kv"] for r in d2.events("recovered")]
+        self.assertEqual([(r["ckpt"], r["state"]) for r in rec],
+                         [("checkpoint-1", "failed"), ("checkpoint-2", "failed")], d2.tail())
+        self.assertEqual(d2.stop(signal.SIGTERM, 30), 0, d2.tail())
+        commits = hub.commits(repo)
+        order = [h.commit_title(c) for c in reversed(commits)
+                 if h.commit_title(c).startswith("Training")]
+        self.assertEqual(order, ["Training in progress, step 1", "Training in progress, step 2"])
+        for step in (1, 2):
+            c = [x for x in commits if h.commit_title(x) == f"Training in progress, step {step}"]
+            self.assertEqual(hub.sha256_at(repo, c[0]["id"], "model.safetensors"),
+                             expected[step]["model.safetensors"])
+        print("\nFIGURES refusals: failed_then_retried=2 "
+              f"kinds={sorted(k['kind'] for k in kinds.values())}", flush=True)
         hub.stop()
 
 

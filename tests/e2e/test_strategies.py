@@ -28,11 +28,12 @@ def write_files(d, files):
     return out
 
 
-def checkpoint(root, step, rng):
+def checkpoint(root, step, rng, extra=()):
     return write_files(os.path.join(root, f"checkpoint-{step}"), [
         ("model.safetensors", rng.randbytes(200000)),
         ("config.json", b'{"step": %d}\n' % step),
         ("optimizer.pt", rng.randbytes(50000)),
+        *[(name, rng.randbytes(1000)) for name in extra],
         ("trainer_state.json", b'{"global_step": %d}\n' % step),  # last: seals it
     ])
 
@@ -51,7 +52,7 @@ class Strategies(unittest.TestCase):
     def tearDownClass(cls):
         cls.hub.stop()
 
-    def run_case(self, strategy, extra=(), prewrite=(), steps=(1, 2)):
+    def run_case(self, strategy, extra=(), prewrite=(), steps=(1, 2), extra_files=None):
         """Checkpoints `prewrite` exist before the daemon starts; `steps` are written one by one
         while it runs; then the final model at the root. Returns (daemon, repo, sha by path)."""
         root = h.tempdir(f"ckpt-strat-{strategy}-")
@@ -60,15 +61,20 @@ class Strategies(unittest.TestCase):
         repo = f"{h.USER}/strategy-{strategy.replace('_', '-')}-{len(extra)}-{os.getpid()}"
         rng = random.Random(strategy)
         sha = {}
+        extra_files = extra_files or {}
         for s in prewrite:
-            sha[s] = checkpoint(watch, s, rng)
+            sha[s] = checkpoint(watch, s, rng, extra_files.get(s, ()))
+        if prewrite:
+            # the hub answers the first whoami after 1 s: every checkpoint found by the scan is
+            # sealed and queued before pushing starts
+            self.hub.fault({"route": "whoami", "count": 1, "status": 503, "retry_after": 1})
         d = h.Daemon(watch, repo=repo, endpoint=self.hub.url, log_level="info",
                      args=["--strategy", strategy, "--quiet-ms", "200",
                            "--socket", os.path.join(root, "ctl.sock"), *extra])
         d.wait_event("ready", timeout=20)
         for s in steps:
             time.sleep(0.3)
-            sha[s] = checkpoint(watch, s, rng)
+            sha[s] = checkpoint(watch, s, rng, extra_files.get(s, ()))
             name = f"checkpoint-{s}"
             d.wait_event("committed" if strategy != "end" else "skipped", timeout=30, ckpt=name)
         time.sleep(0.3)
@@ -95,7 +101,9 @@ class Strategies(unittest.TestCase):
         self.check_root_model(repo, sha)
 
     def test_checkpoint_last_checkpoint_folder_and_superseded(self):
-        d, repo, sha = self.run_case("checkpoint", prewrite=(1, 2), steps=(3,))
+        # checkpoint 2 has a file checkpoint 3 lacks: it must leave last-checkpoint/ with it
+        d, repo, sha = self.run_case("checkpoint", prewrite=(1, 2), steps=(3,),
+                                     extra_files={2: ("rng_state_1.pth",)})
         sup = d.events("superseded")
         self.assertEqual([r["kv"].get("ckpt") for r in sup], ["checkpoint-1"], d.tail())
         self.assertEqual(self.titles(repo), ["Training in progress, step 2",
@@ -110,6 +118,8 @@ class Strategies(unittest.TestCase):
               if h.commit_title(c) == "Training in progress, step 2"][0]["id"]
         self.assertEqual(self.hub.sha256_at(repo, c2, "last-checkpoint/optimizer.pt"),
                          sha[2]["optimizer.pt"])
+        self.assertIn("last-checkpoint/rng_state_1.pth", self.hub.tree(repo, c2))
+        self.assertNotIn("last-checkpoint/rng_state_1.pth", tree)
         self.assertFalse([p for p in tree if p.startswith("checkpoint-")], sorted(tree))
         self.check_root_model(repo, sha)
 

@@ -154,6 +154,41 @@ int main(void)
     CHECK(c.sent == 3 * 1024 * 1024 + 5);
     done_call(&c);
 
+    /* --max-rate: one token bucket for all transfers. Two 768 KiB bodies at 1 MiB/s together
+     * take about 1.5 s (less the 100 ms burst), where per-handle caps would give 0.75 s. */
+    {
+        struct http *capped;
+        struct http_opts copts = {.max_rate = 1024 * 1024, .file_buf_size = 64 * 1024};
+        struct call c1, c2;
+        int closed_capped = 0;
+        REQUIRE(http_init(&capped, &loop, &copts) == 0);
+        struct http_request p1 = {.method = "PUT",
+                                  .url = url,
+                                  .body_path = file,
+                                  .body_file_len = 768 * 1024,
+                                  .retryable = 1};
+        struct http_request p2 = p1;
+        p2.body_offset = 768 * 1024;
+        memset(&c1, 0, sizeof(c1));
+        memset(&c2, 0, sizeof(c2));
+        p1.sent_cb = p2.sent_cb = on_sent;
+        uint64_t t0 = uv_hrtime();
+        c1.t_start = c2.t_start = t0;
+        REQUIRE(http_send(capped, &p1, on_done, &c1, NULL) == 0);
+        REQUIRE(http_send(capped, &p2, on_done, &c2, NULL) == 0);
+        test_run_until(&loop, &c1.done);
+        test_run_until(&loop, &c2.done);
+        double took = (double)((c1.t_end > c2.t_end ? c1.t_end : c2.t_end) - t0) / 1e9;
+        fprintf(stderr, "two capped bodies of 768 KiB at 1 MiB/s: %.2f s\n", took);
+        CHECK(c1.res.status == 200 && c2.res.status == 200);
+        CHECK(jnum(&c1, "len") == 768 * 1024 && jnum(&c2, "len") == 768 * 1024);
+        CHECK(took > 1.2 && took < 4.0);
+        done_call(&c1);
+        done_call(&c2);
+        http_close(capped, on_closed, &closed_capped);
+        test_run_until(&loop, &closed_capped);
+    }
+
     /* memory does not grow with the body: 256 MiB (sparse) through 64 KiB buffers */
     {
         char sparse[700];
