@@ -139,6 +139,7 @@ class Chaos(unittest.TestCase):
         t = threading.Thread(target=writer, daemon=True)
         t.start()
         kills = hub_restarts = 0
+        restarts = []  # (daemon running then, when the hub was back)
         injected = {}
         chaos_end = time.monotonic() + CHAOS_S
         while time.monotonic() < chaos_end:
@@ -151,6 +152,7 @@ class Chaos(unittest.TestCase):
             elif what == "hub":
                 hub.restart(down_s=rng.uniform(0.1, 1.5))
                 hub_restarts += 1
+                restarts.append((d, time.time()))
             else:
                 spec = fault_for(rng)
                 hub.fault(spec)
@@ -203,13 +205,18 @@ class Chaos(unittest.TestCase):
         resumed = sum(int(r["kv"].get("parts_resumed", 0)) for r in all_events("committed"))
         verified = len(all_events("upload_commit_verified"))
         failed = all_events("push-failed")
+        # the same daemon process committed after the hub came back: it reconnected by itself
+        reconnected = sum(1 for x, when in restarts
+                          if any(r["time"] >= when for r in x.events("committed")))
         leaks = [r for r in log if r.get("auth_on_presigned") and
                  r.get("route") in ("part_put", "lfs_put", "complete")]
         print(f"FIGURES chaos: seed={seed} chaos_s={CHAOS_S:.0f} calm_s={calm_s:.1f} "
               f"checkpoints={len(STEPS)} commits={len(want)} kills={kills} "
               f"daemon_starts={len(daemons)} hub_restarts={hub_restarts} "
+              f"(same daemon committed after: {reconnected}) "
               f"faults_injected={sum(injected.values())} {injected} "
-              f"faults_applied={sum(applied.values())} {applied} transfers_cut={cut} http_retries={http_retries} "
+              f"faults_applied={sum(applied.values())} {applied} transfers_cut={cut} "
+              f"http_retries={http_retries} "
               f"checkpoint_retries={later} rebatches={rebatches} "
               f"parts_resumed_from_journal={resumed} commit_answers_lost_then_verified={verified} "
               f"rotated_before_push={len(rotated)} objects={objects} "
