@@ -156,8 +156,8 @@ class Chaos(unittest.TestCase):
             else:
                 spec = fault_for(rng)
                 hub.fault(spec)
-                key = f"{spec['route']}:" + next(k for k in ("status", "reset_after_bytes",
-                                                             "expire_urls", "drop_response") if k in spec)
+                kinds = ("status", "reset_after_bytes", "expire_urls", "drop_response")
+                key = f"{spec['route']}:" + next(k for k in kinds if k in spec)
                 injected[key] = injected.get(key, 0) + spec["count"]
             print(f"  t={CHAOS_S - (chaos_end - time.monotonic()):5.1f}s {what}", flush=True)
         t.join(SAVE_EVERY_S * len(STEPS) + 10)
@@ -183,7 +183,8 @@ class Chaos(unittest.TestCase):
         self.assertEqual([x for x in titles if x.startswith("Training in progress")], want,
                          "missing, duplicate or out-of-order commits")
         for step in STEPS:
-            c = next(c for c in commits if h.commit_title(c) == f"Training in progress, step {step}")
+            title = f"Training in progress, step {step}"
+            c = next(c for c in commits if h.commit_title(c) == title)
             tree = hub.tree(repo, c["id"])
             for name, sha in expected[step].items():
                 self.assertIn(name, tree, f"step {step}")

@@ -139,16 +139,18 @@ class Preempt(unittest.TestCase):
         print(f"\nFIGURES preempt: drain_timeout_s={DRAIN_S} exit_code={rc} "
               f"exit_after_sigterm_s={exit_s:.2f} committed_before=['checkpoint-1'] "
               f"interrupted='checkpoint-2' parts={nparts} parts_done_before={len(done_before)} "
-              f"journal_states={states2} journaled_parts={parts_journaled} hub_parts_done={sorted(done_before)} "
+              f"journal_states={states2} journaled_parts={parts_journaled} "
+              f"hub_parts_done={sorted(done_before)} "
               f"pinned='pins/{id2}' resume_commit_s={resume_s:.2f} "
               f"parts_sent_after={len(sent_after)} finished_parts_sent_again={len(again)} "
-              f"parts_resumed={got['kv'].get('parts_resumed')} recovered={got['kv'].get('recovered')} "
+              f"parts_resumed={got['kv'].get('parts_resumed')} "
+              f"recovered={got['kv'].get('recovered')} "
               f"object_bytes={BIG} put_bytes={bytes_before + bytes_after} "
               f"bytes_resent={bytes_before + bytes_after - BIG} (cut_in_flight_at_deadline={cut})",
               flush=True)
         print(f"  hub commits, oldest first: {[h.commit_title(c) for c in reversed(commits)]}")
-        print("  " + d.events("draining")[0]["line"] + "\n  " + d.events("drain-timeout")[0]["line"],
-              flush=True)
+        for ev in ("draining", "drain-timeout", "stopped", "push-interrupted"):
+            print("  " + d.events(ev)[0]["line"], flush=True)
         self.assertEqual(again, [], f"finished parts sent again: {again}")
         self.assertEqual(sorted(done_before | set(sent_after)), list(range(1, nparts + 1)))
         self.assertFalse(os.path.exists(pin2), "the pins are released after the commit")
