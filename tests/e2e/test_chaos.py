@@ -224,6 +224,8 @@ class Chaos(unittest.TestCase):
               f"object_bytes={sum(sizes.values())} put_bytes={sent} bytes_resent={resent} "
               f"({100.0 * resent / max(1, sum(sizes.values())):.1f}%) "
               f"finished_parts_sent_again={parts_again}", flush=True)
+        print(f"  other commits: {[x for x in titles if not x.startswith('Training in progress')]}",
+              flush=True)
         self.assertEqual(leaks, [])
         # a finished part goes again only when its journal record died with the daemon (a kill),
         # with the hub's answer (a restart), or with its URL (a rebatch)
