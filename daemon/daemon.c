@@ -367,14 +367,16 @@ oom:
         end_commit_free(e);
 }
 
-/* Training ended with no model saved at the output root (Lightning, plain loops): the card
- * alone makes the end-of-training commit, when there is something to tell. */
+/* Training ended (the trainer's `final`, or the wrapped command exited) with no model saved at
+ * the output root (Lightning, plain loops): the card alone makes the end-of-training commit. */
 static void start_card_only_commit(struct daemon *d)
 {
     struct end_commit *e;
 
-    if (d->end_commit_queued || d->cfg->dry_run ||
-        (!d->final_requested && queue_committed_count(d->queue) == 0))
+    bool training_ended = d->final_requested || (d->cfg->child_argv != NULL && !d->child_running);
+
+    /* A SIGTERM alone is a preemption, not the end of training: no card then. */
+    if (d->end_commit_queued || d->cfg->dry_run || !training_ended)
         return;
     if ((e = calloc(1, sizeof(*e))) == NULL || (e->name = strdup("")) == NULL) {
         free(e);

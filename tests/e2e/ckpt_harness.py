@@ -431,6 +431,23 @@ def commit_title(c):
     return c.get("title") or (c.get("message") or "").split("\n", 1)[0]
 
 
+def write_checkpoint(root, step, model_size, rng):
+    """A Trainer-like checkpoint-STEP/: model.safetensors (model_size random bytes of rng),
+    config.json, then trainer_state.json last (what seals it). Returns {file: sha256} of the
+    files every_save pushes."""
+    d = os.path.join(root, f"checkpoint-{step}")
+    os.mkdir(d)
+    out = {}
+    for name, data in (("model.safetensors", rng.randbytes(model_size)),
+                       ("config.json", b'{"step": %d}\n' % step)):
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+        out[name] = hashlib.sha256(data).hexdigest()
+    with open(os.path.join(d, "trainer_state.json"), "w") as f:
+        f.write('{"global_step": %d}\n' % step)
+    return out
+
+
 # ---- replay and the JS client ---------------------------------------------------------------
 def replay(trace, into, speed=1.0, seed=None, size_scale=None, timeout=120):
     """Replay a trace into `into` (blocking); returns the manifest."""

@@ -4,7 +4,6 @@ commit, expired part URLs (403 from storage: the object is re-batched), and a hu
 middle of a transfer. Everything must end committed with the right bytes; the retry counts are
 printed for the closing note."""
 
-import hashlib
 import os
 import random
 import signal
@@ -21,17 +20,7 @@ STEPS = (1, 2, 3)
 
 
 def write_checkpoint(root, step, rng):
-    d = os.path.join(root, f"checkpoint-{step}")
-    os.mkdir(d)
-    out = {}
-    for name, data in (("model.safetensors", rng.randbytes(3 * MiB + 12345)),
-                       ("config.json", b'{"step": %d}\n' % step)):
-        with open(os.path.join(d, name), "wb") as f:
-            f.write(data)
-        out[name] = hashlib.sha256(data).hexdigest()
-    with open(os.path.join(d, "trainer_state.json"), "w") as f:
-        f.write('{"global_step": %d}\n' % step)
-    return out
+    return h.write_checkpoint(root, step, 3 * MiB + 12345, rng)
 
 
 class Faults(unittest.TestCase):

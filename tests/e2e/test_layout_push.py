@@ -132,8 +132,8 @@ class LayoutPush(unittest.TestCase):
         self.assertEqual(self.rcs[name], 0, d.tail())
         self.assertEqual(d.events("push-failed"), [], d.tail())
         sealed = d.events("sealed")
-        # On SIGTERM the daemon ends the run with an 'End of training' commit of the output root
-        # (here only its model card); the checkpoints' commits come before it.
+        # A SIGTERM alone is a preemption: no 'End of training' commit (at most one, and only
+        # after the checkpoints' commits).
         ends = [c for c in d.events("committed") if c["kv"].get("ckpt") == ""]
         committed = [c for c in d.events("committed") if c["kv"].get("ckpt") != ""]
         self.assertLessEqual(len(ends), 1, d.tail())
