@@ -3,11 +3,14 @@
  * The loop thread queues jobs and runs completions; hash_work runs on a pool thread and is the
  * only place file data is read. Reads use pread in HASH_CHUNK pieces and tell the kernel to drop
  * the pages behind us, so pushing a checkpoint does not evict the training job's page cache.
+ * A file whose inode, size and mtime were hashed before (a pin of an unchanged file, a file
+ * linked into the next checkpoint) is answered from a small cache instead of read again.
  */
 #include "hash.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +20,18 @@
 #include <openssl/evp.h>
 
 #define HASH_CHUNK (2u * 1024 * 1024)
+#define HASH_CACHE_SLOTS 1024
+
+/* What identifies unchanged content without reading it: the same inode of the same device, the
+ * same size and the same modification time to the nanosecond. */
+struct hash_cache_entry {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+    bool used;
+    struct hash_result res;
+};
 
 struct hash_job {
     uv_work_t work;
@@ -35,7 +50,50 @@ struct hash_pool {
     int running;
     size_t queued;
     struct hash_job *head, *tail;
+    uv_mutex_t cache_lock; /* pool threads share the cache */
+    struct hash_cache_entry cache[HASH_CACHE_SLOTS];
+    size_t cache_next;
+    uint64_t cache_hits;
 };
+
+static bool same_file(const struct hash_cache_entry *e, const struct stat *st)
+{
+    return e->used && e->dev == st->st_dev && e->ino == st->st_ino && e->size == st->st_size &&
+           e->mtime.tv_sec == st->st_mtim.tv_sec && e->mtime.tv_nsec == st->st_mtim.tv_nsec;
+}
+
+/* Pool thread. */
+static bool cache_lookup(struct hash_pool *p, const struct stat *st, struct hash_result *res)
+{
+    bool hit = false;
+
+    uv_mutex_lock(&p->cache_lock);
+    for (size_t i = 0; i < HASH_CACHE_SLOTS && !hit; i++) {
+        if (same_file(&p->cache[i], st)) {
+            *res = p->cache[i].res;
+            p->cache_hits++;
+            hit = true;
+        }
+    }
+    uv_mutex_unlock(&p->cache_lock);
+    return hit;
+}
+
+/* Pool thread. The file must not have changed while it was read: the caller checks. */
+static void cache_store(struct hash_pool *p, const struct stat *st, const struct hash_result *res)
+{
+    struct hash_cache_entry *e;
+
+    uv_mutex_lock(&p->cache_lock);
+    e = &p->cache[p->cache_next++ % HASH_CACHE_SLOTS];
+    e->dev = st->st_dev;
+    e->ino = st->st_ino;
+    e->size = st->st_size;
+    e->mtime = st->st_mtim;
+    e->res = *res;
+    e->used = true;
+    uv_mutex_unlock(&p->cache_lock);
+}
 
 static void hex(char *dst, const unsigned char *src, size_t n)
 {
@@ -48,13 +106,15 @@ static void hex(char *dst, const unsigned char *src, size_t n)
 }
 
 /* Pool thread. Returns 0 or a negative errno. */
-static int hash_fd(int fd, struct hash_result *res)
+static int hash_fd(struct hash_pool *p, int fd, struct hash_result *res)
 {
-    struct stat st;
+    struct stat st, after;
     if (fstat(fd, &st) < 0)
         return -errno;
     if (!S_ISREG(st.st_mode))
         return -EINVAL;
+    if (cache_lookup(p, &st, res))
+        return 0;
 
     uint64_t size = (uint64_t)st.st_size;
     int want_sha1 = size <= HASH_GIT_SHA1_MAX;
@@ -121,6 +181,10 @@ static int hash_fd(int fd, struct hash_result *res)
     }
     res->size = size;
     r = 0;
+    /* Remember it only if nothing wrote to the file while it was read. */
+    if (fstat(fd, &after) == 0 && after.st_size == st.st_size &&
+        after.st_mtim.tv_sec == st.st_mtim.tv_sec && after.st_mtim.tv_nsec == st.st_mtim.tv_nsec)
+        cache_store(p, &st, res);
 out:
     EVP_MD_CTX_free(sha1);
     EVP_MD_CTX_free(sha256);
@@ -137,7 +201,7 @@ static void hash_work(uv_work_t *w)
         job->status = -errno;
         return;
     }
-    job->status = hash_fd(fd, &job->res);
+    job->status = hash_fd(job->pool, fd, &job->res);
     close(fd);
 }
 
@@ -182,6 +246,10 @@ int hash_pool_init(struct hash_pool **ret, uv_loop_t *loop, int max_jobs)
         return UV_ENOMEM;
     p->loop = loop;
     p->max_jobs = max_jobs > 0 ? max_jobs : 2;
+    if (uv_mutex_init(&p->cache_lock) != 0) {
+        free(p);
+        return UV_ENOMEM;
+    }
     *ret = p;
     return 0;
 }
@@ -224,6 +292,7 @@ int hash_pool_free(struct hash_pool *p)
         return 0;
     if (hash_pool_pending(p) > 0)
         return UV_EBUSY;
+    uv_mutex_destroy(&p->cache_lock);
     free(p);
     return 0;
 }
