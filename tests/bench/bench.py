@@ -709,7 +709,7 @@ def writer_probe(exe, hub, work, ckpt, sz, reps, extra):
     shutil.rmtree(wdir, ignore_errors=True)
     hub.drop_objects()
     ma, mb = statistics.median(alone), statistics.median(busy)
-    cap = " ".join(extra) if extra else "no bandwidth cap (--max-rate not available)"
+    cap = " ".join(extra) if extra else "no bandwidth cap (pass --max-rate BYTES_PER_S)"
     return (f"checkpoint writer, {n} x {size / MIB:.0f} MiB write+fsync, {reps} reps "
             f"interleaved, daemon pushing {os.path.basename(ckpt)} with {cap}; load {la0} -> "
             f"{loadavg()}\n  alone {fmt_t(alone)} s   while pushing {fmt_t(busy)} s   "
