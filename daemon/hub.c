@@ -492,6 +492,30 @@ static int op_send(struct hub_op *op, struct http_request *req, struct hub_op **
     return 0;
 }
 
+/* op for a request whose JSON body b holds. When building b or the op failed: frees b, sets *ret
+ * to the error and returns NULL. */
+static struct hub_op *op_new_body(struct hub *hub, enum op_kind kind, void *ctx, const char *verb,
+                                  struct sbuf *b, int *ret)
+{
+    struct hub_op *op = b->failed ? NULL : op_new(hub, kind, ctx, verb);
+    if (op == NULL) {
+        free(b->p);
+        *ret = b->failed ? b->failed : UV_ENOMEM;
+    }
+    return op;
+}
+
+/* op_send with b as the body; b is freed either way (http_send copied it). */
+static int op_send_body(struct hub_op *op, struct http_request *req, struct sbuf *b,
+                        struct hub_op **ret_op)
+{
+    req->body = b->p;
+    req->body_len = b->len;
+    int r = op_send(op, req, ret_op);
+    free(b->p);
+    return r;
+}
+
 static int api_url(struct hub *hub, char *dst, size_t size, const char *what)
 {
     int n = snprintf(dst, size, "%s/api/%s/%s/%s/%s", hub->endpoint, hub->type_seg, hub->repo_id,
@@ -888,11 +912,10 @@ int hub_preupload(struct hub *hub, struct hub_preupload_file *files, size_t n, h
         sb_str(&b, "\"}");
     }
     sb_str(&b, "]}");
-    struct hub_op *op = b.failed ? NULL : op_new(hub, OP_PREUPLOAD, ctx, "preupload to");
-    if (op == NULL) {
-        free(b.p);
-        return b.failed ? b.failed : UV_ENOMEM;
-    }
+    int err;
+    struct hub_op *op = op_new_body(hub, OP_PREUPLOAD, ctx, "preupload to", &b, &err);
+    if (op == NULL)
+        return err;
     op->cb.oid = cb;
     op->files = files;
     op->n = n;
@@ -900,12 +923,8 @@ int hub_preupload(struct hub *hub, struct hub_preupload_file *files, size_t n, h
                                .url = url,
                                .bearer = hub->token,
                                .content_type = "application/json",
-                               .body = b.p,
-                               .body_len = b.len,
                                .retryable = 1};
-    r = op_send(op, &req, ret_op);
-    free(b.p);
-    return r;
+    return op_send_body(op, &req, &b, ret_op);
 }
 
 void hub_lfs_object_release(struct hub_lfs_object *obj)
@@ -952,11 +971,10 @@ int hub_lfs_batch(struct hub *hub, struct hub_lfs_object *objs, size_t n, hub_do
         objs[i].expires_at = 0;
     }
     sb_str(&b, "]}");
-    struct hub_op *op = b.failed ? NULL : op_new(hub, OP_BATCH, ctx, "LFS batch for");
-    if (op == NULL) {
-        free(b.p);
-        return b.failed ? b.failed : UV_ENOMEM;
-    }
+    int err;
+    struct hub_op *op = op_new_body(hub, OP_BATCH, ctx, "LFS batch for", &b, &err);
+    if (op == NULL)
+        return err;
     op->cb.done = cb;
     op->objs = objs;
     op->n = n;
@@ -965,13 +983,9 @@ int hub_lfs_batch(struct hub *hub, struct hub_lfs_object *objs, size_t n, hub_do
                                .bearer = hub->token,
                                .content_type = "application/vnd.git-lfs+json",
                                .headers = {"Accept: application/vnd.git-lfs+json"},
-                               .body = b.p,
-                               .body_len = b.len,
                                .max_response = HUB_ANSWER_MAX,
                                .retryable = 1};
-    int r = op_send(op, &req, ret_op);
-    free(b.p);
-    return r;
+    return op_send_body(op, &req, &b, ret_op);
 }
 
 static void storage_where(struct hub_op *op, const char *url)
@@ -1025,25 +1039,20 @@ int hub_lfs_complete(struct hub *hub, const char *href, const char *oid, const c
         sb_str(&b, "}");
     }
     sb_str(&b, "]}");
+    int err;
     struct hub_op *op =
-        b.failed ? NULL : op_new(hub, OP_COMPLETE, ctx, "complete multipart upload for");
-    if (op == NULL) {
-        free(b.p);
-        return b.failed ? b.failed : UV_ENOMEM;
-    }
+        op_new_body(hub, OP_COMPLETE, ctx, "complete multipart upload for", &b, &err);
+    if (op == NULL)
+        return err;
     op->cb.done = cb;
     storage_where(op, href);
     struct http_request req = {.method = "POST",
                                .url = href,
                                .content_type = "application/vnd.git-lfs+json",
                                .headers = {"Accept: application/vnd.git-lfs+json"},
-                               .body = b.p,
-                               .body_len = b.len,
                                .max_response = 64 * 1024,
                                .retryable = 1};
-    int r = op_send(op, &req, ret_op);
-    free(b.p);
-    return r;
+    return op_send_body(op, &req, &b, ret_op);
 }
 
 int hub_commit(struct hub *hub, const char *summary, const char *description,
@@ -1096,22 +1105,17 @@ int hub_commit(struct hub *hub, const char *summary, const char *description,
             break;
         }
     }
-    struct hub_op *op = b.failed ? NULL : op_new(hub, OP_COMMIT, ctx, "commit to");
-    if (op == NULL) {
-        free(b.p);
-        return b.failed ? b.failed : UV_ENOMEM;
-    }
+    int err;
+    struct hub_op *op = op_new_body(hub, OP_COMMIT, ctx, "commit to", &b, &err);
+    if (op == NULL)
+        return err;
     op->cb.oid = cb;
     struct http_request req = {.method = "POST",
                                .url = url,
                                .bearer = hub->token,
                                .content_type = "application/x-ndjson",
-                               .body = b.p,
-                               .body_len = b.len,
                                .retryable = HTTP_RETRY_429};
-    r = op_send(op, &req, ret_op);
-    free(b.p);
-    return r;
+    return op_send_body(op, &req, &b, ret_op);
 }
 
 /* ---- answers without a transfer (hub_internal.h) ------------------------------------------- */

@@ -281,6 +281,21 @@ class Daemon:
 
 
 # ---- the test hub ---------------------------------------------------------------------------
+def socket_daemon(watch, repo, hub, quiet_ms, timeout=20.0):
+    """A daemon pushing watch to repo on hub with its control socket in a fresh directory.
+    Returns (daemon, socket path) once it is ready and the socket exists."""
+    sock = os.path.join(tempdir("ckpt-sock-"), "job.sock")
+    daemon = Daemon(watch, repo=repo, endpoint=hub.url, token=TOKEN,
+                    args=["--quiet-ms", str(quiet_ms), "--socket", sock])
+    daemon.wait_event("ready", timeout=timeout)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(sock):
+        if time.monotonic() > deadline:
+            raise AssertionError("daemon made no socket at --socket\n" + daemon.tail())
+        time.sleep(0.05)
+    return daemon, sock
+
+
 class Hub:
     """tests/hub/hub.py on a free port with a temporary data directory."""
 

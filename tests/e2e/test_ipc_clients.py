@@ -98,16 +98,8 @@ class IpcClients(unittest.TestCase):
         root = h.tempdir("ckpt-ipc-")
         cls.watch = os.path.join(root, "output")
         os.mkdir(cls.watch)
-        cls.sock = os.path.join(h.tempdir("ckpt-sock-"), "job.sock")
         cls.repo = f"{h.USER}/ipc-run-{os.getpid()}"
-        cls.daemon = h.Daemon(cls.watch, repo=cls.repo, endpoint=cls.hub.url, token=h.TOKEN,
-                              args=["--quiet-ms", str(QUIET_MS), "--socket", cls.sock])
-        cls.daemon.wait_event("ready", timeout=20)
-        deadline = time.monotonic() + 10
-        while not os.path.exists(cls.sock):
-            if time.monotonic() > deadline:
-                raise AssertionError("daemon made no socket at --socket\n" + cls.daemon.tail())
-            time.sleep(0.05)
+        cls.daemon, cls.sock = h.socket_daemon(cls.watch, cls.repo, cls.hub, QUIET_MS)
         cls.py = ckptpush.Client(socket_path=cls.sock, timeout=20)
 
     @classmethod

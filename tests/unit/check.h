@@ -1,18 +1,28 @@
-/* check.h - the assertions the C unit tests share: print where and what, count failures, and
- * exit non-zero at the end (ctest reads the exit status). */
+/* check.h - the assertions every C unit test shares: print where and what, count failures, and
+ * exit non-zero at the end (ctest reads the exit status). testutil.h includes it; a test that
+ * needs no more than assertions includes this alone. */
 #ifndef CKPT_TEST_CHECK_H
 #define CKPT_TEST_CHECK_H
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-static int check_failures;
+static int test_failures __attribute__((unused));
 
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
             fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            check_failures++;                                                                      \
+            test_failures++;                                                                       \
+        }                                                                                          \
+    } while (0)
+
+#define REQUIRE(cond)                                                                              \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond);             \
+            exit(1);                                                                               \
         }                                                                                          \
     } while (0)
 
@@ -22,7 +32,7 @@ static int check_failures;
         if (got_ == NULL || strcmp(got_, want_) != 0) {                                            \
             fprintf(stderr, "%s:%d: %s is '%s', want '%s'\n", __FILE__, __LINE__, #got,            \
                     got_ ? got_ : "(null)", want_);                                                \
-            check_failures++;                                                                      \
+            test_failures++;                                                                       \
         }                                                                                          \
     } while (0)
 
@@ -32,17 +42,17 @@ static int check_failures;
         if (got_ != want_) {                                                                       \
             fprintf(stderr, "%s:%d: %s is %lld, want %lld\n", __FILE__, __LINE__, #got, got_,      \
                     want_);                                                                        \
-            check_failures++;                                                                      \
+            test_failures++;                                                                       \
         }                                                                                          \
     } while (0)
 
 static inline int check_report(const char *name)
 {
-    if (check_failures)
-        fprintf(stderr, "%s: %d check(s) failed\n", name, check_failures);
+    if (test_failures)
+        fprintf(stderr, "%s: %d check(s) failed\n", name, test_failures);
     else
         printf("%s: all checks passed\n", name);
-    return check_failures ? 1 : 0;
+    return test_failures ? 1 : 0;
 }
 
 #endif

@@ -3,6 +3,7 @@
  * Feeds detect with the events watch.c would report for each trace (MOVED_FROM/MOVED_TO paired by
  * cookie), at the recorded times, firing the timer exactly at each deadline. Single-threaded.
  */
+#include "check.h"
 #include "detect.h"
 #include "watch.h"
 
@@ -13,16 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int failures;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 #define MAX_SEALS 64
 #define MAX_NOTES 512
@@ -1079,10 +1070,5 @@ int main(void)
     test_late_read_events();
     test_nemo_found_unmarked();
     test_rotation_under_way_at_scan();
-    if (failures != 0) {
-        fprintf(stderr, "test_detect: %d failures\n", failures);
-        return 1;
-    }
-    printf("test_detect: ok\n");
-    return 0;
+    return check_report("test_detect");
 }

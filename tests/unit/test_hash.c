@@ -106,7 +106,5 @@ int main(void)
     CHECK(hash_pool_free(pool) == 0);
     test_close_loop(&loop);
     test_rm_rf(dir);
-    if (test_failures == 0)
-        printf("test_hash: ok\n");
-    return test_failures == 0 ? 0 : 1;
+    return check_report("test_hash");
 }

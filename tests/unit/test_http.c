@@ -333,7 +333,5 @@ int main(void)
     test_hub_stop(&echo);
     test_rm_rf(dir);
     curl_global_cleanup();
-    if (test_failures == 0)
-        printf("test_http: ok\n");
-    return test_failures == 0 ? 0 : 1;
+    return check_report("test_http");
 }

@@ -469,7 +469,5 @@ int main(void)
     test_hub_stop(&srv);
     test_rm_rf(dir);
     curl_global_cleanup();
-    if (test_failures == 0)
-        printf("test_hub: ok\n");
-    return test_failures == 0 ? 0 : 1;
+    return check_report("test_hub");
 }

@@ -149,7 +149,7 @@ static struct conn *conn_open(void)
     set_addr(&addr, sock_path);
     if (connect(c->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
         fprintf(stderr, "connect '%s': %s\n", sock_path, strerror(errno));
-        check_failures++;
+        test_failures++;
     }
     return c;
 }
@@ -168,7 +168,7 @@ static void conn_send(struct conn *c, const char *data, size_t len)
             if (errno == EINTR)
                 continue;
             fprintf(stderr, "send: %s\n", strerror(errno));
-            check_failures++;
+            test_failures++;
             return;
         }
         data += n;
@@ -218,13 +218,13 @@ static cJSON *conn_json(struct conn *c)
 
     if (line == NULL) {
         fprintf(stderr, "no reply line\n");
-        check_failures++;
+        test_failures++;
         return cJSON_CreateObject();
     }
     j = cJSON_Parse(line);
     if (j == NULL) {
         fprintf(stderr, "reply is not JSON: %.200s\n", line);
-        check_failures++;
+        test_failures++;
         j = cJSON_CreateObject();
     }
     free(line);
@@ -601,7 +601,7 @@ static int case_other_user(void)
         c = conn_open();
         r = conn_json(c);
         ok = err_code(r) != NULL && strcmp(err_code(r), IPC_ERR_FORBIDDEN) == 0 && conn_at_eof(c);
-        _exit(ok && check_failures == 0 ? 0 : 1);
+        _exit(ok && test_failures == 0 ? 0 : 1);
     }
     if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
         return 1;

@@ -4,16 +4,6 @@
 
 #include "testutil.h"
 
-#define CHECK_STR(got, want)                                                                       \
-    do {                                                                                           \
-        const char *got_ = (got), *want_ = (want);                                                 \
-        if (got_ == NULL || strcmp(got_, want_) != 0) {                                            \
-            fprintf(stderr, "%s:%d: %s is '%s', want '%s'\n", __FILE__, __LINE__, #got,            \
-                    got_ ? got_ : "(null)", want_);                                                \
-            test_failures++;                                                                       \
-        }                                                                                          \
-    } while (0)
-
 static int n_done, last_status;
 
 static void on_done(void *ctx, int status)
@@ -241,10 +231,5 @@ int main(void)
 
     test_close_loop(&loop);
     test_rm_rf(dir);
-    if (test_failures) {
-        fprintf(stderr, "test_journal: %d failure(s)\n", test_failures);
-        return 1;
-    }
-    printf("test_journal: all checks passed\n");
-    return 0;
+    return check_report("test_journal");
 }

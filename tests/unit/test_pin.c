@@ -2,6 +2,7 @@
  * follow renames and replacements, fall back to copies across file systems, and release cleanly.
  * Requests are made and checked on the loop thread; the work runs in libuv's pool.
  */
+#include "check.h"
 #include "detect.h"
 #include "err.h"
 #include "pin.h"
@@ -17,16 +18,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
-
-static int failures;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 struct t {
     uv_loop_t loop;
@@ -497,10 +488,5 @@ int main(void)
 
     test_copy_fallback();
     test_pipeline();
-    if (failures != 0) {
-        fprintf(stderr, "test_pin: %d failures\n", failures);
-        return 1;
-    }
-    printf("test_pin: ok\n");
-    return 0;
+    return check_report("test_pin");
 }

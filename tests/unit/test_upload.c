@@ -342,7 +342,5 @@ int main(void)
     else
         test_rm_rf(e.dir);
     curl_global_cleanup();
-    if (test_failures == 0)
-        printf("test_upload: ok\n");
-    return test_failures == 0 ? 0 : 1;
+    return check_report("test_upload");
 }

@@ -3,6 +3,7 @@
  * Each step changes the tree from a timer callback, then the next step checks the events the
  * watch reported meanwhile. The loop must close with no handle left. Loop thread only.
  */
+#include "check.h"
 #include "err.h"
 #include "watch.h"
 
@@ -17,16 +18,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
-
-static int failures;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 #define MAX_EVENTS 40000
 
@@ -356,10 +347,5 @@ int main(void)
     test_read_now(&t);
     free(t.events);
     rm_rf(t.base);
-    if (failures != 0) {
-        fprintf(stderr, "test_watch: %d failures\n", failures);
-        return 1;
-    }
-    printf("test_watch: ok\n");
-    return 0;
+    return check_report("test_watch");
 }

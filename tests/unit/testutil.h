@@ -22,23 +22,7 @@
 #include <curl/curl.h>
 #include <uv.h>
 
-static int test_failures __attribute__((unused));
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
-            test_failures++;                                                                       \
-        }                                                                                          \
-    } while (0)
-
-#define REQUIRE(cond)                                                                              \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond);             \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 static inline void test_mkdtemp(char *dir, size_t size)
 {

@@ -83,3 +83,21 @@ class Notifier:
             else:
                 logger.info("ckptpush: final push started")
         return r
+
+
+class NotifierCallback:
+    """What every trainer callback holds whatever its framework: the notifier, how the final push
+    waits, and the pushed/failures record. Listed before the framework's base class."""
+
+    def _init_notifier(self, socket_path, job, wait, wait_timeout, timeout):
+        self.notifier = Notifier(socket_path, job, timeout)
+        self.wait = wait
+        self.wait_timeout = wait_timeout
+
+    @property
+    def pushed(self):
+        return self.notifier.pushed
+
+    @property
+    def failures(self):
+        return self.notifier.failures

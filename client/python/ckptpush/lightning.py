@@ -9,7 +9,7 @@ on_save_checkpoint runs before Lightning writes the file, so the path is pushed 
 
 import os
 
-from ._notifier import Notifier
+from ._notifier import NotifierCallback
 
 try:
     from lightning.pytorch import Callback as _Base
@@ -33,22 +33,12 @@ def _candidate_paths(trainer):
                 yield os.fspath(p)
 
 
-class CkptpushCallback(_Base):
+class CkptpushCallback(NotifierCallback, _Base):
     def __init__(self, socket_path=None, job=None, wait=False, wait_timeout=None,
                  timeout=30.0):
-        self.notifier = Notifier(socket_path, job, timeout)
-        self.wait = wait
-        self.wait_timeout = wait_timeout
+        self._init_notifier(socket_path, job, wait, wait_timeout, timeout)
         self._pending = False
         self._seen = {}  # path -> mtime_ns pushed
-
-    @property
-    def pushed(self):
-        return self.notifier.pushed
-
-    @property
-    def failures(self):
-        return self.notifier.failures
 
     @staticmethod
     def _main_process(trainer):

@@ -9,7 +9,7 @@ warning; training goes on).
 
 import os
 
-from ._notifier import Notifier
+from ._notifier import NotifierCallback
 
 try:  # the real base class when transformers is importable
     from transformers import TrainerCallback as _Base
@@ -42,25 +42,15 @@ def _args_dict(args):
         return {}
 
 
-class CkptpushCallback(_Base):
+class CkptpushCallback(NotifierCallback, _Base):
     """socket_path / job: which daemon (default: the job named after args.output_dir, else the
     only daemon of this user). wait: on_train_end waits until the final commit is done (or
     wait_timeout seconds) and warns loudly when it failed."""
 
     def __init__(self, socket_path=None, job=None, wait=False, wait_timeout=None,
                  push_on_save=True, timeout=30.0):
-        self.notifier = Notifier(socket_path, job, timeout)
-        self.wait = wait
-        self.wait_timeout = wait_timeout
+        self._init_notifier(socket_path, job, wait, wait_timeout, timeout)
         self.push_on_save = push_on_save
-
-    @property
-    def pushed(self):
-        return self.notifier.pushed
-
-    @property
-    def failures(self):
-        return self.notifier.failures
 
     @staticmethod
     def _main_process(state):
