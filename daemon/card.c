@@ -15,7 +15,7 @@
 #define CKPT_VERSION "dev"
 #endif
 
-#define CONFIG_HINT "the card fields of the ckptpush config"
+#define CONFIG_HINT "the `card` object of the ckptpushd configuration file"
 #define MAX_TABLE_ROWS 300
 #define MAX_PICKLES_NAMED 20
 

@@ -595,6 +595,17 @@ int config_apply_text(struct config *cfg, char *text, const char *path)
         const char *value = NULL, *want = NULL;
 
         snprintf(where, sizeof(where), "config '%s': %s", path, item->string);
+        if (strcmp(item->string, "card") == 0) {
+            /* The model card's own fields: an object handed to the card as it is. */
+            if (!cJSON_IsObject(item)) {
+                add_problem(cfg, "%s: must be an object of model card fields", where);
+                set_code(codep, CKPT_EXIT_INVALID);
+            } else {
+                free(cfg->card_fields_json);
+                cfg->card_fields_json = cJSON_PrintUnformatted(item);
+            }
+            continue;
+        }
         if (k == NULL) {
             add_problem(cfg, "config '%s': unknown key '%s'", path, item->string);
             set_code(codep, CKPT_EXIT_INVALID);
@@ -1069,6 +1080,10 @@ char *config_to_json(const struct config *cfg)
     add_string_or_null(o, "socket", cfg->socket_path);
     add_string_or_null(o, "job", cfg->job);
     add_string_or_null(o, "layout", cfg->layout);
+    if (cfg->card_fields_json != NULL)
+        cJSON_AddItemToObject(o, "card", cJSON_Parse(cfg->card_fields_json));
+    else
+        cJSON_AddNullToObject(o, "card");
     {
         cJSON *rules = cJSON_AddArrayToObject(o, "rules");
         for (size_t i = 0; rules != NULL && i < cfg->rule_count; i++) {
@@ -1109,6 +1124,7 @@ void config_release(struct config *cfg)
     free(cfg->socket_path);
     free(cfg->job);
     free(cfg->layout);
+    free(cfg->card_fields_json);
     free(cfg->revision);
     for (size_t i = 0; cfg->include[i] != NULL; i++)
         free(cfg->include[i]);

@@ -52,6 +52,7 @@ struct config {
     char *socket_path;  /* the control socket; default from ipc_proto_default_path */
     char *job;          /* names the control socket; default: the watched dir's basename */
     char *layout;       /* force one detection layout, or NULL: auto-detect */
+    char *card_fields_json; /* the file's "card" object (license, datasets, ...), or NULL */
     /* User rules, `GLOB[:MARKER[:QUIET_MS]]`, from every source (they add up). */
     struct config_rule {
         char *glob;

@@ -321,6 +321,7 @@ static void write_card(struct end_commit *e)
         .out_dir = e->out_dir,
         .final_metrics_json = d->final_metrics_json,
         .hparams_json = d->final_hparams_json,
+        .user_fields_json = d->cfg->card_fields_json,
         .duration_s = -1,
     };
 

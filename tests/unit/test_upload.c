@@ -97,7 +97,7 @@ static int same_remote(struct env *e, const char *path_in_repo, const char *loca
 {
     char url[1024];
     struct test_buf b;
-    size_t len;
+    size_t len = 0;
     snprintf(url, sizeof(url), "%s/%s/resolve/main/%s", e->th.endpoint, REPO, path_in_repo);
     long st = test_http("GET", url, TOKEN, NULL, &b);
     char *want = test_read_file(local, &len);
