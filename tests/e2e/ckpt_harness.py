@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import unittest
 import urllib.error
 import urllib.request
 
@@ -408,10 +409,9 @@ class Hub:
             raise AssertionError(f"GET {path}: HTTP {status}: {body[:500]!r}")
         return json.loads(body)
 
-    def commits(self, repo, rev="main"):
-        """Commit list of the branch, newest first, following Link pagination."""
+    def get_pages(self, url):
+        """The JSON lists of url and of every page after it (Link: rel="next"), joined."""
         out = []
-        url = f"/api/models/{repo}/commits/{rev}"
         while url:
             status, headers, body = self.request("GET", url)
             if status != 200:
@@ -421,17 +421,13 @@ class Hub:
             url = m.group(1) if m else None
         return out
 
+    def commits(self, repo, rev="main"):
+        """Commit list of the branch, newest first."""
+        return self.get_pages(f"/api/models/{repo}/commits/{rev}")
+
     def tree(self, repo, rev="main"):
         """{path: entry} of every file at rev (recursive)."""
-        entries = []
-        url = f"/api/models/{repo}/tree/{rev}?recursive=true"
-        while url:
-            status, headers, body = self.request("GET", url)
-            if status != 200:
-                raise AssertionError(f"GET {url}: HTTP {status}: {body[:500]!r}")
-            entries += json.loads(body)
-            m = re.search(r'<([^>]+)>;\s*rel="next"', headers.get("Link", "") or "")
-            url = m.group(1) if m else None
+        entries = self.get_pages(f"/api/models/{repo}/tree/{rev}?recursive=true")
         return {e["path"]: e for e in entries if e.get("type") == "file"}
 
     def sha256_at(self, repo, rev, path):
@@ -440,6 +436,25 @@ class Hub:
         if status != 200:
             raise AssertionError(f"resolve {rev}/{path}: HTTP {status}: {body[:300]!r}")
         return hashlib.sha256(body).hexdigest()
+
+
+class HubTestCase(unittest.TestCase):
+    """A test class with one test hub (cls.hub) for all its tests."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.hub = Hub()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.hub.stop()
+
+
+def split_card(text):
+    """(front matter YAML, body) of a model card README."""
+    assert text.startswith("---\n"), text[:80]
+    end = text.index("\n---\n", 4)
+    return text[4:end + 1], text[end + 5:]
 
 
 def commit_title(c):

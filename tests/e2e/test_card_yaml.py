@@ -28,12 +28,6 @@ OWNED = {"library_name", "license", "base_model", "datasets", "language", "tags"
          "pipeline_tag", "model-index"}
 
 
-def split_card(text):
-    assert text.startswith("---\n"), text[:80]
-    end = text.index("\n---\n", 4)
-    return text[4:end + 1], text[end + 5:]
-
-
 class CardYaml(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -86,7 +80,7 @@ class CardYaml(unittest.TestCase):
         return mi[0]
 
     def test_fixture_front_matter(self):
-        fm, body = split_card(self.readme)
+        fm, body = h.split_card(self.readme)
         meta = yaml.safe_load(fm)
         self.assertEqual(set(meta), OWNED)
         self.assertEqual(meta["library_name"], "transformers")
@@ -112,11 +106,11 @@ class CardYaml(unittest.TestCase):
     def test_trainer_card_alone_front_matter(self):
         """Rendered from the Trainer's README, trainer_state.json and all_results.json only:
         the Trainer's metadata, parsed, plus the results it left empty."""
-        fm, _ = split_card(self.alone)
+        fm, _ = h.split_card(self.alone)
         meta = yaml.safe_load(fm)
         with open(os.path.join(FIXTURES, "README.generated-by-trainer.md"),
                   encoding="utf-8") as f:
-            trainer_meta = yaml.safe_load(split_card(f.read())[0])
+            trainer_meta = yaml.safe_load(h.split_card(f.read())[0])
         for key in ("library_name", "license", "base_model", "language"):
             self.assertEqual(meta[key], trainer_meta[key], key)
         for tag in trainer_meta["tags"]:
@@ -131,7 +125,7 @@ class CardYaml(unittest.TestCase):
         self.assertEqual(by_type["loss"]["value"], self.results["eval_loss"])
 
     def test_hostile_front_matter(self):
-        fm, body = split_card(self.hostile)
+        fm, body = h.split_card(self.hostile)
         meta = yaml.safe_load(fm)
         self.assertEqual(set(meta), OWNED - {"library_name"})
         # every hostile string comes back exactly as it went in

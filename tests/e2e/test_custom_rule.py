@@ -1,6 +1,7 @@
 """A rule of the user's own (--rule GLOB:MARKER:QUIET_MS) seals a folder no built-in layout knows
 only once its marker is closed, and --layout restricts detection to one built-in layout."""
 
+import contextlib
 import os
 import sys
 import time
@@ -17,12 +18,19 @@ def write(path, size):
 
 
 class CustomRule(unittest.TestCase):
-    def test_marker_rule(self):
-        watch = h.tempdir("ckpt-rule-")
-        d = h.Daemon(watch, repo="alice/x", args=["--dry-run", "--quiet-ms", "200",
-                                                  "--rule", "exports/snap-*:DONE:100"])
+    @contextlib.contextmanager
+    def dry_run(self, prefix, *args):
+        """A --dry-run daemon, ready, on a fresh folder; it must exit 0 when stopped."""
+        watch = h.tempdir(prefix)
+        d = h.Daemon(watch, repo="alice/x", args=["--dry-run", "--quiet-ms", "200", *args])
         try:
             d.wait_event("ready", timeout=20)
+            yield watch, d
+        finally:
+            self.assertEqual(d.stop(), 0, d.tail())
+
+    def test_marker_rule(self):
+        with self.dry_run("ckpt-rule-", "--rule", "exports/snap-*:DONE:100") as (watch, d):
             write(os.path.join(watch, "exports/snap-1/weights.npz"), 4096)
             write(os.path.join(watch, "exports/snap-1/meta.txt"), 10)
             time.sleep(0.8)  # well past both quiet periods: no marker, no seal
@@ -30,15 +38,9 @@ class CustomRule(unittest.TestCase):
             write(os.path.join(watch, "exports/snap-1/DONE"), 0)
             sealed = d.wait_event("sealed", timeout=10, ckpt="exports/snap-1")
             self.assertEqual(sealed[0]["kv"]["files"], "3", d.tail())
-        finally:
-            self.assertEqual(d.stop(), 0, d.tail())
 
     def test_forced_layout_ignores_others(self):
-        watch = h.tempdir("ckpt-layout-")
-        d = h.Daemon(watch, repo="alice/x", args=["--dry-run", "--quiet-ms", "200",
-                                                  "--layout", "torch-dcp"])
-        try:
-            d.wait_event("ready", timeout=20)
+        with self.dry_run("ckpt-layout-", "--layout", "torch-dcp") as (watch, d):
             write(os.path.join(watch, "checkpoint-5/model.safetensors"), 1000)
             write(os.path.join(watch, "checkpoint-5/trainer_state.json"), 10)
             write(os.path.join(watch, "step-9/__0_0.distcp"), 1000)
@@ -46,8 +48,6 @@ class CustomRule(unittest.TestCase):
             d.wait_event("sealed", timeout=10, ckpt="step-9")
             time.sleep(0.6)
             self.assertEqual([r["kv"]["ckpt"] for r in d.events("sealed")], ["step-9"], d.tail())
-        finally:
-            self.assertEqual(d.stop(), 0, d.tail())
 
 
 if __name__ == "__main__":

@@ -73,15 +73,7 @@ def write_checkpoint(watch, step, size=300_000):
         json.dump({"global_step": step, "log_history": []}, f)
 
 
-class Notify(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.hub = h.Hub()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.hub.stop()
-
+class Notify(h.HubTestCase):
     def test_ready_status_watchdog_stopping(self):
         lst = Listener(abstract=True)
         self.addCleanup(lst.close)

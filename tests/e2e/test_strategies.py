@@ -43,15 +43,7 @@ def final_model(root, rng):
                               ("model.safetensors", rng.randbytes(200000))])
 
 
-class Strategies(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.hub = h.Hub()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.hub.stop()
-
+class Strategies(h.HubTestCase):
     def run_case(self, strategy, extra=(), prewrite=(), steps=(1, 2), extra_files=None):
         """Checkpoints `prewrite` exist before the daemon starts; `steps` are written one by one
         while it runs; then the final model at the root. Returns (daemon, repo, sha by path)."""

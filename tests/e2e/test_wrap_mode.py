@@ -20,20 +20,10 @@ REPLAY = os.path.join(h.SOURCE_DIR, "tests", "tools", "replay.py")
 def front_matter(text):
     import yaml
 
-    assert text.startswith("---\n"), text[:80]
-    end = text.index("\n---\n", 4)
-    return yaml.safe_load(text[4:end])
+    return yaml.safe_load(h.split_card(text)[0])
 
 
-class WrapMode(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.hub = h.Hub()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.hub.stop()
-
+class WrapMode(h.HubTestCase):
     def run_wrapped(self, name, command, args=()):
         watch = os.path.join(h.tempdir("ckpt-wrap-"), "output")
         os.mkdir(watch)
