@@ -902,8 +902,10 @@ int hub_preupload(struct hub *hub, struct hub_preupload_file *files, size_t n, h
     sb_str(&b, "{\"files\":[");
     for (size_t i = 0; i < n; i++) {
         char num[32];
-        if (files[i].sample_len > 512)
+        if (files[i].sample_len > 512) {
+            free(b.p);
             return UV_EINVAL;
+        }
         sb_str(&b, i > 0 ? ",{\"path\":" : "{\"path\":");
         sb_json(&b, files[i].path);
         snprintf(num, sizeof(num), ",\"size\":%" PRIu64 ",\"sample\":\"", files[i].size);
