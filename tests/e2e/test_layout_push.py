@@ -37,6 +37,13 @@ LAYOUTS = {
     "deepspeed": ("synthetic/deepspeed-save-checkpoint.jsonl",
                   {"global_step10": (1, 1), "global_step20": (1, 1)}, SPEED),
     "lightning": ("synthetic/lightning-model-checkpoint.jsonl", LIGHTNING, SPEED),
+    "orbax": ("synthetic/orbax-save.jsonl", {"100/default": (1, 1), "200/default": (1, 1)},
+              SPEED),
+    "nemo": ("synthetic/nemo-unfinished-marker.jsonl",
+             {"ckpts/megatron--step=100": (1, 1), "ckpts/megatron--step=200": (1, 1)}, SPEED),
+    "torchsnapshot": ("synthetic/torchsnapshot-take.jsonl", {"snap-30": (1, 1)}, SPEED),
+    "accelerate": ("synthetic/accelerate-save-state.jsonl",
+                   {f"checkpoints/checkpoint_{i}": (1, 1) for i in range(3)}, SPEED),
     # No gaps: last.ckpt's two versions come faster than the quiet period, so the daemon may
     # coalesce them (its seal rule says so); epoch=0 is deleted at once and may never be seen.
     "lightning0": ("synthetic/lightning-model-checkpoint.jsonl",
@@ -202,6 +209,22 @@ class LayoutPush(unittest.TestCase):
         self.assertEqual({s["kv"]["layout"] for s in sealed}, {"deepspeed"})
         # Each step's commit has its own folder; the step of the newer one is in its message.
         self.assertEqual(committed[1]["kv"].get("message"), "Training in progress, step 20")
+
+    def test_orbax_steps(self):
+        sealed, _ = self.check_run("orbax")
+        self.assertEqual({s["kv"]["layout"] for s in sealed}, {"orbax"})
+
+    def test_nemo_marker(self):
+        sealed, _ = self.check_run("nemo")
+        self.assertEqual({s["kv"]["layout"] for s in sealed}, {"nemo"})
+
+    def test_torchsnapshot(self):
+        sealed, _ = self.check_run("torchsnapshot")
+        self.assertEqual({s["kv"]["layout"] for s in sealed}, {"torchsnapshot"})
+
+    def test_accelerate_save_state(self):
+        sealed, _ = self.check_run("accelerate")
+        self.assertEqual({s["kv"]["layout"] for s in sealed}, {"accelerate"})
 
     def test_lightning_last_ckpt_versions(self):
         self.check_lightning("lightning")
