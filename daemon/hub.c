@@ -691,6 +691,7 @@ static int parse_batch(struct hub_op *op, const cJSON *j, struct ckpt_err *err)
             r = ckpt_err_set(err, CKPT_ERR_REJECTED, cJSON_IsNumber(code) ? code->valueint : -EIO,
                              "%s: object '%s' refused (code %d): %s", op->what, oid,
                              cJSON_IsNumber(code) ? code->valueint : 0, msg);
+            redact(op->hub, err); /* the message is the server's: it may echo the token */
             break;
         }
         const cJSON *actions = cJSON_GetObjectItemCaseSensitive(o, "actions");

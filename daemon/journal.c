@@ -325,10 +325,14 @@ static bool ju64(const cJSON *o, const char *key, uint64_t *ret)
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     char *end;
 
-    if (cJSON_IsNumber(v) && v->valuedouble >= 0) {
+    /* 2^64 as a double: anything at or above it cannot be converted (and a record that says so
+     * is not one we wrote). */
+    if (cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble < 18446744073709551616.0) {
         *ret = (uint64_t)v->valuedouble;
         return true;
     }
+    if (cJSON_IsNumber(v))
+        return false;
     if (!cJSON_IsString(v) || v->valuestring[0] == '\0')
         return false;
     errno = 0;
