@@ -204,6 +204,24 @@ static void on_file_removed(void *ctx, const struct detect_cand *c, const char *
     pin_remove(d->pin, pin_id(d, c), relpath);
 }
 
+/* Hashing a file as soon as its writer is done overlaps the hash with the rest of the save and
+ * the quiet period; the upload then finds the digest in the hash cache (same inode, size, mtime)
+ * or, if the file changed after all, reads it again. Not under the 'end' strategy, which pushes
+ * only what is there at the end, nor while paused. */
+static void on_file_ready(void *ctx, const struct detect_cand *c, const char *relpath)
+{
+    struct daemon *d = ctx;
+    char source[PATH_MAX], path[PATH_MAX];
+
+    if (d->stopping || d->queue == NULL || d->cfg->strategy == STRATEGY_END ||
+        queue_paused(d->queue) || detect_cand_source(c, relpath, source, sizeof(source)) != 0)
+        return;
+    if ((size_t)snprintf(path, sizeof(path), "%s/%s", d->cfg->watch_dir, source) >= sizeof(path))
+        return;
+    if (hash_prime(d->hashes, path) == 0)
+        log_debug("hash-early", "ckpt='%s' file='%s'", detect_cand_name(c), relpath);
+}
+
 static bool pins_lost(const struct daemon *d, uint64_t id)
 {
     size_t kept = d->lost_next < LOST_IDS_MAX ? d->lost_next : LOST_IDS_MAX;
@@ -697,6 +715,7 @@ static void reload(struct daemon *d)
     NEEDS_RESTART(!same_text(fresh.socket_path, d->cfg->socket_path), "socket");
     NEEDS_RESTART(fresh.strategy != d->cfg->strategy, "strategy");
     NEEDS_RESTART(fresh.quiet_ms != d->cfg->quiet_ms, "quiet_ms");
+    NEEDS_RESTART(fresh.hash_nice != d->cfg->hash_nice, "hash_nice");
 #undef NEEDS_RESTART
     log_set_level(fresh.log_level);
     log_set_format(fresh.log_format);
@@ -824,6 +843,8 @@ static void daemon_stop(struct daemon *d, int exit_code)
     }
     if (d->queue != NULL)
         queue_stop(d->queue);
+    if (d->hashes != NULL)
+        hash_pool_drop_primes(d->hashes);
     finish_waiters(d);
     uv_close((uv_handle_t *)&d->detect_timer, NULL);
     uv_close((uv_handle_t *)&d->drain_timer, NULL);
@@ -1187,6 +1208,7 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
         .sealed = on_sealed,
         .dropped = on_dropped,
         .late_write = on_late_write,
+        .file_ready = on_file_ready,
     };
     struct daemon *d = calloc(1, sizeof(*d));
     int rc;
@@ -1231,7 +1253,7 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
         }
     }
     if ((rc = pin_new(&d->pin, loop, cfg->watch_dir, STAGING_SKIP_NAME, on_pin_result, d)) < 0 ||
-        (rc = hash_pool_init(&d->hashes, loop, 2)) < 0 ||
+        (rc = hash_pool_init(&d->hashes, loop, 2, (int)cfg->hash_nice)) < 0 ||
         (rc = detect_new(&d->detect, &detect_cfg, &callbacks)) < 0) {
         ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start: %s", strerror(-rc));
         goto fail;

@@ -140,6 +140,7 @@ struct detect_cand {
     int rule_idx;      /* custom rules: index into detect.rules */
     bool marked;       /* orbax: renamed from its temporary name */
     bool doubtful;     /* deleted while files of it were only known from a scan: never sealed */
+    bool settled;      /* file_ready was reported for every member once it was complete */
     unsigned replaced; /* versions of a file replaced before the seal (coalesced) */
     size_t n_open;
     struct drec **members;
@@ -1282,6 +1283,29 @@ static const char *rec_rel(const struct drec *r)
     return r->path + r->rel_off;
 }
 
+/* A member whose writer is done: its bytes are probably final, though only the seal says so. */
+static void report_ready(struct detect *d, const struct drec *r)
+{
+    if (r->cand != NULL && !r->cand->sealed && r->member && !r->open && d->cbs.file_ready != NULL)
+        d->cbs.file_ready(d->cbs.ctx, r->cand, rec_rel(r));
+}
+
+/* A candidate that became complete waits out its quiet period: every member is reported ready
+ * once, including files only a directory listing found (a folder renamed in). */
+static void report_settled(struct detect *d)
+{
+    if (d->cbs.file_ready == NULL)
+        return;
+    for (size_t i = 0; i < d->n_cands; i++) {
+        struct detect_cand *c = d->cands[i];
+        if (c->settled || !cand_ready(d, c))
+            continue;
+        c->settled = true;
+        for (size_t k = 0; k < c->n_members; k++)
+            d->cbs.file_ready(d->cbs.ctx, c, rec_rel(c->members[k]));
+    }
+}
+
 static int on_write(struct detect *d, const char *path, bool close, bool scan, int64_t now)
 {
     struct drec *r = rec_get(d, path);
@@ -1324,6 +1348,8 @@ static int on_write(struct detect *d, const char *path, bool close, bool scan, i
         if (!r->cand->sealed)
             r->cand->last_ms = now;
     }
+    if (close)
+        report_ready(d, r);
     if (close && strcmp(base_name(path), "latest") == 0)
         ds_latest_written(d, path, now);
     /* Closed files outside every candidate are kept (bounded by DETECT_MAX_FILES): a layout
@@ -1525,6 +1551,7 @@ static int on_rename(struct detect *d, const char *from, const char *to, int64_t
         }
     }
     r->wrote_ms = now;
+    report_ready(d, r);
     return 0;
 }
 
@@ -1606,7 +1633,7 @@ static void on_overflow(struct detect *d, int64_t now)
         d->cands[i]->last_ms = now;
 }
 
-int detect_feed(struct detect *d, const struct watch_event *ev, int64_t now_ms)
+static int feed_one(struct detect *d, const struct watch_event *ev, int64_t now_ms)
 {
     const char *path = ev->path != NULL ? ev->path : "";
 
@@ -1688,6 +1715,13 @@ int detect_feed(struct detect *d, const struct watch_event *ev, int64_t now_ms)
     default:
         return 0;
     }
+}
+
+int detect_feed(struct detect *d, const struct watch_event *ev, int64_t now_ms)
+{
+    int rc = feed_one(d, ev, now_ms);
+    report_settled(d);
+    return rc;
 }
 
 /* --- time --------------------------------------------------------------------------------- */

@@ -50,6 +50,10 @@ struct detect_callbacks {
     void (*sealed)(void *ctx, const struct detect_cand *c);
     void (*dropped)(void *ctx, const struct detect_cand *c, const char *why);
     void (*late_write)(void *ctx, const struct detect_cand *c, const char *relpath);
+    /* A member of an unsealed candidate was closed after writing or renamed in, or its
+     * candidate became complete and waits out its quiet period (then once per member): its
+     * bytes are probably final, so work on them may start; only the seal makes them so. */
+    void (*file_ready)(void *ctx, const struct detect_cand *c, const char *relpath);
 };
 
 /* Built-in layouts (the names detect_cand_layout returns): transformers-trainer, nemo,

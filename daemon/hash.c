@@ -1,10 +1,19 @@
 /* hash.c - file digests on the libuv thread pool, at most max_jobs at a time.
  *
  * The loop thread queues jobs and runs completions; hash_work runs on a pool thread and is the
- * only place file data is read. Reads use pread in HASH_CHUNK pieces and tell the kernel to drop
- * the pages behind us, so pushing a checkpoint does not evict the training job's page cache.
+ * only place file data is read. Reads use pread in HASH_CHUNK pieces and leave the pages cached:
+ * the upload reads the same bytes moments later and drops them behind itself (http.c).
  * A file whose inode, size and mtime were hashed before (a pin of an unchanged file, a file
- * linked into the next checkpoint) is answered from a small cache instead of read again.
+ * linked into the next checkpoint, a file primed before its checkpoint was sealed) is answered
+ * from a small cache instead of read again.
+ *
+ * Two queues: hash_file's jobs, and below them hash_prime's speculative ones, which only fill the
+ * cache and run when no requested job waits. A job never starts while another job reads the same
+ * path: it waits, and then the cache answers it.
+ *
+ * Hashing is the daemon's one heavy CPU user, and it runs beside a training job: each pool thread
+ * that hashes lowers its own CPU and I/O priority once (Linux lets a thread renice itself alone),
+ * so the loop thread, a wrapped command and the trainer keep theirs.
  */
 #include "hash.h"
 
@@ -14,7 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -37,19 +48,25 @@ struct hash_job {
     uv_work_t work;
     struct hash_pool *pool;
     struct hash_job *next;
-    hash_done_cb cb;
+    hash_done_cb cb; /* NULL: a prime, nobody waits for it */
     void *ctx;
     int status;
     struct hash_result res;
     char path[]; /* flexible: the copied path */
 };
 
+struct hash_queue {
+    struct hash_job *head, *tail;
+    size_t n;
+};
+
 struct hash_pool {
     uv_loop_t *loop;
     int max_jobs;
+    int nice; /* 0: leave the pool threads' priority alone */
     int running;
-    size_t queued;
-    struct hash_job *head, *tail;
+    struct hash_job *running_jobs[HASH_MAX_JOBS];
+    struct hash_queue wanted, primes;
     uv_mutex_t cache_lock; /* pool threads share the cache */
     struct hash_cache_entry cache[HASH_CACHE_SLOTS];
     size_t cache_next;
@@ -164,7 +181,6 @@ static int hash_fd(struct hash_pool *p, int fd, struct hash_result *res)
             r = -EIO;
             goto out;
         }
-        (void)posix_fadvise(fd, (off_t)off, n, POSIX_FADV_DONTNEED);
         off += (uint64_t)n;
     }
 
@@ -192,9 +208,26 @@ out:
     return r;
 }
 
+/* ioprio_set(2) has no glibc wrapper: best-effort class (2), lowest level (7). */
+#define IOPRIO_WHO_PROCESS 1
+#define IOPRIO_BE_LOWEST ((2 << 13) | 7)
+
+/* Pool thread: once per thread, and only ever lower (an unprivileged thread cannot go back). */
+static void lower_priority(int nice)
+{
+    static _Thread_local int lowered_to;
+    if (nice <= lowered_to)
+        return;
+    lowered_to = nice;
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    (void)setpriority(PRIO_PROCESS, (id_t)tid, nice);
+    (void)syscall(SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid, IOPRIO_BE_LOWEST);
+}
+
 static void hash_work(uv_work_t *w)
 {
     struct hash_job *job = w->data;
+    lower_priority(job->pool->nice);
     /* O_NONBLOCK: a FIFO in place of a file must fail, not block a pool thread */
     int fd = open(job->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
@@ -207,45 +240,96 @@ static void hash_work(uv_work_t *w)
 
 static void hash_pump(struct hash_pool *p);
 
+static void running_del(struct hash_pool *p, const struct hash_job *job)
+{
+    for (int i = 0; i < p->running; i++) {
+        if (p->running_jobs[i] == job) {
+            p->running_jobs[i] = p->running_jobs[--p->running];
+            return;
+        }
+    }
+}
+
 static void hash_after(uv_work_t *w, int status)
 {
     struct hash_job *job = w->data;
     struct hash_pool *p = job->pool;
-    p->running--;
+    running_del(p, job);
     if (status == 0)
         status = job->status;
-    job->cb(job->ctx, status, status == 0 ? &job->res : NULL);
+    if (job->cb != NULL)
+        job->cb(job->ctx, status, status == 0 ? &job->res : NULL);
     free(job);
     hash_pump(p);
 }
 
+static bool path_running(const struct hash_pool *p, const char *path)
+{
+    for (int i = 0; i < p->running; i++)
+        if (strcmp(p->running_jobs[i]->path, path) == 0)
+            return true;
+    return false;
+}
+
+static void queue_push(struct hash_queue *q, struct hash_job *job)
+{
+    if (q->tail != NULL)
+        q->tail->next = job;
+    else
+        q->head = job;
+    q->tail = job;
+    q->n++;
+}
+
+/* The first job of q whose path nobody reads now, unlinked; NULL when none. */
+static struct hash_job *queue_take_startable(struct hash_pool *p, struct hash_queue *q)
+{
+    struct hash_job *prev = NULL;
+    for (struct hash_job *job = q->head; job != NULL; prev = job, job = job->next) {
+        if (path_running(p, job->path))
+            continue;
+        if (prev != NULL)
+            prev->next = job->next;
+        else
+            q->head = job->next;
+        if (q->tail == job)
+            q->tail = prev;
+        q->n--;
+        job->next = NULL;
+        return job;
+    }
+    return NULL;
+}
+
 static void hash_pump(struct hash_pool *p)
 {
-    while (p->running < p->max_jobs && p->head != NULL) {
-        struct hash_job *job = p->head;
-        p->head = job->next;
-        if (p->head == NULL)
-            p->tail = NULL;
-        p->queued--;
+    while (p->running < p->max_jobs) {
+        struct hash_job *job = queue_take_startable(p, &p->wanted);
+        if (job == NULL && p->wanted.head == NULL)
+            job = queue_take_startable(p, &p->primes);
+        if (job == NULL)
+            return;
         job->work.data = job;
         int r = uv_queue_work(p->loop, &job->work, hash_work, hash_after);
         if (r < 0) {
             /* uv_queue_work fails only on bad arguments; report it rather than lose the job */
-            job->cb(job->ctx, r, NULL);
+            if (job->cb != NULL)
+                job->cb(job->ctx, r, NULL);
             free(job);
             continue;
         }
-        p->running++;
+        p->running_jobs[p->running++] = job;
     }
 }
 
-int hash_pool_init(struct hash_pool **ret, uv_loop_t *loop, int max_jobs)
+int hash_pool_init(struct hash_pool **ret, uv_loop_t *loop, int max_jobs, int nice)
 {
     struct hash_pool *p = calloc(1, sizeof(*p));
     if (p == NULL)
         return UV_ENOMEM;
     p->loop = loop;
-    p->max_jobs = max_jobs > 0 ? max_jobs : 2;
+    p->nice = nice > 0 ? (nice < 19 ? nice : 19) : 0;
+    p->max_jobs = max_jobs > 0 && max_jobs <= HASH_MAX_JOBS ? max_jobs : 2;
     if (uv_mutex_init(&p->cache_lock) != 0) {
         free(p);
         return UV_ENOMEM;
@@ -254,24 +338,44 @@ int hash_pool_init(struct hash_pool **ret, uv_loop_t *loop, int max_jobs)
     return 0;
 }
 
-int hash_file(struct hash_pool *p, const char *path, hash_done_cb cb, void *ctx)
+static struct hash_job *job_new(struct hash_pool *p, const char *path, hash_done_cb cb, void *ctx)
 {
-    if (p->queued >= HASH_QUEUE_MAX)
-        return UV_ENOBUFS;
     size_t len = strlen(path);
     struct hash_job *job = calloc(1, sizeof(*job) + len + 1);
     if (job == NULL)
-        return UV_ENOMEM;
+        return NULL;
     memcpy(job->path, path, len + 1);
     job->pool = p;
     job->cb = cb;
     job->ctx = ctx;
-    if (p->tail != NULL)
-        p->tail->next = job;
-    else
-        p->head = job;
-    p->tail = job;
-    p->queued++;
+    return job;
+}
+
+int hash_file(struct hash_pool *p, const char *path, hash_done_cb cb, void *ctx)
+{
+    if (p->wanted.n >= HASH_QUEUE_MAX)
+        return UV_ENOBUFS;
+    struct hash_job *job = job_new(p, path, cb, ctx);
+    if (job == NULL)
+        return UV_ENOMEM;
+    queue_push(&p->wanted, job);
+    hash_pump(p);
+    return 0;
+}
+
+int hash_prime(struct hash_pool *p, const char *path)
+{
+    if (path_running(p, path))
+        return 0;
+    for (const struct hash_job *job = p->primes.head; job != NULL; job = job->next)
+        if (strcmp(job->path, path) == 0)
+            return 0;
+    if (p->primes.n >= HASH_PRIME_QUEUE_MAX)
+        return UV_ENOBUFS;
+    struct hash_job *job = job_new(p, path, NULL, NULL);
+    if (job == NULL)
+        return UV_ENOMEM;
+    queue_push(&p->primes, job);
     hash_pump(p);
     return 0;
 }
@@ -283,7 +387,18 @@ uv_loop_t *hash_pool_loop(const struct hash_pool *p)
 
 size_t hash_pool_pending(const struct hash_pool *p)
 {
-    return p->queued + (size_t)p->running;
+    return p->wanted.n + p->primes.n + (size_t)p->running;
+}
+
+void hash_pool_drop_primes(struct hash_pool *p)
+{
+    while (p->primes.head != NULL) {
+        struct hash_job *job = p->primes.head;
+        p->primes.head = job->next;
+        free(job);
+    }
+    p->primes.tail = NULL;
+    p->primes.n = 0;
 }
 
 int hash_pool_free(struct hash_pool *p)

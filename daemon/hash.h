@@ -16,6 +16,8 @@
 /* Files up to this size also get the git blob sha1 (the Hub's oid for regular files). */
 #define HASH_GIT_SHA1_MAX (10u * 1024 * 1024)
 #define HASH_QUEUE_MAX 65536
+#define HASH_PRIME_QUEUE_MAX 4096
+#define HASH_MAX_JOBS 16
 
 struct hash_pool;
 
@@ -32,11 +34,19 @@ struct hash_result {
  * valid during the call. */
 typedef void (*hash_done_cb)(void *ctx, int status, const struct hash_result *res);
 
-/* max_jobs <= 0 means the default, 2. */
-int hash_pool_init(struct hash_pool **ret, uv_loop_t *loop, int max_jobs);
+/* max_jobs outside 1..HASH_MAX_JOBS means the default, 2. nice (1-19): the niceness each pool
+ * thread takes on before its first hash, with the lowest best-effort I/O priority; 0: none. */
+int hash_pool_init(struct hash_pool **ret, uv_loop_t *loop, int max_jobs, int nice);
 /* Queues path (copied). Fails at once (no callback) with UV_ENOBUFS when HASH_QUEUE_MAX jobs
  * wait, or UV_ENOMEM. */
 int hash_file(struct hash_pool *p, const char *path, hash_done_cb cb, void *ctx);
+/* Speculative: hashes path (copied) into the cache when no hash_file job waits, so a later
+ * hash_file of the same inode, size and mtime is answered without reading. Nothing is reported;
+ * a file that changes meanwhile is simply read again later. A path already queued or being read
+ * is not queued twice. UV_ENOBUFS when HASH_PRIME_QUEUE_MAX wait, or UV_ENOMEM. */
+int hash_prime(struct hash_pool *p, const char *path);
+/* Forgets the primes not started yet (shutdown: nobody will want them). */
+void hash_pool_drop_primes(struct hash_pool *p);
 /* The loop the pool's jobs complete on. */
 uv_loop_t *hash_pool_loop(const struct hash_pool *p);
 /* Jobs queued or running. */

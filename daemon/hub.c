@@ -219,16 +219,26 @@ static void hub_message(const struct http_response *res, char *dst, size_t size)
     cJSON_Delete(j);
 }
 
-/* A hostile server could echo the token back: never let it into a message. */
-static void redact(struct hub *hub, struct ckpt_err *err)
+/* A hostile server could echo the token back: never let it into a message. Every error passes
+ * through here in on_http_done before a callback sees it. A server's text is clipped before it is
+ * quoted, so it may end in the token's first characters: such text is cleaned where it is clipped,
+ * before anything follows it. */
+static void redact(const struct hub *hub, char *text, size_t size)
 {
     if (hub->token == NULL || strlen(hub->token) < 4)
         return;
+    size_t tl = strlen(hub->token);
     char *p;
-    while ((p = strstr(err->msg, hub->token)) != NULL) {
-        size_t tl = strlen(hub->token);
+    while ((p = strstr(text, hub->token)) != NULL) {
         memmove(p + 3, p + tl, strlen(p + tl) + 1);
         memcpy(p, "***", 3);
+    }
+    size_t len = strlen(text);
+    for (size_t keep = tl - 1; keep >= 4; keep--) {
+        if (len >= keep && memcmp(text + len - keep, hub->token, keep) == 0) {
+            snprintf(text + len - keep, size - (len - keep), "***");
+            break;
+        }
     }
 }
 
@@ -253,7 +263,6 @@ static int map_error(struct hub_op *op, const struct http_response *res, struct 
     case HTTP_FAIL_NETWORK:
         ckpt_err_set(err, CKPT_ERR_NETWORK, -ECONNABORTED, "cannot reach '%s': %s (%s)", op->where,
                      res->error, op->what);
-        redact(hub, err);
         return -ECONNABORTED;
     case HTTP_FAIL_NONE:
         break;
@@ -262,6 +271,7 @@ static int map_error(struct hub_op *op, const struct http_response *res, struct 
     if (st >= 200 && st <= 299)
         return 0;
     hub_message(res, msg, sizeof(msg));
+    redact(hub, msg, sizeof(msg));
     const char *sep = msg[0] != '\0' ? ": " : "";
     int code = (int)st;
     if ((st == 401 || st == 403) && !op->storage) {
@@ -289,7 +299,6 @@ static int map_error(struct hub_op *op, const struct http_response *res, struct 
     } else {
         ckpt_err_set(err, CKPT_ERR_PROTOCOL, code, "%s: unexpected HTTP %ld", op->what, st);
     }
-    redact(hub, err);
     return -EIO; /* err->code holds the HTTP status */
 }
 
@@ -530,24 +539,24 @@ void hub_op_cancel(struct hub_op *op)
 
 /* ---- answers ----------------------------------------------------------------------------- */
 
-static void done_whoami(struct hub_op *op, const cJSON *j, struct ckpt_err *err)
+static int parse_whoami(struct hub_op *op, const cJSON *j, struct ckpt_err *err,
+                        const char **ret_name)
 {
-    const char *name = json_str(j, "name");
-    if (name == NULL)
-        protocol_error(op, err, "no string 'name'");
-    op->cb.user(op->ctx, err->kind == CKPT_ERR_NONE ? NULL : err, name);
+    *ret_name = json_str(j, "name");
+    return *ret_name != NULL ? 0 : protocol_error(op, err, "no string 'name'");
 }
 
-static void done_oid(struct hub_op *op, const cJSON *j, struct ckpt_err *err, const char *key)
+static int parse_oid(struct hub_op *op, const cJSON *j, struct ckpt_err *err, const char *key,
+                     const char **ret_oid)
 {
     const char *oid = json_str(j, key);
     if (oid == NULL || !is_hex(oid, 40, 40)) {
         char what[64];
         snprintf(what, sizeof(what), "no 40-hex '%s'", key);
-        protocol_error(op, err, what);
-        oid = NULL;
+        return protocol_error(op, err, what);
     }
-    op->cb.oid(op->ctx, err->kind == CKPT_ERR_NONE ? NULL : err, oid);
+    *ret_oid = oid;
+    return 0;
 }
 
 static int parse_preupload(struct hub_op *op, const cJSON *j, struct ckpt_err *err,
@@ -688,10 +697,10 @@ static int parse_batch(struct hub_op *op, const cJSON *j, struct ckpt_err *err)
             const cJSON *code = cJSON_GetObjectItemCaseSensitive(e, "code");
             if (m != NULL)
                 clean_copy(msg, sizeof(msg), m, strlen(m));
+            redact(op->hub, msg, sizeof(msg));
             r = ckpt_err_set(err, CKPT_ERR_REJECTED, cJSON_IsNumber(code) ? code->valueint : -EIO,
                              "%s: object '%s' refused (code %d): %s", op->what, oid,
                              cJSON_IsNumber(code) ? code->valueint : 0, msg);
-            redact(op->hub, err); /* the message is the server's: it may echo the token */
             break;
         }
         const cJSON *actions = cJSON_GetObjectItemCaseSensitive(o, "actions");
@@ -752,51 +761,54 @@ static void on_http_done(void *ctx, const struct http_response *res)
         ckpt_err_clear(&e);
         r = 0; /* the repo exists */
     }
-    const struct ckpt_err *errp = r < 0 ? &e : NULL;
     cJSON *j = NULL;
     int needs_json = op->kind == OP_WHOAMI || op->kind == OP_HEAD || op->kind == OP_PREUPLOAD ||
                      op->kind == OP_BATCH || op->kind == OP_COMMIT;
     if (r == 0 && needs_json) {
         j = cJSON_ParseWithLength(res->body, res->body_len);
-        if (!cJSON_IsObject(j)) {
+        if (!cJSON_IsObject(j))
             r = protocol_error(op, &e, "not a JSON object");
-            errp = &e;
+    }
+    const char *text = NULL; /* the user name or oid the answer carries */
+    if (r == 0) {
+        switch (op->kind) {
+        case OP_WHOAMI:
+            r = parse_whoami(op, j, &e, &text);
+            break;
+        case OP_HEAD:
+            r = parse_oid(op, j, &e, "sha", &text);
+            break;
+        case OP_COMMIT:
+            r = parse_oid(op, j, &e, "commitOid", &text);
+            break;
+        case OP_PREUPLOAD:
+            r = parse_preupload(op, j, &e, &text);
+            break;
+        case OP_BATCH:
+            r = parse_batch(op, j, &e);
+            break;
+        default:
+            break;
         }
     }
+    if (r < 0)
+        redact(op->hub, e.msg, sizeof(e.msg));
+    const struct ckpt_err *errp = r < 0 ? &e : NULL;
+    if (r < 0)
+        text = NULL;
     switch (op->kind) {
     case OP_WHOAMI:
-        if (r < 0)
-            op->cb.user(op->ctx, errp, NULL);
-        else
-            done_whoami(op, j, &e);
+        op->cb.user(op->ctx, errp, text);
         break;
     case OP_HEAD:
-        if (r < 0)
-            op->cb.oid(op->ctx, errp, NULL);
-        else
-            done_oid(op, j, &e, "sha");
-        break;
     case OP_COMMIT:
-        if (r < 0)
-            op->cb.oid(op->ctx, errp, NULL);
-        else
-            done_oid(op, j, &e, "commitOid");
-        break;
-    case OP_PREUPLOAD: {
-        const char *head = NULL;
-        if (r == 0)
-            r = parse_preupload(op, j, &e, &head);
-        op->cb.oid(op->ctx, r < 0 ? &e : NULL, r < 0 ? NULL : head);
-        break;
-    }
-    case OP_BATCH:
-        if (r == 0)
-            r = parse_batch(op, j, &e);
-        op->cb.done(op->ctx, r < 0 ? &e : NULL);
+    case OP_PREUPLOAD:
+        op->cb.oid(op->ctx, errp, text);
         break;
     case OP_PUT:
-        op->cb.etag(op->ctx, errp, r < 0 ? NULL : res->etag);
+        op->cb.etag(op->ctx, errp, errp == NULL ? res->etag : NULL);
         break;
+    case OP_BATCH:
     case OP_ENSURE_REPO:
     case OP_ENSURE_BRANCH:
     case OP_COMPLETE:

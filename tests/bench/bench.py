@@ -36,12 +36,14 @@ CHUNK = 8 * MIB  # the hub's default multipart part size
 TICK = os.sysconf("SC_CLK_TCK")
 
 SIZES = {
-    #        s1 weights, s2 (n, size), s3 (ckpts, shards, shard size), writer (files, size), idle s
-    "full": dict(s1=2048 * MIB, s2=(64, 32 * MIB), s3=(10, 8, 32 * MIB), wr=(4, 256 * MIB),
-                 idle=10),
-    "quick": dict(s1=512 * MIB, s2=(64, 8 * MIB), s3=(10, 8, 8 * MIB), wr=(4, 64 * MIB),
-                  idle=5),
-    "smoke": dict(s1=16 * MIB, s2=(8, 1 * MIB), s3=(3, 4, 1 * MIB), wr=(2, 4 * MIB), idle=1),
+    # s1 weights, s2 (n, size), s3 (ckpts, shards, shard size), idle s,
+    # wr: training loop (steps, save every, files per checkpoint, file size, CPU work per step)
+    "full": dict(s1=2048 * MIB, s2=(64, 32 * MIB), s3=(10, 8, 32 * MIB), idle=10,
+                 wr=(24, 4, 2, 128 * MIB, 4_000_000)),
+    "quick": dict(s1=512 * MIB, s2=(64, 8 * MIB), s3=(10, 8, 8 * MIB), idle=5,
+                  wr=(16, 4, 2, 32 * MIB, 2_000_000)),
+    "smoke": dict(s1=16 * MIB, s2=(8, 1 * MIB), s3=(3, 4, 1 * MIB), idle=1,
+                  wr=(4, 2, 1, 1 * MIB, 100_000)),
 }
 
 _children = []
@@ -660,60 +662,84 @@ def idle_probe(exe, hub, work, secs):
                                          if sys_out else "strace not installed"))
 
 
-WRITER = r"""
-import os, sys, time
-d, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+TRAINER = r"""
+import os, shutil, sys, time
+out, steps, every, nfiles, size, work = (sys.argv[1], *map(int, sys.argv[2:7]))
 buf = os.urandom(8 << 20)
+
+def compute():
+    # a fixed amount of CPU work (not a fixed time), so contention shows as wall time
+    x = 0
+    for i in range(work):
+        x = (x * 31 + i) & 0xFFFFFFFF
+    return x
+
+def save(step):
+    d = os.path.join(out, f"checkpoint-{step}")
+    os.makedirs(d)
+    for i in range(nfiles):
+        fd = os.open(os.path.join(d, f"shard-{i}.bin"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        left = size
+        while left:
+            left -= os.write(fd, buf[:min(left, len(buf))])
+        os.fsync(fd)
+        os.close(fd)
+    with open(os.path.join(d, "trainer_state.json"), "w") as f:
+        f.write('{"global_step": %d}' % step)
+    # save_total_limit=2: the daemon's pins must keep what rotation deletes
+    old = os.path.join(out, f"checkpoint-{step - 2 * every}")
+    if os.path.isdir(old):
+        shutil.rmtree(old)
+
 t0 = time.monotonic()
-for i in range(n):
-    fd = os.open(f"{d}/w{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    left = size
-    while left:
-        left -= os.write(fd, buf[:min(left, len(buf))])
-    os.fsync(fd)
-    os.close(fd)
+for step in range(1, steps + 1):
+    compute()
+    if step % every == 0:
+        save(step)
 print(time.monotonic() - t0, flush=True)
 """
 
 
-def writer_probe(exe, hub, work, ckpt, sz, reps, extra):
-    """Checkpoint writer (write + fsync) alone vs while the daemon pushes ckpt."""
-    n, size = sz["wr"]
-    wdir = os.path.join(work, "writer")
-    alone, busy = [], []
+def writer_probe(exe, hub, work, sz, reps, extra):
+    """A training loop (fixed CPU work per step, a checkpoint every few steps) alone vs while a
+    daemon watches its output and pushes its checkpoints with a bandwidth cap."""
+    steps, every, nfiles, size, work_iters = sz["wr"]
+    saves = steps // every
+    alone, busy, daemon_cpu = [], [], []
     la0 = loadavg()
-    files = [p for _, p in pushed_files(ckpt)]
+    argv = [str(steps), str(every), str(nfiles), str(size), str(work_iters)]
     for rep in range(reps):
         for mode in ("alone", "busy") if rep % 2 == 0 else ("busy", "alone"):
-            shutil.rmtree(wdir, ignore_errors=True)
-            os.makedirs(wdir)
-            warm(files)
             hub.drop_objects()
             d = None
             if mode == "busy":
                 d = Daemon(exe, hub, work, hub.new_repo("writer"), extra)
-                dst = os.path.join(d.watch, os.path.basename(ckpt))
-                os.rename(ckpt, dst)
-                d.wait("sealed", 1)
-            out = subprocess.run([sys.executable, "-c", WRITER, wdir, str(n), str(size)],
-                                 capture_output=True, text=True, check=True).stdout
-            (busy if mode == "busy" else alone).append(float(out))
+                out = d.watch
+                cpu0 = proc_cpu(d.p.pid)
+            else:
+                out = os.path.join(work, "writer")
+                shutil.rmtree(out, ignore_errors=True)
+                os.makedirs(out)
+            t = subprocess.run([sys.executable, "-c", TRAINER, out, *argv], capture_output=True,
+                               text=True, check=True).stdout
+            (busy if mode == "busy" else alone).append(float(t))
             if d is not None:
-                still = not any(e.get("event") == "committed" for _, e in d.events)
-                d.wait("committed", 1)
+                daemon_cpu.append(proc_cpu(d.p.pid) - cpu0)
+                pending = saves - sum(1 for _, e in d.events if e.get("event") == "committed")
+                d.wait("committed", saves)
                 d.stop()
-                os.rename(dst, ckpt)
-                shutil.rmtree(d.watch, ignore_errors=True)
-                if not still:
-                    log("  writer: the push ended before the writer did; overlap was partial")
-    shutil.rmtree(wdir, ignore_errors=True)
+                if pending == 0:
+                    log("  writer: every push ended before the training did")
+            shutil.rmtree(out, ignore_errors=True)
     hub.drop_objects()
     ma, mb = statistics.median(alone), statistics.median(busy)
-    cap = " ".join(extra) if extra else "no bandwidth cap (pass --max-rate BYTES_PER_S)"
-    return (f"checkpoint writer, {n} x {size / MIB:.0f} MiB write+fsync, {reps} reps "
-            f"interleaved, daemon pushing {os.path.basename(ckpt)} with {cap}; load {la0} -> "
-            f"{loadavg()}\n  alone {fmt_t(alone)} s   while pushing {fmt_t(busy)} s   "
-            f"slowdown {100 * (mb / ma - 1):+.1f} % (target <= 2 %)")
+    cap = " ".join(extra)
+    return (f"training loop: {steps} steps of fixed CPU work, a checkpoint of {nfiles} x "
+            f"{size / MIB:.0f} MiB (write + fsync) every {every} steps, the 2 newest kept; "
+            f"{reps} reps interleaved; the daemon watches its output and pushes each checkpoint "
+            f"with {cap}; load {la0} -> {loadavg()}\n  alone {fmt_t(alone)} s   while pushing "
+            f"{fmt_t(busy)} s   slowdown {100 * (mb / ma - 1):+.1f} % (target <= 2 %)   daemon CPU "
+            f"during the loop {fmt_t(daemon_cpu)} s")
 
 
 def main():
@@ -724,7 +750,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--only", default="sink,s1,s2,s3,idle,writer")
     ap.add_argument("--only-clients", default="")
-    ap.add_argument("--max-rate", default="", help="daemon cap for the writer probe")
+    ap.add_argument("--max-rate", default="100000000",
+                    help="the daemon's bandwidth cap in the writer probe, bytes/s (100 MB/s)")
     ap.add_argument("--compare", default="", help="another ckptpushd build, run as 'candidate'")
     args = ap.parse_args()
     sz = SIZES[args.size]
@@ -748,9 +775,8 @@ def main():
         if "idle" in only:
             out.append(idle_probe(args.daemon, hub, args.work, sz["idle"]))
         if "writer" in only:
-            extra = ["--max-rate", args.max_rate] if args.max_rate else []
-            out.append(writer_probe(args.daemon, hub, args.work, data["s1"][0], sz,
-                                    max(args.reps, 2), extra))
+            out.append(writer_probe(args.daemon, hub, args.work, sz, max(args.reps, 2),
+                                    ["--max-rate", args.max_rate]))
     finally:
         hub.stop()
     print(f"\nckptpush benchmarks ({args.size}, {args.reps} reps, {os.cpu_count()} cores, "

@@ -17,6 +17,7 @@
 
 #define MAX_SEALS 64
 #define MAX_NOTES 512
+#define MAX_READY 1024
 
 struct seal {
     uint64_t id;
@@ -35,6 +36,12 @@ struct rec {
     int n_seals;
     char notes[MAX_NOTES][300]; /* every other callback, as text */
     int n_notes;
+    struct {
+        char path[300]; /* candidate-dir-relative, as the seal lists files */
+        char name[256];
+        int64_t at_ms;
+    } ready[MAX_READY];
+    int n_ready;
 };
 
 __attribute__((format(printf, 2, 3))) static void note(struct rec *r, const char *fmt, ...)
@@ -72,6 +79,44 @@ static void cb_late(void *ctx, const struct detect_cand *c, const char *rel)
     note(ctx, "late '%s' '%s'", detect_cand_name(c), rel);
 }
 
+static void cb_ready(void *ctx, const struct detect_cand *c, const char *rel)
+{
+    struct rec *r = ctx;
+    CHECK(!detect_cand_sealed(c));
+    if (r->n_ready >= MAX_READY)
+        return;
+    snprintf(r->ready[r->n_ready].path, sizeof(r->ready[0].path), "%s", rel);
+    snprintf(r->ready[r->n_ready].name, sizeof(r->ready[0].name), "%s", detect_cand_name(c));
+    r->ready[r->n_ready++].at_ms = r->now;
+}
+
+/* When name's file rel was first reported ready, -1 if never. */
+static int64_t ready_at(const struct rec *r, const char *name, const char *rel)
+{
+    for (int i = 0; i < r->n_ready; i++)
+        if (strcmp(r->ready[i].name, name) == 0 && strcmp(r->ready[i].path, rel) == 0)
+            return r->ready[i].at_ms;
+    return -1;
+}
+
+/* Early hashing may start on every file of a checkpoint before its seal. */
+static bool all_ready_before_seal(const struct rec *r)
+{
+    bool ok = true;
+    for (int i = 0; i < r->n_seals; i++) {
+        const struct seal *s = &r->seals[i];
+        for (size_t k = 0; k < s->n_files && k < 32; k++) {
+            int64_t t = ready_at(r, s->name, s->files[k]);
+            if (t < 0 || t > s->at_ms) {
+                fprintf(stderr, "'%s' '%s' ready at %lld, sealed at %lld\n", s->name, s->files[k],
+                        (long long)t, (long long)s->at_ms);
+                ok = false;
+            }
+        }
+    }
+    return ok;
+}
+
 static void cb_sealed(void *ctx, const struct detect_cand *c)
 {
     struct rec *r = ctx;
@@ -93,7 +138,7 @@ static struct detect *make(struct rec *r, int64_t quiet)
 {
     struct detect_config cfg = {.quiet_ms = quiet};
     struct detect_callbacks cbs = {r,         cb_added,   cb_renamed, cb_removed,
-                                   cb_sealed, cb_dropped, cb_late};
+                                   cb_sealed, cb_dropped, cb_late,    cb_ready};
     struct detect *d = NULL;
     memset(r, 0, sizeof(*r));
     CHECK(detect_new(&d, &cfg, &cbs) == 0);
@@ -339,6 +384,10 @@ static void test_trainer_trace(int64_t quiet)
     CHECK(has_note(r, "added 'checkpoint-10' 'model.safetensors'"));
     CHECK(has_note(r, "added '' 'model.safetensors'"));
     CHECK(r->n_notes == 4 * 10 + 11);
+    CHECK(all_ready_before_seal(r));
+    /* The weights were ready long before the checkpoint's marker was written. */
+    CHECK(ready_at(r, "checkpoint-10", "model.safetensors") <
+          ready_at(r, "checkpoint-10", "trainer_state.json"));
     CHECK(detect_pending(d) == 0);
     CHECK(detect_next_deadline_ms(d) == -1);
     detect_free(d);
@@ -589,6 +638,7 @@ static void test_synthetic_traces(int64_t quiet)
                 fprintf(stderr, "%s: sealed '%s'\n", w->trace, r->seals[i].name);
         }
         CHECK(r->n_seals == total);
+        CHECK(all_ready_before_seal(r));
         /* Never before the last write into it (a replaced file: before its next version). */
         for (int i = 0; i < r->n_seals; i++) {
             if (strstr(r->seals[i].name, "last.ckpt") == NULL)
@@ -661,7 +711,7 @@ static void test_custom_rules(void)
     struct detect_rule rules[] = {{"runs/*/save-*", "DONE", 50}, {"exports/*", NULL, 0}};
     struct detect_config cfg = {.quiet_ms = 1000, .rules = rules, .n_rules = 2};
     struct detect_callbacks cbs = {r,         cb_added,   cb_renamed, cb_removed,
-                                   cb_sealed, cb_dropped, cb_late};
+                                   cb_sealed, cb_dropped, cb_late,    cb_ready};
     struct detect *d = NULL;
 
     CHECK(detect_new(&d, &cfg, &cbs) == 0);
@@ -855,12 +905,47 @@ static void test_folder_renamed_into_place(void)
     const char *want[] = {"config.json", "model.safetensors", "trainer_state.json"};
     const struct seal *s = find_seal(r, "checkpoint-7");
     CHECK(files_are(s, want, 3) && s->at_ms == 1010);
+    /* Files a listing found are ready once their folder is complete, not before. */
+    CHECK(all_ready_before_seal(r) && ready_at(r, "checkpoint-7", "config.json") == 10);
     /* Its model files made tmp-checkpoint-7 a model folder until the rename. */
     CHECK(has_note(r, "dropped 'tmp-checkpoint-7' folder renamed before it was sealed"));
     /* Renames within a folder carry the pin. */
     feed(d, r, 2000, WATCH_CLOSE_WRITE, false, "checkpoint-8/a.bin", NULL);
     feed(d, r, 2001, WATCH_RENAMED, false, "checkpoint-8/b.bin", "checkpoint-8/a.bin");
     CHECK(has_note(r, "renamed 'checkpoint-8' 'a.bin' -> 'b.bin'"));
+    detect_free(d);
+    free(r);
+}
+
+/* A file being written is not ready; it is once closed, and renamed-in files are at once. */
+static void test_ready_files(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 1000);
+
+    feed(d, r, 0, WATCH_CREATE, true, "checkpoint-5", NULL);
+    feed(d, r, 1, WATCH_CREATE, false, "checkpoint-5/model.safetensors", NULL);
+    feed(d, r, 2, WATCH_MODIFY, false, "checkpoint-5/model.safetensors", NULL);
+    CHECK(r->n_ready == 0);
+    feed(d, r, 3, WATCH_CLOSE_WRITE, false, "checkpoint-5/model.safetensors", NULL);
+    CHECK(r->n_ready == 1 && ready_at(r, "checkpoint-5", "model.safetensors") == 3);
+    feed(d, r, 4, WATCH_CREATE, false, "checkpoint-5/optimizer.pt", NULL);
+    feed(d, r, 5, WATCH_MOVED_IN, false, "checkpoint-5/rng_state.pth", NULL);
+    CHECK(r->n_ready == 2 && ready_at(r, "checkpoint-5", "rng_state.pth") == 5);
+    feed(d, r, 6, WATCH_CLOSE_WRITE, false, "checkpoint-5/trainer_state.json", NULL);
+    /* the marker is there but optimizer.pt is open: not complete, no sweep over the members */
+    CHECK(r->n_ready == 3 && ready_at(r, "checkpoint-5", "optimizer.pt") == -1);
+    feed(d, r, 7, WATCH_CLOSE_WRITE, false, "checkpoint-5/optimizer.pt", NULL);
+    int after_close = r->n_ready;
+    /* optimizer.pt closed, then the complete folder's sweep reports all four once */
+    CHECK(after_close == 4 + 4);
+    feed(d, r, 8, WATCH_ATTRIB, false, "checkpoint-5/optimizer.pt", NULL);
+    CHECK(r->n_ready == after_close);
+    finish(d, r);
+    CHECK(r->n_seals == 1 && r->seals[0].n_files == 4 && all_ready_before_seal(r));
+    /* A sealed checkpoint's later write is late, not ready. */
+    feed(d, r, 5000, WATCH_CLOSE_WRITE, false, "checkpoint-5/optimizer.pt", NULL);
+    CHECK(r->n_ready == after_close && has_note(r, "late 'checkpoint-5' 'optimizer.pt'"));
     detect_free(d);
     free(r);
 }
@@ -1065,6 +1150,7 @@ int main(void)
     test_open_at_deadline_and_seal_all();
     test_deletes_and_late_writes();
     test_folder_renamed_into_place();
+    test_ready_files();
     test_overflow_and_scan();
     test_orbax_found_by_scan();
     test_late_read_events();

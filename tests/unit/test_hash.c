@@ -30,7 +30,7 @@ int main(void)
     uv_loop_t loop;
     REQUIRE(uv_loop_init(&loop) == 0);
     struct hash_pool *pool;
-    REQUIRE(hash_pool_init(&pool, &loop, 2) == 0);
+    REQUIRE(hash_pool_init(&pool, &loop, 2, 0) == 0);
 
     snprintf(path[0], sizeof(path[0]), "%s/abc", dir);
     test_write_file(path[0], "abc", 3);
@@ -102,6 +102,37 @@ int main(void)
     CHECK(ex[5].status == UV_ENOENT);
     CHECK(ex[6].status == UV_EINVAL);
     CHECK(ex[7].status == UV_EINVAL);
+
+    /* Primes: one job per path, below requested jobs, answered from the cache afterwards. */
+    n_done = 0;
+    CHECK(hash_prime(pool, path[3]) == 0);
+    CHECK(hash_prime(pool, path[3]) == 0); /* already being read: not queued again */
+    CHECK(hash_prime(pool, path[2]) == 0);
+    CHECK(hash_prime(pool, path[2]) == 0); /* already queued */
+    CHECK(hash_pool_pending(pool) == 2);
+    struct expect again[2];
+    memset(again, 0, sizeof(again));
+    /* asked for while its prime reads it: waits for the prime, then the cache answers */
+    REQUIRE(hash_file(pool, path[3], on_hash, &again[0]) == 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(n_done == 1 && again[0].status == 0 &&
+          strcmp(again[0].res.sha256, ex[3].res.sha256) == 0);
+    /* The cache is keyed by inode, size and mtime: content changed behind a restored mtime is
+     * still answered from it, which shows the prime's digest was used rather than a new read. */
+    struct stat before;
+    REQUIRE(stat(path[2], &before) == 0);
+    test_random_file(path[2], (size_t)before.st_size, 99);
+    struct timespec times[2] = {before.st_atim, before.st_mtim};
+    REQUIRE(utimensat(AT_FDCWD, path[2], times, 0) == 0);
+    REQUIRE(hash_file(pool, path[2], on_hash, &again[1]) == 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(again[1].status == 0 && strcmp(again[1].res.sha256, ex[2].res.sha256) == 0);
+    /* Shutdown forgets primes not started. */
+    CHECK(hash_file(pool, path[0], on_hash, &again[0]) == 0);
+    CHECK(hash_prime(pool, path[8]) == 0 && hash_prime(pool, path[9]) == 0);
+    hash_pool_drop_primes(pool);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(hash_pool_pending(pool) == 0);
 
     CHECK(hash_pool_free(pool) == 0);
     test_close_loop(&loop);

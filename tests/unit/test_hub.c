@@ -240,6 +240,18 @@ int main(void)
             test_failures++;
         }
     }
+    /* a server text clipped in the middle of an echoed token: not even its start survives */
+    {
+        char clipped[260];
+        memset(clipped, 'x', 190);
+        snprintf(clipped + 190, sizeof(clipped) - 190, "%s", TOKEN);
+        memset(&r, 0, sizeof(r));
+        canned(400, "{\"Content-Type\":\"text/plain\"}", clipped);
+        REQUIRE(hub_get_head(hub, on_str, &r, NULL) == 0);
+        wait_res(&r);
+        CHECK(!r.ok && strstr(r.err.msg, "xxxxxx***") != NULL);
+        CHECK(strstr(r.err.msg, "hf_h") == NULL);
+    }
     /* 5xx is retried (2 attempts here), then a server error */
     memset(&r, 0, sizeof(r));
     canned(500, NULL, "{\"error\":\"boom\"}");

@@ -423,7 +423,7 @@ static void test_pipeline(void)
     struct ckpt_err err;
     struct detect_config cfg = {.quiet_ms = 300};
     struct detect_callbacks cbs = {&pl,       pl_added,   pl_renamed, pl_removed,
-                                   pl_sealed, pl_dropped, NULL};
+                                   pl_sealed, pl_dropped, NULL,       NULL};
     const char *tmp = getenv("TMPDIR");
 
     snprintf(pl.root, sizeof(pl.root), "%s/ckpt-test-pipeline-XXXXXX", tmp ? tmp : "/tmp");

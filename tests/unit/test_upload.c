@@ -157,7 +157,7 @@ int main(void)
     REQUIRE(uv_loop_init(&e.loop) == 0);
     struct http_opts hopts = {.backoff_base_ms = 50, .backoff_cap_ms = 200};
     REQUIRE(http_init(&e.http, &e.loop, &hopts) == 0);
-    REQUIRE(hash_pool_init(&e.pool, &e.loop, 2) == 0);
+    REQUIRE(hash_pool_init(&e.pool, &e.loop, 2, 0) == 0);
     e.hub = make_hub(&e, TOKEN);
 
     char json[600], big[600], big2[600], big3[600], small2[600];
