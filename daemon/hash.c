@@ -8,8 +8,9 @@
  * from a small cache instead of read again.
  *
  * Two queues: hash_file's jobs, and below them hash_prime's speculative ones, which only fill the
- * cache and run when no requested job waits. A job never starts while another job reads the same
- * path: it waits, and then the cache answers it.
+ * cache and run when no requested job waits. A job that finds its file (same inode, size and
+ * mtime; a pin is a hard link of the file primed) being read by another job waits for that read
+ * and takes its digest from the cache, so a file is read once however it is reached.
  *
  * Hashing is the daemon's one heavy CPU user, and it runs beside a training job: each pool thread
  * that hashes lowers its own CPU and I/O priority once (Linux lets a thread renice itself alone),
@@ -60,6 +61,14 @@ struct hash_queue {
     size_t n;
 };
 
+/* A file a pool thread is reading now. */
+struct hash_reading {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+};
+
 struct hash_pool {
     uv_loop_t *loop;
     int max_jobs;
@@ -67,10 +76,13 @@ struct hash_pool {
     int running;
     struct hash_job *running_jobs[HASH_MAX_JOBS];
     struct hash_queue wanted, primes;
-    uv_mutex_t cache_lock; /* pool threads share the cache */
+    uv_mutex_t cache_lock; /* pool threads share the cache and the reading list */
+    uv_cond_t read_done;
+    struct hash_reading reading[HASH_MAX_JOBS];
+    int n_reading;
     struct hash_cache_entry cache[HASH_CACHE_SLOTS];
     size_t cache_next;
-    uint64_t cache_hits;
+    uint64_t cache_hits, files_read;
 };
 
 static bool same_file(const struct hash_cache_entry *e, const struct stat *st)
@@ -79,36 +91,67 @@ static bool same_file(const struct hash_cache_entry *e, const struct stat *st)
            e->mtime.tv_sec == st->st_mtim.tv_sec && e->mtime.tv_nsec == st->st_mtim.tv_nsec;
 }
 
-/* Pool thread. */
-static bool cache_lookup(struct hash_pool *p, const struct stat *st, struct hash_result *res)
+/* Pool thread, cache_lock held. */
+static bool cache_lookup_locked(struct hash_pool *p, const struct stat *st, struct hash_result *res)
 {
-    bool hit = false;
-
-    uv_mutex_lock(&p->cache_lock);
-    for (size_t i = 0; i < HASH_CACHE_SLOTS && !hit; i++) {
+    for (size_t i = 0; i < HASH_CACHE_SLOTS; i++) {
         if (same_file(&p->cache[i], st)) {
             *res = p->cache[i].res;
             p->cache_hits++;
-            hit = true;
+            return true;
         }
+    }
+    return false;
+}
+
+static bool same_reading(const struct hash_reading *r, const struct stat *st)
+{
+    return r->dev == st->st_dev && r->ino == st->st_ino && r->size == st->st_size &&
+           r->mtime.tv_sec == st->st_mtim.tv_sec && r->mtime.tv_nsec == st->st_mtim.tv_nsec;
+}
+
+/* Pool thread. True when the cache answered, else the file is now listed as read by this thread
+ * (reading_end must follow). Waits while another thread reads the same file. */
+static bool cache_lookup_or_claim(struct hash_pool *p, const struct stat *st,
+                                  struct hash_result *res)
+{
+    bool hit;
+    uv_mutex_lock(&p->cache_lock);
+    for (;;) {
+        if ((hit = cache_lookup_locked(p, st, res)))
+            break;
+        bool busy = false;
+        for (int i = 0; i < p->n_reading && !busy; i++)
+            busy = same_reading(&p->reading[i], st);
+        if (!busy) {
+            p->reading[p->n_reading++] =
+                (struct hash_reading){st->st_dev, st->st_ino, st->st_size, st->st_mtim};
+            p->files_read++;
+            break;
+        }
+        uv_cond_wait(&p->read_done, &p->cache_lock);
     }
     uv_mutex_unlock(&p->cache_lock);
     return hit;
 }
 
-/* Pool thread. The file must not have changed while it was read: the caller checks. */
-static void cache_store(struct hash_pool *p, const struct stat *st, const struct hash_result *res)
+/* Pool thread: the read of st's file is over; res (NULL: it failed or the file changed while it
+ * was read) goes into the cache first, so the threads woken find it there. */
+static void reading_end(struct hash_pool *p, const struct stat *st, const struct hash_result *res)
 {
-    struct hash_cache_entry *e;
-
     uv_mutex_lock(&p->cache_lock);
-    e = &p->cache[p->cache_next++ % HASH_CACHE_SLOTS];
-    e->dev = st->st_dev;
-    e->ino = st->st_ino;
-    e->size = st->st_size;
-    e->mtime = st->st_mtim;
-    e->res = *res;
-    e->used = true;
+    if (res != NULL) {
+        struct hash_cache_entry *e = &p->cache[p->cache_next++ % HASH_CACHE_SLOTS];
+        *e =
+            (struct hash_cache_entry){st->st_dev, st->st_ino, st->st_size, st->st_mtim, true, *res};
+    }
+    for (int i = 0; i < p->n_reading; i++) {
+        if (same_reading(&p->reading[i], st)) {
+            p->reading[i] = p->reading[--p->n_reading];
+            break;
+        }
+    }
+    uv_cond_broadcast(&p->read_done);
     uv_mutex_unlock(&p->cache_lock);
 }
 
@@ -130,7 +173,7 @@ static int hash_fd(struct hash_pool *p, int fd, struct hash_result *res)
         return -errno;
     if (!S_ISREG(st.st_mode))
         return -EINVAL;
-    if (cache_lookup(p, &st, res))
+    if (cache_lookup_or_claim(p, &st, res))
         return 0;
 
     uint64_t size = (uint64_t)st.st_size;
@@ -197,11 +240,14 @@ static int hash_fd(struct hash_pool *p, int fd, struct hash_result *res)
     }
     res->size = size;
     r = 0;
-    /* Remember it only if nothing wrote to the file while it was read. */
-    if (fstat(fd, &after) == 0 && after.st_size == st.st_size &&
-        after.st_mtim.tv_sec == st.st_mtim.tv_sec && after.st_mtim.tv_nsec == st.st_mtim.tv_nsec)
-        cache_store(p, &st, res);
 out:
+    /* Remember it only if nothing wrote to the file while it was read. */
+    reading_end(p, &st,
+                r == 0 && fstat(fd, &after) == 0 && after.st_size == st.st_size &&
+                        after.st_mtim.tv_sec == st.st_mtim.tv_sec &&
+                        after.st_mtim.tv_nsec == st.st_mtim.tv_nsec
+                    ? res
+                    : NULL);
     EVP_MD_CTX_free(sha1);
     EVP_MD_CTX_free(sha256);
     free(buf);
@@ -281,32 +327,25 @@ static void queue_push(struct hash_queue *q, struct hash_job *job)
     q->n++;
 }
 
-/* The first job of q whose path nobody reads now, unlinked; NULL when none. */
-static struct hash_job *queue_take_startable(struct hash_pool *p, struct hash_queue *q)
+static struct hash_job *queue_pop(struct hash_queue *q)
 {
-    struct hash_job *prev = NULL;
-    for (struct hash_job *job = q->head; job != NULL; prev = job, job = job->next) {
-        if (path_running(p, job->path))
-            continue;
-        if (prev != NULL)
-            prev->next = job->next;
-        else
-            q->head = job->next;
-        if (q->tail == job)
-            q->tail = prev;
-        q->n--;
-        job->next = NULL;
-        return job;
-    }
-    return NULL;
+    struct hash_job *job = q->head;
+    if (job == NULL)
+        return NULL;
+    q->head = job->next;
+    if (q->head == NULL)
+        q->tail = NULL;
+    q->n--;
+    job->next = NULL;
+    return job;
 }
 
 static void hash_pump(struct hash_pool *p)
 {
     while (p->running < p->max_jobs) {
-        struct hash_job *job = queue_take_startable(p, &p->wanted);
-        if (job == NULL && p->wanted.head == NULL)
-            job = queue_take_startable(p, &p->primes);
+        struct hash_job *job = queue_pop(&p->wanted);
+        if (job == NULL)
+            job = queue_pop(&p->primes);
         if (job == NULL)
             return;
         job->work.data = job;
@@ -331,6 +370,11 @@ int hash_pool_init(struct hash_pool **ret, uv_loop_t *loop, int max_jobs, int ni
     p->nice = nice > 0 ? (nice < 19 ? nice : 19) : 0;
     p->max_jobs = max_jobs > 0 && max_jobs <= HASH_MAX_JOBS ? max_jobs : 2;
     if (uv_mutex_init(&p->cache_lock) != 0) {
+        free(p);
+        return UV_ENOMEM;
+    }
+    if (uv_cond_init(&p->read_done) != 0) {
+        uv_mutex_destroy(&p->cache_lock);
         free(p);
         return UV_ENOMEM;
     }
@@ -385,6 +429,14 @@ uv_loop_t *hash_pool_loop(const struct hash_pool *p)
     return p->loop;
 }
 
+uint64_t hash_pool_files_read(struct hash_pool *p)
+{
+    uv_mutex_lock(&p->cache_lock);
+    uint64_t n = p->files_read;
+    uv_mutex_unlock(&p->cache_lock);
+    return n;
+}
+
 size_t hash_pool_pending(const struct hash_pool *p)
 {
     return p->wanted.n + p->primes.n + (size_t)p->running;
@@ -407,6 +459,7 @@ int hash_pool_free(struct hash_pool *p)
         return 0;
     if (hash_pool_pending(p) > 0)
         return UV_EBUSY;
+    uv_cond_destroy(&p->read_done);
     uv_mutex_destroy(&p->cache_lock);
     free(p);
     return 0;

@@ -49,6 +49,8 @@ int hash_prime(struct hash_pool *p, const char *path);
 void hash_pool_drop_primes(struct hash_pool *p);
 /* The loop the pool's jobs complete on. */
 uv_loop_t *hash_pool_loop(const struct hash_pool *p);
+/* Files read so far (the rest were answered by the cache). */
+uint64_t hash_pool_files_read(struct hash_pool *p);
 /* Jobs queued or running. */
 size_t hash_pool_pending(const struct hash_pool *p);
 /* NULL-safe. Returns UV_EBUSY (and frees nothing) while jobs are pending. */

@@ -554,12 +554,13 @@ def table(scs):
             m = med[c]
             ratio = lambda k: f"{med[k] / m:9.2f}" if k in med else f"{'-':>9s}"
             rss = statistics.median(r["rss_kib"] for r in rs) / 1024
+            x_js = f"{med['js'] / m:.2f}" if "js" in med else "-"
             lines.append(
                 f"{sc['name']:9s} {c:10s} {fmt_t([r['push'] for r in rs]):>25s} "
                 f"{sc['total'] / m / 1e6:6.0f} {ratio('limit-seq')} {ratio('limit-ovl')} "
-                f"{(med['js'] / m if 'js' in med else 0):6.2f} "
+                f"{x_js:>6s} "
                 f"{statistics.median(r['close_commit'] for r in rs):16.2f} "
-                f"{(f'{rss:12.1f}' if rss else f'{chr(45):>12s}')} "
+                f"{(f'{rss:.1f}' if rss else '-'):>12s} "
                 f"{statistics.median(r['cpu'] for r in rs):6.2f}")
         lines.append(f"{'':9s} bytes hashed {sc['total'] / MIB:.0f} MiB, to send "
                      f"{sc['new'] / MIB:.0f} MiB; load before/after {sc['load'][0]} / "

@@ -127,6 +127,19 @@ int main(void)
     REQUIRE(hash_file(pool, path[2], on_hash, &again[1]) == 0);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK(again[1].status == 0 && strcmp(again[1].res.sha256, ex[2].res.sha256) == 0);
+    /* Two names of one inode (a pin is a hard link) asked for at once: read once. */
+    char linked[640];
+    snprintf(linked, sizeof(linked), "%s.pin", path[10]);
+    REQUIRE(link(path[10], linked) == 0);
+    test_random_file(path[10], 4 * 1024 * 1024, 42); /* new content: not in the cache */
+    uint64_t reads = hash_pool_files_read(pool);
+    memset(again, 0, sizeof(again));
+    REQUIRE(hash_file(pool, path[10], on_hash, &again[0]) == 0);
+    REQUIRE(hash_file(pool, linked, on_hash, &again[1]) == 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(again[0].status == 0 && again[1].status == 0);
+    CHECK(strcmp(again[0].res.sha256, again[1].res.sha256) == 0);
+    CHECK(hash_pool_files_read(pool) == reads + 1);
     /* Shutdown forgets primes not started. */
     CHECK(hash_file(pool, path[0], on_hash, &again[0]) == 0);
     CHECK(hash_prime(pool, path[8]) == 0 && hash_prime(pool, path[9]) == 0);
