@@ -784,7 +784,7 @@ def main():
           f"{time.monotonic() - t0:.0f} s)\n")
     print("\n\n".join(out))
     print("\npush s: ckptpushd from 'sealed' to 'committed' (quiet period 300 ms excluded; "
-          "close->commit includes it); js: the commit() calls; limit: openssl dgst (2 processes) + curl PUT "
+          "close->commit includes it and the hashing done early, during that period); js: the commit() calls; limit: openssl dgst (2 processes) + curl PUT "
           "(4 streams) to the same --fast-parts hub + completion, one after the other (seq) or "
           "overlapped (ovl). MB/s = bytes hashed / push s. x lim = limit time / client time "
           "(1.00 = at the limit); x js = js time / client time. RSS/CPU: whole process "
