@@ -104,6 +104,28 @@ def tempdir(prefix="ckpt-e2e-"):
     return d
 
 
+def job_dir(prefix="ckpt-e2e-"):
+    """A temporary directory holding a training job's output folder: (root, root/output)."""
+    root = tempdir(prefix)
+    watch = os.path.join(root, "output")
+    os.mkdir(watch)
+    return root, watch
+
+
+def rotate_sealed(watch, names, sealed):
+    """Deletes the checkpoint folders among names that the daemon has sealed, as
+    save_total_limit would: returns the names deleted."""
+    gone = []
+    for name in names:
+        p = os.path.join(watch, name)
+        if os.path.isdir(p) and name in sealed:
+            for f in os.listdir(p):
+                os.unlink(os.path.join(p, f))
+            os.rmdir(p)
+            gone.append(name)
+    return gone
+
+
 def daemon_path():
     path = os.environ.get("CKPTPUSHD") or os.path.join(BUILD_DIR, "ckptpushd")
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):

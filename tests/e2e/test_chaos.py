@@ -90,9 +90,7 @@ class Chaos(unittest.TestCase):
         data_rng = random.Random(seed + 1)  # file contents: independent of the event choices
 
         hub = h.Hub(args=["--multipart-threshold", str(MiB), "--chunk-size", str(MiB)])
-        root = h.tempdir("ckpt-chaos-")
-        watch = os.path.join(root, "output")
-        os.mkdir(watch)
+        root, watch = h.job_dir("ckpt-chaos-")
         repo = f"{h.USER}/chaos-{os.getpid()}"
         args = ["--quiet-ms", "300", "--max-rate", str(RATE), "--max-transfers", "3",
                 "--drain-timeout", "60", "--socket", os.path.join(root, "ctl.sock")]
@@ -126,14 +124,9 @@ class Chaos(unittest.TestCase):
                 expected[step] = files
                 sizes[files["model.safetensors"]] = os.path.getsize(
                     os.path.join(watch, f"checkpoint-{step}", "model.safetensors"))
-                for old in STEPS[:max(0, i + 1 - KEEP)]:
-                    name = f"checkpoint-{old}"
-                    p = os.path.join(watch, name)
-                    if os.path.isdir(p) and name in sealed_names():
-                        for f in os.listdir(p):
-                            os.unlink(os.path.join(p, f))
-                        os.rmdir(p)
-                        rotated.append(name)
+                rotated.extend(h.rotate_sealed(
+                    watch, [f"checkpoint-{old}" for old in STEPS[:max(0, i + 1 - KEEP)]],
+                    sealed_names()))
 
         d = start()
         t = threading.Thread(target=writer, daemon=True)

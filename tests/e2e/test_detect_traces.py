@@ -144,9 +144,7 @@ class DetectTraces(unittest.TestCase):
                          "add the new trace's expected candidates to EXPECTED")
 
     def start(self, quiet_ms):
-        root = h.tempdir("ckpt-detect-")
-        watch = os.path.join(root, "output")
-        os.mkdir(watch)
+        root, watch = h.job_dir("ckpt-detect-")
         d = h.Daemon(watch, repo=f"{h.USER}/detect-test", token=h.TOKEN,
                      args=["--dry-run", "--quiet-ms", str(quiet_ms)])
         self.addCleanup(d.stop, signal.SIGKILL, 5)

@@ -26,9 +26,7 @@ def write_checkpoint(root, step, rng):
 class Faults(unittest.TestCase):
     def test_everything_committed_despite_faults(self):
         hub = h.Hub(args=["--multipart-threshold", str(MiB), "--chunk-size", str(MiB)])
-        root = h.tempdir("ckpt-faults-")
-        watch = os.path.join(root, "output")
-        os.mkdir(watch)
+        root, watch = h.job_dir("ckpt-faults-")
         repo = f"{h.USER}/faults-{os.getpid()}"
         rng = random.Random(7)
         d = h.Daemon(watch, repo=repo, endpoint=hub.url, log_level="info",
@@ -99,9 +97,7 @@ class Faults(unittest.TestCase):
 
     def test_refusals_fail_the_checkpoint_and_the_next_start_retries_it(self):
         hub = h.Hub()
-        root = h.tempdir("ckpt-refused-")
-        watch = os.path.join(root, "output")
-        os.mkdir(watch)
+        root, watch = h.job_dir("ckpt-refused-")
         repo = f"{h.USER}/refused-{os.getpid()}"
         rng = random.Random(9)
         args = ["--quiet-ms", "200", "--socket", os.path.join(root, "ctl.sock")]

@@ -95,9 +95,7 @@ class IpcClients(unittest.TestCase):
     def setUpClass(cls):
         cls.ckptpush = client_path()
         cls.hub = h.Hub()
-        root = h.tempdir("ckpt-ipc-")
-        cls.watch = os.path.join(root, "output")
-        os.mkdir(cls.watch)
+        root, cls.watch = h.job_dir("ckpt-ipc-")
         cls.repo = f"{h.USER}/ipc-run-{os.getpid()}"
         cls.daemon, cls.sock = h.socket_daemon(cls.watch, cls.repo, cls.hub, QUIET_MS)
         cls.py = ckptpush.Client(socket_path=cls.sock, timeout=20)

@@ -48,9 +48,7 @@ def write_checkpoint(root, step, rng):
 class KillResume(unittest.TestCase):
     def test_kill_and_resume(self):
         hub = h.Hub(args=["--multipart-threshold", str(MiB), "--chunk-size", str(MiB)])
-        root = h.tempdir("ckpt-kill-")
-        watch = os.path.join(root, "output")
-        os.mkdir(watch)
+        root, watch = h.job_dir("ckpt-kill-")
         repo = f"{h.USER}/kill-resume-{os.getpid()}"
         args = ["--quiet-ms", "300", "--max-rate", str(RATE), "--max-transfers", "3",
                 "--socket", os.path.join(root, "ctl.sock")]
@@ -83,14 +81,9 @@ class KillResume(unittest.TestCase):
                 if stop_writer.wait(2.5 if i else 1.0):
                     return
                 expected[step] = write_checkpoint(watch, step, rng)
-                for old in STEPS[:max(0, i + 1 - KEEP)]:
-                    name = f"checkpoint-{old}"
-                    p = os.path.join(watch, name)
-                    if os.path.isdir(p) and name in sealed_names():
-                        for f in os.listdir(p):
-                            os.unlink(os.path.join(p, f))
-                        os.rmdir(p)
-                        sealed.add(name)
+                sealed.update(h.rotate_sealed(
+                    watch, [f"checkpoint-{old}" for old in STEPS[:max(0, i + 1 - KEEP)]],
+                    sealed_names()))
 
         t = threading.Thread(target=writer, daemon=True)
         d = start()
@@ -173,9 +166,7 @@ class KillResume(unittest.TestCase):
 
     def test_corrupt_journal_is_reported_and_rebuilt_from_the_pins(self):
         hub = h.Hub()
-        root = h.tempdir("ckpt-corrupt-")
-        watch = os.path.join(root, "output")
-        os.mkdir(watch)
+        root, watch = h.job_dir("ckpt-corrupt-")
         repo = f"{h.USER}/corrupt-{os.getpid()}"
         args = ["--quiet-ms", "200", "--max-rate", "300000",
                 "--socket", os.path.join(root, "ctl.sock")]
@@ -225,9 +216,7 @@ class KillResume(unittest.TestCase):
         """One 12 MiB object in 1 MiB parts: killed after some parts, the next start neither
         hashes the file again (same inode, size, mtime) nor sends the finished parts."""
         hub = h.Hub(args=["--multipart-threshold", str(MiB), "--chunk-size", str(MiB)])
-        root = h.tempdir("ckpt-resume-")
-        watch = os.path.join(root, "output")
-        os.mkdir(watch)
+        root, watch = h.job_dir("ckpt-resume-")
         repo = f"{h.USER}/resume-{os.getpid()}"
         sock = ["--socket", os.path.join(root, "ctl.sock")]
         rng = random.Random(5)

@@ -73,9 +73,7 @@ class Run:
     def __init__(self, hub, name):
         self.name = name
         self.trace, self.expect, self.speed = LAYOUTS[name]
-        root = h.tempdir(f"ckpt-layout-{name}-")
-        self.watch = os.path.join(root, "output")
-        os.mkdir(self.watch)
+        root, self.watch = h.job_dir(f"ckpt-layout-{name}-")
         self.repo = f"{h.USER}/layout-{name}-{os.getpid()}"
         self.daemon = h.Daemon(self.watch, repo=self.repo, endpoint=hub.url, token=h.TOKEN,
                                args=["--quiet-ms", str(QUIET_MS)])

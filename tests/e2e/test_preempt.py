@@ -53,9 +53,7 @@ def part_puts(hub):
 class Preempt(unittest.TestCase):
     def test_sigterm_mid_multipart(self):
         hub = h.Hub(args=["--multipart-threshold", str(MiB), "--chunk-size", str(MiB)])
-        root = h.tempdir("ckpt-preempt-")
-        watch = os.path.join(root, "output")
-        os.mkdir(watch)
+        root, watch = h.job_dir("ckpt-preempt-")
         staging = os.path.join(watch, ".ckptpush")
         repo = f"{h.USER}/preempt-{os.getpid()}"
         args = ["--quiet-ms", "300", "--max-rate", str(RATE), "--max-transfers", "2",

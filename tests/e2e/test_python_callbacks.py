@@ -108,9 +108,7 @@ class WithDaemon(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.hub = h.Hub()
-        root = h.tempdir("ckpt-cb-")
-        cls.watch = os.path.join(root, "output")
-        os.mkdir(cls.watch)
+        root, cls.watch = h.job_dir("ckpt-cb-")
         cls.repo = f"{h.USER}/callbacks-{os.getpid()}"
         cls.daemon, cls.sock = h.socket_daemon(cls.watch, cls.repo, cls.hub, QUIET_MS)
 

@@ -131,9 +131,7 @@ class Secrets(unittest.TestCase):
 
 class RunModeEnvironment(unittest.TestCase):
     def run_child_env(self, token_env, token_file):
-        root = h.tempdir("ckpt-secrets-run-")
-        watch = os.path.join(root, "output")
-        os.mkdir(watch)
+        root, watch = h.job_dir("ckpt-secrets-run-")
         env_out = os.path.join(root, "child.env")
         args = ["--dry-run", "--quiet-ms", "100"]
         if token_file:

@@ -47,9 +47,7 @@ class Strategies(h.HubTestCase):
     def run_case(self, strategy, extra=(), prewrite=(), steps=(1, 2), extra_files=None):
         """Checkpoints `prewrite` exist before the daemon starts; `steps` are written one by one
         while it runs; then the final model at the root. Returns (daemon, repo, sha by path)."""
-        root = h.tempdir(f"ckpt-strat-{strategy}-")
-        watch = os.path.join(root, "output")
-        os.mkdir(watch)
+        root, watch = h.job_dir(f"ckpt-strat-{strategy}-")
         repo = f"{h.USER}/strategy-{strategy.replace('_', '-')}-{len(extra)}-{os.getpid()}"
         rng = random.Random(strategy)
         sha = {}
@@ -149,9 +147,7 @@ class Strategies(h.HubTestCase):
         self.check_root_model(repo, sha)
 
     def test_commit_budget_coalesces_and_the_rest_resumes(self):
-        root = h.tempdir("ckpt-budget-")
-        watch = os.path.join(root, "output")
-        os.mkdir(watch)
+        root, watch = h.job_dir("ckpt-budget-")
         repo = f"{h.USER}/budget-{os.getpid()}"
         rng = random.Random(3)
         sha = {}

@@ -34,9 +34,7 @@ class TrainerPush(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.hub = h.Hub()
-        root = h.tempdir("ckpt-push-")
-        cls.watch = os.path.join(root, "output")
-        os.mkdir(cls.watch)
+        root, cls.watch = h.job_dir("ckpt-push-")
         cls.repo = f"{h.USER}/trainer-run-{os.getpid()}"
         cls.daemon = h.Daemon(cls.watch, repo=cls.repo, endpoint=cls.hub.url, token=h.TOKEN,
                               args=["--quiet-ms", str(QUIET_MS)])
