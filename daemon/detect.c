@@ -141,6 +141,7 @@ struct detect_cand {
     bool marked;       /* orbax: renamed from its temporary name */
     bool doubtful;     /* deleted while files of it were only known from a scan: never sealed */
     bool settled;      /* file_ready was reported for every member once it was complete */
+    bool live;         /* an event (not only a directory listing) touched it: being saved now */
     unsigned replaced; /* versions of a file replaced before the seal (coalesced) */
     size_t n_open;
     struct drec **members;
@@ -1301,6 +1302,8 @@ static void report_settled(struct detect *d)
         if (c->settled || !cand_ready(d, c))
             continue;
         c->settled = true;
+        if (!c->live)
+            continue; /* found complete by the listing at start: likely pushed long ago */
         for (size_t k = 0; k < c->n_members; k++)
             d->cbs.file_ready(d->cbs.ctx, c, rec_rel(c->members[k]));
     }
@@ -1348,6 +1351,8 @@ static int on_write(struct detect *d, const char *path, bool close, bool scan, i
         if (!r->cand->sealed)
             r->cand->last_ms = now;
     }
+    if (!scan && r->cand != NULL)
+        r->cand->live = true;
     if (close)
         report_ready(d, r);
     if (close && strcmp(base_name(path), "latest") == 0)
@@ -1461,7 +1466,8 @@ static int on_dir_gone(struct detect *d, const char *path, int64_t now)
     return 0;
 }
 
-static int on_dir_seen(struct detect *d, const char *path, int64_t now)
+/* live: an event showed it (created or renamed in now), not a directory listing. */
+static int on_dir_seen(struct detect *d, const char *path, bool live, int64_t now)
 {
     struct match m;
     struct detect_cand *c;
@@ -1472,6 +1478,8 @@ static int on_dir_seen(struct detect *d, const char *path, int64_t now)
         return rc;
     if (!c->sealed)
         c->last_ms = now;
+    if (live)
+        c->live = true;
     return 0;
 }
 
@@ -1551,6 +1559,8 @@ static int on_rename(struct detect *d, const char *from, const char *to, int64_t
         }
     }
     r->wrote_ms = now;
+    if (r->cand != NULL)
+        r->cand->live = true;
     report_ready(d, r);
     return 0;
 }
@@ -1574,6 +1584,7 @@ static int on_dir_rename(struct detect *d, const char *from, const char *to, int
         if (rc < 0)
             return rc;
         c->marked = true;
+        c->live = true;
         /* Files a scan found under the final name before this event was read. */
         rc = cand_adopt(d, c, "");
         if (rc < 0)
@@ -1612,7 +1623,7 @@ static int on_dir_rename(struct detect *d, const char *from, const char *to, int
         }
         i++;
     }
-    return on_dir_seen(d, to, now);
+    return on_dir_seen(d, to, true, now);
 }
 
 static void on_overflow(struct detect *d, int64_t now)
@@ -1663,7 +1674,7 @@ static int feed_one(struct detect *d, const struct watch_event *ev, int64_t now_
         case WATCH_CREATE:
         case WATCH_SCANNED:
         case WATCH_MOVED_IN:
-            return on_dir_seen(d, path, now_ms);
+            return on_dir_seen(d, path, ev->kind != WATCH_SCANNED, now_ms);
         case WATCH_DELETE:
         case WATCH_MOVED_OUT:
             return on_dir_gone(d, path, now_ms);

@@ -51,8 +51,9 @@ struct detect_callbacks {
     void (*dropped)(void *ctx, const struct detect_cand *c, const char *why);
     void (*late_write)(void *ctx, const struct detect_cand *c, const char *relpath);
     /* A member of an unsealed candidate was closed after writing or renamed in, or its
-     * candidate became complete and waits out its quiet period (then once per member): its
-     * bytes are probably final, so work on them may start; only the seal makes them so. */
+     * candidate became complete and waits out its quiet period (then once per member; not for
+     * a candidate only a directory listing has shown, as at start): its bytes are probably
+     * final, so work on them may start; only the seal makes them so. */
     void (*file_ready)(void *ctx, const struct detect_cand *c, const char *relpath);
 };
 

@@ -27,11 +27,12 @@ def write(path, data, truncate=True):
 
 
 class EarlyHash(h.HubTestCase):
-    def start(self, name, *args):
-        _, watch = h.job_dir(f"ckpt-early-{name}-")
+    def start(self, name, *args, watch=None, quiet_ms=1500):
+        if watch is None:
+            _, watch = h.job_dir(f"ckpt-early-{name}-")
         repo = f"{h.USER}/early-{name}-{os.getpid()}"
         d = h.Daemon(watch, repo=repo, endpoint=self.hub.url, token=h.TOKEN,
-                     args=["--quiet-ms", "1500", "--log-level", "debug", *args])
+                     args=["--quiet-ms", str(quiet_ms), "--log-level", "debug", *args])
         d.wait_event("ready", timeout=20)
         self.addCleanup(d.stop)
         return watch, repo, d
@@ -65,6 +66,21 @@ class EarlyHash(h.HubTestCase):
         write(os.path.join(ckpt, "trainer_state.json"), b'{"global_step": 10}')
         d.wait_event("sealed", timeout=20, ckpt="checkpoint-10")
         self.assertEqual(d.events("hash-early"), [], d.tail())
+
+    def test_checkpoints_found_at_start_are_not_hashed_early(self):
+        """A restart finds the checkpoints pushed before: hashing them all again would be a
+        burst of work for nothing (the journal knows them)."""
+        watch, _, d = self.start("restart", quiet_ms=200)
+        for step in (10, 20):
+            ckpt = os.path.join(watch, f"checkpoint-{step}")
+            write(os.path.join(ckpt, "model.safetensors"), os.urandom(2 * MIB))
+            write(os.path.join(ckpt, "trainer_state.json"), b'{"global_step": %d}' % step)
+            d.wait_event("committed", timeout=30, ckpt=f"checkpoint-{step}")
+        self.assertEqual(d.stop(), 0, d.tail())
+        _, _, again = self.start("restart", watch=watch, quiet_ms=200)
+        # checkpoint-10 is superseded by the later step pushed before, checkpoint-20 known
+        again.wait_event("already-pushed", timeout=20, ckpt="checkpoint-20")
+        self.assertEqual(again.events("hash-early"), [], again.tail())
 
 
 if __name__ == "__main__":

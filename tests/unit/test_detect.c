@@ -947,6 +947,21 @@ static void test_ready_files(void)
     feed(d, r, 5000, WATCH_CLOSE_WRITE, false, "checkpoint-5/optimizer.pt", NULL);
     CHECK(r->n_ready == after_close && has_note(r, "late 'checkpoint-5' 'optimizer.pt'"));
     detect_free(d);
+
+    /* At start a listing finds old checkpoints, most of them pushed long ago: nothing is
+     * reported ready for them. A folder renamed in is being saved now: its files are. */
+    d = make(r, 1000);
+    feed(d, r, 0, WATCH_SCANNED, true, "checkpoint-1", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "checkpoint-1/model.safetensors", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "checkpoint-1/trainer_state.json", NULL);
+    feed(d, r, 5, WATCH_MOVED_IN, true, "checkpoint-2", NULL);
+    feed(d, r, 6, WATCH_SCANNED, false, "checkpoint-2/model.safetensors", NULL);
+    feed(d, r, 6, WATCH_SCANNED, false, "checkpoint-2/trainer_state.json", NULL);
+    finish(d, r);
+    CHECK(r->n_seals == 2 && r->n_ready == 2);
+    CHECK(ready_at(r, "checkpoint-1", "model.safetensors") == -1);
+    CHECK(ready_at(r, "checkpoint-2", "model.safetensors") == 6);
+    detect_free(d);
     free(r);
 }
 
