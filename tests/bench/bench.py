@@ -693,11 +693,16 @@ def save(step):
         shutil.rmtree(old)
 
 t0 = time.monotonic()
+spent = {"compute": 0.0, "save": 0.0}
 for step in range(1, steps + 1):
+    t = time.monotonic()
     compute()
+    spent["compute"] += time.monotonic() - t
     if step % every == 0:
+        t = time.monotonic()
         save(step)
-print(time.monotonic() - t0, flush=True)
+        spent["save"] += time.monotonic() - t
+print(time.monotonic() - t0, spent["compute"], spent["save"], flush=True)
 """
 
 
@@ -706,9 +711,14 @@ def writer_probe(exe, hub, work, sz, reps, extra):
     daemon watches its output and pushes its checkpoints with a bandwidth cap."""
     steps, every, nfiles, size, work_iters = sz["wr"]
     saves = steps // every
-    alone, busy, daemon_cpu = [], [], []
+    times = {"alone": [], "busy": []}  # (total, compute, save) per run
+    daemon_cpu = []
     la0 = loadavg()
     argv = [str(steps), str(every), str(nfiles), str(size), str(work_iters)]
+    warmup = os.path.join(work, "writer-warmup")  # the first run of a loop is slow: not counted
+    os.makedirs(warmup)
+    subprocess.run([sys.executable, "-c", TRAINER, warmup, *argv], capture_output=True, check=True)
+    shutil.rmtree(warmup)
     for rep in range(reps):
         for mode in ("alone", "busy") if rep % 2 == 0 else ("busy", "alone"):
             hub.drop_objects()
@@ -723,7 +733,7 @@ def writer_probe(exe, hub, work, sz, reps, extra):
                 os.makedirs(out)
             t = subprocess.run([sys.executable, "-c", TRAINER, out, *argv], capture_output=True,
                                text=True, check=True).stdout
-            (busy if mode == "busy" else alone).append(float(t))
+            times[mode].append([float(x) for x in t.split()])
             if d is not None:
                 daemon_cpu.append(proc_cpu(d.p.pid) - cpu0)
                 pending = saves - sum(1 for _, e in d.events if e.get("event") == "committed")
@@ -733,14 +743,24 @@ def writer_probe(exe, hub, work, sz, reps, extra):
                     log("  writer: every push ended before the training did")
             shutil.rmtree(out, ignore_errors=True)
     hub.drop_objects()
-    ma, mb = statistics.median(alone), statistics.median(busy)
+    def part(mode, i):
+        return [t[i] for t in times[mode]]
+
+    def slowdown(i):
+        return 100 * (statistics.median(part("busy", i)) / statistics.median(part("alone", i)) - 1)
+
     cap = " ".join(extra)
     return (f"training loop: {steps} steps of fixed CPU work, a checkpoint of {nfiles} x "
             f"{size / MIB:.0f} MiB (write + fsync) every {every} steps, the 2 newest kept; "
             f"{reps} reps interleaved; the daemon watches its output and pushes each checkpoint "
-            f"with {cap}; load {la0} -> {loadavg()}\n  alone {fmt_t(alone)} s   while pushing "
-            f"{fmt_t(busy)} s   slowdown {100 * (mb / ma - 1):+.1f} % (target <= 2 %)   daemon CPU "
-            f"during the loop {fmt_t(daemon_cpu)} s")
+            f"with {cap}; load {la0} -> {loadavg()}\n"
+            f"  whole loop: alone {fmt_t(part('alone', 0))} s   while pushing "
+            f"{fmt_t(part('busy', 0))} s   slowdown {slowdown(0):+.1f} % (target <= 2 %)\n"
+            f"  its compute steps: alone {fmt_t(part('alone', 1))} s   while pushing "
+            f"{fmt_t(part('busy', 1))} s   slowdown {slowdown(1):+.1f} %\n"
+            f"  its saves: alone {fmt_t(part('alone', 2))} s   while pushing "
+            f"{fmt_t(part('busy', 2))} s   slowdown {slowdown(2):+.1f} %\n"
+            f"  daemon CPU during the loop {fmt_t(daemon_cpu)} s")
 
 
 def main():
