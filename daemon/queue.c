@@ -5,6 +5,14 @@
  * parts, objects) -> committed (journaled, then reported) -> pins released (journaled).
  * At start the journal is read and the pins directory listed; whatever an earlier run left
  * unfinished goes first, in its save order.
+ *
+ * Copies at seal run beside that path: a sealed item whose files could not be hard-linked is
+ * copied into its pins while it waits, so rotation cannot take it before its turn to push.
+ * One such copy runs at a time (the thread pool also serves the journal, hashing and upload
+ * reads), in queue order, and with staging_max set a copy starts only while the measured staging
+ * bytes are within it. The push never reads a file still being copied: the pin module runs an
+ * id's requests in order, and the push's pin_when_idle comes after the copy; a copy still
+ * waiting when its item's turn comes runs then, on the push path, whatever staging_max says.
  */
 #include "queue.h"
 
@@ -45,10 +53,13 @@ struct item {
     char **files;
     size_t file_count;
     enum queue_state state;
-    bool journaled;  /* its sealed record is durable */
-    bool sealing;    /* its sealed record is being written */
-    bool deferred;   /* found again by a scan: journaled only if it is not a re-push */
-    size_t part_off; /* very many files: the first plan item of the commit in flight */
+    enum queue_copy copy;
+    bool copy_wait_logged; /* its copy-waiting line was written */
+    size_t copy_files;     /* files its copy at seal had to copy */
+    bool journaled;        /* its sealed record is durable */
+    bool sealing;          /* its sealed record is being written */
+    bool deferred;         /* found again by a scan: journaled only if it is not a re-push */
+    size_t part_off;       /* very many files: the first plan item of the commit in flight */
     size_t part_n;
     bool recovered;
     unsigned attempts;
@@ -63,6 +74,16 @@ struct item {
     struct upload_progress progress; /* kept after the upload is freed */
     char commit[41];
     char *error;
+};
+
+/* A pin request made for a waiting item that may have moved on (pushed, released, freed from
+ * the history) by the time it is answered: the answer looks the item up again by id. Listed in
+ * the queue, which frees what the pin module dropped unanswered when it closed. */
+struct pin_call {
+    struct pin_call *next;
+    struct queue *q;
+    uint64_t id;
+    uint64_t started_ms;
 };
 
 struct queue {
@@ -80,7 +101,10 @@ struct queue {
     uv_timer_t retry_timer;
     uv_timer_t budget_timer;
     bool staging_scanning, staging_rescan, staging_over;
+    bool staging_stale;     /* a copy ended after the last measure began */
     uint64_t staging_bytes; /* held only by pins: originals rotated away, or copies */
+    struct pin_call *pin_calls;
+    bool seal_copying; /* a copy at seal is running */
     size_t staging_pins;
     uint64_t commit_ms[QUEUE_BUDGET_RING]; /* times of the last commits, a ring */
     size_t n_commits;
@@ -102,6 +126,7 @@ struct queue {
 static void pump(struct queue *q);
 static void stat_files(struct queue *q, struct item *it);
 static void start_upload(struct queue *q, struct item *it);
+static void copy_next(struct queue *q);
 
 const char *queue_state_name(enum queue_state state)
 {
@@ -111,6 +136,17 @@ const char *queue_state_name(enum queue_state state)
         [QUEUE_FAILED] = "failed",       [QUEUE_SKIPPED] = "skipped",
     };
     return (unsigned)state < sizeof(names) / sizeof(names[0]) ? names[state] : "unknown";
+}
+
+const char *queue_copy_name(enum queue_copy copy)
+{
+    static const char *const names[] = {
+        [QUEUE_COPY_NONE] = "none",
+        [QUEUE_COPY_WAITING] = "waiting",
+        [QUEUE_COPY_RUNNING] = "copying",
+        [QUEUE_COPY_DONE] = "copied",
+    };
+    return (unsigned)copy < sizeof(names) / sizeof(names[0]) ? names[copy] : "unknown";
 }
 
 static uint64_t now_ms(const struct queue *q)
@@ -158,6 +194,7 @@ static void view_of(const struct queue *q, const struct item *it, struct queue_i
     v->name = it->name;
     v->layout = it->layout;
     v->state = it->state;
+    v->copy = it->copy;
     v->step = it->step;
     v->files = it->file_count;
     v->message = it->plan.message ? it->plan.message : "";
@@ -257,9 +294,9 @@ static void after_staging(uv_work_t *w, int status)
     q->staging_pins = job->dirs;
     if (max > 0 && job->bytes > max && !q->staging_over)
         log_warn("staging-full",
-                 "dir='%s' bytes_held=%" PRIu64 " max=%llu pins=%zu reason='checkpoints rotated "
-                 "away are kept until pushed: nothing is dropped; free space or let pushes "
-                 "catch up'",
+                 "dir='%s' bytes_held=%" PRIu64 " max=%llu pins=%zu reason='what only the pins "
+                 "hold (copies, checkpoints rotated away) is kept until pushed: nothing pinned "
+                 "is dropped; new copies wait until pushes free space'",
                  job->pins, job->bytes, (unsigned long long)max, job->dirs);
     else if (max > 0 && job->bytes <= max && q->staging_over)
         log_info("staging-ok", "bytes_held=%" PRIu64 " max=%llu", job->bytes,
@@ -268,9 +305,13 @@ static void after_staging(uv_work_t *w, int status)
     free(job->pins);
     free(job);
     if (q->staging_rescan && !q->stopped) {
+        /* something changed during this walk: only the next one measures it */
         q->staging_rescan = false;
         staging_scan(q);
+        return;
     }
+    q->staging_stale = false;
+    copy_next(q);
 }
 
 /* Measures the pins on the pool; one walk at a time, one more queued at most. */
@@ -300,6 +341,164 @@ static void staging_scan(struct queue *q)
 uint64_t queue_staging_bytes(const struct queue *q)
 {
     return q->staging_bytes;
+}
+
+/* ---- copies at seal: pins a hard link could not make, copied while their item waits ------- */
+
+static struct pin_call *pin_call_new(struct queue *q, uint64_t id)
+{
+    struct pin_call *call = calloc(1, sizeof(*call));
+
+    if (call == NULL)
+        return NULL;
+    call->q = q;
+    call->id = id;
+    call->started_ms = now_ms(q);
+    call->next = q->pin_calls;
+    q->pin_calls = call;
+    return call;
+}
+
+static void pin_call_free(struct pin_call *call)
+{
+    struct queue *q = call->q;
+
+    for (struct pin_call **pp = &q->pin_calls; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == call) {
+            *pp = call->next;
+            break;
+        }
+    }
+    free(call);
+}
+
+static struct item *waiting_item(const struct queue *q, uint64_t id)
+{
+    for (struct item *it = q->head; it != NULL; it = it->next)
+        if (it->id == id)
+            return it;
+    return NULL;
+}
+
+size_t queue_copies_waiting(const struct queue *q)
+{
+    size_t n = 0;
+
+    for (const struct item *it = q->head; it != NULL; it = it->next)
+        n += it->copy == QUEUE_COPY_WAITING;
+    return n;
+}
+
+/* The copy made new bytes that only the pins hold: measure before the next copy starts. */
+static void copy_ended(struct queue *q)
+{
+    if (q->stopped)
+        return;
+    q->staging_stale = true;
+    staging_scan(q);
+}
+
+static void on_seal_copied(void *ctx, int status)
+{
+    struct pin_call *call = ctx;
+    struct queue *q = call->q;
+    uint64_t id = call->id;
+    double seconds = (double)(now_ms(q) - call->started_ms) / 1000.0;
+    struct item *it = q->active != NULL && q->active->id == id ? q->active : waiting_item(q, id);
+
+    pin_call_free(call);
+    q->seal_copying = false;
+    if (status < 0)
+        /* the files stay on the list: the push copies them again when its turn comes */
+        log_warn("pin-copy-failed", "ckpt='%s' pin=%" PRIu64 " reason='%s'",
+                 it != NULL ? it->name : "", id, strerror(-status));
+    else
+        log_info("pins-copied", "ckpt='%s' pin=%" PRIu64 " files=%zu at=seal seconds=%.3f",
+                 it != NULL ? it->name : "", id, it != NULL ? it->copy_files : 0, seconds);
+    if (it != NULL)
+        it->copy = QUEUE_COPY_DONE;
+    copy_ended(q);
+    copy_next(q);
+}
+
+/* Starts the copy of the first waiting item (queue order) whose copy waits, unless one runs or
+ * staging_max is reached; then every item left waiting says so, once. */
+static void copy_next(struct queue *q)
+{
+    uint64_t max = q->deps.cfg->staging_max;
+    struct item *it;
+
+    while (!q->seal_copying && !q->stopped) {
+        for (it = q->head; it != NULL && it->copy != QUEUE_COPY_WAITING; it = it->next)
+            ;
+        if (it == NULL)
+            return;
+        if (max > 0 && q->staging_stale) {
+            staging_scan(q); /* after_staging comes back here */
+            return;
+        }
+        if (max > 0 && q->staging_bytes > max) {
+            for (; it != NULL; it = it->next) {
+                if (it->copy != QUEUE_COPY_WAITING || it->copy_wait_logged)
+                    continue;
+                it->copy_wait_logged = true;
+                log_warn("copy-waiting",
+                         "ckpt='%s' files=%zu bytes_held=%" PRIu64 " max=%llu "
+                         "reason='staging_max reached: its files are copied once pushes free "
+                         "space, or when its turn to push comes; until then rotation may delete "
+                         "them'",
+                         it->name, it->copy_files, q->staging_bytes, (unsigned long long)max);
+            }
+            return;
+        }
+        struct pin_call *call = pin_call_new(q, it->id);
+        int rc =
+            call != NULL ? pin_copy_pending(q->deps.pin, it->id, on_seal_copied, call) : -ENOMEM;
+        if (rc < 0) {
+            if (call != NULL)
+                pin_call_free(call);
+            /* left to the push path, which copies what is still pending */
+            log_warn("pin-copy-failed",
+                     "ckpt='%s' reason='cannot start the copy: %s', copying "
+                     "when its turn to push comes",
+                     it->name, strerror(-rc));
+            it->copy = QUEUE_COPY_NONE;
+            continue;
+        }
+        log_debug("pins-copying", "ckpt='%s' pin=%" PRIu64 " files=%zu bytes_held=%" PRIu64,
+                  it->name, it->id, it->copy_files, q->staging_bytes);
+        it->copy = QUEUE_COPY_RUNNING;
+        q->seal_copying = true;
+    }
+}
+
+/* The pin requests made before the seal are done: are there files to copy? */
+static void on_seal_pins_idle(void *ctx, int status)
+{
+    struct pin_call *call = ctx;
+    struct queue *q = call->q;
+    struct item *it = waiting_item(q, call->id);
+    size_t files;
+
+    (void)status;
+    pin_call_free(call);
+    /* An item that became active meanwhile copies on the push path. */
+    if (it == NULL || (files = pin_copies_pending(q->deps.pin, it->id)) == 0)
+        return;
+    it->copy_files = files;
+    it->copy = QUEUE_COPY_WAITING;
+    copy_next(q);
+}
+
+/* At seal: the pin requests of the item are asked about once they are done. */
+static void seal_check_copies(struct queue *q, struct item *it)
+{
+    struct pin_call *call;
+
+    if (it->source_dir != NULL || (call = pin_call_new(q, it->id)) == NULL)
+        return;
+    if (pin_when_idle(q->deps.pin, it->id, on_seal_pins_idle, call) < 0)
+        pin_call_free(call); /* the push path copies, as a last resort */
 }
 
 /* The item leaves the active slot for the history; the next one starts. */
@@ -837,18 +1036,30 @@ static void on_pins_copied(void *ctx, int status)
 
     if (status < 0)
         log_warn("pin-copy-failed", "ckpt='%s' reason='%s'", it->name, strerror(-status));
+    else
+        log_info("pins-copied", "ckpt='%s' pin=%" PRIu64 " files=%zu at=push", it->name, it->id,
+                 it->copy_files);
+    it->copy = QUEUE_COPY_DONE;
+    copy_ended(it->queue);
     stat_files(it->queue, it);
 }
 
+/* Every pin request made before, a copy at seal included, is done: what is still to copy (its
+ * copy waited for staging space, or failed) is copied now, before the files are read. */
 static void on_pins_idle(void *ctx, int status)
 {
     struct item *it = ctx;
     struct queue *q = it->queue;
+    size_t pending = pin_copies_pending(q->deps.pin, it->id);
 
     (void)status; /* a file lost before it was pinned was logged by the daemon */
-    if (pin_copies_pending(q->deps.pin, it->id) > 0 &&
-        pin_copy_pending(q->deps.pin, it->id, on_pins_copied, it) == 0)
+    if (pending > 0 && pin_copy_pending(q->deps.pin, it->id, on_pins_copied, it) == 0) {
+        log_debug("pins-copying", "ckpt='%s' pin=%" PRIu64 " files=%zu reason='its turn to push'",
+                  it->name, it->id, pending);
+        it->copy_files = pending;
+        it->copy = QUEUE_COPY_RUNNING;
         return;
+    }
     stat_files(q, it);
 }
 
@@ -898,6 +1109,8 @@ static bool over_budget(struct queue *q)
             it->next = NULL;
             q->waiting--;
             q->active = it;
+            if (it->copy == QUEUE_COPY_WAITING)
+                it->copy = QUEUE_COPY_NONE; /* not pushed: no copy needed */
             log_info("coalesced",
                      "ckpt='%s' by='%s' commits=%u per_hour=%u reason='commit budget spent: "
                      "only the newest waiting checkpoint is pushed'",
@@ -933,6 +1146,16 @@ static void pump(struct queue *q)
     it->next = NULL;
     q->waiting--;
     q->active = it;
+    if (it->copy == QUEUE_COPY_WAITING) {
+        /* never held back by staging_max: a queue stuck behind its own copy would never free
+         * the space the copy waits for */
+        if (it->copy_wait_logged)
+            log_info("copy-at-push",
+                     "ckpt='%s' bytes_held=%" PRIu64 " max=%llu reason='its turn to push came "
+                     "before staging space: copied now'",
+                     it->name, q->staging_bytes, (unsigned long long)q->deps.cfg->staging_max);
+        it->copy = QUEUE_COPY_NONE; /* on_pins_idle copies it */
+    }
     set_state(q, it, QUEUE_PINNING);
     if ((q->deps.cfg->strategy == STRATEGY_CHECKPOINT ||
          q->deps.cfg->strategy == STRATEGY_EVERY_SAVE) &&
@@ -1072,6 +1295,7 @@ int queue_add(struct queue *q, uint64_t id, const char *name, const char *layout
     if (it->next == NULL)
         q->tail = it;
     q->waiting++;
+    seal_check_copies(q, it);
     if (!journaled(it)) {
         it->journaled = true;
         set_state(q, it, QUEUE_WAITING);
@@ -1495,6 +1719,7 @@ int queue_new(struct queue **ret, const struct queue_deps *deps, queue_event_cb 
         q->deps.new_ids_from = UINT64_MAX;
     q->cb = cb;
     q->ctx = ctx;
+    q->staging_stale = true; /* not measured yet */
     /* the journal lives beside the pins: <staging>/pins/<id>/<file> */
     if ((rc = pin_path(deps->pin, 0, "x", path, sizeof(path))) < 0) {
         free(q);
@@ -1647,6 +1872,8 @@ void queue_free(struct queue *q)
         free(q->notes[i].name);
         free(q->notes[i].layout);
     }
+    while (q->pin_calls != NULL) /* dropped unanswered when the pin module closed */
+        pin_call_free(q->pin_calls);
     journal_free(q->journal);
     free(q->staging);
     free(q);
