@@ -10,9 +10,10 @@
  * copied into its pins while it waits, so rotation cannot take it before its turn to push.
  * One such copy runs at a time (the thread pool also serves the journal, hashing and upload
  * reads), in queue order, and with staging_max set a copy starts only while the measured staging
- * bytes are within it. The push never reads a file still being copied: the pin module runs an
- * id's requests in order, and the push's pin_when_idle comes after the copy; a copy still
- * waiting when its item's turn comes runs then, on the push path, whatever staging_max says.
+ * bytes are within it; an item that pump would supersede is not copied. The push never reads a file
+ * still being copied: the pin module runs an id's requests in order, and the push's pin_when_idle
+ * comes after the copy; a copy still waiting when its item's turn comes runs then, on the push
+ * path, whatever staging_max says.
  */
 #include "queue.h"
 
@@ -54,6 +55,7 @@ struct item {
     size_t file_count;
     enum queue_state state;
     enum queue_copy copy;
+    bool copy_checking;    /* its pins are being asked whether anything needs a copy */
     bool copy_wait_logged; /* its copy-waiting line was written */
     size_t copy_files;     /* files its copy at seal had to copy */
     bool journaled;        /* its sealed record is durable */
@@ -343,6 +345,20 @@ uint64_t queue_staging_bytes(const struct queue *q)
     return q->staging_bytes;
 }
 
+/* Strategy checkpoint: a later step of the same layout among the items from `later` on makes
+ * it stale (last-checkpoint/ would be overwritten at once); pump releases it unpushed. */
+static struct item *superseded_by(const struct queue *q, const struct item *it, struct item *later)
+{
+    if (q->deps.cfg->strategy != STRATEGY_CHECKPOINT || strcmp(it->layout, "model-root") == 0 ||
+        it->source_dir != NULL)
+        return NULL;
+    for (; later != NULL; later = later->next)
+        if (strcmp(later->layout, it->layout) == 0 && later->source_dir == NULL &&
+            !(later->step >= 0 && it->step >= 0 && later->step <= it->step))
+            return later;
+    return NULL;
+}
+
 /* ---- copies at seal: pins a hard link could not make, copied while their item waits ------- */
 
 static struct pin_call *pin_call_new(struct queue *q, uint64_t id)
@@ -421,8 +437,24 @@ static void on_seal_copied(void *ctx, int status)
     copy_next(q);
 }
 
+/* A waiting copy of an item that will never be pushed is dropped (its pins are released
+ * uncopied when pump reaches it). Items leave the line only at its head, so a later step that
+ * supersedes it now still does then. */
+static bool copy_still_needed(struct queue *q, struct item *it)
+{
+    struct item *later = superseded_by(q, it, it->next);
+
+    if (later == NULL)
+        return true;
+    log_debug("copy-skipped", "ckpt='%s' by='%s' reason='superseded: never pushed'", it->name,
+              later->name);
+    it->copy = QUEUE_COPY_NONE;
+    return false;
+}
+
 /* Starts the copy of the first waiting item (queue order) whose copy waits, unless one runs or
- * staging_max is reached; then every item left waiting says so, once. */
+ * staging_max is reached; then every item left waiting says so, once. An earlier item not yet
+ * known to need a copy holds the later ones back: copies go strictly in push order. */
 static void copy_next(struct queue *q)
 {
     uint64_t max = q->deps.cfg->staging_max;
@@ -430,16 +462,20 @@ static void copy_next(struct queue *q)
 
     while (!q->seal_copying && !q->stopped) {
         for (it = q->head; it != NULL && it->copy != QUEUE_COPY_WAITING; it = it->next)
-            ;
+            if (it->copy_checking)
+                return; /* on_seal_pins_idle comes back here */
         if (it == NULL)
             return;
+        if (!copy_still_needed(q, it))
+            continue;
         if (max > 0 && q->staging_stale) {
             staging_scan(q); /* after_staging comes back here */
             return;
         }
         if (max > 0 && q->staging_bytes > max) {
             for (; it != NULL; it = it->next) {
-                if (it->copy != QUEUE_COPY_WAITING || it->copy_wait_logged)
+                if (it->copy != QUEUE_COPY_WAITING || it->copy_wait_logged ||
+                    !copy_still_needed(q, it))
                     continue;
                 it->copy_wait_logged = true;
                 log_warn("copy-waiting",
@@ -483,11 +519,14 @@ static void on_seal_pins_idle(void *ctx, int status)
     (void)status;
     pin_call_free(call);
     /* An item that became active meanwhile copies on the push path. */
-    if (it == NULL || (files = pin_copies_pending(q->deps.pin, it->id)) == 0)
+    if (it == NULL)
         return;
-    it->copy_files = files;
-    it->copy = QUEUE_COPY_WAITING;
-    copy_next(q);
+    it->copy_checking = false;
+    if ((files = pin_copies_pending(q->deps.pin, it->id)) > 0) {
+        it->copy_files = files;
+        it->copy = QUEUE_COPY_WAITING;
+    }
+    copy_next(q); /* later items may have waited for this answer */
 }
 
 /* At seal: the pin requests of the item are asked about once they are done. */
@@ -499,6 +538,8 @@ static void seal_check_copies(struct queue *q, struct item *it)
         return;
     if (pin_when_idle(q->deps.pin, it->id, on_seal_pins_idle, call) < 0)
         pin_call_free(call); /* the push path copies, as a last resort */
+    else
+        it->copy_checking = true;
 }
 
 /* The item leaves the active slot for the history; the next one starts. */
@@ -1146,25 +1187,17 @@ static void pump(struct queue *q)
     it->next = NULL;
     q->waiting--;
     q->active = it;
-    if (it->copy == QUEUE_COPY_WAITING) {
-        /* never held back by staging_max: a queue stuck behind its own copy would never free
-         * the space the copy waits for */
-        if (it->copy_wait_logged)
-            log_info("copy-at-push",
-                     "ckpt='%s' bytes_held=%" PRIu64 " max=%llu reason='its turn to push came "
-                     "before staging space: copied now'",
-                     it->name, q->staging_bytes, (unsigned long long)q->deps.cfg->staging_max);
-        it->copy = QUEUE_COPY_NONE; /* on_pins_idle copies it */
-    }
+    /* A copy still waiting runs on the push path (on_pins_idle), never held back by
+     * staging_max: a queue stuck behind its own copy would never free the space it waits for. */
+    bool copy_waited = it->copy == QUEUE_COPY_WAITING && it->copy_wait_logged;
+    if (it->copy == QUEUE_COPY_WAITING)
+        it->copy = QUEUE_COPY_NONE;
     set_state(q, it, QUEUE_PINNING);
     if ((q->deps.cfg->strategy == STRATEGY_CHECKPOINT ||
          q->deps.cfg->strategy == STRATEGY_EVERY_SAVE) &&
         strcmp(it->layout, "model-root") != 0 && it->source_dir == NULL) {
-        for (struct item *later = q->head; later != NULL; later = later->next) {
-            if (q->deps.cfg->strategy != STRATEGY_CHECKPOINT ||
-                strcmp(later->layout, it->layout) != 0 || later->source_dir != NULL ||
-                (later->step >= 0 && it->step >= 0 && later->step <= it->step))
-                continue;
+        struct item *later = superseded_by(q, it, q->head);
+        if (later != NULL) {
             /* last-checkpoint/ would be overwritten at once: pushing it is stale data */
             log_info("superseded",
                      "ckpt='%s' by='%s' reason='strategy checkpoint keeps only the latest: "
@@ -1190,6 +1223,11 @@ static void pump(struct queue *q)
             return;
         }
     }
+    if (copy_waited)
+        log_info("copy-at-push",
+                 "ckpt='%s' bytes_held=%" PRIu64 " max=%llu reason='its turn to push came "
+                 "before staging space: copied now'",
+                 it->name, q->staging_bytes, (unsigned long long)q->deps.cfg->staging_max);
     if (it->source_dir != NULL)
         stat_files(q, it);
     else if (pin_when_idle(q->deps.pin, it->id, on_pins_idle, it) < 0)

@@ -2,8 +2,9 @@
  * another file system so that every pin is a copy: sealed checkpoints are copied while the queue
  * is paused, one at a time in queue order; past staging_max the later copies wait, start again
  * when a push releases space, or run at their turn to push; each push step comes after its
- * checkpoint's copy, and waiting copies never stop the queue. Skipped without a second file
- * system (/dev/shm beside TMPDIR).
+ * checkpoint's copy, and waiting copies never stop the queue; a checkpoint that strategy
+ * checkpoint will never push is not copied. Skipped without a second file system (/dev/shm
+ * beside TMPDIR).
  */
 #include "check.h"
 #include "config.h"
@@ -18,7 +19,7 @@
 #include <unistd.h>
 #include <uv.h>
 
-#define N_CKPT 5
+#define N_CKPT 8
 #define MODEL_BYTES (64 * 1024)
 
 struct qt {
@@ -186,6 +187,11 @@ static bool fourth_copied_fifth_waits(struct qt *t)
            queue_staging_bytes(t->q) > t->cfg.staging_max;
 }
 
+static bool eighth_copied(struct qt *t)
+{
+    return t->copy[8] == QUEUE_COPY_DONE;
+}
+
 static bool queue_empty(struct qt *t)
 {
     return queue_pending(t->q) == 0;
@@ -293,6 +299,23 @@ int main(void)
     queue_for_each(t.q, record_copy, &t);
     check_pushed_after_copy(&t, 4, 5);
     CHECK(seq_at(&t, "pinning 5") < seq_at(&t, "copy 5 model.bin 0"));
+
+    /* 4. strategy checkpoint: with step 80 waiting, 60 and 70 are superseded, never pushed:
+     * their copies are not taken */
+    t.cfg.strategy = STRATEGY_CHECKPOINT;
+    t.cfg.staging_max = 0;
+    queue_set_paused(t.q, true);
+    for (uint64_t id = 6; id <= 8; id++)
+        seal(&t, id);
+    run_until(&t, eighth_copied);
+    CHECK(t.copy[6] == QUEUE_COPY_NONE && t.copy[7] == QUEUE_COPY_NONE);
+    CHECK_INT(queue_copies_waiting(t.q), 0);
+    queue_set_paused(t.q, false);
+    run_until(&t, queue_empty);
+    for (int i = 0; i < t.n_seq; i++)
+        CHECK(strncmp(t.seq[i], "copy 6 ", 7) != 0 && strncmp(t.seq[i], "copy 7 ", 7) != 0);
+    CHECK(seq_at(&t, "skipped 6") >= 0 && seq_at(&t, "skipped 7") >= 0);
+    CHECK(seq_at(&t, "copy 8 model.bin 0") < seq_at(&t, "skipped 8"));
 
     uv_close((uv_handle_t *)&t.poll, NULL);
     queue_stop(t.q);
