@@ -519,12 +519,12 @@ static void on_seal_pins_idle(void *ctx, int status)
     (void)status;
     pin_call_free(call);
     /* An item that became active meanwhile copies on the push path. */
-    if (it == NULL)
-        return;
-    it->copy_checking = false;
-    if ((files = pin_copies_pending(q->deps.pin, it->id)) > 0) {
-        it->copy_files = files;
-        it->copy = QUEUE_COPY_WAITING;
+    if (it != NULL) {
+        it->copy_checking = false;
+        if ((files = pin_copies_pending(q->deps.pin, it->id)) > 0) {
+            it->copy_files = files;
+            it->copy = QUEUE_COPY_WAITING;
+        }
     }
     copy_next(q); /* later items may have waited for this answer */
 }
