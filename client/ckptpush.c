@@ -462,6 +462,15 @@ static void print_status(FILE *f, const cJSON *st, bool tty)
         human_duration(a, sizeof(a), v);
         fprintf(f, "  up %s", a);
     }
+    if (jnum(d, "copies_waiting", &v) && v > 0) {
+        double held = 0, max = 0;
+        jnum(d, "staging_bytes", &held);
+        jnum(d, "staging_max", &max);
+        human_bytes(a, sizeof(a), held);
+        human_bytes(b, sizeof(b), max);
+        fprintf(f, "  %.0f cop%s waiting (staging %s of %s)", v, v == 1 ? "y" : "ies", a,
+                max > 0 ? b : "no max");
+    }
     fputc('\n', f);
     if (cJSON_GetArraySize(cks) == 0) {
         fputs("no checkpoints yet\n", f);

@@ -72,7 +72,7 @@ struct config {
     unsigned max_transfers;         /* PUTs in flight (parts or files) */
     unsigned hash_nice;             /* niceness of the hashing threads; 0: unchanged */
     unsigned commits_per_hour;      /* commit budget per repo; later saves coalesce */
-    unsigned long long staging_max; /* bytes of copied (not linked) pins; 0: no limit */
+    unsigned long long staging_max; /* copies at seal start within it (queue.c); 0: none */
     enum log_format log_format;
     bool private_repo;
     bool dry_run;

@@ -246,7 +246,7 @@ static void on_pin_result(void *ctx, const struct pin_result *res)
                  strerror(-res->status));
     else if (res->copy_at_seal)
         log_warn("pin-copy",
-                 "pin=%" PRIu64 " file='%s' reason='hard links impossible here: the file will be "
+                 "pin=%" PRIu64 " file='%s' reason='hard links impossible here: the file is "
                  "copied when its checkpoint is sealed'",
                  res->id, res->relpath);
     else
@@ -470,6 +470,7 @@ static cJSON *item_json(const struct queue_item_view *v)
     cJSON_AddStringToObject(o, "name", v->name);
     cJSON_AddStringToObject(o, "layout", v->layout);
     cJSON_AddStringToObject(o, "state", queue_state_name(v->state));
+    cJSON_AddStringToObject(o, "copy", queue_copy_name(v->copy));
     cJSON_AddNumberToObject(o, "step", (double)v->step);
     cJSON_AddNumberToObject(o, "files", (double)v->files);
     cJSON_AddNumberToObject(o, "bytes_total", (double)v->progress.bytes_total);
@@ -909,6 +910,9 @@ int daemon_status(struct daemon *d, cJSON *out)
     cJSON_AddNumberToObject(daemon, "detecting", (double)detect_pending(d->detect));
     cJSON_AddNumberToObject(daemon, "committed", queue_committed_count(d->queue));
     cJSON_AddNumberToObject(daemon, "failed", queue_failed_count(d->queue));
+    cJSON_AddNumberToObject(daemon, "staging_bytes", (double)queue_staging_bytes(d->queue));
+    cJSON_AddNumberToObject(daemon, "staging_max", (double)d->cfg->staging_max);
+    cJSON_AddNumberToObject(daemon, "copies_waiting", (double)queue_copies_waiting(d->queue));
     cJSON_AddNumberToObject(daemon, "uptime_s",
                             (double)((uint64_t)now_ms(d) - d->started_ms) / 1000.0);
     queue_for_each(d->queue, add_item_to_array, items);

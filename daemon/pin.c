@@ -470,7 +470,9 @@ static void dispatch(struct pin *p, struct pin_cand *pc, struct pin_req *r)
         break;
     case REQ_COPY:
         for (struct copy_ent *e = r->copies; e != NULL; e = e->next) {
-            if (e->status == 0)
+            /* A file gone before its copy is lost for good: reported once, not copied again.
+             * Other errors (a full disk) keep it listed for the next pin_copy_pending. */
+            if (e->status == 0 || e->status == -ENOENT)
                 copies_forget(pc, e->relpath);
             report(p, PIN_COPY, pc->id, e->relpath, NULL, e->status, false);
         }

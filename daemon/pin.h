@@ -48,7 +48,8 @@ int pin_add(struct pin *p, uint64_t id, const char *src, const char *relpath);
 int pin_rename(struct pin *p, uint64_t id, const char *from, const char *to);
 int pin_remove(struct pin *p, uint64_t id, const char *relpath);
 /* Copies the files that could not be linked (PIN_COPY results, -ENOENT for lost ones), then
- * cb(ctx, 0 or the first error other than ENOENT). */
+ * cb(ctx, 0 or the first error other than ENOENT). Copied and lost files leave the list; the
+ * others stay for the next call. */
 int pin_copy_pending(struct pin *p, uint64_t id, pin_done_cb cb, void *ctx);
 /* cb(ctx, 0) once every request made before for this id is done. */
 int pin_when_idle(struct pin *p, uint64_t id, pin_done_cb cb, void *ctx);

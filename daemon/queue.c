@@ -5,6 +5,15 @@
  * parts, objects) -> committed (journaled, then reported) -> pins released (journaled).
  * At start the journal is read and the pins directory listed; whatever an earlier run left
  * unfinished goes first, in its save order.
+ *
+ * Copies at seal run beside that path: a sealed item whose files could not be hard-linked is
+ * copied into its pins while it waits, so rotation cannot take it before its turn to push.
+ * One such copy runs at a time (the thread pool also serves the journal, hashing and upload
+ * reads), in queue order, and with staging_max set a copy starts only while the measured staging
+ * bytes are within it; an item that pump would supersede is not copied. The push never reads a file
+ * still being copied: the pin module runs an id's requests in order, and the push's pin_when_idle
+ * comes after the copy; a copy still waiting when its item's turn comes runs then, on the push
+ * path, whatever staging_max says.
  */
 #include "queue.h"
 
@@ -45,10 +54,14 @@ struct item {
     char **files;
     size_t file_count;
     enum queue_state state;
-    bool journaled;  /* its sealed record is durable */
-    bool sealing;    /* its sealed record is being written */
-    bool deferred;   /* found again by a scan: journaled only if it is not a re-push */
-    size_t part_off; /* very many files: the first plan item of the commit in flight */
+    enum queue_copy copy;
+    bool copy_checking;    /* its pins are being asked whether anything needs a copy */
+    bool copy_wait_logged; /* its copy-waiting line was written */
+    size_t copy_files;     /* files its copy at seal had to copy */
+    bool journaled;        /* its sealed record is durable */
+    bool sealing;          /* its sealed record is being written */
+    bool deferred;         /* found again by a scan: journaled only if it is not a re-push */
+    size_t part_off;       /* very many files: the first plan item of the commit in flight */
     size_t part_n;
     bool recovered;
     unsigned attempts;
@@ -63,6 +76,16 @@ struct item {
     struct upload_progress progress; /* kept after the upload is freed */
     char commit[41];
     char *error;
+};
+
+/* A pin request made for a waiting item that may have moved on (pushed, released, freed from
+ * the history) by the time it is answered: the answer looks the item up again by id. Listed in
+ * the queue, which frees what the pin module dropped unanswered when it closed. */
+struct pin_call {
+    struct pin_call *next;
+    struct queue *q;
+    uint64_t id;
+    uint64_t started_ms;
 };
 
 struct queue {
@@ -80,7 +103,10 @@ struct queue {
     uv_timer_t retry_timer;
     uv_timer_t budget_timer;
     bool staging_scanning, staging_rescan, staging_over;
+    bool staging_stale;     /* a copy ended after the last measure began */
     uint64_t staging_bytes; /* held only by pins: originals rotated away, or copies */
+    struct pin_call *pin_calls;
+    bool seal_copying; /* a copy at seal is running */
     size_t staging_pins;
     uint64_t commit_ms[QUEUE_BUDGET_RING]; /* times of the last commits, a ring */
     size_t n_commits;
@@ -102,6 +128,7 @@ struct queue {
 static void pump(struct queue *q);
 static void stat_files(struct queue *q, struct item *it);
 static void start_upload(struct queue *q, struct item *it);
+static void copy_next(struct queue *q);
 
 const char *queue_state_name(enum queue_state state)
 {
@@ -111,6 +138,17 @@ const char *queue_state_name(enum queue_state state)
         [QUEUE_FAILED] = "failed",       [QUEUE_SKIPPED] = "skipped",
     };
     return (unsigned)state < sizeof(names) / sizeof(names[0]) ? names[state] : "unknown";
+}
+
+const char *queue_copy_name(enum queue_copy copy)
+{
+    static const char *const names[] = {
+        [QUEUE_COPY_NONE] = "none",
+        [QUEUE_COPY_WAITING] = "waiting",
+        [QUEUE_COPY_RUNNING] = "copying",
+        [QUEUE_COPY_DONE] = "copied",
+    };
+    return (unsigned)copy < sizeof(names) / sizeof(names[0]) ? names[copy] : "unknown";
 }
 
 static uint64_t now_ms(const struct queue *q)
@@ -158,6 +196,7 @@ static void view_of(const struct queue *q, const struct item *it, struct queue_i
     v->name = it->name;
     v->layout = it->layout;
     v->state = it->state;
+    v->copy = it->copy;
     v->step = it->step;
     v->files = it->file_count;
     v->message = it->plan.message ? it->plan.message : "";
@@ -257,9 +296,9 @@ static void after_staging(uv_work_t *w, int status)
     q->staging_pins = job->dirs;
     if (max > 0 && job->bytes > max && !q->staging_over)
         log_warn("staging-full",
-                 "dir='%s' bytes_held=%" PRIu64 " max=%llu pins=%zu reason='checkpoints rotated "
-                 "away are kept until pushed: nothing is dropped; free space or let pushes "
-                 "catch up'",
+                 "dir='%s' bytes_held=%" PRIu64 " max=%llu pins=%zu reason='what only the pins "
+                 "hold (copies, checkpoints rotated away) is kept until pushed: nothing pinned "
+                 "is dropped; new copies wait until pushes free space'",
                  job->pins, job->bytes, (unsigned long long)max, job->dirs);
     else if (max > 0 && job->bytes <= max && q->staging_over)
         log_info("staging-ok", "bytes_held=%" PRIu64 " max=%llu", job->bytes,
@@ -268,9 +307,13 @@ static void after_staging(uv_work_t *w, int status)
     free(job->pins);
     free(job);
     if (q->staging_rescan && !q->stopped) {
+        /* something changed during this walk: only the next one measures it */
         q->staging_rescan = false;
         staging_scan(q);
+        return;
     }
+    q->staging_stale = false;
+    copy_next(q);
 }
 
 /* Measures the pins on the pool; one walk at a time, one more queued at most. */
@@ -300,6 +343,203 @@ static void staging_scan(struct queue *q)
 uint64_t queue_staging_bytes(const struct queue *q)
 {
     return q->staging_bytes;
+}
+
+/* Strategy checkpoint: a later step of the same layout among the items from `later` on makes
+ * it stale (last-checkpoint/ would be overwritten at once); pump releases it unpushed. */
+static struct item *superseded_by(const struct queue *q, const struct item *it, struct item *later)
+{
+    if (q->deps.cfg->strategy != STRATEGY_CHECKPOINT || strcmp(it->layout, "model-root") == 0 ||
+        it->source_dir != NULL)
+        return NULL;
+    for (; later != NULL; later = later->next)
+        if (strcmp(later->layout, it->layout) == 0 && later->source_dir == NULL &&
+            !(later->step >= 0 && it->step >= 0 && later->step <= it->step))
+            return later;
+    return NULL;
+}
+
+/* ---- copies at seal: pins a hard link could not make, copied while their item waits ------- */
+
+static struct pin_call *pin_call_new(struct queue *q, uint64_t id)
+{
+    struct pin_call *call = calloc(1, sizeof(*call));
+
+    if (call == NULL)
+        return NULL;
+    call->q = q;
+    call->id = id;
+    call->started_ms = now_ms(q);
+    call->next = q->pin_calls;
+    q->pin_calls = call;
+    return call;
+}
+
+static void pin_call_free(struct pin_call *call)
+{
+    struct queue *q = call->q;
+
+    for (struct pin_call **pp = &q->pin_calls; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == call) {
+            *pp = call->next;
+            break;
+        }
+    }
+    free(call);
+}
+
+static struct item *waiting_item(const struct queue *q, uint64_t id)
+{
+    for (struct item *it = q->head; it != NULL; it = it->next)
+        if (it->id == id)
+            return it;
+    return NULL;
+}
+
+size_t queue_copies_waiting(const struct queue *q)
+{
+    size_t n = 0;
+
+    for (const struct item *it = q->head; it != NULL; it = it->next)
+        n += it->copy == QUEUE_COPY_WAITING;
+    return n;
+}
+
+/* The copy made new bytes that only the pins hold: measure before the next copy starts. */
+static void copy_ended(struct queue *q)
+{
+    if (q->stopped)
+        return;
+    q->staging_stale = true;
+    staging_scan(q);
+}
+
+static void on_seal_copied(void *ctx, int status)
+{
+    struct pin_call *call = ctx;
+    struct queue *q = call->q;
+    uint64_t id = call->id;
+    double seconds = (double)(now_ms(q) - call->started_ms) / 1000.0;
+    struct item *it = q->active != NULL && q->active->id == id ? q->active : waiting_item(q, id);
+
+    pin_call_free(call);
+    q->seal_copying = false;
+    if (status < 0)
+        /* the files stay on the list: the push copies them again when its turn comes */
+        log_warn("pin-copy-failed", "ckpt='%s' pin=%" PRIu64 " reason='%s'",
+                 it != NULL ? it->name : "", id, strerror(-status));
+    else
+        log_info("pins-copied", "ckpt='%s' pin=%" PRIu64 " files=%zu at=seal seconds=%.3f",
+                 it != NULL ? it->name : "", id, it != NULL ? it->copy_files : 0, seconds);
+    if (it != NULL)
+        it->copy = QUEUE_COPY_DONE;
+    copy_ended(q);
+    copy_next(q);
+}
+
+/* A waiting copy of an item that will never be pushed is dropped (its pins are released
+ * uncopied when pump reaches it). Items leave the line only at its head, so a later step that
+ * supersedes it now still does then. */
+static bool copy_still_needed(struct queue *q, struct item *it)
+{
+    struct item *later = superseded_by(q, it, it->next);
+
+    if (later == NULL)
+        return true;
+    log_debug("copy-skipped", "ckpt='%s' by='%s' reason='superseded: never pushed'", it->name,
+              later->name);
+    it->copy = QUEUE_COPY_NONE;
+    return false;
+}
+
+/* Starts the copy of the first waiting item (queue order) whose copy waits, unless one runs or
+ * staging_max is reached; then every item left waiting says so, once. An earlier item not yet
+ * known to need a copy holds the later ones back: copies go strictly in push order. */
+static void copy_next(struct queue *q)
+{
+    uint64_t max = q->deps.cfg->staging_max;
+    struct item *it;
+
+    while (!q->seal_copying && !q->stopped) {
+        for (it = q->head; it != NULL && it->copy != QUEUE_COPY_WAITING; it = it->next)
+            if (it->copy_checking)
+                return; /* on_seal_pins_idle comes back here */
+        if (it == NULL)
+            return;
+        if (!copy_still_needed(q, it))
+            continue;
+        if (max > 0 && q->staging_stale) {
+            staging_scan(q); /* after_staging comes back here */
+            return;
+        }
+        if (max > 0 && q->staging_bytes > max) {
+            for (; it != NULL; it = it->next) {
+                if (it->copy != QUEUE_COPY_WAITING || it->copy_wait_logged ||
+                    !copy_still_needed(q, it))
+                    continue;
+                it->copy_wait_logged = true;
+                log_warn("copy-waiting",
+                         "ckpt='%s' files=%zu bytes_held=%" PRIu64 " max=%llu "
+                         "reason='staging_max reached: its files are copied once pushes free "
+                         "space, or when its turn to push comes; until then rotation may delete "
+                         "them'",
+                         it->name, it->copy_files, q->staging_bytes, (unsigned long long)max);
+            }
+            return;
+        }
+        struct pin_call *call = pin_call_new(q, it->id);
+        int rc =
+            call != NULL ? pin_copy_pending(q->deps.pin, it->id, on_seal_copied, call) : -ENOMEM;
+        if (rc < 0) {
+            if (call != NULL)
+                pin_call_free(call);
+            /* left to the push path, which copies what is still pending */
+            log_warn("pin-copy-failed",
+                     "ckpt='%s' reason='cannot start the copy: %s', copying "
+                     "when its turn to push comes",
+                     it->name, strerror(-rc));
+            it->copy = QUEUE_COPY_NONE;
+            continue;
+        }
+        log_debug("pins-copying", "ckpt='%s' pin=%" PRIu64 " files=%zu bytes_held=%" PRIu64,
+                  it->name, it->id, it->copy_files, q->staging_bytes);
+        it->copy = QUEUE_COPY_RUNNING;
+        q->seal_copying = true;
+    }
+}
+
+/* The pin requests made before the seal are done: are there files to copy? */
+static void on_seal_pins_idle(void *ctx, int status)
+{
+    struct pin_call *call = ctx;
+    struct queue *q = call->q;
+    struct item *it = waiting_item(q, call->id);
+    size_t files;
+
+    (void)status;
+    pin_call_free(call);
+    /* An item that became active meanwhile copies on the push path. */
+    if (it != NULL) {
+        it->copy_checking = false;
+        if ((files = pin_copies_pending(q->deps.pin, it->id)) > 0) {
+            it->copy_files = files;
+            it->copy = QUEUE_COPY_WAITING;
+        }
+    }
+    copy_next(q); /* later items may have waited for this answer */
+}
+
+/* At seal: the pin requests of the item are asked about once they are done. */
+static void seal_check_copies(struct queue *q, struct item *it)
+{
+    struct pin_call *call;
+
+    if (it->source_dir != NULL || (call = pin_call_new(q, it->id)) == NULL)
+        return;
+    if (pin_when_idle(q->deps.pin, it->id, on_seal_pins_idle, call) < 0)
+        pin_call_free(call); /* the push path copies, as a last resort */
+    else
+        it->copy_checking = true;
 }
 
 /* The item leaves the active slot for the history; the next one starts. */
@@ -837,18 +1077,30 @@ static void on_pins_copied(void *ctx, int status)
 
     if (status < 0)
         log_warn("pin-copy-failed", "ckpt='%s' reason='%s'", it->name, strerror(-status));
+    else
+        log_info("pins-copied", "ckpt='%s' pin=%" PRIu64 " files=%zu at=push", it->name, it->id,
+                 it->copy_files);
+    it->copy = QUEUE_COPY_DONE;
+    copy_ended(it->queue);
     stat_files(it->queue, it);
 }
 
+/* Every pin request made before, a copy at seal included, is done: what is still to copy (its
+ * copy waited for staging space, or failed) is copied now, before the files are read. */
 static void on_pins_idle(void *ctx, int status)
 {
     struct item *it = ctx;
     struct queue *q = it->queue;
+    size_t pending = pin_copies_pending(q->deps.pin, it->id);
 
     (void)status; /* a file lost before it was pinned was logged by the daemon */
-    if (pin_copies_pending(q->deps.pin, it->id) > 0 &&
-        pin_copy_pending(q->deps.pin, it->id, on_pins_copied, it) == 0)
+    if (pending > 0 && pin_copy_pending(q->deps.pin, it->id, on_pins_copied, it) == 0) {
+        log_debug("pins-copying", "ckpt='%s' pin=%" PRIu64 " files=%zu reason='its turn to push'",
+                  it->name, it->id, pending);
+        it->copy_files = pending;
+        it->copy = QUEUE_COPY_RUNNING;
         return;
+    }
     stat_files(q, it);
 }
 
@@ -898,6 +1150,8 @@ static bool over_budget(struct queue *q)
             it->next = NULL;
             q->waiting--;
             q->active = it;
+            if (it->copy == QUEUE_COPY_WAITING)
+                it->copy = QUEUE_COPY_NONE; /* not pushed: no copy needed */
             log_info("coalesced",
                      "ckpt='%s' by='%s' commits=%u per_hour=%u reason='commit budget spent: "
                      "only the newest waiting checkpoint is pushed'",
@@ -933,15 +1187,17 @@ static void pump(struct queue *q)
     it->next = NULL;
     q->waiting--;
     q->active = it;
+    /* A copy still waiting runs on the push path (on_pins_idle), never held back by
+     * staging_max: a queue stuck behind its own copy would never free the space it waits for. */
+    bool copy_waited = it->copy == QUEUE_COPY_WAITING && it->copy_wait_logged;
+    if (it->copy == QUEUE_COPY_WAITING)
+        it->copy = QUEUE_COPY_NONE;
     set_state(q, it, QUEUE_PINNING);
     if ((q->deps.cfg->strategy == STRATEGY_CHECKPOINT ||
          q->deps.cfg->strategy == STRATEGY_EVERY_SAVE) &&
         strcmp(it->layout, "model-root") != 0 && it->source_dir == NULL) {
-        for (struct item *later = q->head; later != NULL; later = later->next) {
-            if (q->deps.cfg->strategy != STRATEGY_CHECKPOINT ||
-                strcmp(later->layout, it->layout) != 0 || later->source_dir != NULL ||
-                (later->step >= 0 && it->step >= 0 && later->step <= it->step))
-                continue;
+        struct item *later = superseded_by(q, it, q->head);
+        if (later != NULL) {
             /* last-checkpoint/ would be overwritten at once: pushing it is stale data */
             log_info("superseded",
                      "ckpt='%s' by='%s' reason='strategy checkpoint keeps only the latest: "
@@ -967,6 +1223,11 @@ static void pump(struct queue *q)
             return;
         }
     }
+    if (copy_waited)
+        log_info("copy-at-push",
+                 "ckpt='%s' bytes_held=%" PRIu64 " max=%llu reason='its turn to push came "
+                 "before staging space: copied now'",
+                 it->name, q->staging_bytes, (unsigned long long)q->deps.cfg->staging_max);
     if (it->source_dir != NULL)
         stat_files(q, it);
     else if (pin_when_idle(q->deps.pin, it->id, on_pins_idle, it) < 0)
@@ -1072,6 +1333,7 @@ int queue_add(struct queue *q, uint64_t id, const char *name, const char *layout
     if (it->next == NULL)
         q->tail = it;
     q->waiting++;
+    seal_check_copies(q, it);
     if (!journaled(it)) {
         it->journaled = true;
         set_state(q, it, QUEUE_WAITING);
@@ -1495,6 +1757,7 @@ int queue_new(struct queue **ret, const struct queue_deps *deps, queue_event_cb 
         q->deps.new_ids_from = UINT64_MAX;
     q->cb = cb;
     q->ctx = ctx;
+    q->staging_stale = true; /* not measured yet */
     /* the journal lives beside the pins: <staging>/pins/<id>/<file> */
     if ((rc = pin_path(deps->pin, 0, "x", path, sizeof(path))) < 0) {
         free(q);
@@ -1647,6 +1910,8 @@ void queue_free(struct queue *q)
         free(q->notes[i].name);
         free(q->notes[i].layout);
     }
+    while (q->pin_calls != NULL) /* dropped unanswered when the pin module closed */
+        pin_call_free(q->pin_calls);
     journal_free(q->journal);
     free(q->staging);
     free(q);

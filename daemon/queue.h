@@ -4,7 +4,8 @@
  * state is durable before it is acted on or reported, and a restart re-queues what the last run
  * left (from the pins, before anything new). Decides and logs each push's outcome: transient
  * failures are retried with backoff, permanent ones leave the checkpoint failed with its pins.
- * Loop thread only.
+ * Also decides when the pins that could not be hard-linked are copied: at seal, one checkpoint
+ * at a time in queue order, within staging_max. Loop thread only.
  */
 #ifndef CKPT_QUEUE_H
 #define CKPT_QUEUE_H
@@ -35,11 +36,20 @@ enum queue_state {
     QUEUE_SKIPPED, /* the strategy pushes none of its files, or --dry-run */
 };
 
+/* The copy of the files a hard link could not pin (another file system), taken at seal. */
+enum queue_copy {
+    QUEUE_COPY_NONE,    /* nothing to copy (all linked), or not known yet */
+    QUEUE_COPY_WAITING, /* behind another copy, or for staging space (staging_max) */
+    QUEUE_COPY_RUNNING,
+    QUEUE_COPY_DONE,
+};
+
 struct queue_item_view {
     uint64_t id;
     const char *name;
     const char *layout;
     enum queue_state state;
+    enum queue_copy copy;
     int64_t step;
     size_t files;
     const char *message; /* commit message once planned, else "" */
@@ -71,7 +81,9 @@ struct queue_deps {
 int queue_new(struct queue **ret, const struct queue_deps *deps, queue_event_cb cb, void *ctx);
 /* Copies everything. files are relative to the checkpoint root; they are read from the pins of
  * id, or, when source_dir is not NULL (an explicit push of a path outside the watched tree),
- * from source_dir itself. -ENOBUFS when QUEUE_MAX_WAITING are waiting (pins stay on disk). */
+ * from source_dir itself. -ENOBUFS when QUEUE_MAX_WAITING are waiting (pins stay on disk).
+ * Pins that still need a copy (pin_copy_pending) are copied from now on, whatever the push
+ * order; the push itself reads them only once their copy is done. */
 int queue_add(struct queue *q, uint64_t id, const char *name, const char *layout, int64_t step,
               const char *source_dir, const char *const *files, size_t file_count);
 /* A candidate got its first file: journaled so that its pins are known after a crash. */
@@ -86,6 +98,8 @@ unsigned queue_committed_count(const struct queue *q);
 unsigned queue_failed_count(const struct queue *q);
 /* Bytes only the pins keep alive (originals rotated away, copies), as last measured. */
 uint64_t queue_staging_bytes(const struct queue *q);
+/* Waiting checkpoints whose copy at seal has not started yet. */
+size_t queue_copies_waiting(const struct queue *q);
 /* Active first, then waiting in order, then the history, newest first. */
 void queue_for_each(const struct queue *q, queue_event_cb cb, void *ctx);
 /* True when a checkpoint of this name is waiting, in flight, or was committed recently. */
@@ -98,5 +112,6 @@ void queue_stop(struct queue *q);
 /* Only when nothing is in flight (after the loop ran down). */
 void queue_free(struct queue *q);
 const char *queue_state_name(enum queue_state state);
+const char *queue_copy_name(enum queue_copy copy);
 
 #endif
