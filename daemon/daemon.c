@@ -418,15 +418,6 @@ static void on_sealed(void *ctx, const struct detect_cand *c)
 
     log_info("sealed", "ckpt='%s' layout=%s rule='%s' files=%zu", detect_cand_name(c),
              detect_cand_layout(c), detect_cand_rule(c), n);
-    if (pins_lost(d, detect_cand_id(c))) {
-        /* Half a checkpoint is worse than none: a reader would load it. */
-        log_error("push-failed",
-                  "ckpt='%s' reason='some of its files were deleted before they could be pinned "
-                  "(rotation outran the daemon): not pushing half a checkpoint'",
-                  detect_cand_name(c));
-        pin_release(d->pin, detect_cand_id(c), NULL, NULL);
-        return;
-    }
     if (strcmp(detect_cand_layout(c), "model-root") == 0 && !d->cfg->dry_run) {
         start_end_commit(d, c);
         return;

@@ -834,11 +834,10 @@ static void after_stat(uv_work_t *w, int status)
         finish(q, it, QUEUE_FAILED);
         return;
     }
-    /* files lost before they could be pinned were reported by the daemon: push the rest */
     for (size_t i = 0; i < it->plan.count; i++) {
         if (!it->present[i]) {
-            log_warn("file-lost", "ckpt='%s' file='%s' reason='not in its pins', pushing the rest",
-                     it->name, it->plan.items[i].file);
+            log_warn("file-lost", "ckpt='%s' file='%s' reason='not in its pins'", it->name,
+                     it->plan.items[i].file);
             free(it->plan.items[i].path_in_repo);
             free(it->local_paths[i]);
             continue;
@@ -848,6 +847,18 @@ static void after_stat(uv_work_t *w, int status)
         it->stats[kept] = it->stats[i];
         it->present[kept] = true;
         kept++;
+    }
+    if (kept > 0 && kept < it->plan.count) {
+        /* Half a checkpoint is worse than none: a reader (a resumed training, from_pretrained)
+         * would load it. Its pins stay for a person to look at. */
+        char why[160];
+        snprintf(why, sizeof(why),
+                 "%zu of its %zu files were deleted before they could be pinned (rotation "
+                 "outran the daemon): not pushing half a checkpoint",
+                 it->plan.count - kept, it->plan.count);
+        it->plan.count = kept;
+        fail(q, it, "incomplete", why);
+        return;
     }
     it->plan.count = kept;
     if (kept == 0) {

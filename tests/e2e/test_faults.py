@@ -148,6 +148,43 @@ class Faults(unittest.TestCase):
               f"kinds={sorted(k['kind'] for k in kinds.values())}", flush=True)
         hub.stop()
 
+    def test_a_checkpoint_missing_a_pinned_file_is_refused_not_half_pushed(self):
+        """A sealed checkpoint one of whose files is in neither its folder nor its pins (here the
+        pin is deleted while the daemon is down; live, rotation outrunning the first pin does
+        it) is failed with the reason, never committed without that file."""
+        sys.path.insert(0, os.path.join(h.SOURCE_DIR, "client", "python"))
+        import ckptpush
+        hub = h.Hub()
+        _, watch = h.job_dir("ckpt-half-")
+        repo = f"{h.USER}/half-{os.getpid()}"
+        d, sock = h.socket_daemon(watch, repo, hub, 200)
+        with ckptpush.Client(socket_path=sock, timeout=20) as client:
+            client.pause()
+        write_checkpoint(watch, 1, random.Random(3))
+        d.wait_event("sealed", timeout=20, ckpt="checkpoint-1")
+        pins = os.path.join(watch, ".ckptpush", "pins")
+        deadline = time.monotonic() + 10
+        while True:  # pinned: every file linked
+            found = [os.path.join(dp, f) for dp, _, fs in os.walk(pins) for f in fs]
+            if len(found) == 3:
+                break
+            self.assertLess(time.monotonic(), deadline, f"pins: {found}\n{d.tail()}")
+            time.sleep(0.05)
+        d.stop(signal.SIGKILL)
+        for f in os.listdir(os.path.join(watch, "checkpoint-1")):  # rotation
+            os.unlink(os.path.join(watch, "checkpoint-1", f))
+        os.rmdir(os.path.join(watch, "checkpoint-1"))
+        os.unlink([p for p in found if p.endswith("model.safetensors")][0])
+
+        again = h.Daemon(watch, repo=repo, endpoint=hub.url, args=["--quiet-ms", "200"])
+        failed = again.wait_event("push-failed", timeout=20, ckpt="checkpoint-1")[0]
+        self.assertEqual(failed["kv"]["kind"], "incomplete", again.tail())
+        self.assertIn("1 of its 2 files", failed["kv"]["reason"])  # every_save: 2 files
+        self.assertEqual(again.events("committed"), [], again.tail())
+        self.assertNotIn("config.json", hub.tree(repo))
+        again.stop()
+        hub.stop()
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
