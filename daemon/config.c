@@ -72,8 +72,9 @@ void config_print_usage(void)
           "  --exclude GLOB       never push repo paths matching GLOB (repeatable)\n"
           "  --max-rate BYTES     upload bandwidth cap, all transfers together (0: none)\n"
           "  --max-transfers N    parts or files uploading at once (4)\n"
-          "  --hash-nice N        CPU niceness of the hashing threads, 0-19 (10): the\n"
-          "                       training keeps the CPU; 0 leaves them as they are\n"
+          "  --nice N             CPU niceness of the daemon's threads, 0-19 (10), with the\n"
+          "                       lowest I/O priority: the training keeps the machine; a\n"
+          "                       wrapped command keeps its own; 0 leaves them as they are\n"
           "  --commits-per-hour N commit budget; faster saves coalesce (128, as the Hub allows)\n"
           "  --staging-max BYTES  pins that had to be copied (no hard link) are copied at\n"
           "                       seal while the staging bytes are within it; later copies\n"
@@ -293,9 +294,9 @@ SETTER(set_commits_per_hour)
     return 0;
 }
 
-SETTER(set_hash_nice)
+SETTER(set_nice)
 {
-    if (parse_unsigned(v, 19, &cfg->hash_nice) != 0) {
+    if (parse_unsigned(v, 19, &cfg->nice) != 0) {
         snprintf(why, why_size, "'%.100s' is not a number from 0 to 19", v);
         return -EINVAL;
     }
@@ -479,7 +480,7 @@ static const struct key_def keys[] = {
     {"exclude", "exclude", NULL, NULL, KEY_LIST, false, add_exclude},
     {"max_rate", "max-rate", NULL, NULL, KEY_NUMBER, false, set_max_rate},
     {"max_transfers", "max-transfers", NULL, NULL, KEY_NUMBER, false, set_max_transfers},
-    {"hash_nice", "hash-nice", NULL, NULL, KEY_NUMBER, false, set_hash_nice},
+    {"nice", "nice", NULL, NULL, KEY_NUMBER, false, set_nice},
     {"staging_max", "staging-max", NULL, NULL, KEY_NUMBER, false, set_staging_max},
     {"commits_per_hour", "commits-per-hour", NULL, NULL, KEY_NUMBER, false, set_commits_per_hour},
     {"private", "public", "false", NULL, KEY_BOOL, false, set_private},
@@ -897,7 +898,7 @@ static int load(struct config *cfg, int argc, char **argv)
     cfg->log_format = LOG_FORMAT_KV;
     cfg->strategy = STRATEGY_EVERY_SAVE;
     cfg->max_transfers = 4;
-    cfg->hash_nice = 10;
+    cfg->nice = 10;
     cfg->commits_per_hour = 128;
 
     for (size_t i = 0; i < KEY_COUNT; i++)
@@ -1081,7 +1082,7 @@ char *config_to_json(const struct config *cfg)
     }
     cJSON_AddNumberToObject(o, "max_rate", (double)cfg->max_rate);
     cJSON_AddNumberToObject(o, "max_transfers", cfg->max_transfers);
-    cJSON_AddNumberToObject(o, "hash_nice", cfg->hash_nice);
+    cJSON_AddNumberToObject(o, "nice", cfg->nice);
     cJSON_AddNumberToObject(o, "staging_max", (double)cfg->staging_max);
     cJSON_AddNumberToObject(o, "commits_per_hour", cfg->commits_per_hour);
     cJSON_AddBoolToObject(o, "private", cfg->private_repo);

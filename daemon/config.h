@@ -70,7 +70,7 @@ struct config {
     char *exclude[CONFIG_GLOBS_MAX + 1];
     unsigned long long max_rate;    /* upload bytes per second, all transfers; 0: none */
     unsigned max_transfers;         /* PUTs in flight (parts or files) */
-    unsigned hash_nice;             /* niceness of the hashing threads; 0: unchanged */
+    unsigned nice;                  /* niceness of the daemon's threads; 0: unchanged */
     unsigned commits_per_hour;      /* commit budget per repo; later saves coalesce */
     unsigned long long staging_max; /* copies at seal start within it (queue.c); 0: none */
     enum log_format log_format;

@@ -28,6 +28,7 @@
 #include "metrics.h"
 #include "notify.h"
 #include "pin.h"
+#include "priority.h"
 #include "queue.h"
 #include "watch.h"
 
@@ -707,7 +708,7 @@ static void reload(struct daemon *d)
     NEEDS_RESTART(!same_text(fresh.socket_path, d->cfg->socket_path), "socket");
     NEEDS_RESTART(fresh.strategy != d->cfg->strategy, "strategy");
     NEEDS_RESTART(fresh.quiet_ms != d->cfg->quiet_ms, "quiet_ms");
-    NEEDS_RESTART(fresh.hash_nice != d->cfg->hash_nice, "hash_nice");
+    NEEDS_RESTART(fresh.nice != d->cfg->nice, "nice");
 #undef NEEDS_RESTART
     log_set_level(fresh.log_level);
     log_set_format(fresh.log_format);
@@ -1248,7 +1249,7 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
         }
     }
     if ((rc = pin_new(&d->pin, loop, cfg->watch_dir, STAGING_SKIP_NAME, on_pin_result, d)) < 0 ||
-        (rc = hash_pool_init(&d->hashes, loop, 2, (int)cfg->hash_nice)) < 0 ||
+        (rc = hash_pool_init(&d->hashes, loop, 2, (int)cfg->nice)) < 0 ||
         (rc = detect_new(&d->detect, &detect_cfg, &callbacks)) < 0) {
         ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start: %s", strerror(-rc));
         goto fail;
@@ -1286,6 +1287,8 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
         *ret_exit = CKPT_EXIT_USAGE;
         goto fail;
     }
+    /* Only now: the wrapped command inherited the priority we were started with. */
+    priority_lower_thread((int)cfg->nice);
     if (cfg->dry_run) {
         log_ready(d);
         queue_set_ready(d->queue, true);

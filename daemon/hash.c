@@ -12,11 +12,12 @@
  * mtime; a pin is a hard link of the file primed) being read by another job waits for that read
  * and takes its digest from the cache, so a file is read once however it is reached.
  *
- * Hashing is the daemon's one heavy CPU user, and it runs beside a training job: each pool thread
- * that hashes lowers its own CPU and I/O priority once (Linux lets a thread renice itself alone),
- * so the loop thread, a wrapped command and the trainer keep theirs.
+ * Hashing is the daemon's heaviest CPU user, and it runs beside a training job: each pool thread
+ * lowers its own CPU and I/O priority before its first hash (priority.h).
  */
 #include "hash.h"
+
+#include "priority.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,14 +25,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
 
-#define HASH_CHUNK (2u * 1024 * 1024)
+#define HASH_CHUNK (1u * 1024 * 1024)
 #define HASH_CACHE_SLOTS 1024
 
 /* What identifies unchanged content without reading it: the same inode of the same device, the
@@ -83,6 +82,11 @@ struct hash_pool {
     struct hash_cache_entry cache[HASH_CACHE_SLOTS];
     size_t cache_next;
     uint64_t cache_hits, files_read;
+    /* Read buffers, kept for the next job: at most one per job running, so memory stays at
+     * max_jobs * HASH_CHUNK whichever pool threads the jobs land on (glibc would otherwise keep
+     * freed 2 MiB blocks in each thread's arena). */
+    unsigned char *spare_bufs[HASH_MAX_JOBS];
+    int n_spare_bufs;
 };
 
 static bool same_file(const struct hash_cache_entry *e, const struct stat *st)
@@ -155,6 +159,31 @@ static void reading_end(struct hash_pool *p, const struct stat *st, const struct
     uv_mutex_unlock(&p->cache_lock);
 }
 
+/* Pool thread. NULL when out of memory. */
+static unsigned char *buf_take(struct hash_pool *p)
+{
+    unsigned char *buf = NULL;
+    uv_mutex_lock(&p->cache_lock);
+    if (p->n_spare_bufs > 0)
+        buf = p->spare_bufs[--p->n_spare_bufs];
+    uv_mutex_unlock(&p->cache_lock);
+    return buf != NULL ? buf : malloc(HASH_CHUNK);
+}
+
+/* Pool thread. NULL-safe. */
+static void buf_give(struct hash_pool *p, unsigned char *buf)
+{
+    if (buf == NULL)
+        return;
+    uv_mutex_lock(&p->cache_lock);
+    if (p->n_spare_bufs < HASH_MAX_JOBS) {
+        p->spare_bufs[p->n_spare_bufs++] = buf;
+        buf = NULL;
+    }
+    uv_mutex_unlock(&p->cache_lock);
+    free(buf);
+}
+
 static void hex(char *dst, const unsigned char *src, size_t n)
 {
     static const char digits[] = "0123456789abcdef";
@@ -178,7 +207,7 @@ static int hash_fd(struct hash_pool *p, int fd, struct hash_result *res)
 
     uint64_t size = (uint64_t)st.st_size;
     int want_sha1 = size <= HASH_GIT_SHA1_MAX;
-    unsigned char *buf = malloc(HASH_CHUNK);
+    unsigned char *buf = buf_take(p);
     EVP_MD_CTX *sha256 = EVP_MD_CTX_new();
     EVP_MD_CTX *sha1 = want_sha1 ? EVP_MD_CTX_new() : NULL;
     int r = -ENOMEM;
@@ -250,30 +279,14 @@ out:
                     : NULL);
     EVP_MD_CTX_free(sha1);
     EVP_MD_CTX_free(sha256);
-    free(buf);
+    buf_give(p, buf);
     return r;
-}
-
-/* ioprio_set(2) has no glibc wrapper: best-effort class (2), lowest level (7). */
-#define IOPRIO_WHO_PROCESS 1
-#define IOPRIO_BE_LOWEST ((2 << 13) | 7)
-
-/* Pool thread: once per thread, and only ever lower (an unprivileged thread cannot go back). */
-static void lower_priority(int nice)
-{
-    static _Thread_local int lowered_to;
-    if (nice <= lowered_to)
-        return;
-    lowered_to = nice;
-    pid_t tid = (pid_t)syscall(SYS_gettid);
-    (void)setpriority(PRIO_PROCESS, (id_t)tid, nice);
-    (void)syscall(SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid, IOPRIO_BE_LOWEST);
 }
 
 static void hash_work(uv_work_t *w)
 {
     struct hash_job *job = w->data;
-    lower_priority(job->pool->nice);
+    priority_lower_thread(job->pool->nice);
     /* O_NONBLOCK: a FIFO in place of a file must fail, not block a pool thread */
     int fd = open(job->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
@@ -459,6 +472,8 @@ int hash_pool_free(struct hash_pool *p)
         return 0;
     if (hash_pool_pending(p) > 0)
         return UV_EBUSY;
+    while (p->n_spare_bufs > 0)
+        free(p->spare_bufs[--p->n_spare_bufs]);
     uv_cond_destroy(&p->read_done);
     uv_mutex_destroy(&p->cache_lock);
     free(p);

@@ -34,8 +34,8 @@ struct hash_result {
  * valid during the call. */
 typedef void (*hash_done_cb)(void *ctx, int status, const struct hash_result *res);
 
-/* max_jobs outside 1..HASH_MAX_JOBS means the default, 2. nice (1-19): the niceness each pool
- * thread takes on before its first hash, with the lowest best-effort I/O priority; 0: none. */
+/* max_jobs outside 1..HASH_MAX_JOBS means the default, 2. nice (1-19): what each pool thread
+ * takes on before its first hash (priority_lower_thread); 0: none. */
 int hash_pool_init(struct hash_pool **ret, uv_loop_t *loop, int max_jobs, int nice);
 /* Queues path (copied). Fails at once (no callback) with UV_ENOBUFS when HASH_QUEUE_MAX jobs
  * wait, or UV_ENOMEM. */

@@ -4,6 +4,7 @@ daemon makes the final push: the output root's files plus a model card and its c
 'End of training' commit, whose model-index carries the fixture run's eval loss. The daemon exits
 with the command's status; a failing command's status wins; SIGTERM is passed on to the command."""
 
+import contextlib
 import os
 import signal
 import sys
@@ -117,6 +118,28 @@ class WrapMode(h.HubTestCase):
         self.assertEqual(len(d.events("forwarding")), 1, d.tail())
         self.assertIn("Training in progress, step 7",
                       [h.commit_title(c) for c in self.hub.commits(repo)])
+
+    def test_the_daemon_yields_the_cpu_and_the_command_keeps_its_priority(self):
+        """--nice lowers the daemon's own threads only: the training it wraps runs as started."""
+        base = os.nice(0)
+        d, _, watch = self.run_wrapped(
+            "nice", ["sh", "-c", "ps -o ni= -p $$ >{out}/nice.txt; while :; do sleep 0.05; done"],
+            args=["--nice", "7"])
+        d.wait_event("ready", timeout=20)
+        path = os.path.join(watch, "nice.txt")
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(FileNotFoundError), open(path) as f:
+                child_nice = f.read().strip()
+                if child_nice:
+                    break
+            self.assertLess(time.monotonic(), deadline, d.tail())
+            time.sleep(0.05)
+        self.assertEqual(int(child_nice), base)
+        with open(f"/proc/{d.proc.pid}/stat") as f:  # the loop thread (the process's first)
+            loop_nice = int(f.read().rsplit(")", 1)[1].split()[16])
+        self.assertEqual(loop_nice, max(base, 7))
+        d.stop()
 
 
 if __name__ == "__main__":
