@@ -722,7 +722,10 @@ def writer_probe(exe, work, sz, reps, extra):
 def writer_runs(exe, hub, work, sz, reps, extra):
     steps, every, nfiles, size, work_iters = sz["wr"]
     saves = steps // every
-    times = {"alone": [], "busy": []}  # (total, compute, save) per run
+    # (total, compute, save) per run; "again" is the loop alone once more: alone vs again is the
+    # difference this machine shows between identical runs, the floor a slowdown must clear
+    times = {"alone": [], "busy": [], "again": []}
+    modes = list(times)
     daemon_cpu = []
     la0 = loadavg()
     argv = [str(steps), str(every), str(nfiles), str(size), str(work_iters)]
@@ -731,7 +734,7 @@ def writer_runs(exe, hub, work, sz, reps, extra):
     subprocess.run([sys.executable, "-c", TRAINER, warmup, *argv], capture_output=True, check=True)
     shutil.rmtree(warmup)
     for rep in range(reps):
-        for mode in ("alone", "busy") if rep % 2 == 0 else ("busy", "alone"):
+        for mode in modes[rep % 3:] + modes[:rep % 3]:
             hub.drop_objects()
             d = None
             if mode == "busy":
@@ -757,8 +760,8 @@ def writer_runs(exe, hub, work, sz, reps, extra):
     def part(mode, i):
         return [t[i] for t in times[mode]]
 
-    def slowdown(i):
-        return 100 * (statistics.median(part("busy", i)) / statistics.median(part("alone", i)) - 1)
+    def slowdown(i, mode="busy"):
+        return 100 * (statistics.median(part(mode, i)) / statistics.median(part("alone", i)) - 1)
 
     cap = " ".join(extra)
     return (f"training loop: {steps} steps of fixed CPU work, a checkpoint of {nfiles} x "
@@ -771,6 +774,9 @@ def writer_runs(exe, hub, work, sz, reps, extra):
             f"{fmt_t(part('busy', 1))} s   slowdown {slowdown(1):+.1f} %\n"
             f"  its saves: alone {fmt_t(part('alone', 2))} s   while pushing "
             f"{fmt_t(part('busy', 2))} s   slowdown {slowdown(2):+.1f} %\n"
+            f"  control, the loop alone again: {fmt_t(part('again', 0))} s   difference "
+            f"{slowdown(0, 'again'):+.1f} % (compute {slowdown(1, 'again'):+.1f} %, saves "
+            f"{slowdown(2, 'again'):+.1f} %): this machine's noise between identical runs\n"
             f"  daemon CPU during the loop {fmt_t(daemon_cpu)} s")
 
 
