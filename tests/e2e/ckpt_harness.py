@@ -284,9 +284,15 @@ class Daemon:
                 exited = self.proc.poll() is not None and not self.thread.is_alive()
                 if left <= 0 or exited:
                     why = f"exited with {self.proc.returncode}" if exited else "timed out"
+                    about = ""
+                    if "ckpt" in match:  # everything the log says of it, not only the tail
+                        said = [ln for ln in self.lines if f"'{match['ckpt']}'" in ln or
+                                f"'{match['ckpt']}/" in ln]
+                        about = (f"\n--- every line naming '{match['ckpt']}' "
+                                 f"({len(said)}):\n" + "\n".join(said[-200:]))
                     raise AssertionError(
                         f"waiting for {count} '{name}' {match}: daemon {why}; "
-                        f"got {len(got)}\n--- daemon log tail:\n" + self.tail())
+                        f"got {len(got)}{about}\n--- daemon log tail:\n" + self.tail())
                 self.cond.wait(min(left, 0.2))
 
     def tail(self, n=60):
