@@ -35,11 +35,15 @@
 
 /* What identifies unchanged content without reading it: the same inode of the same device, the
  * same size and the same modification time to the nanosecond. */
-struct hash_cache_entry {
+struct file_id {
     dev_t dev;
     ino_t ino;
     off_t size;
     struct timespec mtime;
+};
+
+struct hash_cache_entry {
+    struct file_id id;
     bool used;
     struct hash_result res;
 };
@@ -60,14 +64,6 @@ struct hash_queue {
     size_t n;
 };
 
-/* A file a pool thread is reading now. */
-struct hash_reading {
-    dev_t dev;
-    ino_t ino;
-    off_t size;
-    struct timespec mtime;
-};
-
 struct hash_pool {
     uv_loop_t *loop;
     int max_jobs;
@@ -77,7 +73,7 @@ struct hash_pool {
     struct hash_queue wanted, primes;
     uv_mutex_t cache_lock; /* pool threads share the cache and the reading list */
     uv_cond_t read_done;
-    struct hash_reading reading[HASH_MAX_JOBS];
+    struct file_id reading[HASH_MAX_JOBS]; /* the files pool threads are reading now */
     int n_reading;
     struct hash_cache_entry cache[HASH_CACHE_SLOTS];
     size_t cache_next;
@@ -89,29 +85,28 @@ struct hash_pool {
     int n_spare_bufs;
 };
 
-static bool same_file(const struct hash_cache_entry *e, const struct stat *st)
+static struct file_id id_of(const struct stat *st)
 {
-    return e->used && e->dev == st->st_dev && e->ino == st->st_ino && e->size == st->st_size &&
-           e->mtime.tv_sec == st->st_mtim.tv_sec && e->mtime.tv_nsec == st->st_mtim.tv_nsec;
+    return (struct file_id){st->st_dev, st->st_ino, st->st_size, st->st_mtim};
+}
+
+static bool same_id(const struct file_id *id, const struct stat *st)
+{
+    return id->dev == st->st_dev && id->ino == st->st_ino && id->size == st->st_size &&
+           id->mtime.tv_sec == st->st_mtim.tv_sec && id->mtime.tv_nsec == st->st_mtim.tv_nsec;
 }
 
 /* Pool thread, cache_lock held. */
 static bool cache_lookup_locked(struct hash_pool *p, const struct stat *st, struct hash_result *res)
 {
     for (size_t i = 0; i < HASH_CACHE_SLOTS; i++) {
-        if (same_file(&p->cache[i], st)) {
+        if (p->cache[i].used && same_id(&p->cache[i].id, st)) {
             *res = p->cache[i].res;
             p->cache_hits++;
             return true;
         }
     }
     return false;
-}
-
-static bool same_reading(const struct hash_reading *r, const struct stat *st)
-{
-    return r->dev == st->st_dev && r->ino == st->st_ino && r->size == st->st_size &&
-           r->mtime.tv_sec == st->st_mtim.tv_sec && r->mtime.tv_nsec == st->st_mtim.tv_nsec;
 }
 
 /* Pool thread. True when the cache answered, else the file is now listed as read by this thread
@@ -126,10 +121,9 @@ static bool cache_lookup_or_claim(struct hash_pool *p, const struct stat *st,
             break;
         bool busy = false;
         for (int i = 0; i < p->n_reading && !busy; i++)
-            busy = same_reading(&p->reading[i], st);
+            busy = same_id(&p->reading[i], st);
         if (!busy) {
-            p->reading[p->n_reading++] =
-                (struct hash_reading){st->st_dev, st->st_ino, st->st_size, st->st_mtim};
+            p->reading[p->n_reading++] = id_of(st);
             p->files_read++;
             break;
         }
@@ -145,12 +139,11 @@ static void reading_end(struct hash_pool *p, const struct stat *st, const struct
 {
     uv_mutex_lock(&p->cache_lock);
     if (res != NULL) {
-        struct hash_cache_entry *e = &p->cache[p->cache_next++ % HASH_CACHE_SLOTS];
-        *e =
-            (struct hash_cache_entry){st->st_dev, st->st_ino, st->st_size, st->st_mtim, true, *res};
+        p->cache[p->cache_next++ % HASH_CACHE_SLOTS] =
+            (struct hash_cache_entry){id_of(st), true, *res};
     }
     for (int i = 0; i < p->n_reading; i++) {
-        if (same_reading(&p->reading[i], st)) {
+        if (same_id(&p->reading[i], st)) {
             p->reading[i] = p->reading[--p->n_reading];
             break;
         }
