@@ -1397,7 +1397,9 @@ static void on_remove(struct detect *d, struct drec *r, int64_t now)
             cand_destroy(d, c);
         return;
     }
-    if (seal_early(d, c, now)) {
+    /* Only a member's removal is rotation: a writer deletes its own temporaries, and a rename
+     * read as moved out, then in (inotify(7) does not promise the pair), removes the old name. */
+    if (r->member && seal_early(d, c, now)) {
         rec_free(d, r);
         return;
     }

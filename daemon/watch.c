@@ -27,6 +27,9 @@
 #define MAX_BATCH (READ_BUF / sizeof(struct inotify_event) + 1) /* + a pending MOVED_FROM */
 #define SCAN_STEPS_IDLE 16   /* directory listings per loop iteration for big scans */
 #define SCAN_STEPS_URGENT 64 /* listings done at once for a directory that just appeared */
+/* A rename's MOVED_TO is queued a moment after its MOVED_FROM: long enough for a renaming
+ * process preempted between the two, short enough that a file moved out is reported at once. */
+#define RENAME_PAIR_WAIT_MS 10
 
 struct wdir {
     int wd;
@@ -41,6 +44,7 @@ struct scan_item {
 struct watch {
     uv_poll_t poll;
     uv_idle_t idle;
+    uv_timer_t pair_timer; /* runs only while a MOVED_FROM waits for its MOVED_TO */
     int fd;
     int handles_open;
     bool closing;
@@ -57,9 +61,11 @@ struct watch {
     size_t n_scan;
     const struct inotify_event **batch;
     bool *consumed;
-    /* A MOVED_FROM that ended a read, kept for its MOVED_TO in the next read of the drain. */
+    /* A MOVED_FROM that ended a read, kept for its MOVED_TO: in the next read of the drain, or
+     * up to RENAME_PAIR_WAIT_MS later (inotify(7): the pair is not queued atomically). */
     alignas(struct inotify_event) char pending[sizeof(struct inotify_event) + NAME_MAX + 1];
     bool has_pending;
+    bool pair_waited; /* the pair timer fired: a MOVED_FROM still pending after it moved out */
 };
 
 const char *watch_kind_name(enum watch_kind kind)
@@ -473,11 +479,23 @@ static void process_batch(struct watch *w, const char *buf, size_t len)
 
 static void drain(struct watch *w);
 
+static void on_pair_timer(uv_timer_t *t)
+{
+    struct watch *w = t->data;
+    w->pair_waited = true;
+    drain(w);
+}
+
 /* After reading the fd to EAGAIN. */
 static void drain_end(struct watch *w)
 {
-    if (w->has_pending)
+    if (w->has_pending && w->pair_waited)
         process_batch(w, NULL, 0); /* its MOVED_TO never came: moved out */
+    else if (w->has_pending && !uv_is_active((uv_handle_t *)&w->pair_timer))
+        uv_timer_start(&w->pair_timer, on_pair_timer, RENAME_PAIR_WAIT_MS, 0);
+    w->pair_waited = false;
+    if (!w->has_pending)
+        uv_timer_stop(&w->pair_timer);
     if (w->rescan_all) {
         w->rescan_all = false;
         if (scan_push(w, "", false) == 0)
@@ -537,6 +555,8 @@ void watch_feed(struct watch *w, const char *buf, size_t len)
     if (w->closing)
         return;
     if (buf == NULL) {
+        if (w->has_pending)
+            process_batch(w, NULL, 0); /* the end of the input: no MOVED_TO will come */
         drain_end(w);
         return;
     }
@@ -588,6 +608,7 @@ void watch_close(struct watch *w, watch_closed_cb closed_cb, void *ctx)
     w->closed_ctx = ctx;
     uv_close((uv_handle_t *)&w->poll, on_handle_closed);
     uv_close((uv_handle_t *)&w->idle, on_handle_closed);
+    uv_close((uv_handle_t *)&w->pair_timer, on_handle_closed);
 }
 
 static int start_error(struct ckpt_err *err, const char *root, int code)
@@ -658,7 +679,9 @@ int watch_start(struct watch **ret, struct uv_loop_s *loop, const char *root, co
     w->poll.data = w;
     uv_idle_init(loop, &w->idle);
     w->idle.data = w;
-    w->handles_open = 2;
+    uv_timer_init(loop, &w->pair_timer);
+    w->pair_timer.data = w;
+    w->handles_open = 3;
     rc = uv_poll_start(&w->poll, UV_READABLE, on_readable);
     if (rc < 0) {
         start_error(err, root, rc);

@@ -268,41 +268,57 @@ static int load_trace(const char *name, struct tev **ret)
     return n;
 }
 
+/* What watch.c reports for a[i] (a MOVED_FROM takes its MOVED_TO along), at a[i]'s time or
+ * floor_ms, whichever is later. */
+static bool split_renames; /* read each rename as MOVED_OUT then MOVED_IN (inotify(7)) */
+
+static void replay_one(struct detect *d, struct rec *r, const struct tev *a, int n, int i,
+                       bool *consumed, int64_t floor_ms)
+{
+    const struct tev *e = &a[i];
+    bool dir = (e->flags & F_DIR) != 0;
+    int64_t ms = e->ms > floor_ms ? e->ms : floor_ms;
+    if (consumed[i] || (e->flags & F_SELF))
+        return;
+    if (e->flags & F_CREATE)
+        feed(d, r, ms, WATCH_CREATE, dir, e->path, NULL);
+    if (e->flags & F_MODIFY)
+        feed(d, r, ms, WATCH_MODIFY, dir, e->path, NULL);
+    if (e->flags & F_ATTRIB)
+        feed(d, r, ms, WATCH_ATTRIB, dir, e->path, NULL);
+    if (e->flags & F_CLOSE)
+        feed(d, r, ms, WATCH_CLOSE_WRITE, dir, e->path, NULL);
+    if (e->flags & F_DELETE)
+        feed(d, r, ms, WATCH_DELETE, dir, e->path, NULL);
+    if (e->flags & F_FROM) {
+        int j;
+        for (j = i + 1; j < n; j++) {
+            if ((a[j].flags & F_TO) && a[j].cookie == e->cookie)
+                break;
+        }
+        if (j < n && split_renames) {
+            consumed[j] = true;
+            feed(d, r, ms, WATCH_MOVED_OUT, dir, e->path, NULL);
+            feed(d, r, a[j].ms > floor_ms ? a[j].ms : floor_ms, WATCH_MOVED_IN, dir, a[j].path,
+                 NULL);
+        } else if (j < n) {
+            consumed[j] = true;
+            feed(d, r, a[j].ms > floor_ms ? a[j].ms : floor_ms, WATCH_RENAMED, dir, a[j].path,
+                 e->path);
+        } else {
+            feed(d, r, ms, WATCH_MOVED_OUT, dir, e->path, NULL);
+        }
+    }
+    if (e->flags & F_TO)
+        feed(d, r, ms, WATCH_MOVED_IN, dir, e->path, NULL);
+}
+
 /* What watch.c reports for these inotify records. */
 static void replay(struct detect *d, struct rec *r, const struct tev *a, int n)
 {
     bool consumed[1024] = {false};
-    for (int i = 0; i < n; i++) {
-        const struct tev *e = &a[i];
-        bool dir = (e->flags & F_DIR) != 0;
-        if (consumed[i] || (e->flags & F_SELF))
-            continue;
-        if (e->flags & F_CREATE)
-            feed(d, r, e->ms, WATCH_CREATE, dir, e->path, NULL);
-        if (e->flags & F_MODIFY)
-            feed(d, r, e->ms, WATCH_MODIFY, dir, e->path, NULL);
-        if (e->flags & F_ATTRIB)
-            feed(d, r, e->ms, WATCH_ATTRIB, dir, e->path, NULL);
-        if (e->flags & F_CLOSE)
-            feed(d, r, e->ms, WATCH_CLOSE_WRITE, dir, e->path, NULL);
-        if (e->flags & F_DELETE)
-            feed(d, r, e->ms, WATCH_DELETE, dir, e->path, NULL);
-        if (e->flags & F_FROM) {
-            int j;
-            for (j = i + 1; j < n; j++) {
-                if ((a[j].flags & F_TO) && a[j].cookie == e->cookie)
-                    break;
-            }
-            if (j < n) {
-                consumed[j] = true;
-                feed(d, r, a[j].ms, WATCH_RENAMED, dir, a[j].path, e->path);
-            } else {
-                feed(d, r, e->ms, WATCH_MOVED_OUT, dir, e->path, NULL);
-            }
-        }
-        if (e->flags & F_TO)
-            feed(d, r, e->ms, WATCH_MOVED_IN, dir, e->path, NULL);
-    }
+    for (int i = 0; i < n; i++)
+        replay_one(d, r, a, n, i, consumed, 0);
     finish(d, r);
 }
 
@@ -1116,6 +1132,220 @@ static void test_rotation_under_way_at_scan(void)
     free(r);
 }
 
+/* --- watches added late ------------------------------------------------------------------ */
+
+struct fs_ent {
+    char path[256];
+    bool dir;
+};
+
+static bool is_under(const char *path, const char *dir)
+{
+    size_t k = strlen(dir);
+    return strncmp(path, dir, k) == 0 && path[k] == '/';
+}
+
+static void fs_del(struct fs_ent *fs, int *n, const char *path)
+{
+    for (int k = 0; k < *n;) {
+        if (strcmp(fs[k].path, path) == 0 || is_under(fs[k].path, path)) {
+            memmove(&fs[k], &fs[k + 1], (size_t)(*n - k - 1) * sizeof(*fs));
+            (*n)--;
+        } else {
+            k++;
+        }
+    }
+}
+
+static void fs_add(struct fs_ent *fs, int *n, const char *path, bool dir)
+{
+    fs_del(fs, n, path);
+    if (*n < 1024) {
+        snprintf(fs[*n].path, sizeof(fs[0].path), "%s", path);
+        fs[(*n)++].dir = dir;
+    }
+}
+
+/* What exists after a[0..upto), in the order it appeared (a directory listing's order). */
+static int fs_after(const struct tev *a, int n, int upto, struct fs_ent *fs)
+{
+    bool consumed[1024] = {false};
+    int count = 0;
+    for (int i = 0; i < upto; i++) {
+        const struct tev *e = &a[i];
+        bool dir = (e->flags & F_DIR) != 0;
+        if (consumed[i] || (e->flags & F_SELF))
+            continue;
+        if (e->flags & F_CREATE)
+            fs_add(fs, &count, e->path, dir);
+        if (e->flags & F_DELETE)
+            fs_del(fs, &count, e->path);
+        if (e->flags & F_FROM) {
+            int j;
+            for (j = i + 1; j < n; j++) {
+                if ((a[j].flags & F_TO) && a[j].cookie == e->cookie)
+                    break;
+            }
+            if (j < n) {
+                consumed[j] = true;
+                size_t k = strlen(e->path);
+                for (int m = 0; m < count; m++) {
+                    char np[256];
+                    if (strcmp(fs[m].path, e->path) != 0 && !is_under(fs[m].path, e->path))
+                        continue;
+                    snprintf(np, sizeof(np), "%s%s", a[j].path, fs[m].path + k);
+                    snprintf(fs[m].path, sizeof(fs[m].path), "%s", np);
+                }
+            } else {
+                fs_del(fs, &count, e->path);
+            }
+        }
+        if ((e->flags & F_TO) && !consumed[i])
+            fs_add(fs, &count, e->path, dir);
+    }
+    return count;
+}
+
+/* a[i] is a MOVED_TO whose MOVED_FROM is a[i - 1]: nothing can come between them. */
+static bool splits_rename(const struct tev *a, int i)
+{
+    return i > 0 && (a[i].flags & F_TO) && (a[i - 1].flags & F_FROM) &&
+           a[i - 1].cookie == a[i].cookie;
+}
+
+/* The loop reads dir's CREATE (a[at]) late: the watch on it exists from a[watch_at] on (what
+ * happened inside before that made no event), its listing shows the tree as it was before
+ * a[list_at] and watches the folders below from then on, and every later event is read after
+ * that listing. */
+static void replay_late(struct detect *d, struct rec *r, const struct tev *a, int n, int at,
+                        int watch_at, int list_at)
+{
+    static struct fs_ent fs[1024];
+    bool consumed[1024] = {false};
+    const char *dir = a[at].path;
+    int64_t listed_ms = a[list_at - 1].ms;
+
+    for (int i = 0; i <= at; i++)
+        replay_one(d, r, a, n, i, consumed, 0);
+    int count = fs_after(a, n, list_at, fs);
+    bool listed = false;
+    for (int k = 0; k < count; k++) {
+        listed = listed || strcmp(fs[k].path, dir) == 0;
+        if (is_under(fs[k].path, dir))
+            feed(d, r, listed_ms, WATCH_SCANNED, fs[k].dir, fs[k].path, NULL);
+    }
+    if (!listed)
+        feed(d, r, listed_ms, WATCH_UNLISTED, true, dir, NULL);
+    for (int i = at + 1; i < n; i++) {
+        /* Deeper folders are watched from their listing on (watch.c lists them at once). */
+        bool deeper = is_under(a[i].path, dir) && strchr(a[i].path + strlen(dir) + 1, '/');
+        if ((i < watch_at && is_under(a[i].path, dir)) || (i < list_at && deeper)) {
+            if (a[i].flags & F_FROM) /* its MOVED_TO is lost with it */
+                for (int j = i + 1; j < n; j++)
+                    if ((a[j].flags & F_TO) && a[j].cookie == a[i].cookie)
+                        consumed[j] = true;
+            continue;
+        }
+        replay_one(d, r, a, n, i, consumed, listed_ms);
+        if ((a[i].flags & F_DIR) && (a[i].flags & (F_FROM | F_TO))) {
+            /* watch.c lists a folder renamed (or moved) in */
+            int upto =
+                (a[i].flags & F_FROM) && i + 1 < n && splits_rename(a, i + 1) ? i + 2 : i + 1;
+            const char *to = upto == i + 2 ? a[i + 1].path : a[i].path;
+            count = fs_after(a, n, upto, fs);
+            for (int k = 0; k < count; k++) {
+                if (is_under(fs[k].path, to))
+                    feed(d, r, a[i].ms > listed_ms ? a[i].ms : listed_ms, WATCH_SCANNED, fs[k].dir,
+                         fs[k].path, NULL);
+            }
+        }
+    }
+    finish(d, r);
+}
+
+static bool sealed_as(const struct rec *r, const char *name)
+{
+    for (int i = 0; i < r->n_seals; i++)
+        if (strcmp(r->seals[i].name, name) == 0)
+            return true;
+    return false;
+}
+
+/* A busy loop reads a new directory's CREATE late: its first writes made no event and its
+ * listing, taken later still, shows files half-way through a save (temporaries, names renamed
+ * since). Whatever the moments, every checkpoint that is still there at the end is sealed, as it
+ * is when the watch comes at once. */
+static void test_late_watch(const char *trace, int64_t quiet)
+{
+    static struct fs_ent end[1024];
+    struct rec *base = calloc(1, sizeof(*base)), *r = calloc(1, sizeof(*r));
+    struct tev *a;
+    int n = load_trace(trace, &a), cases = 0, failed = 0;
+    struct detect *d = make(base, quiet);
+
+    replay(d, base, a, n);
+    detect_free(d);
+    int n_end = fs_after(a, n, n, end);
+    for (int at = 0; at < n; at++) {
+        if ((a[at].flags & (F_CREATE | F_DIR)) != (F_CREATE | F_DIR))
+            continue;
+        for (int w = at + 1; w <= n && w <= at + 40; w++) {
+            if (w < n && splits_rename(a, w))
+                continue;
+            for (int s = w; s <= n && s <= w + 12; s++) {
+                if (s < n && splits_rename(a, s))
+                    continue;
+                d = make(r, quiet);
+                replay_late(d, r, a, n, at, w, s);
+                cases++;
+                for (int k = 0; k < base->n_seals; k++) {
+                    const char *name = base->seals[k].name;
+                    bool there = false;
+                    for (int m = 0; m < n_end && !there; m++)
+                        there = strcmp(end[m].path, name) == 0;
+                    if (!there || sealed_as(r, name))
+                        continue;
+                    if (failed++ < 5)
+                        fprintf(stderr,
+                                "%s: '%s' not sealed when the watch on '%s' came before event %d "
+                                "and its listing before event %d\n",
+                                trace, name, a[at].path, w, s);
+                }
+                detect_free(d);
+            }
+        }
+    }
+    CHECK(cases > 0);
+    CHECK(failed == 0);
+    free(a);
+    free(r);
+    free(base);
+}
+
+static void test_late_watches(void)
+{
+    static const char *const traces[] = {"hf-trainer-5.17-save-steps.jsonl",
+                                         "hf-save-pretrained-sharded.jsonl",
+                                         "torch-dcp-save.jsonl",
+                                         "synthetic/trainer-load-best.jsonl",
+                                         "synthetic/trainer-save-epoch.jsonl",
+                                         "synthetic/trainer-peft-adapter.jsonl",
+                                         "synthetic/trainer-save-only-model.jsonl",
+                                         "synthetic/deepspeed-save-checkpoint.jsonl",
+                                         "synthetic/orbax-save.jsonl",
+                                         "synthetic/nemo-unfinished-marker.jsonl",
+                                         "synthetic/torchsnapshot-take.jsonl",
+                                         "synthetic/accelerate-save-state.jsonl",
+                                         "synthetic/lightning-model-checkpoint.jsonl",
+                                         "synthetic/plain-torch-save.jsonl"};
+    for (size_t i = 0; i < sizeof(traces) / sizeof(traces[0]); i++)
+        test_late_watch(traces[i], 200);
+    split_renames = true;
+    for (size_t i = 0; i < sizeof(traces) / sizeof(traces[0]); i++)
+        test_late_watch(traces[i], 200);
+    split_renames = false;
+}
+
 static void test_root_waits_for_weights(void)
 {
     struct rec *r = calloc(1, sizeof(*r));
@@ -1171,5 +1401,6 @@ int main(void)
     test_late_read_events();
     test_nemo_found_unmarked();
     test_rotation_under_way_at_scan();
+    test_late_watches();
     return check_report("test_detect");
 }
