@@ -1263,12 +1263,12 @@ static void replay_late(struct detect *d, struct rec *r, const struct tev *a, in
     finish(d, r);
 }
 
-static bool sealed_as(const struct rec *r, const char *name)
+static int seal_count(const struct rec *r, const char *name)
 {
+    int count = 0;
     for (int i = 0; i < r->n_seals; i++)
-        if (strcmp(r->seals[i].name, name) == 0)
-            return true;
-    return false;
+        count += strcmp(r->seals[i].name, name) == 0;
+    return count;
 }
 
 /* A busy loop reads a new directory's CREATE late: its first writes made no event and its
@@ -1303,13 +1303,26 @@ static void test_late_watch(const char *trace, int64_t quiet)
                     bool there = false;
                     for (int m = 0; m < n_end && !there; m++)
                         there = strcmp(end[m].path, name) == 0;
-                    if (!there || sealed_as(r, name))
+                    if (!there || seal_count(r, name) > 0)
                         continue;
                     if (failed++ < 5)
                         fprintf(stderr,
                                 "%s: '%s' not sealed when the watch on '%s' came before event %d "
                                 "and its listing before event %d\n",
                                 trace, name, a[at].path, w, s);
+                }
+                /* Never before the last write into it (a file replaced after its seal aside) */
+                for (int k = 0; k < r->n_seals; k++) {
+                    const struct seal *sl = &r->seals[k];
+                    int64_t last = last_write(a, n, sl->name);
+                    if (seal_count(base, sl->name) > 1 || sl->at_ms >= last)
+                        continue;
+                    if (failed++ < 5)
+                        fprintf(stderr,
+                                "%s: '%s' sealed at %lld, before its last write at %lld, when the "
+                                "watch on '%s' came before event %d and its listing before %d\n",
+                                trace, sl->name, (long long)sl->at_ms, (long long)last, a[at].path,
+                                w, s);
                 }
                 detect_free(d);
             }
