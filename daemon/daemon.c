@@ -683,6 +683,28 @@ static bool same_text(const char *a, const char *b)
     return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
+static bool same_globs(char *const *a, char *const *b)
+{
+    size_t i = 0;
+    for (; a[i] != NULL && b[i] != NULL; i++)
+        if (strcmp(a[i], b[i]) != 0)
+            return false;
+    return a[i] == NULL && b[i] == NULL;
+}
+
+static bool same_rules(const struct config *a, const struct config *b)
+{
+    if (a->rule_count != b->rule_count)
+        return false;
+    for (size_t i = 0; i < a->rule_count; i++) {
+        const struct config_rule *x = &a->rules[i], *y = &b->rules[i];
+        if (!same_text(x->glob, y->glob) || !same_text(x->marker, y->marker) ||
+            x->quiet_ms != y->quiet_ms)
+            return false;
+    }
+    return true;
+}
+
 /* SIGHUP: read the configuration again (file, environment, the same flags). What a running
  * daemon can change takes effect; the rest is named and needs a restart. A configuration with
  * problems changes nothing. Reading a small file here is a startup-style exception to the
@@ -691,7 +713,7 @@ static void reload(struct daemon *d)
 {
     struct config fresh;
     struct ckpt_err err;
-    char restart[256] = "";
+    char restart[512] = "";
 
     if (config_load(&fresh, d->cfg->argc, d->cfg->argv, &err) != 0) {
         log_error("reload-rejected", "reason='%s', keeping the running configuration", err.msg);
@@ -709,6 +731,20 @@ static void reload(struct daemon *d)
     NEEDS_RESTART(fresh.strategy != d->cfg->strategy, "strategy");
     NEEDS_RESTART(fresh.quiet_ms != d->cfg->quiet_ms, "quiet_ms");
     NEEDS_RESTART(fresh.nice != d->cfg->nice, "nice");
+    NEEDS_RESTART(!same_text(fresh.job, d->cfg->job), "job");
+    NEEDS_RESTART(fresh.staging_max != d->cfg->staging_max, "staging_max");
+    NEEDS_RESTART(!same_text(fresh.revision, d->cfg->revision), "revision");
+    NEEDS_RESTART(!same_globs(fresh.include, d->cfg->include), "include");
+    NEEDS_RESTART(!same_globs(fresh.exclude, d->cfg->exclude), "exclude");
+    NEEDS_RESTART(fresh.max_rate != d->cfg->max_rate, "max_rate");
+    NEEDS_RESTART(fresh.max_transfers != d->cfg->max_transfers, "max_transfers");
+    NEEDS_RESTART(fresh.commits_per_hour != d->cfg->commits_per_hour, "commits_per_hour");
+    NEEDS_RESTART(fresh.private_repo != d->cfg->private_repo, "private");
+    NEEDS_RESTART(fresh.dry_run != d->cfg->dry_run, "dry_run");
+    NEEDS_RESTART(!same_text(fresh.layout, d->cfg->layout), "layout");
+    NEEDS_RESTART(!same_rules(&fresh, d->cfg), "rules");
+    NEEDS_RESTART(!same_text(fresh.metrics_path, d->cfg->metrics_path), "metrics_path");
+    NEEDS_RESTART(!same_text(fresh.card_fields_json, d->cfg->card_fields_json), "card");
 #undef NEEDS_RESTART
     log_set_level(fresh.log_level);
     log_set_format(fresh.log_format);

@@ -1,6 +1,6 @@
 """SIGHUP reloads the configuration: what a running daemon can change takes effect (log level,
-drain deadline, a rotated token file), what it cannot is named, and a broken file changes
-nothing and stops nothing."""
+drain deadline, a rotated token file), every other setting changed is named as needing a
+restart, and a broken file changes nothing and stops nothing."""
 
 import json
 import os
@@ -38,6 +38,15 @@ class Reload(unittest.TestCase):
             d.proc.send_signal(signal.SIGHUP)
             rec = d.wait_event("reloaded", timeout=10, count=2)[1]["kv"]
             self.assertEqual(rec["needs_restart"], "repo")
+
+            # Every setting that a running daemon does not take is named, none silently kept.
+            write_conf(staging_max=1 << 30, max_rate=1000000, commits_per_hour=4,
+                       include=["*.json"], rules=["*.bin"], card={"license": "mit"})
+            d.proc.send_signal(signal.SIGHUP)
+            rec = d.wait_event("reloaded", timeout=10, count=3)[2]["kv"]
+            self.assertEqual(rec["needs_restart"].split(","),
+                             ["staging_max", "include", "max_rate", "commits_per_hour", "rules",
+                              "card"], rec)
 
             with open(conf, "w") as f:
                 f.write("{ not json")
