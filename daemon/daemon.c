@@ -610,6 +610,32 @@ static void startup_failed(struct daemon *d, const struct ckpt_err *err)
     daemon_stop(d, exit_code_for(err));
 }
 
+static void hub_usable(struct daemon *d)
+{
+    d->hub_ready = true;
+    log_ready(d);
+    queue_set_ready(d->queue, true);
+}
+
+/* The commit budget counts the repo's commits of the last hour, this process's or not. */
+static void on_commit_dates(void *ctx, const struct ckpt_err *err, const int64_t *dates, size_t n)
+{
+    struct daemon *d = ctx;
+
+    d->startup_op = NULL;
+    if (d->stopping)
+        return; /* cancelled */
+    if (err != NULL)
+        log_warn("commit-history-unread",
+                 "repo='%s' reason='%s', the commit budget counts this run's commits only",
+                 d->cfg->repo_id, err->msg);
+    else
+        log_info("commit-history", "repo='%s' commits_last_hour=%u per_hour=%u", d->cfg->repo_id,
+                 queue_note_past_commits(d->queue, dates, n, (int64_t)time(NULL)),
+                 d->cfg->commits_per_hour);
+    hub_usable(d);
+}
+
 static void on_repo_ready(void *ctx, const struct ckpt_err *err)
 {
     struct daemon *d = ctx;
@@ -620,9 +646,8 @@ static void on_repo_ready(void *ctx, const struct ckpt_err *err)
         startup_failed(d, err);
         return;
     }
-    d->hub_ready = true;
-    log_ready(d);
-    queue_set_ready(d->queue, true);
+    if (hub_commit_dates(d->hub, on_commit_dates, d, &d->startup_op) < 0)
+        hub_usable(d);
 }
 
 static void on_whoami(void *ctx, const struct ckpt_err *err, const char *user)

@@ -22,6 +22,7 @@
 #include <uv.h>
 
 #define HUB_ANSWER_MAX (8u * 1024 * 1024) /* a 100-object batch answer is well under this */
+#define HUB_COMMIT_DATES_MAX 1000         /* one page of history; the Hub sends fewer */
 
 struct hub {
     struct http *http;
@@ -46,7 +47,8 @@ enum op_kind {
     OP_BATCH,
     OP_PUT,
     OP_COMPLETE,
-    OP_COMMIT
+    OP_COMMIT,
+    OP_COMMITS
 };
 
 struct hub_op {
@@ -59,6 +61,7 @@ struct hub_op {
         hub_user_cb user;
         hub_oid_cb oid;
         hub_etag_cb etag;
+        hub_dates_cb dates;
     } cb;
     hub_sent_cb sent;
     struct hub_preupload_file *files;
@@ -605,6 +608,68 @@ static int parse_preupload(struct hub_op *op, const cJSON *j, struct ckpt_err *e
     return 0;
 }
 
+/* "2026-11-24T00:21:19.000Z" or with an offset ("+02:00"): Unix seconds. */
+static int parse_iso8601(const char *s, int64_t *ret)
+{
+    struct tm tm = {0};
+    int used = 0;
+    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+               &tm.tm_min, &tm.tm_sec, &used) != 6 ||
+        used != 19 || tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 || tm.tm_mday > 31 ||
+        tm.tm_hour > 23 || tm.tm_min > 59 || tm.tm_sec > 60)
+        return -EINVAL;
+    s += used;
+    if (*s == '.')
+        for (s++; *s >= '0' && *s <= '9'; s++)
+            ;
+    int offset_s = 0;
+    if ((s[0] == '+' || s[0] == '-') && strlen(s) == 6 && s[3] == ':') {
+        int h, m;
+        if (sscanf(s + 1, "%2d:%2d", &h, &m) != 2 || h > 23 || m > 59)
+            return -EINVAL;
+        offset_s = (s[0] == '+' ? 1 : -1) * (h * 3600 + m * 60);
+    } else if (strcmp(s, "Z") != 0) {
+        return -EINVAL;
+    }
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    time_t t = timegm(&tm);
+    if (t == (time_t)-1)
+        return -EINVAL;
+    *ret = (int64_t)t - offset_s;
+    return 0;
+}
+
+/* An array of commits, newest first; each must carry its date. The repo's creation made the
+ * last one when it is titled so: not a commit anyone pushed. */
+static int parse_commit_dates(struct hub_op *op, const cJSON *j, struct ckpt_err *err,
+                              int64_t **ret_dates, size_t *ret_n)
+{
+    if (!cJSON_IsArray(j))
+        return protocol_error(op, err, "not a JSON array of commits");
+    size_t n = (size_t)cJSON_GetArraySize(j);
+    const cJSON *last = cJSON_GetArrayItem(j, (int)n - 1);
+    const char *title = n > 0 ? json_str(last, "title") : NULL;
+    if (title != NULL && strcmp(title, "initial commit") == 0)
+        n--;
+    if (n > HUB_COMMIT_DATES_MAX)
+        n = HUB_COMMIT_DATES_MAX;
+    int64_t *dates = calloc(n > 0 ? n : 1, sizeof(*dates));
+    if (dates == NULL)
+        return ckpt_err_set(err, CKPT_ERR_IO, UV_ENOMEM, "out of memory");
+    size_t i = 0;
+    for (const cJSON *c = j->child; c != NULL && i < n; c = c->next, i++) {
+        const char *date = json_str(c, "date");
+        if (date == NULL || parse_iso8601(date, &dates[i]) < 0) {
+            free(dates);
+            return protocol_error(op, err, "a commit without an ISO 8601 'date'");
+        }
+    }
+    *ret_dates = dates;
+    *ret_n = n;
+    return 0;
+}
+
 static int parse_u64(const cJSON *v, uint64_t *ret)
 {
     if (cJSON_IsNumber(v)) {
@@ -762,13 +827,22 @@ static void on_http_done(void *ctx, const struct http_response *res)
         r = 0; /* the repo exists */
     }
     cJSON *j = NULL;
+    bool no_history = r < 0 && op->kind == OP_COMMITS && res->fail == HTTP_FAIL_NONE &&
+                      res->status == 404 && strcmp(res->error_code, "RevisionNotFound") == 0;
+    if (no_history) {
+        ckpt_err_clear(&e);
+        r = 0; /* the branch is made by the first commit to it */
+    }
     int needs_json = op->kind == OP_WHOAMI || op->kind == OP_HEAD || op->kind == OP_PREUPLOAD ||
-                     op->kind == OP_BATCH || op->kind == OP_COMMIT;
+                     op->kind == OP_BATCH || op->kind == OP_COMMIT ||
+                     (op->kind == OP_COMMITS && !no_history);
     if (r == 0 && needs_json) {
         j = cJSON_ParseWithLength(res->body, res->body_len);
-        if (!cJSON_IsObject(j))
+        if (op->kind != OP_COMMITS && !cJSON_IsObject(j))
             r = protocol_error(op, &e, "not a JSON object");
     }
+    int64_t *dates = NULL;
+    size_t n_dates = 0;
     const char *text = NULL; /* the user name or oid the answer carries */
     if (r == 0) {
         switch (op->kind) {
@@ -786,6 +860,10 @@ static void on_http_done(void *ctx, const struct http_response *res)
             break;
         case OP_BATCH:
             r = parse_batch(op, j, &e);
+            break;
+        case OP_COMMITS:
+            if (!no_history)
+                r = parse_commit_dates(op, j, &e, &dates, &n_dates);
             break;
         default:
             break;
@@ -808,6 +886,9 @@ static void on_http_done(void *ctx, const struct http_response *res)
     case OP_PUT:
         op->cb.etag(op->ctx, errp, errp == NULL ? res->etag : NULL);
         break;
+    case OP_COMMITS:
+        op->cb.dates(op->ctx, errp, dates, n_dates);
+        break;
     case OP_BATCH:
     case OP_ENSURE_REPO:
     case OP_ENSURE_BRANCH:
@@ -816,6 +897,7 @@ static void on_http_done(void *ctx, const struct http_response *res)
         break;
     }
     cJSON_Delete(j);
+    free(dates);
     free(op);
 }
 
@@ -898,6 +980,20 @@ int hub_get_head(struct hub *hub, hub_oid_cb cb, void *ctx, struct hub_op **ret_
     if (op == NULL)
         return UV_ENOMEM;
     op->cb.oid = cb;
+    struct http_request req = {.method = "GET", .url = url, .bearer = hub->token, .retryable = 1};
+    return op_send(op, &req, ret_op);
+}
+
+int hub_commit_dates(struct hub *hub, hub_dates_cb cb, void *ctx, struct hub_op **ret_op)
+{
+    char url[2048];
+    int r = api_url(hub, url, sizeof(url), "commits");
+    if (r < 0)
+        return r;
+    struct hub_op *op = op_new(hub, OP_COMMITS, ctx, "read the commit history of");
+    if (op == NULL)
+        return UV_ENOMEM;
+    op->cb.dates = cb;
     struct http_request req = {.method = "GET", .url = url, .bearer = hub->token, .retryable = 1};
     return op_send(op, &req, ret_op);
 }
@@ -1146,6 +1242,7 @@ int hub_answer(struct hub *hub, const struct hub_answer_args *a, const struct ht
         [HUB_ANSWER_COMPLETE] = OP_COMPLETE,
         [HUB_ANSWER_COMMIT] = OP_COMMIT,
         [HUB_ANSWER_ENSURE] = OP_ENSURE_REPO,
+        [HUB_ANSWER_COMMITS] = OP_COMMITS,
     };
     struct hub_op *op;
 
@@ -1170,6 +1267,9 @@ int hub_answer(struct hub *hub, const struct hub_answer_args *a, const struct ht
         break;
     case HUB_ANSWER_PUT:
         op->cb.etag = a->etag;
+        break;
+    case HUB_ANSWER_COMMITS:
+        op->cb.dates = a->dates;
         break;
     }
     op->files = a->files;

@@ -38,6 +38,8 @@ typedef void (*hub_user_cb)(void *ctx, const struct ckpt_err *err, const char *u
 /* commit_oid: the head of the revision (preupload, head) or the new commit (commit). */
 typedef void (*hub_oid_cb)(void *ctx, const struct ckpt_err *err, const char *commit_oid);
 typedef void (*hub_etag_cb)(void *ctx, const struct ckpt_err *err, const char *etag);
+/* dates: when each commit of the history's first page was made (Unix seconds, newest first). */
+typedef void (*hub_dates_cb)(void *ctx, const struct ckpt_err *err, const int64_t *dates, size_t n);
 /* Bytes handed to the network for a PUT; negative when a retry restarts a body. Runs inside a
  * curl callback: count only. */
 typedef void (*hub_sent_cb)(void *ctx, int64_t delta);
@@ -70,6 +72,9 @@ int hub_ensure_repo(struct hub *hub, hub_done_cb cb, void *ctx, struct hub_op **
 int hub_ensure_branch(struct hub *hub, hub_done_cb cb, void *ctx, struct hub_op **ret_op);
 /* GET /api/T/R/revision/REV -> sha. */
 int hub_get_head(struct hub *hub, hub_oid_cb cb, void *ctx, struct hub_op **ret_op);
+/* GET /api/T/R/commits/REV, its first page -> the commits' dates; a revision that does not exist
+ * yet has none. */
+int hub_commit_dates(struct hub *hub, hub_dates_cb cb, void *ctx, struct hub_op **ret_op);
 
 enum hub_mode { HUB_MODE_UNKNOWN = 0, HUB_MODE_REGULAR, HUB_MODE_LFS };
 

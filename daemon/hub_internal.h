@@ -19,6 +19,7 @@ enum hub_answer_kind {
     HUB_ANSWER_COMPLETE,  /* cb.done; storage_url */
     HUB_ANSWER_COMMIT,    /* cb.oid */
     HUB_ANSWER_ENSURE,    /* cb.done */
+    HUB_ANSWER_COMMITS,   /* cb.dates */
 };
 
 struct hub_answer_args {
@@ -27,6 +28,7 @@ struct hub_answer_args {
     hub_oid_cb oid;
     hub_done_cb done;
     hub_etag_cb etag;
+    hub_dates_cb dates;
     void *ctx;
     struct hub_preupload_file *files;
     struct hub_lfs_object *objs;

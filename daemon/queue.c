@@ -1115,6 +1115,24 @@ static void on_pins_idle(void *ctx, int status)
     stat_files(q, it);
 }
 
+unsigned queue_note_past_commits(struct queue *q, const int64_t *dates, size_t n, int64_t now_s)
+{
+    uint64_t now = now_ms(q);
+    unsigned counted = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        /* a Hub clock ahead of ours: made just now */
+        uint64_t age_ms = dates[i] < now_s ? (uint64_t)(now_s - dates[i]) * 1000 : 0;
+        if (age_ms >= QUEUE_BUDGET_WINDOW_MS)
+            continue;
+        /* The loop clock starts at boot: a commit older than that counts as made at boot, which
+         * waits a little longer than needed, never less. */
+        q->commit_ms[q->n_commits++ % QUEUE_BUDGET_RING] = age_ms < now ? now - age_ms : 0;
+        counted++;
+    }
+    return counted;
+}
+
 /* Commits made in the last hour; *ret_wait_ms: until one of them leaves the window. */
 static unsigned commits_in_window(struct queue *q, uint64_t *ret_wait_ms)
 {

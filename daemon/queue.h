@@ -88,6 +88,10 @@ int queue_add(struct queue *q, uint64_t id, const char *name, const char *layout
               const char *source_dir, const char *const *files, size_t file_count);
 /* A candidate got its first file: journaled so that its pins are known after a crash. */
 void queue_note_detected(struct queue *q, uint64_t id, const char *name, const char *layout);
+/* Commits the repo got before this process started (Unix seconds, any order), counted against
+ * the commit budget: a restarted daemon does not start a fresh hour. Returns how many fall in
+ * the last hour. */
+unsigned queue_note_past_commits(struct queue *q, const int64_t *dates, size_t n, int64_t now_s);
 /* Pushing starts once the hub is known to be usable and while not paused. */
 void queue_set_ready(struct queue *q, bool ready);
 void queue_set_paused(struct queue *q, bool paused);

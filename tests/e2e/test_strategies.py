@@ -167,6 +167,17 @@ class Strategies(h.HubTestCase):
         self.assertTrue(d.events("commit-budget"), d.tail())
         # the drain cannot finish within the budget: the pins stay for the next start
         self.assertEqual(d.stop(signal.SIGTERM, 30), 1, d.tail())
+        # A restart does not start a fresh hour: the repo's commits of the last hour (steps 1
+        # and 2; not the first commit, made by the repo's creation) count, read from the Hub.
+        made = len(self.hub.commits(repo, "main")) - 1
+        self.assertEqual(made, 2)
+        d1 = h.Daemon(watch, repo=repo, endpoint=self.hub.url, log_level="info",
+                      args=args + ["--commits-per-hour", str(made), "--drain-timeout", "1"])
+        (hist,) = d1.wait_event("commit-history", timeout=20)
+        self.assertEqual(hist["kv"]["commits_last_hour"], str(made), hist["line"])
+        d1.wait_event("commit-budget", timeout=20)
+        self.assertEqual(len(self.hub.commits(repo, "main")), made + 1, d1.tail())
+        self.assertEqual(d1.stop(signal.SIGTERM, 30), 1, d1.tail())
         d2 = h.Daemon(watch, repo=repo, endpoint=self.hub.url, log_level="info", args=args)
         d2.wait_event("committed", timeout=30, ckpt="checkpoint-5")
         time.sleep(1.0)  # the scan finds 1-5 again: nothing more may be pushed

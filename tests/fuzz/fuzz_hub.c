@@ -77,6 +77,16 @@ static void on_etag(void *ctx, const struct ckpt_err *err, const char *etag)
     check((err == NULL) == (etag != NULL));
 }
 
+static void on_dates(void *ctx, const struct ckpt_err *err, const int64_t *dates, size_t n)
+{
+    (void)ctx;
+    calls++;
+    check_err(err);
+    check(err == NULL || n == 0);
+    for (size_t i = 0; i < n; i++)
+        check(dates[i] > -62167219200 && dates[i] < 253402300800); /* years 0000-9999 */
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     struct hub_config cfg;
@@ -134,11 +144,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     objs[1].size = 100;
 
     memset(&a, 0, sizeof(a));
-    a.kind = (enum hub_answer_kind)((data[0] & 0x7f) % (HUB_ANSWER_ENSURE + 1));
+    a.kind = (enum hub_answer_kind)((data[0] & 0x7f) % (HUB_ANSWER_COMMITS + 1));
     a.user = on_user;
     a.oid = on_oid;
     a.done = on_done;
     a.etag = on_etag;
+    a.dates = on_dates;
     if (a.kind == HUB_ANSWER_PREUPLOAD) {
         a.files = files;
         a.n = 2;

@@ -27,7 +27,7 @@ TOKEN = "hf_fuzz_seed_token"
 OBJ_MULTI = b"w" * 7000
 OBJ_BASIC = b"x" * 100
 KINDS = {"whoami": 0, "head": 1, "preupload": 2, "batch": 3, "put": 4, "complete": 5,
-         "commit": 6, "ensure": 7}
+         "commit": 6, "ensure": 7, "commits": 8}
 STATUSES = [200, 201, 400, 401, 403, 404, 409, 412, 413, 422, 429, 500, 503]
 
 
@@ -115,6 +115,10 @@ def hub_seeds():
         hub_seed("commit", "commit", st, b)
         st, b = request(f"{base}/api/models/{rid}/revision/main")
         hub_seed("head", "head", st, b)
+        st, b = request(f"{base}/api/models/{rid}/commits/main")
+        hub_seed("commits", "commits", st, b)
+        st, b = request(f"{base}/api/models/{rid}/commits/training")
+        hub_seed("commits-404", "commits", st, b, error_code=True)
         st, b = request(f"{base}/api/models/{rid}/commit/main", "POST", b"{}",
                         ctype="application/x-ndjson")
         hub_seed("commit-400", "commit", st, b)

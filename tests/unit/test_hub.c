@@ -125,6 +125,69 @@ static void batch_case(const char *answer, enum ckpt_err_kind want, const char *
     }
 }
 
+struct dates_res {
+    struct res r;
+    int64_t dates[8];
+    size_t n;
+};
+
+static void on_dates(void *ctx, const struct ckpt_err *err, const int64_t *dates, size_t n)
+{
+    struct dates_res *d = ctx;
+    on_done(&d->r, err);
+    for (d->n = 0; d->n < n && d->n < 8; d->n++)
+        d->dates[d->n] = dates[d->n];
+}
+
+/* The commit history the commit budget starts from: dates in UTC, whatever offset they carry;
+ * the repo's creation commit left out; a branch not made yet has none; garbage is an error. */
+static void test_commit_dates(void)
+{
+    static const struct {
+        int status;
+        const char *headers, *body;
+        int ok;
+        size_t n;
+        int64_t first, second;
+    } cases[] = {
+        {200, NULL,
+         "[{\"id\":\"a\",\"title\":\"Training in progress, step 2\","
+         "\"date\":\"2026-11-24T00:21:19.000Z\"},"
+         "{\"id\":\"b\",\"title\":\"Training in progress, step 1\","
+         "\"date\":\"2026-11-24T02:20:00+02:00\"},"
+         "{\"id\":\"c\",\"title\":\"initial commit\",\"date\":\"2026-11-23T10:00:00Z\"}]",
+         1, 2, 1795479679, 1795479600},
+        {200, NULL, "[]", 1, 0, 0, 0},
+        {404, "{\"X-Error-Code\":\"RevisionNotFound\"}", "{\"error\":\"Invalid rev id\"}", 1, 0, 0,
+         0},
+        {404, "{\"X-Error-Code\":\"RepoNotFound\"}", "{}", 0, 0, 0, 0},
+        {200, NULL, "{\"commits\":[]}", 0, 0, 0, 0},
+        {200, NULL, "[{\"id\":\"a\"}]", 0, 0, 0, 0},
+        {200, NULL, "[{\"date\":\"yesterday\"}]", 0, 0, 0, 0},
+        {200, NULL, "[{\"date\":\"2026-13-01T00:00:00Z\"}]", 0, 0, 0, 0},
+        {200, NULL, "[{\"date\":\"2026-11-24T00:21:19Zjunk\"}]", 0, 0, 0, 0},
+        {200, NULL, "[1, 2]", 0, 0, 0, 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct dates_res d;
+        memset(&d, 0, sizeof(d));
+        canned(cases[i].status, cases[i].headers, cases[i].body);
+        REQUIRE(hub_commit_dates(hub, on_dates, &d, NULL) == 0);
+        wait_res(&d.r);
+        if (d.r.ok != cases[i].ok || d.n != cases[i].n ||
+            (d.n > 0 && (d.dates[0] != cases[i].first || d.dates[1] != cases[i].second))) {
+            fprintf(stderr, "commit dates case %zu: ok %d n %zu (%s)\n", i, d.r.ok, d.n,
+                    d.r.err.msg);
+            test_failures++;
+        }
+        if (!cases[i].ok && d.r.err.kind == CKPT_ERR_PROTOCOL)
+            CHECK(strstr(d.r.err.msg, "commit history") != NULL);
+    }
+    cJSON *j = last();
+    CHECK(strcmp(jpath(j, "path", NULL), "/hub/api/models/alice/m/commits/refs%2Fpr%2F1") == 0);
+    cJSON_Delete(j);
+}
+
 static void on_closed(void *ctx)
 {
     *(int *)ctx = 1;
@@ -268,6 +331,8 @@ int main(void)
     j = last();
     CHECK(strcmp(jpath(j, "path", NULL), "/hub/api/models/alice/m/revision/refs%2Fpr%2F1") == 0);
     cJSON_Delete(j);
+
+    test_commit_dates();
 
     /* preupload: the request, then every kind of broken answer */
     struct hub_preupload_file f[2] = {
