@@ -970,32 +970,36 @@ int hub_ensure_repo(struct hub *hub, hub_done_cb cb, void *ctx, struct hub_op **
     return r;
 }
 
-int hub_get_head(struct hub *hub, hub_oid_cb cb, void *ctx, struct hub_op **ret_op)
+/* GET /api/T/R/<what>/REV for op, whose callback the caller set. Frees op on failure. */
+static int api_get(struct hub_op *op, const char *what, struct hub_op **ret_op)
 {
     char url[2048];
-    int r = api_url(hub, url, sizeof(url), "revision");
-    if (r < 0)
+    int r = api_url(op->hub, url, sizeof(url), what);
+    if (r < 0) {
+        free(op);
         return r;
+    }
+    struct http_request req = {
+        .method = "GET", .url = url, .bearer = op->hub->token, .retryable = 1};
+    return op_send(op, &req, ret_op);
+}
+
+int hub_get_head(struct hub *hub, hub_oid_cb cb, void *ctx, struct hub_op **ret_op)
+{
     struct hub_op *op = op_new(hub, OP_HEAD, ctx, "read head of");
     if (op == NULL)
         return UV_ENOMEM;
     op->cb.oid = cb;
-    struct http_request req = {.method = "GET", .url = url, .bearer = hub->token, .retryable = 1};
-    return op_send(op, &req, ret_op);
+    return api_get(op, "revision", ret_op);
 }
 
 int hub_commit_dates(struct hub *hub, hub_dates_cb cb, void *ctx, struct hub_op **ret_op)
 {
-    char url[2048];
-    int r = api_url(hub, url, sizeof(url), "commits");
-    if (r < 0)
-        return r;
     struct hub_op *op = op_new(hub, OP_COMMITS, ctx, "read the commit history of");
     if (op == NULL)
         return UV_ENOMEM;
     op->cb.dates = cb;
-    struct http_request req = {.method = "GET", .url = url, .bearer = hub->token, .retryable = 1};
-    return op_send(op, &req, ret_op);
+    return api_get(op, "commits", ret_op);
 }
 
 int hub_preupload(struct hub *hub, struct hub_preupload_file *files, size_t n, hub_oid_cb cb,
