@@ -309,6 +309,37 @@ class Daemon:
         return rc
 
 
+class Restarts:
+    """Daemons started one after another on the same job (killed, started again), every one kept
+    so that a report can read events across all of them. start() may race a reader thread."""
+
+    def __init__(self, watch, **daemon_kw):
+        self.watch = watch
+        self.daemon_kw = daemon_kw
+        self.daemons = []
+        self.lock = threading.Lock()
+
+    def start(self, ready_timeout=30.0):
+        d = Daemon(self.watch, **self.daemon_kw)
+        with self.lock:
+            self.daemons.append(d)
+        d.wait_event("ready", timeout=ready_timeout)
+        return d
+
+    def events(self, name):
+        with self.lock:
+            ds = list(self.daemons)
+        return [r for d in ds for r in d.events(name)]
+
+    def sealed_names(self):
+        """Checkpoints any of them sealed, or recovered sealed from the journal."""
+        return {r["kv"].get("ckpt") for r in self.events("sealed") + self.events("recovered")}
+
+    def __len__(self):
+        with self.lock:
+            return len(self.daemons)
+
+
 # ---- the test hub ---------------------------------------------------------------------------
 def socket_daemon(watch, repo, hub, quiet_ms, timeout=20.0):
     """A daemon pushing watch to repo on hub with its control socket in a fresh directory.

@@ -95,23 +95,8 @@ class Chaos(unittest.TestCase):
         args = ["--quiet-ms", "300", "--max-rate", str(RATE), "--max-transfers", "3",
                 "--drain-timeout", "60", "--socket", os.path.join(root, "ctl.sock")]
         expected, sizes = {}, {}
-        daemons = []
-        lock = threading.Lock()
-
-        def start():
-            d = h.Daemon(watch, repo=repo, endpoint=hub.url, args=args, log_level="info")
-            with lock:
-                daemons.append(d)
-            d.wait_event("ready", timeout=30)
-            return d
-
-        def all_events(name):
-            with lock:
-                ds = list(daemons)
-            return [r for x in ds for r in x.events(name)]
-
-        def sealed_names():
-            return {r["kv"].get("ckpt") for r in all_events("sealed") + all_events("recovered")}
+        daemons = h.Restarts(watch, repo=repo, endpoint=hub.url, args=args, log_level="info")
+        start, all_events, sealed_names = daemons.start, daemons.events, daemons.sealed_names
 
         stop_writer = threading.Event()
         rotated = []

@@ -55,23 +55,7 @@ class KillResume(unittest.TestCase):
         rng = random.Random(int(os.environ.get("CKPT_SEED", "4")))
         expected = {}
         sealed = set()
-        daemons = []
-        lock = threading.Lock()
-
-        def start():
-            d = h.Daemon(watch, repo=repo, endpoint=hub.url, args=args, log_level="info")
-            with lock:
-                daemons.append(d)
-            return d
-
-        def sealed_names():
-            with lock:
-                ds = list(daemons)
-            names = set()
-            for d in ds:
-                names |= {r["kv"].get("ckpt") for r in d.events("sealed")}
-                names |= {r["kv"].get("ckpt") for r in d.events("recovered")}
-            return names
+        daemons = h.Restarts(watch, repo=repo, endpoint=hub.url, args=args, log_level="info")
 
         stop_writer = threading.Event()
 
@@ -83,19 +67,17 @@ class KillResume(unittest.TestCase):
                 expected[step] = write_checkpoint(watch, step, rng)
                 sealed.update(h.rotate_sealed(
                     watch, [f"checkpoint-{old}" for old in STEPS[:max(0, i + 1 - KEEP)]],
-                    sealed_names()))
+                    daemons.sealed_names()))
 
         t = threading.Thread(target=writer, daemon=True)
-        d = start()
-        d.wait_event("ready", timeout=20)
+        d = daemons.start()
         t.start()
         kills = 0
         while kills < KILLS:
             time.sleep(rng.uniform(0.4, 1.6))
             d.stop(signal.SIGKILL, 5)
             kills += 1
-            d = start()
-            d.wait_event("ready", timeout=20)
+            d = daemons.start()
         t.join(60)
         self.assertFalse(t.is_alive())
         # Let the last daemon finish: every step committed.
@@ -139,18 +121,14 @@ class KillResume(unittest.TestCase):
                 done[key] = done.get(key, 0) + 1
         resent = sum(n - 1 for n in done.values() if n > 1)
         parts_total = len(done)
-        with lock:
-            ds = list(daemons)
         # parts an earlier run had finished, found in the journal and not sent again
-        resumed = sum(int(r["kv"].get("parts_done", 0)) for x in ds
-                      for r in x.events("upload-resume"))
-        hash_skipped = sum(int(r["kv"].get("hash_skipped", 0)) for x in ds
-                           for r in x.events("committed"))
-        retries = sum(len(x.events("push-retry-later")) for x in ds)
-        recovered = sum(len(x.events("recovered")) + len(x.events("recovered-unsealed"))
-                        for x in ds)
-        already = sum(len(x.events("already-pushed")) for x in ds)
-        corrupt = sum(len(x.events("journal-corrupt")) for x in ds)
+        resumed = sum(int(r["kv"].get("parts_done", 0)) for r in daemons.events("upload-resume"))
+        hash_skipped = sum(int(r["kv"].get("hash_skipped", 0))
+                           for r in daemons.events("committed"))
+        retries = len(daemons.events("push-retry-later"))
+        recovered = len(daemons.events("recovered")) + len(daemons.events("recovered-unsealed"))
+        already = len(daemons.events("already-pushed"))
+        corrupt = len(daemons.events("journal-corrupt"))
         print(f"\nFIGURES kill_resume: kills={kills} checkpoints={len(STEPS)} "
               f"parts_finished={parts_total} parts_resent={resent} "
               f"parts_resumed_from_journal={resumed} hash_skipped={hash_skipped} "
@@ -160,8 +138,7 @@ class KillResume(unittest.TestCase):
         self.assertLessEqual(resent, kills, f"{resent} finished parts sent again for {kills} kills")
         with open(os.path.join(watch, ".ckptpush", "journal"), "rb") as f:
             self.assertNotIn(h.TOKEN.encode(), f.read())  # presigned URLs only, never the token
-        for x in ds:
-            self.assertEqual(x.events("push-failed"), [], x.tail())
+        self.assertEqual(daemons.events("push-failed"), [], d.tail())
         hub.stop()
 
     def test_corrupt_journal_is_reported_and_rebuilt_from_the_pins(self):
