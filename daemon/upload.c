@@ -290,6 +290,17 @@ static struct upload *req_done(struct up_req *r, struct up_req *copy)
 
 /* ---- hashing ----------------------------------------------------------------------------- */
 
+/* The upload fails for a local file: "cannot <verb> '<its path, escaped>': <why>". */
+static void fail_file(struct upload *u, const struct up_entry *e, const char *verb, int status,
+                      const char *why)
+{
+    struct ckpt_err err;
+    char shown[256];
+    log_escape(shown, sizeof(shown), e->local_path);
+    ckpt_err_set(&err, CKPT_ERR_IO, status, "cannot %s '%s': %s", verb, shown, why);
+    fail(u, &err);
+}
+
 static void on_hashed(void *ctx, int status, const struct hash_result *res)
 {
     struct up_entry *e = ctx;
@@ -300,11 +311,7 @@ static void on_hashed(void *ctx, int status, const struct hash_result *res)
         return;
     }
     if (status < 0) {
-        struct ckpt_err err;
-        char shown[256];
-        log_escape(shown, sizeof(shown), e->local_path);
-        ckpt_err_set(&err, CKPT_ERR_IO, status, "cannot hash '%s': %s", shown, uv_strerror(status));
-        fail(u, &err);
+        fail_file(u, e, "hash", status, uv_strerror(status));
         return;
     }
     e->size = res->size;
@@ -998,15 +1005,11 @@ static void after_read(uv_work_t *w, int status)
         return;
     }
     if (status < 0) {
-        struct ckpt_err err;
-        char shown[256];
-        log_escape(shown, sizeof(shown), e->local_path);
-        ckpt_err_set(&err, CKPT_ERR_IO, status, "cannot read '%s': %s", shown,
-                     status == UV_EIO ? "changed since it was hashed, or I/O error"
-                                      : uv_strerror(status));
         free(rd->buf);
         free(rd);
-        fail(u, &err);
+        fail_file(u, e, "read", status,
+                  status == UV_EIO ? "changed since it was hashed, or I/O error"
+                                   : uv_strerror(status));
         return;
     }
     e->content = rd->buf;
