@@ -124,6 +124,7 @@ struct drec {
     bool closed;              /* closed after writing, or found complete */
     bool late;                /* late write already reported */
     bool scanned;             /* found by a directory listing, never seen written since */
+    bool scan_told;           /* reported ready after SCAN_SETTLE_MS without a write */
     int64_t scanned_ms;       /* when that listing reported it */
     int64_t wrote_ms;         /* last close or rename into this name */
 };
@@ -136,13 +137,14 @@ struct detect_cand {
     const struct layout *layout;
     int64_t step;
     int64_t last_ms;
-    int64_t quiet_ms;  /* the layout's or the custom rule's quiet period */
-    int rule_idx;      /* custom rules: index into detect.rules */
-    bool marked;       /* orbax: renamed from its temporary name */
-    bool doubtful;     /* deleted while files of it were only known from a scan: never sealed */
-    bool settled;      /* file_ready was reported for every member once it was complete */
-    bool live;         /* an event (not only a directory listing) touched it: being saved now */
-    unsigned replaced; /* versions of a file replaced before the seal (coalesced) */
+    int64_t quiet_ms; /* the layout's or the custom rule's quiet period */
+    int rule_idx;     /* custom rules: index into detect.rules */
+    bool marked;      /* orbax: renamed from its temporary name */
+    bool doubtful;    /* deleted while files of it were only known from a scan: never sealed */
+    bool settled;     /* file_ready was reported for every member once it was complete */
+    bool live;        /* an event (not only a directory listing) touched it: being saved now */
+    int64_t scan_settle_ms; /* when listed members quiet since their listing count as closed */
+    unsigned replaced;      /* versions of a file replaced before the seal (coalesced) */
     size_t n_open;
     struct drec **members;
     size_t n_members, cap_members;
@@ -1309,6 +1311,33 @@ static void report_settled(struct detect *d)
     }
 }
 
+/* A folder being saved is listed when its watch is added, after its first files may already be
+ * written and closed: their CLOSE_WRITE was never seen. One that gets no write this long after
+ * the listing is taken as closed for early hashing (the seal still waits for the quiet period,
+ * and a file written after all is hashed again). */
+#define SCAN_SETTLE_MS 200
+
+static void report_scan_settled(struct detect *d, struct detect_cand *c, int64_t now)
+{
+    if (c->scan_settle_ms == 0 || now < c->scan_settle_ms)
+        return;
+    c->scan_settle_ms = 0;
+    if (c->sealed || c->settled)
+        return;
+    for (size_t k = 0; k < c->n_members; k++) {
+        struct drec *r = c->members[k];
+        if (!r->scanned || r->scan_told || r->open)
+            continue;
+        if (now < r->scanned_ms + SCAN_SETTLE_MS) {
+            if (c->scan_settle_ms == 0 || r->scanned_ms + SCAN_SETTLE_MS < c->scan_settle_ms)
+                c->scan_settle_ms = r->scanned_ms + SCAN_SETTLE_MS;
+            continue;
+        }
+        r->scan_told = true;
+        report_ready(d, r);
+    }
+}
+
 static int on_write(struct detect *d, const char *path, bool close, bool scan, int64_t now)
 {
     struct drec *r = rec_get(d, path);
@@ -1353,6 +1382,8 @@ static int on_write(struct detect *d, const char *path, bool close, bool scan, i
     }
     if (!scan && r->cand != NULL)
         r->cand->live = true;
+    if (scan && r->cand != NULL && r->cand->live && r->member && r->cand->scan_settle_ms == 0)
+        r->cand->scan_settle_ms = now + SCAN_SETTLE_MS;
     if (close)
         report_ready(d, r);
     if (close && strcmp(base_name(path), "latest") == 0)
@@ -1744,6 +1775,8 @@ int64_t detect_next_deadline_ms(const struct detect *d)
     int64_t best = -1;
     for (size_t i = 0; i < d->n_cands; i++) {
         const struct detect_cand *c = d->cands[i];
+        if (!c->sealed && c->scan_settle_ms > 0 && (best < 0 || c->scan_settle_ms < best))
+            best = c->scan_settle_ms;
         if (!cand_ready(d, c))
             continue;
         int64_t t = c->last_ms + c->quiet_ms;
@@ -1757,6 +1790,7 @@ void detect_tick(struct detect *d, int64_t now_ms)
 {
     for (size_t i = 0; i < d->n_cands; i++) {
         struct detect_cand *c = d->cands[i];
+        report_scan_settled(d, c, now_ms);
         if (cand_ready(d, c) && now_ms >= c->last_ms + c->quiet_ms) {
             char how[64];
             snprintf(how, sizeof(how), "%lld ms quiet", (long long)c->quiet_ms);

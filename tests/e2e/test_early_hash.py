@@ -4,6 +4,7 @@ early hash (same size, new bytes) reaches the Hub with its final content."""
 
 import hashlib
 import os
+import signal
 import sys
 import time
 import unittest
@@ -58,6 +59,23 @@ class EarlyHash(h.HubTestCase):
         first_early = d.events("hash-early", file="model.safetensors")[0]["time"]
         self.assertLess(first_early, sealed_at)
         self.assertEqual(self.hub.sha256_at(repo, "main", "model.safetensors"), final)
+
+    def test_a_file_closed_before_its_folder_is_watched(self):
+        """The daemon adds a folder's watch after the folder exists: a file written and closed
+        before that is found by the folder's listing, never seen closing. Stopping the daemon
+        while the trainer writes makes that certain (a busy loop does it by chance)."""
+        watch, repo, d = self.start("unseen", quiet_ms=3000)
+        ckpt = os.path.join(watch, "checkpoint-10")
+        os.kill(d.proc.pid, signal.SIGSTOP)
+        try:
+            weights = write(os.path.join(ckpt, "model.safetensors"), os.urandom(2 * MIB))
+        finally:
+            os.kill(d.proc.pid, signal.SIGCONT)
+        d.wait_event("hash-early", timeout=10, file="model.safetensors")
+        self.assertEqual(d.events("sealed"), [], d.tail())
+        write(os.path.join(ckpt, "trainer_state.json"), b'{"global_step": 10}')
+        d.wait_event("committed", timeout=30, ckpt="checkpoint-10")
+        self.assertEqual(self.hub.sha256_at(repo, "main", "model.safetensors"), weights)
 
     def test_nothing_hashed_early_under_the_end_strategy(self):
         watch, _, d = self.start("end", "--strategy", "end")

@@ -978,6 +978,26 @@ static void test_ready_files(void)
     CHECK(ready_at(r, "checkpoint-1", "model.safetensors") == -1);
     CHECK(ready_at(r, "checkpoint-2", "model.safetensors") == 6);
     detect_free(d);
+
+    /* A folder created now is listed when its watch is added: a file already written and
+     * closed by then was never seen closing. Without a write for a while it is ready, long
+     * before the marker; one still being written is not. */
+    memset(r, 0, sizeof(*r));
+    d = make(r, 1000);
+    feed(d, r, 0, WATCH_CREATE, true, "checkpoint-9", NULL);
+    feed(d, r, 2, WATCH_SCANNED, false, "checkpoint-9/model.safetensors", NULL);
+    feed(d, r, 2, WATCH_SCANNED, false, "checkpoint-9/optimizer.pt", NULL);
+    feed(d, r, 30, WATCH_MODIFY, false, "checkpoint-9/optimizer.pt", NULL);
+    feed(d, r, 100, WATCH_SCANNED, false, "checkpoint-9/scheduler.pt", NULL);
+    CHECK(r->n_ready == 0);
+    feed(d, r, 400, WATCH_CLOSE_WRITE, false, "checkpoint-9/optimizer.pt", NULL);
+    CHECK(ready_at(r, "checkpoint-9", "model.safetensors") == 202);
+    CHECK(ready_at(r, "checkpoint-9", "scheduler.pt") == 300);
+    CHECK(ready_at(r, "checkpoint-9", "optimizer.pt") == 400 && r->n_ready == 3);
+    feed(d, r, 3000, WATCH_CLOSE_WRITE, false, "checkpoint-9/trainer_state.json", NULL);
+    finish(d, r);
+    CHECK(r->n_seals == 1 && all_ready_before_seal(r));
+    detect_free(d);
     free(r);
 }
 
