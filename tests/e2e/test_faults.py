@@ -162,6 +162,8 @@ class Faults(unittest.TestCase):
             client.pause()
         write_checkpoint(watch, 1, random.Random(3))
         d.wait_event("sealed", timeout=20, ckpt="checkpoint-1")
+        # its sealed record is in the journal (killed before, it is recovered as unsealed)
+        d.wait_event("push-state", timeout=20, ckpt="checkpoint-1", state="waiting")
         pins = os.path.join(watch, ".ckptpush", "pins")
         deadline = time.monotonic() + 10
         while True:  # pinned: every file linked
