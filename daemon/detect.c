@@ -144,6 +144,8 @@ struct detect_cand {
     bool settled;     /* file_ready was reported for every member once it was complete */
     bool live;        /* an event (not only a directory listing) touched it: being saved now */
     int64_t scan_settle_ms; /* when listed members quiet since their listing count as closed */
+    bool listed;            /* a folder in it was listed (the folder's watch added) ... */
+    int64_t listed_ms;      /* ... last at this time */
     unsigned replaced;      /* versions of a file replaced before the seal (coalesced) */
     size_t n_open;
     struct drec **members;
@@ -1405,6 +1407,8 @@ static bool seal_early(struct detect *d, struct detect_cand *c, int64_t now)
 {
     if (c->sealed || !c->layout->seal_on_delete)
         return false;
+    if (c->listed && now - c->listed_ms < SCAN_DELETE_RACE_MS)
+        c->doubtful = true; /* e.g. its context/ listed empty: its files already deleted */
     for (size_t i = 0; i < c->n_members && !c->doubtful; i++) {
         /* A scan lists what is left: files deleted before it left no trace, so whether it is
          * whole is unknown. Found complete and deleted later (rotation after a restart): the
@@ -1500,11 +1504,29 @@ static int on_dir_gone(struct detect *d, const char *path, int64_t now)
 }
 
 /* live: an event showed it (created or renamed in now), not a directory listing. */
+/* The watch lists a folder inside a checkpoint as soon as it is seen (its watch is added
+ * first): a file made and removed in it before that left no trace. (The checkpoint's own
+ * folder needs no such note: what its listing found is marked scanned, and what came after
+ * was seen written.) */
+static void note_listed(struct detect_cand *c, int64_t now)
+{
+    if (c != NULL && !c->sealed) {
+        c->listed = true;
+        c->listed_ms = now;
+    }
+}
+
 static int on_dir_seen(struct detect *d, const char *path, bool live, int64_t now)
 {
     struct match m;
     struct detect_cand *c;
-    if (!classify(d, path, true, &m) || !m.layout->folder || m.name_len != strlen(path))
+    if (!classify(d, path, true, &m))
+        return 0;
+    if (m.name_len < strlen(path)) {
+        note_listed(cand_named(d, path, m.name_len, m.layout->name), now);
+        return 0;
+    }
+    if (!m.layout->folder || m.name_len != strlen(path))
         return 0;
     int rc = cand_for(d, path, &m, now, &c);
     if (rc < 0)

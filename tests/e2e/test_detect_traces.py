@@ -161,12 +161,19 @@ class DetectTraces(unittest.TestCase):
         for ckpt in exp["sealed"]:
             full = prefix + ckpt if ckpt else prefix.rstrip("/")
             lo, hi = counts.get(ckpt, (1, 1))
+            if zero and ckpt == "":
+                # The output root is saved again as one model folder by each save_pretrained. At
+                # speed 0 the quiet period is 100 ms, and a replay stalled longer than that on a
+                # loaded machine between the weights and the tokenizer files seals the root
+                # first with the weights, then again with all of it: each version is pushed.
+                hi = max(hi, 2)
             if zero and deleted_in_replay(manifest, ckpt, prefix):
                 # Made, completed and deleted with no gap: it may be gone before the daemon's
                 # first look (inotify reports nothing of a directory before its watch exists).
                 lo = 0
             n = names.count(full)
-            self.assertTrue(lo <= n <= hi, f"'{full}' sealed {n} times\n{d.tail()}")
+            seals = "\n".join(r["line"] for r in sealed if r["kv"].get("ckpt") == full)
+            self.assertTrue(lo <= n <= hi, f"'{full}' sealed {n} times:\n{seals}\n{d.tail()}")
             want[full] = ckpt
         self.assertEqual(sorted(set(names) - set(want)), [], f"unexpected seals\n{d.tail()}")
         for rec in sealed:
@@ -180,8 +187,8 @@ class DetectTraces(unittest.TestCase):
                 self.assertEqual(rec["kv"].get("layout"), layout, rec["line"])
             if ckpt in exp.get("files", {}):
                 self.assertEqual(int(rec["kv"].get("files", -1)), exp["files"][ckpt], rec["line"])
-            if counts.get(ckpt, (1, 1))[1] > 1:
-                continue  # a file replaced in place: each seal follows its own version
+            if rec is not [r for r in sealed if r["kv"]["ckpt"] == full][-1]:
+                continue  # sealed again: each seal follows its own version; the last all of it
             last = last_write(manifest, ckpt, prefix)
             if last is None:
                 continue

@@ -1148,6 +1148,28 @@ static void test_rotation_under_way_at_scan(void)
     feed(d, r, 2004, WATCH_DELETE, true, "ckpts/m--step=9", NULL);
     finish(d, r);
     CHECK(r->n_seals == 1 && find_seal(r, "ckpts/m--step=9") == NULL);
+    /* Listed when its files were already deleted (the daemon behind the rotation): the
+     * subfolder looks empty, not unknown, but its rotation follows the listing at once. */
+    feed(d, r, 3000, WATCH_CREATE, true, "ckpts/m--step=10", NULL);
+    feed(d, r, 3000, WATCH_CLOSE_WRITE, false, "ckpts/m--step=10-unfinished", NULL);
+    feed(d, r, 3000, WATCH_CLOSE_WRITE, false, "ckpts/m--step=10/__0_0.distcp", NULL);
+    feed(d, r, 3001, WATCH_CREATE, true, "ckpts/m--step=10/context", NULL);
+    feed(d, r, 3002, WATCH_DELETE, false, "ckpts/m--step=10-unfinished", NULL);
+    feed(d, r, 3003, WATCH_DELETE, false, "ckpts/m--step=10/__0_0.distcp", NULL);
+    feed(d, r, 3004, WATCH_DELETE, true, "ckpts/m--step=10/context", NULL);
+    feed(d, r, 3005, WATCH_DELETE, true, "ckpts/m--step=10", NULL);
+    finish(d, r);
+    CHECK(r->n_seals == 1 && find_seal(r, "ckpts/m--step=10") == NULL);
+    /* The same rotation long after the subfolder was listed (and its file seen written). */
+    feed(d, r, 4000, WATCH_CREATE, true, "ckpts/m--step=11", NULL);
+    feed(d, r, 4000, WATCH_CLOSE_WRITE, false, "ckpts/m--step=11-unfinished", NULL);
+    feed(d, r, 4000, WATCH_CLOSE_WRITE, false, "ckpts/m--step=11/__0_0.distcp", NULL);
+    feed(d, r, 4001, WATCH_CREATE, true, "ckpts/m--step=11/context", NULL);
+    feed(d, r, 4002, WATCH_CLOSE_WRITE, false, "ckpts/m--step=11/context/io.json", NULL);
+    feed(d, r, 4003, WATCH_DELETE, false, "ckpts/m--step=11-unfinished", NULL);
+    feed(d, r, 4080, WATCH_DELETE, false, "ckpts/m--step=11/__0_0.distcp", NULL);
+    s = find_seal(r, "ckpts/m--step=11");
+    CHECK(r->n_seals == 2 && s != NULL && s->n_files == 2 && s->at_ms == 4080);
     detect_free(d);
     free(r);
 }
