@@ -697,31 +697,48 @@ static int cmd_watch(struct conn *c, int argc, char **argv)
 
 static int cmd_push(struct conn *c, int argc, char **argv)
 {
-    char path[PATH_MAX];
+    char path[PATH_MAX], why[160];
+    const char *arg = NULL, *message = NULL;
     cJSON *f, *r = NULL;
     int code;
 
-    if (argc != 1)
-        return usage_error(argc == 0 ? "push needs a PATH" : "push takes one PATH");
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--message") == 0) {
+            if (i + 1 >= argc)
+                return usage_error("--message needs the commit title");
+            message = argv[++i];
+        } else if (arg == NULL) {
+            arg = argv[i];
+        } else {
+            return usage_error("push takes one PATH");
+        }
+    }
+    if (arg == NULL)
+        return usage_error("push needs a PATH");
+    /* The daemon's rule, checked before connecting: a typo costs no round trip. */
+    if (message != NULL && ipc_proto_check_push_message(message, why, sizeof(why)) < 0)
+        return usage_error("--message %s", why);
     /* Relative to where the user stands, not to the daemon's watched root; a missing path is
      * left for the daemon to report. */
-    if (realpath(argv[0], path) != NULL) {
+    if (realpath(arg, path) != NULL) {
         /* Resolved here: the daemon may run elsewhere in the tree. */
-    } else if (argv[0][0] == '/') {
-        snprintf(path, sizeof(path), "%s", argv[0]);
+    } else if (arg[0] == '/') {
+        snprintf(path, sizeof(path), "%s", arg);
     } else {
         char cwd[PATH_MAX];
         if (getcwd(cwd, sizeof(cwd)) == NULL) {
             errorf("cannot get the current directory: %s", strerror(errno));
             return IPC_EXIT_FAILED;
         }
-        if ((size_t)snprintf(path, sizeof(path), "%s/%s", cwd, argv[0]) >= sizeof(path)) {
-            errorf("path '%s' is too long", argv[0]);
+        if ((size_t)snprintf(path, sizeof(path), "%s/%s", cwd, arg) >= sizeof(path)) {
+            errorf("path '%s' is too long", arg);
             return IPC_EXIT_USAGE;
         }
     }
     f = cJSON_CreateObject();
     cJSON_AddStringToObject(f, "path", path);
+    if (message != NULL)
+        cJSON_AddStringToObject(f, "message", message);
     code = call(c, IPC_TYPE_PUSH, f, REPLY_TIMEOUT_MS, &r);
     if (code != 0)
         return code;
@@ -870,6 +887,8 @@ static int cmd_shutdown(struct conn *c, int argc, char **argv)
                                : simple(c, IPC_TYPE_SHUTDOWN, "daemon is shutting down");
 }
 
+_Static_assert(IPC_MAX_PUSH_MESSAGE == 200, "push's help text names the limit");
+
 static const struct command commands[] = {
     {"status", "status [--json]",
      "Show every checkpoint: state, progress, bytes, rate, ETA, last error. Progress bars when\n"
@@ -879,9 +898,10 @@ static const struct command commands[] = {
      "Follow the daemon live until every checkpoint is committed or failed: a redrawn table on\n"
      "a terminal, one line per event otherwise (--json: one JSON object per line).",
      cmd_watch},
-    {"push", "push PATH [--json]",
+    {"push", "push PATH [--message TEXT] [--json]",
      "Seal the file or directory PATH (relative to the current directory) and push it now, even\n"
-     "when it lies outside the watched directory.",
+     "when it lies outside the watched directory. --message gives its commit the title TEXT\n"
+     "(one line, at most 200 bytes) instead of the daemon's; too late once it is committed.",
      cmd_push},
     {"final", "final [--wait] [--timeout S] [--metrics-json FILE] [--hparams-json FILE] [--json]",
      "Training ended: seal what is complete and push the end-of-training commit. FILEs hold\n"

@@ -122,6 +122,8 @@ static void on_push_queued(void *ctx, const struct ckpt_err *err, const char *co
 static void do_push(struct control *c, struct ipc_request *req)
 {
     const cJSON *path = cJSON_GetObjectItemCaseSensitive(ipc_request_json(req), "path");
+    /* ipc.c checked it: absent, null, or a valid title */
+    const cJSON *message = cJSON_GetObjectItemCaseSensitive(ipc_request_json(req), "message");
     struct control_op *op;
     int r;
 
@@ -137,7 +139,9 @@ static void do_push(struct control *c, struct ipc_request *req)
     op->what = "push";
     op->req = req;
     log_info("ipc-push", "path='%s'", path->valuestring);
-    if ((r = daemon_push_path(c->daemon, path->valuestring, on_push_queued, op)) < 0) {
+    if ((r = daemon_push_path(c->daemon, path->valuestring,
+                              cJSON_IsString(message) ? message->valuestring : NULL, on_push_queued,
+                              op)) < 0) {
         char msg[PATH_MAX + 64];
         snprintf(msg, sizeof(msg), "cannot push '%s': %s", op->path, strerror(-r));
         ipc_reply_error(req, IPC_ERR_FAILED, msg);

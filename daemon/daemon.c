@@ -978,7 +978,8 @@ struct explicit_push {
     struct daemon *daemon;
     daemon_done_cb cb;
     void *ctx;
-    char *path; /* absolute */
+    char *path;    /* absolute */
+    char *message; /* the commit title asked for, or NULL */
     char **files;
     size_t count;
     size_t cap;
@@ -1069,6 +1070,21 @@ static void list_files_work(uv_work_t *work)
         qsort(e->files, e->count, sizeof(*e->files), compare_paths);
 }
 
+/* A client's commit title for the checkpoint its push concerns. Too late for one committed
+ * already: the push is still answered, the log says the title went unused. */
+static void use_push_message(struct daemon *d, const char *name, const char *message)
+{
+    const char *why = NULL;
+
+    if (message == NULL)
+        return;
+    if (queue_set_title(d->queue, name, message, &why) < 0)
+        log_warn("push-message-ignored", "ckpt='%s' message='%s' reason='%s'", name, message,
+                 why != NULL ? why : "unknown");
+    else
+        log_info("push-message", "ckpt='%s' message='%s'", name, message);
+}
+
 static void list_files_done(uv_work_t *work, int status)
 {
     struct explicit_push *e = work->data;
@@ -1094,18 +1110,20 @@ static void list_files_done(uv_work_t *work, int status)
         log_error("push-failed", "path='%s' reason='%s'", e->path, err.msg);
     } else {
         log_info("push-requested", "path='%s' files=%zu", e->path, e->count);
+        use_push_message(d, base, e->message);
     }
     e->cb(e->ctx, rc < 0 ? &err : NULL, NULL);
     for (size_t i = 0; i < e->count; i++)
         free(e->files[i]);
     free(e->files);
     free(e->path);
+    free(e->message);
     free(e);
 }
 
 /* A path inside the watched tree that the detector knows is sealed now rather than pushed a
  * second time beside it. Returns true when that took care of the request. */
-static bool push_known_checkpoint(struct daemon *d, const char *abs)
+static bool push_known_checkpoint(struct daemon *d, const char *abs, const char *message)
 {
     size_t root_len = strlen(d->cfg->watch_dir);
     const char *rel;
@@ -1115,15 +1133,19 @@ static bool push_known_checkpoint(struct daemon *d, const char *abs)
     rel = abs + root_len + 1;
     detect_seal_all_complete(d->detect, now_ms(d));
     rearm_detect_timer(d);
-    if (queue_retry_failed(d->queue, rel))
-        return true; /* a failed push, retried from its pins */
+    if (queue_retry_failed(d->queue, rel)) {
+        use_push_message(d, rel, message); /* a failed push, retried from its pins */
+        return true;
+    }
     if (!queue_knows(d->queue, rel))
         return false;
     log_info("push-requested", "path='%s' reason='already sealed by the watcher'", abs);
+    use_push_message(d, rel, message);
     return true;
 }
 
-int daemon_push_path(struct daemon *d, const char *path, daemon_done_cb cb, void *ctx)
+int daemon_push_path(struct daemon *d, const char *path, const char *message, daemon_done_cb cb,
+                     void *ctx)
 {
     struct explicit_push *e;
     char joined[PATH_MAX];
@@ -1138,11 +1160,14 @@ int daemon_push_path(struct daemon *d, const char *path, daemon_done_cb cb, void
         joined[strlen(joined) - 1] = '\0';
     if (d->stopping)
         return -ESHUTDOWN;
-    if (push_known_checkpoint(d, joined)) {
+    if (push_known_checkpoint(d, joined, message)) {
         cb(ctx, NULL, NULL);
         return 0;
     }
-    if ((e = calloc(1, sizeof(*e))) == NULL || (e->path = strdup(joined)) == NULL) {
+    if ((e = calloc(1, sizeof(*e))) == NULL || (e->path = strdup(joined)) == NULL ||
+        (message != NULL && (e->message = strdup(message)) == NULL)) {
+        if (e != NULL)
+            free(e->path);
         free(e);
         return -ENOMEM;
     }

@@ -32,8 +32,11 @@ typedef void (*daemon_event_cb)(void *ctx, const char *event, const struct cJSON
 int daemon_status(struct daemon *d, struct cJSON *out);
 /* Seal the file or directory at path (absolute, or relative to the watched root) and queue it
  * now; it may lie outside the watched tree. A checkpoint the daemon already sealed is not queued
- * twice. cb(ctx, NULL, NULL) once it is queued, or with the reason it cannot be. */
-int daemon_push_path(struct daemon *d, const char *path, daemon_done_cb cb, void *ctx);
+ * twice. message (NULL: the strategy's) is the title of its commit; one that comes too late (the
+ * checkpoint is committed already) is logged as ignored, the push itself still answered. cb(ctx,
+ * NULL, NULL) once it is queued, or with the reason it cannot be. */
+int daemon_push_path(struct daemon *d, const char *path, const char *message, daemon_done_cb cb,
+                     void *ctx);
 /* Training ended: seal everything complete, push the end-of-training commit (metrics and
  * hyperparameters, both optional objects, feed the model card), cb when it is committed or
  * failed. */

@@ -81,6 +81,8 @@ struct field_rule {
     const char *name;
     enum field_kind kind;
     bool required;
+    /* A string's value rule beyond its type (ipc_proto.h), or NULL. */
+    int (*check_string)(const char *value, char *why, size_t why_size);
 };
 
 struct type_rule {
@@ -89,17 +91,19 @@ struct type_rule {
 };
 
 static const struct type_rule type_rules[] = {
-    {IPC_TYPE_STATUS, {{NULL, 0, 0}}},
-    {IPC_TYPE_PUSH, {{"path", FIELD_STRING, true}}},
+    {IPC_TYPE_STATUS, {{NULL, 0, 0, NULL}}},
+    {IPC_TYPE_PUSH,
+     {{"path", FIELD_STRING, true, NULL},
+      {"message", FIELD_STRING, false, ipc_proto_check_push_message}}},
     {IPC_TYPE_FINAL,
-     {{"metrics", FIELD_OBJECT, false},
-      {"hparams", FIELD_OBJECT, false},
-      {"wait", FIELD_BOOL, false}}},
-    {IPC_TYPE_PAUSE, {{NULL, 0, 0}}},
-    {IPC_TYPE_RESUME, {{NULL, 0, 0}}},
-    {IPC_TYPE_FLUSH, {{"timeout_s", FIELD_NUMBER, false}}},
-    {IPC_TYPE_SUBSCRIBE, {{NULL, 0, 0}}},
-    {IPC_TYPE_SHUTDOWN, {{NULL, 0, 0}}},
+     {{"metrics", FIELD_OBJECT, false, NULL},
+      {"hparams", FIELD_OBJECT, false, NULL},
+      {"wait", FIELD_BOOL, false, NULL}}},
+    {IPC_TYPE_PAUSE, {{NULL, 0, 0, NULL}}},
+    {IPC_TYPE_RESUME, {{NULL, 0, 0, NULL}}},
+    {IPC_TYPE_FLUSH, {{"timeout_s", FIELD_NUMBER, false, NULL}}},
+    {IPC_TYPE_SUBSCRIBE, {{NULL, 0, 0, NULL}}},
+    {IPC_TYPE_SHUTDOWN, {{NULL, 0, 0, NULL}}},
 };
 
 static const char *const field_kind_names[] = {
@@ -418,12 +422,35 @@ static bool request_check(const cJSON *json, struct ipc_parsed *ret)
                 ret->code = IPC_ERR_BAD_REQUEST;
                 return false;
             }
+            if (fr->check_string != NULL) {
+                char why[160];
+                if (fr->check_string(item->valuestring, why, sizeof(why)) < 0) {
+                    snprintf(msg, size, "field '%s' of '%s' %s", fr->name, rule->type, why);
+                    ret->code = IPC_ERR_BAD_REQUEST;
+                    return false;
+                }
+            }
         }
         ret->type = rule->type;
         return true;
     }
     snprintf(msg, size, "unknown request type '%.64s'", type->valuestring);
     ret->code = IPC_ERR_UNKNOWN_TYPE;
+    return false;
+}
+
+/* cJSON turns an escaped NUL into a real one and so cuts the string there: "a\u0000b" would
+ * reach the handler as "a", a different value from the one sent. Only valid JSON comes here, where
+ * every backslash starts an escape, so no string tracking is needed. */
+static bool has_escaped_nul(const char *line, size_t len)
+{
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (line[i] != '\\')
+            continue;
+        if (line[i + 1] == 'u' && i + 6 <= len && memcmp(line + i + 2, "0000", 4) == 0)
+            return true;
+        i++; /* the escaped character: "\\" must not start another escape */
+    }
     return false;
 }
 
@@ -458,6 +485,12 @@ int ipc_parse_request(char *line, size_t len, struct ipc_parsed *ret)
         return -EINVAL;
     }
     ret->id = id;
+    if (has_escaped_nul(line, len)) {
+        ret->code = IPC_ERR_BAD_REQUEST;
+        snprintf(ret->message, sizeof(ret->message),
+                 "request contains \\u0000 in a string: NUL characters are not allowed");
+        return -EINVAL;
+    }
     if (!request_check(ret->json, ret))
         return -EINVAL;
     ret->code = NULL;

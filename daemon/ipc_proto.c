@@ -1,5 +1,7 @@
-/* ipc_proto.c - the default socket path rule of ipc_proto.h. Pure functions over libc, compiled
- * into both ckptcore and the ckptpush client; any thread.
+/* ipc_proto.c - the rules of ipc_proto.h both sides apply: the default socket path and the
+ * values a field may hold beyond its JSON type (push's message), so that the client refuses what
+ * the daemon would. Pure functions over libc, compiled into both ckptcore and the ckptpush
+ * client; any thread.
  */
 #include "ipc_proto.h"
 
@@ -9,6 +11,31 @@
 #include <string.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+int ipc_proto_check_push_message(const char *message, char *why, size_t why_size)
+{
+    size_t len = strlen(message);
+
+    if (len == 0) {
+        snprintf(why, why_size, "must not be empty");
+        return -EINVAL;
+    }
+    if (len > IPC_MAX_PUSH_MESSAGE) {
+        snprintf(why, why_size, "must be at most %d bytes, not %zu", IPC_MAX_PUSH_MESSAGE, len);
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)message[i];
+        if (c < 0x20 || c == 0x7f) {
+            snprintf(why, why_size,
+                     "must not contain control characters (byte 0x%02x at offset %zu): a commit "
+                     "title is one line",
+                     c, i);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
 
 int ipc_proto_job_name(char *dst, size_t dst_size, const char *name_or_dir)
 {

@@ -32,10 +32,13 @@
 #define IPC_FLUSH_MAX_S 86400
 /* A job name after sanitizing (see ipc_proto_job_name). */
 #define IPC_MAX_JOB 64
+/* push: the longest "message" (commit title), in bytes. The Hub shows a title on one line and
+ * git tools cut long ones; transformers' own titles are well under this. */
+#define IPC_MAX_PUSH_MESSAGE 200
 
 /* Request types ("type"). */
 #define IPC_TYPE_STATUS "status"       /* -> {"daemon":{...},"checkpoints":[...]} */
-#define IPC_TYPE_PUSH "push"           /* "path": string -> {"path"} */
+#define IPC_TYPE_PUSH "push"           /* "path", "message": string -> {"path"} */
 #define IPC_TYPE_FINAL "final"         /* "metrics","hparams": object, "wait": bool */
 #define IPC_TYPE_PAUSE "pause"         /* -> {"paused":true} */
 #define IPC_TYPE_RESUME "resume"       /* -> {"paused":false} */
@@ -74,6 +77,10 @@ enum ipc_exit {
     IPC_EXIT_TIMEOUT = 5,   /* --timeout ran out, or flush's deadline passed */
 };
 
+/* Checks push's "message" (a commit title): not empty, at most IPC_MAX_PUSH_MESSAGE bytes, no
+ * control characters (a newline would make it a title plus a description). Returns 0, or -EINVAL
+ * with why set to what is wrong, a phrase that follows "field 'message' of 'push' ". */
+int ipc_proto_check_push_message(const char *message, char *why, size_t why_size);
 /* The job name: the last path component of name_or_dir (trailing '/' ignored), each byte outside
  * [A-Za-z0-9._-] replaced by '_', a leading '.' replaced by '_', cut to IPC_MAX_JOB bytes; empty
  * becomes "default". Returns 0, or -EINVAL when dst_size <= IPC_MAX_JOB. */

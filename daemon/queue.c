@@ -69,6 +69,7 @@ struct item {
     uint64_t upload_started_ms;
     uint64_t finished_ms;
     struct strategy_plan plan;
+    char *title; /* a client's commit title (queue_set_title): replaces the plan's message */
     char **local_paths;
     struct journal_file *stats; /* plan.count, after the stat step */
     bool *present;
@@ -183,6 +184,7 @@ static void item_free(struct item *it)
     free(it->name);
     free(it->layout);
     free(it->source_dir);
+    free(it->title);
     free(it->error);
     free(it);
 }
@@ -902,6 +904,18 @@ static void after_stat(uv_work_t *w, int status)
     on_deferred_sealed(it, 0);
 }
 
+/* The client's title over the strategy's message, for the plan just made or in flight. */
+static int use_title(struct item *it)
+{
+    char *copy = strdup(it->title);
+
+    if (copy == NULL)
+        return -ENOMEM;
+    free(it->plan.message);
+    it->plan.message = copy;
+    return 0;
+}
+
 static void stat_files(struct queue *q, struct item *it)
 {
     char path[PATH_MAX];
@@ -910,6 +924,8 @@ static void stat_files(struct queue *q, struct item *it)
 
     if ((rc = strategy_plan(q->deps.cfg->strategy, it->layout, it->name, it->step,
                             (const char *const *)it->files, it->file_count, &it->plan)) < 0)
+        goto fail;
+    if (it->title != NULL && (rc = use_title(it)) < 0)
         goto fail;
     size_t dropped = strategy_filter(&it->plan, q->deps.cfg->include, q->deps.cfg->exclude);
     if (dropped > 0)
@@ -1874,8 +1890,10 @@ bool queue_retry_failed(struct queue *q, const char *name)
             return false; /* its newest push did not fail */
         it = item_new(q, old->id, old->name, old->layout, old->step, NULL,
                       (const char *const *)old->files, old->file_count);
-        if (it == NULL)
+        if (it == NULL || (old->title != NULL && (it->title = strdup(old->title)) == NULL)) {
+            item_free(it);
             return false;
+        }
         log_info("push-retry", "ckpt='%s' reason='asked for: it failed with %s'", it->name,
                  old->error ? old->error : "an error");
         it->journaled = true; /* its sealed record is in the journal, with its pins */
@@ -1907,6 +1925,63 @@ bool queue_knows(const struct queue *q, const char *name)
             return true;
     }
     return false;
+}
+
+/* The last one waiting of this name (an explicit push of the same path again queues it behind the
+ * first), else the one in flight. */
+static struct item *pending_named(const struct queue *q, const char *name)
+{
+    struct item *found = NULL;
+
+    for (struct item *it = q->head; it != NULL; it = it->next)
+        if (strcmp(it->name, name) == 0)
+            found = it;
+    if (found == NULL && q->active != NULL && strcmp(q->active->name, name) == 0)
+        found = q->active;
+    return found;
+}
+
+int queue_set_title(struct queue *q, const char *name, const char *title, const char **ret_reason)
+{
+    struct item *it = pending_named(q, name);
+    char *copy;
+    int rc;
+
+    if (it == NULL) {
+        size_t kept = q->history_next < QUEUE_HISTORY ? q->history_next : QUEUE_HISTORY;
+        for (size_t i = 1; i <= kept; i++) {
+            const struct item *old = q->history[(q->history_next - i) % QUEUE_HISTORY];
+            if (strcmp(old->name, name) != 0)
+                continue;
+            *ret_reason = old->state == QUEUE_COMMITTED ? "it is committed already"
+                          : old->state == QUEUE_SKIPPED
+                              ? "it was not pushed (skipped or superseded)"
+                              : "its push ended";
+            return old->state == QUEUE_COMMITTED ? -EALREADY : -ENOENT;
+        }
+        *ret_reason = "no checkpoint of that name is waiting or being pushed";
+        return -ENOENT;
+    }
+    if (it->part_off > 0) {
+        *ret_reason = "the first of its commits is made already";
+        return -EALREADY;
+    }
+    if (it->upload != NULL && (rc = upload_set_message(it->upload, title)) < 0) {
+        *ret_reason = rc == -EALREADY ? "its commit is being made" : "out of memory";
+        return rc;
+    }
+    if ((copy = strdup(title)) == NULL) {
+        *ret_reason = "out of memory";
+        return -ENOMEM;
+    }
+    free(it->title);
+    it->title = copy;
+    if (it->plan.message != NULL && use_title(it) < 0) {
+        *ret_reason = "out of memory";
+        return -ENOMEM;
+    }
+    *ret_reason = NULL;
+    return 0;
 }
 
 void queue_stop(struct queue *q)

@@ -111,6 +111,11 @@ bool queue_knows(const struct queue *q, const char *name);
 /* A checkpoint of this name whose last push failed (it kept its pins) goes to the head of the
  * line again; false when there is none. */
 bool queue_retry_failed(struct queue *q, const char *name);
+/* Gives the checkpoint of this name that is waiting or in flight the commit title a client chose
+ * (push's "message", e.g. a Trainer's "Training in progress, epoch 3") instead of the strategy's;
+ * a retry after a failure keeps it. Returns 0, or -EALREADY (its commit is made or being made),
+ * -ENOENT (none waiting or in flight) or -ENOMEM, with *ret_reason saying why in words. */
+int queue_set_title(struct queue *q, const char *name, const char *title, const char **ret_reason);
 /* Cancels the push in flight (it ends failed; its pins are kept) and starts no other. */
 void queue_stop(struct queue *q);
 /* Only when nothing is in flight (after the loop ran down). */

@@ -1181,6 +1181,19 @@ static void upload_enter(struct upload *u, enum upload_state s)
 
 /* ---- public API -------------------------------------------------------------------------- */
 
+int upload_set_message(struct upload *u, const char *commit_message)
+{
+    char *copy;
+
+    if (u->commit_attempts > 0 || u->state == UP_COMMIT || u->state == UP_DONE)
+        return -EALREADY;
+    if ((copy = strdup(commit_message)) == NULL)
+        return -ENOMEM;
+    free(u->message);
+    u->message = copy;
+    return 0;
+}
+
 int upload_start(struct upload **ret, struct hub *hub, struct hash_pool *hashes,
                  const struct upload_file *files, size_t n, const char *commit_message,
                  const struct upload_opts *opts, upload_done_cb cb, void *ctx)

@@ -72,6 +72,9 @@ int upload_start(struct upload **ret, struct hub *hub, struct hash_pool *hashes,
                  const struct upload_file *files, size_t n, const char *commit_message,
                  const struct upload_opts *opts, upload_done_cb cb, void *ctx);
 void upload_get_progress(const struct upload *u, struct upload_progress *ret);
+/* Replaces the commit message while the commit is not yet asked for. Returns 0, -EALREADY once
+ * the commit was sent (a retried commit keeps what the first one said), or -ENOMEM. */
+int upload_set_message(struct upload *u, const char *commit_message);
 /* Stops everything in flight; cb runs later with the cancelled error (unless it already ran). */
 void upload_cancel(struct upload *u);
 /* NULL-safe. After cb ran: frees now. Before: cancels, never calls cb, and frees once the work in

@@ -1,8 +1,10 @@
 """The trainer callbacks of client/python with duck-typed Trainer / Lightning objects (neither
 transformers nor Lightning is needed): with no daemon they warn once and never raise; against a
-real ckptpushd (with --socket) they push the checkpoint just written, send final with metrics
-and hyperparameters, and warn loudly when a push failed."""
+real ckptpushd (with --socket) they push the checkpoint just written (the transformers one with
+the commit title Trainer would give it: "Training in progress, epoch N" when saving by epoch),
+send final with metrics and hyperparameters, and warn loudly when a push failed."""
 
+import enum
 import json
 import os
 import signal
@@ -15,6 +17,7 @@ sys.path.insert(0, HERE)
 import ckpt_harness as h  # noqa: E402
 
 sys.path.insert(0, os.path.join(h.SOURCE_DIR, "client", "python"))
+from ckptpush import Client  # noqa: E402
 from ckptpush import lightning as ck_lightning  # noqa: E402
 from ckptpush import transformers as ck_transformers  # noqa: E402
 from ckptpush._notifier import CkptpushWarning  # noqa: E402
@@ -35,9 +38,17 @@ class Args:
                 "num_train_epochs": self.num_train_epochs}
 
 
+class SaveStrategy(str, enum.Enum):
+    """transformers' SaveStrategy / IntervalStrategy: a str enum whose str() is not its value."""
+
+    STEPS = "steps"
+    EPOCH = "epoch"
+
+
 class State:
-    def __init__(self, step):
+    def __init__(self, step, epoch=None):
         self.global_step = step
+        self.epoch = epoch
         self.is_world_process_zero = True
         self.log_history = [{"loss": 2.0, "step": 5}, {"loss": 1.5, "step": step},
                             {"eval_loss": 1.7, "step": step}]
@@ -104,6 +115,26 @@ class NoDaemon(unittest.TestCase):
             self.assertEqual(cb.pushed, [])
 
 
+class CommitTitle(unittest.TestCase):
+    """The title Trainer's own push would give the checkpoint (trainer.py _push_from_checkpoint:
+    the step under "steps", else int(state.epoch))."""
+
+    def title(self, strategy, step, epoch):
+        args = Args("/out")
+        if strategy is not None:
+            args.save_strategy = strategy
+        return ck_transformers.commit_title(args, State(step, epoch))
+
+    def test_titles(self):
+        for strategy in (SaveStrategy.EPOCH, "epoch", "best"):
+            self.assertEqual(self.title(strategy, 500, 2.0), "Training in progress, epoch 2")
+        # int() cuts, as Trainer's does: a save just before the epoch ends is the epoch before
+        self.assertEqual(self.title("epoch", 499, 2.9999), "Training in progress, epoch 2")
+        for strategy in (SaveStrategy.STEPS, "steps", None):
+            self.assertEqual(self.title(strategy, 500, 2.0), "Training in progress, step 500")
+        self.assertEqual(self.title("epoch", 500, None), "Training in progress, step 500")
+
+
 class WithDaemon(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -116,6 +147,26 @@ class WithDaemon(unittest.TestCase):
     def tearDownClass(cls):
         cls.daemon.stop(signal.SIGTERM, 30)
         cls.hub.stop()
+
+    def test_0_transformers_epoch_title(self):
+        cb = ck_transformers.CkptpushCallback(socket_path=self.sock)
+        args = Args(self.watch)
+        args.save_strategy = SaveStrategy.EPOCH
+        ckpt = os.path.join(self.watch, "checkpoint-40")
+        with Client(socket_path=self.sock) as c:
+            # Paused, the checkpoint waits after the push seals it, whatever the watcher's timing.
+            c.pause()
+            write_checkpoint(ckpt, 40)
+            cb.on_save(args, State(40, epoch=2.0), None)
+            c.resume()
+        self.assertEqual(cb.failures, [])
+        self.assertEqual(cb.pushed, [ckpt])
+        title = "Training in progress, epoch 2"
+        self.daemon.wait_event("push-message", timeout=10, ckpt="checkpoint-40", message=title)
+        done = self.daemon.wait_event("committed", timeout=30, ckpt="checkpoint-40")
+        self.assertEqual(done[0]["kv"].get("message"), title)
+        titles = [h.commit_title(c) for c in self.hub.commits(self.repo)]
+        self.assertEqual(titles[0], title)
 
     def test_1_transformers(self):
         cb = ck_transformers.CkptpushCallback(socket_path=self.sock, wait=True,

@@ -211,6 +211,9 @@ def ipc_seeds():
         {"v": 1, "id": 4, "type": "flush", "timeout_s": 30},
         {"v": 1, "type": "subscribe"}, {"v": 1, "type": "shutdown"},
         {"v": 2, "type": "status"}, {"v": 1, "type": "push"}, {"v": 1, "type": "nope"},
+        {"v": 1, "id": 5, "type": "push", "path": "checkpoint-20",
+         "message": "Training in progress, epoch 2"},
+        {"v": 1, "id": 6, "type": "push", "path": "checkpoint-30", "message": "a\nb\u0000c"},
     ]
     # First byte: the fuzzer's read size and mode (see fuzz_ipc.c).
     put("fuzz_ipc", "all-types", b"\x07" + b"".join(json.dumps(r).encode() + b"\n"

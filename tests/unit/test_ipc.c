@@ -711,6 +711,98 @@ static void check_proto_paths(void)
     }
 }
 
+/* Parses one request line (copied: the parser cuts a '\r' in place); returns its result and
+ * leaves the answer in *p. */
+static int parse_line(const char *line, struct ipc_parsed *p)
+{
+    char buf[1024];
+    size_t len = strlen(line);
+    int r;
+
+    REQUIRE(len < sizeof(buf));
+    memcpy(buf, line, len + 1);
+    r = ipc_parse_request(buf, len, p);
+    cJSON_Delete(p->json);
+    p->json = NULL;
+    return r;
+}
+
+static void check_push_message_rules(void)
+{
+    struct ipc_parsed p;
+    char line[512], long_title[IPC_MAX_PUSH_MESSAGE + 2];
+
+    CHECK_INT(parse_line("{\"v\":1,\"type\":\"push\",\"path\":\"c\",\"message\":"
+                         "\"Training in progress, epoch 2\"}",
+                         &p),
+              1);
+    CHECK_STR(p.type, IPC_TYPE_PUSH);
+    /* null is "not given", as for every optional field */
+    CHECK_INT(parse_line("{\"v\":1,\"type\":\"push\",\"path\":\"c\",\"message\":null}", &p), 1);
+    /* UTF-8 beyond ASCII is a title like any other */
+    CHECK_INT(parse_line("{\"v\":1,\"type\":\"push\",\"path\":\"c\",\"message\":\"\u00e9poque "
+                         "\xc3\xa9\"}",
+                         &p),
+              1);
+
+    CHECK_INT(parse_line("{\"v\":1,\"id\":3,\"type\":\"push\",\"path\":\"c\",\"message\":7}", &p),
+              -EINVAL);
+    CHECK_STR(p.code, IPC_ERR_BAD_REQUEST);
+    CHECK(strstr(p.message, "field 'message' of 'push' must be a string") != NULL);
+    CHECK(p.id != NULL);
+
+    CHECK_INT(parse_line("{\"v\":1,\"type\":\"push\",\"path\":\"c\",\"message\":\"\"}", &p),
+              -EINVAL);
+    CHECK_STR(p.code, IPC_ERR_BAD_REQUEST);
+    CHECK(strstr(p.message, "'message'") != NULL && strstr(p.message, "empty") != NULL);
+
+    memset(long_title, 'x', IPC_MAX_PUSH_MESSAGE);
+    long_title[IPC_MAX_PUSH_MESSAGE] = '\0';
+    snprintf(line, sizeof(line), "{\"v\":1,\"type\":\"push\",\"path\":\"c\",\"message\":\"%s\"}",
+             long_title);
+    CHECK_INT(parse_line(line, &p), 1);
+    strcat(long_title, "x");
+    snprintf(line, sizeof(line), "{\"v\":1,\"type\":\"push\",\"path\":\"c\",\"message\":\"%s\"}",
+             long_title);
+    CHECK_INT(parse_line(line, &p), -EINVAL);
+    CHECK_STR(p.code, IPC_ERR_BAD_REQUEST);
+    CHECK(strstr(p.message, "'message'") != NULL && strstr(p.message, "at most 200 bytes") != NULL);
+
+    CHECK_INT(parse_line("{\"v\":1,\"type\":\"push\",\"path\":\"c\",\"message\":\"a\\nb\"}", &p),
+              -EINVAL);
+    CHECK_STR(p.code, IPC_ERR_BAD_REQUEST);
+    CHECK(strstr(p.message, "'message'") != NULL && strstr(p.message, "control") != NULL);
+    CHECK_INT(
+        parse_line("{\"v\":1,\"type\":\"push\",\"path\":\"c\",\"message\":\"a\\u001fb\"}", &p),
+        -EINVAL);
+    CHECK(strstr(p.message, "0x1f") != NULL);
+    CHECK_INT(parse_line("{\"v\":1,\"type\":\"push\",\"path\":\"c\",\"message\":\"a\\u007f\"}", &p),
+              -EINVAL);
+}
+
+/* cJSON ends a string at an escaped NUL: the request must be refused, not acted on cut short,
+ * whichever string holds it. An escaped backslash before "u0000" is no NUL. */
+static void check_escaped_nul(void)
+{
+    struct ipc_parsed p;
+
+    CHECK_INT(parse_line("{\"v\":1,\"id\":9,\"type\":\"push\",\"path\":\"c\",\"message\":"
+                         "\"ok\\u0000evil\"}",
+                         &p),
+              -EINVAL);
+    CHECK_STR(p.code, IPC_ERR_BAD_REQUEST);
+    CHECK(strstr(p.message, "\\u0000") != NULL && strstr(p.message, "NUL") != NULL);
+    CHECK(p.id != NULL);
+    CHECK_INT(parse_line("{\"v\":1,\"type\":\"push\",\"path\":\"ckpt\\u0000/../x\"}", &p), -EINVAL);
+    CHECK_STR(p.code, IPC_ERR_BAD_REQUEST);
+    CHECK_INT(parse_line("{\"v\":1,\"type\":\"stat\\u0000us\"}", &p), -EINVAL);
+    CHECK_STR(p.code, IPC_ERR_BAD_REQUEST);
+    CHECK_INT(parse_line("{\"v\":1,\"type\":\"final\",\"metrics\":{\"k\\u0000\":1}}", &p), -EINVAL);
+    CHECK_STR(p.code, IPC_ERR_BAD_REQUEST);
+    CHECK_INT(parse_line("{\"v\":1,\"type\":\"push\",\"path\":\"a\\\\u0000\"}", &p), 1);
+    CHECK_INT(parse_line("{\"v\":1,\"type\":\"push\",\"path\":\"a\\u0001\"}", &p), 1);
+}
+
 int main(void)
 {
     struct ipc_handler h = {NULL, on_request};
@@ -731,6 +823,8 @@ int main(void)
     snprintf(sock_path, sizeof(sock_path), "%s/job.sock", sock_dir);
     uv_loop_init(&loop);
     check_proto_paths();
+    check_push_message_rules();
+    check_escaped_nul();
     check_start_refusals();
 
     r = ipc_server_start(&server, &loop, sock_path, &h, &err);

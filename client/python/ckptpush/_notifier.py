@@ -54,9 +54,9 @@ class Notifier:
             self._loud(what, f"{type(e).__name__}: {e}")
         return None
 
-    def push(self, path, hint_dir=None):
+    def push(self, path, hint_dir=None, message=None):
         path = os.path.abspath(path)
-        r = self.call(f"push of '{path}'", hint_dir, lambda c: c.push(path))
+        r = self.call(f"push of '{path}'", hint_dir, lambda c: c.push(path, message=message))
         if r is not None:
             self.pushed.append(path)
             logger.info("ckptpush: queued '%s'", path)

@@ -263,8 +263,10 @@ class Client:
     def status(self):
         return self.request("status")
 
-    def push(self, path):
-        return self.request("push", path=os.path.abspath(os.fspath(path)))
+    def push(self, path, message=None):
+        """Seal path and push it now. message: the title of its commit instead of the daemon's
+        (one line, at most 200 bytes; the daemon answers bad-request otherwise)."""
+        return self.request("push", path=os.path.abspath(os.fspath(path)), message=message)
 
     def final(self, metrics=None, hparams=None, wait=False, timeout=None):
         """Start the end-of-training push. wait=True returns once it is committed (the reply

@@ -1,5 +1,6 @@
-"""A transformers TrainerCallback that tells ckptpushd about each checkpoint the Trainer saves
-and, at the end of training, asks for the final push with the run's metrics and arguments.
+"""A transformers TrainerCallback that tells ckptpushd about each checkpoint the Trainer saves,
+with the commit title Trainer's own push would give it, and, at the end of training, asks for the
+final push with the run's metrics and arguments.
 Works without transformers installed (a duck-typed base class) and without a daemon running (one
 warning; training goes on).
 
@@ -42,6 +43,23 @@ def _args_dict(args):
         return {}
 
 
+def _strategy_name(strategy):
+    """"epoch" of IntervalStrategy.EPOCH / SaveStrategy.EPOCH (str enums whose str() is not
+    always the value) or of the plain string."""
+    return str(getattr(strategy, "value", strategy) or "").lower()
+
+
+def commit_title(args, state):
+    """The title Trainer gives the commit of a checkpoint it pushes itself (_push_from_checkpoint):
+    the epoch, cut to an integer as int() does, when it saves by epoch ("epoch", or "best", which
+    Trainer titles the same way), else the step."""
+    epoch = getattr(state, "epoch", None)
+    by_epoch = _strategy_name(getattr(args, "save_strategy", None)) in ("epoch", "best")
+    if by_epoch and epoch is not None:
+        return f"Training in progress, epoch {int(epoch)}"
+    return f"Training in progress, step {state.global_step}"
+
+
 class CkptpushCallback(NotifierCallback, _Base):
     """socket_path / job: which daemon (default: the job named after args.output_dir, else the
     only daemon of this user). wait: on_train_end waits until the final commit is done (or
@@ -63,7 +81,7 @@ class CkptpushCallback(NotifierCallback, _Base):
         if out is None:
             return None
         path = os.path.join(out, f"checkpoint-{state.global_step}")
-        self.notifier.push(path, hint_dir=out)
+        self.notifier.push(path, hint_dir=out, message=commit_title(args, state))
         return None
 
     def on_train_end(self, args, state, control, **kwargs):
