@@ -444,11 +444,16 @@ class Replayer:
 
     def manifest(self, duration):
         tree = {}
-        for dirpath, _dirs, files in os.walk(self.into):
+        for dirpath, dirs, files in os.walk(self.into):
+            # a watching daemon's staging dir: its pins come and go while this walks
+            dirs[:] = [x for x in dirs if x != ".ckptpush"]
             for name in files:
                 p = os.path.join(dirpath, name)
-                if os.path.isfile(p) and not os.path.islink(p):
-                    tree[os.path.relpath(p, self.into)] = os.path.getsize(p)
+                try:
+                    if os.path.isfile(p) and not os.path.islink(p):
+                        tree[os.path.relpath(p, self.into)] = os.path.getsize(p)
+                except FileNotFoundError:
+                    pass  # deleted by whatever else writes here, as the walk went
         return {
             "trace": self.trace_name,
             "speed": self.speed,
