@@ -442,6 +442,13 @@ static void on_dropped(void *ctx, const struct detect_cand *c, const char *why)
     pin_release(d->pin, pin_id(d, c), NULL, NULL);
 }
 
+static void on_doubtful(void *ctx, const struct detect_cand *c, const char *why)
+{
+    (void)ctx;
+    log_warn("doubtful", "ckpt='%s' reason='%s', not pushed: it may be missing files",
+             detect_cand_name(c), why);
+}
+
 static void on_late_write(void *ctx, const struct detect_cand *c, const char *relpath)
 {
     (void)ctx;
@@ -1289,6 +1296,7 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
         .file_removed = on_file_removed,
         .sealed = on_sealed,
         .dropped = on_dropped,
+        .doubtful = on_doubtful,
         .late_write = on_late_write,
         .file_ready = on_file_ready,
     };

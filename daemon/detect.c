@@ -1114,6 +1114,16 @@ static void cand_seal(struct detect *d, struct detect_cand *c, const char *how)
         d->cbs.sealed(d->cbs.ctx, c);
 }
 
+/* Files of it may have come and gone unseen: it is never sealed (never pushed half). */
+static void cand_doubt(struct detect *d, struct detect_cand *c, const char *why)
+{
+    if (c->doubtful || c->sealed)
+        return;
+    c->doubtful = true;
+    if (d->cbs.doubtful != NULL)
+        d->cbs.doubtful(d->cbs.ctx, c, why);
+}
+
 static void cand_drop(struct detect *d, struct detect_cand *c, const char *why)
 {
     if (d->cbs.dropped != NULL)
@@ -1408,14 +1418,18 @@ static bool seal_early(struct detect *d, struct detect_cand *c, int64_t now)
     if (c->sealed || !c->layout->seal_on_delete)
         return false;
     if (c->listed && now - c->listed_ms < SCAN_DELETE_RACE_MS)
-        c->doubtful = true; /* e.g. its context/ listed empty: its files already deleted */
+        cand_doubt(d, c,
+                   "a folder in it was listed just before this removal: its files may "
+                   "have been deleted before the listing");
     for (size_t i = 0; i < c->n_members && !c->doubtful; i++) {
         /* A scan lists what is left: files deleted before it left no trace, so whether it is
          * whole is unknown. Found complete and deleted later (rotation after a restart): the
          * listing had it all. */
         const struct drec *m = c->members[i];
         if (m->scanned && now - m->scanned_ms < SCAN_DELETE_RACE_MS)
-            c->doubtful = true;
+            cand_doubt(d, c,
+                       "first listed just before this removal: files deleted before the "
+                       "listing left no trace");
     }
     if (!cand_ready(d, c))
         return false;
@@ -1720,8 +1734,8 @@ static int feed_one(struct detect *d, const struct watch_event *ev, int64_t now_
         struct match m;
         struct detect_cand *c;
         if (classify(d, path, true, &m) && m.name_len < strlen(path) &&
-            (c = cand_named(d, path, m.name_len, m.layout->name)) != NULL && !c->sealed)
-            c->doubtful = true;
+            (c = cand_named(d, path, m.name_len, m.layout->name)) != NULL)
+            cand_doubt(d, c, "a folder in it was gone before it could be listed");
         return 0;
     }
     if (ev->is_dir) {

@@ -49,6 +49,8 @@ struct detect_callbacks {
     void (*file_removed)(void *ctx, const struct detect_cand *c, const char *relpath);
     void (*sealed)(void *ctx, const struct detect_cand *c);
     void (*dropped)(void *ctx, const struct detect_cand *c, const char *why);
+    /* It cannot be known whole (why says what was missed): it will not be sealed. */
+    void (*doubtful)(void *ctx, const struct detect_cand *c, const char *why);
     void (*late_write)(void *ctx, const struct detect_cand *c, const char *relpath);
     /* A member of an unsealed candidate was closed after writing or renamed in, or its
      * candidate became complete and waits out its quiet period (then once per member; not for

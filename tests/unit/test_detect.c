@@ -74,6 +74,11 @@ static void cb_dropped(void *ctx, const struct detect_cand *c, const char *why)
     note(ctx, "dropped '%s' %s", detect_cand_name(c), why);
 }
 
+static void cb_doubtful(void *ctx, const struct detect_cand *c, const char *why)
+{
+    note(ctx, "doubtful '%s' %s", detect_cand_name(c), why);
+}
+
 static void cb_late(void *ctx, const struct detect_cand *c, const char *rel)
 {
     note(ctx, "late '%s' '%s'", detect_cand_name(c), rel);
@@ -137,8 +142,8 @@ static void cb_sealed(void *ctx, const struct detect_cand *c)
 static struct detect *make(struct rec *r, int64_t quiet)
 {
     struct detect_config cfg = {.quiet_ms = quiet};
-    struct detect_callbacks cbs = {r,         cb_added,   cb_renamed, cb_removed,
-                                   cb_sealed, cb_dropped, cb_late,    cb_ready};
+    struct detect_callbacks cbs = {r,          cb_added,    cb_renamed, cb_removed, cb_sealed,
+                                   cb_dropped, cb_doubtful, cb_late,    cb_ready};
     struct detect *d = NULL;
     memset(r, 0, sizeof(*r));
     CHECK(detect_new(&d, &cfg, &cbs) == 0);
@@ -726,8 +731,8 @@ static void test_custom_rules(void)
     struct rec *r = calloc(1, sizeof(*r));
     struct detect_rule rules[] = {{"runs/*/save-*", "DONE", 50}, {"exports/*", NULL, 0}};
     struct detect_config cfg = {.quiet_ms = 1000, .rules = rules, .n_rules = 2};
-    struct detect_callbacks cbs = {r,         cb_added,   cb_renamed, cb_removed,
-                                   cb_sealed, cb_dropped, cb_late,    cb_ready};
+    struct detect_callbacks cbs = {r,          cb_added,    cb_renamed, cb_removed, cb_sealed,
+                                   cb_dropped, cb_doubtful, cb_late,    cb_ready};
     struct detect *d = NULL;
 
     CHECK(detect_new(&d, &cfg, &cbs) == 0);
@@ -1148,6 +1153,7 @@ static void test_rotation_under_way_at_scan(void)
     feed(d, r, 2004, WATCH_DELETE, true, "ckpts/m--step=9", NULL);
     finish(d, r);
     CHECK(r->n_seals == 1 && find_seal(r, "ckpts/m--step=9") == NULL);
+    CHECK(has_note(r, "doubtful 'ckpts/m--step=9' a folder in it was gone before it could be"));
     /* Listed when its files were already deleted (the daemon behind the rotation): the
      * subfolder looks empty, not unknown, but its rotation follows the listing at once. */
     feed(d, r, 3000, WATCH_CREATE, true, "ckpts/m--step=10", NULL);
@@ -1160,6 +1166,7 @@ static void test_rotation_under_way_at_scan(void)
     feed(d, r, 3005, WATCH_DELETE, true, "ckpts/m--step=10", NULL);
     finish(d, r);
     CHECK(r->n_seals == 1 && find_seal(r, "ckpts/m--step=10") == NULL);
+    CHECK(has_note(r, "doubtful 'ckpts/m--step=10' a folder in it was listed just before"));
     /* The same rotation long after the subfolder was listed (and its file seen written). */
     feed(d, r, 4000, WATCH_CREATE, true, "ckpts/m--step=11", NULL);
     feed(d, r, 4000, WATCH_CLOSE_WRITE, false, "ckpts/m--step=11-unfinished", NULL);

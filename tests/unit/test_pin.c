@@ -422,8 +422,8 @@ static void test_pipeline(void)
     static struct pl pl;
     struct ckpt_err err;
     struct detect_config cfg = {.quiet_ms = 300};
-    struct detect_callbacks cbs = {&pl,       pl_added,   pl_renamed, pl_removed,
-                                   pl_sealed, pl_dropped, NULL,       NULL};
+    struct detect_callbacks cbs = {&pl,        pl_added, pl_renamed, pl_removed, pl_sealed,
+                                   pl_dropped, NULL,     NULL,       NULL};
     const char *tmp = getenv("TMPDIR");
 
     snprintf(pl.root, sizeof(pl.root), "%s/ckpt-test-pipeline-XXXXXX", tmp ? tmp : "/tmp");
