@@ -140,7 +140,7 @@ struct detect_cand {
     int64_t quiet_ms; /* the layout's or the custom rule's quiet period */
     int rule_idx;     /* custom rules: index into detect.rules */
     bool marked;      /* orbax: renamed from its temporary name */
-    bool doubtful;    /* deleted while files of it were only known from a scan: never sealed */
+    bool doubtful;    /* files of it may have come and gone unseen (cand_doubt): never sealed */
     bool settled;     /* file_ready was reported for every member once it was complete */
     bool live;        /* an event (not only a directory listing) touched it: being saved now */
     int64_t scan_settle_ms; /* when listed members quiet since their listing count as closed */
@@ -1114,13 +1114,14 @@ static void cand_seal(struct detect *d, struct detect_cand *c, const char *how)
         d->cbs.sealed(d->cbs.ctx, c);
 }
 
-/* Files of it may have come and gone unseen: it is never sealed (never pushed half). */
+/* Files of it may have come and gone unseen: it is never sealed (never pushed half). An Orbax
+ * temporary folder never seals anyway (its files move to the final name): no news. */
 static void cand_doubt(struct detect *d, struct detect_cand *c, const char *why)
 {
     if (c->doubtful || c->sealed)
         return;
     c->doubtful = true;
-    if (d->cbs.doubtful != NULL)
+    if (d->cbs.doubtful != NULL && strstr(base_name(c->name), ORBAX_TMP) == NULL)
         d->cbs.doubtful(d->cbs.ctx, c, why);
 }
 
@@ -1517,7 +1518,6 @@ static int on_dir_gone(struct detect *d, const char *path, int64_t now)
     return 0;
 }
 
-/* live: an event showed it (created or renamed in now), not a directory listing. */
 /* The watch lists a folder inside a checkpoint as soon as it is seen (its watch is added
  * first): a file made and removed in it before that left no trace. (The checkpoint's own
  * folder needs no such note: what its listing found is marked scanned, and what came after
@@ -1530,6 +1530,7 @@ static void note_listed(struct detect_cand *c, int64_t now)
     }
 }
 
+/* live: an event showed it (created or renamed in now), not a directory listing. */
 static int on_dir_seen(struct detect *d, const char *path, bool live, int64_t now)
 {
     struct match m;
