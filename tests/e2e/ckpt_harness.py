@@ -126,11 +126,20 @@ def rotate_sealed(watch, names, sealed):
     return gone
 
 
-def daemon_path():
-    path = os.environ.get("CKPTPUSHD") or os.path.join(BUILD_DIR, "ckptpushd")
+def _built(env, rel):
+    path = os.environ.get(env) or os.path.join(BUILD_DIR, rel)
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        raise RuntimeError(f"ckptpushd not found at '{path}' (set CKPTPUSHD or build first)")
+        raise RuntimeError(f"{os.path.basename(rel)} not found at '{path}' (set {env} or build "
+                           "first)")
     return path
+
+
+def daemon_path():
+    return _built("CKPTPUSHD", "ckptpushd")
+
+
+def client_path():
+    return _built("CKPTPUSH", os.path.join("client", "ckptpush"))
 
 
 def trace_path(name):

@@ -27,13 +27,6 @@ TRACE = "hf-trainer-5.17-save-steps.jsonl"
 QUIET_MS = 200
 
 
-def client_path():
-    path = os.environ.get("CKPTPUSH") or os.path.join(h.BUILD_DIR, "client", "ckptpush")
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        raise RuntimeError(f"ckptpush not found at '{path}' (set CKPTPUSH or build first)")
-    return path
-
-
 def raw_lines(sock, n, timeout=10.0):
     """Read n lines from a raw socket (fewer if it closes); returns (objects, closed)."""
     sock.settimeout(timeout)
@@ -93,7 +86,7 @@ def other_user_refused(path):
 class IpcClients(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.ckptpush = client_path()
+        cls.ckptpush = h.client_path()
         cls.hub = h.Hub()
         root, cls.watch = h.job_dir("ckpt-ipc-")
         cls.repo = f"{h.USER}/ipc-run-{os.getpid()}"

@@ -29,13 +29,6 @@ QUIET_MS = 3000
 MAX_MESSAGE = 200  # daemon/ipc_proto.h IPC_MAX_PUSH_MESSAGE
 
 
-def client_path():
-    path = os.environ.get("CKPTPUSH") or os.path.join(h.BUILD_DIR, "client", "ckptpush")
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        raise RuntimeError(f"ckptpush not found at '{path}' (set CKPTPUSH or build first)")
-    return path
-
-
 def raw_request(sock_path, line):
     """One request line on a fresh connection; returns the answer object."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -57,7 +50,7 @@ def raw_request(sock_path, line):
 class PushMessage(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.ckptpush = client_path()
+        cls.ckptpush = h.client_path()
         cls.hub = h.Hub()
         _, cls.watch = h.job_dir("ckpt-msg-")
         cls.repo = f"{h.USER}/push-message-{os.getpid()}"

@@ -25,10 +25,6 @@ SECRET = "hf_SECRETsecretSECRET1234567890"
 TRACE = "hf-trainer-5.17-save-steps.jsonl"
 
 
-def ckptpush_path():
-    return os.environ.get("CKPTPUSH") or os.path.join(h.BUILD_DIR, "client", "ckptpush")
-
-
 def files_containing(root, needle):
     found = []
     for d, _, names in os.walk(root):
@@ -66,7 +62,7 @@ class Secrets(unittest.TestCase):
         h.replay(h.trace_path(TRACE), cls.watch, speed=0.2, seed=3)
         cls.daemon.wait_event("committed", timeout=90, ckpt="")
         cls.status_raw = cls.raw_status()
-        r = subprocess.run([ckptpush_path(), "--socket", cls.sock, "status", "--json"],
+        r = subprocess.run([h.client_path(), "--socket", cls.sock, "status", "--json"],
                            capture_output=True, timeout=30)
         cls.status_cli = r.stdout + r.stderr
         cls.status_rc = r.returncode
