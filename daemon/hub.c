@@ -608,24 +608,44 @@ static int parse_preupload(struct hub_op *op, const cJSON *j, struct ckpt_err *e
     return 0;
 }
 
+/* n decimal digits at s, nothing else (sscanf's %d would take a sign or spaces): the value, or
+ * -1. */
+static int fixed_digits(const char *s, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
 /* "2026-11-24T00:21:19.000Z" or with an offset ("+02:00"): Unix seconds. */
 static int parse_iso8601(const char *s, int64_t *ret)
 {
     struct tm tm = {0};
-    int used = 0;
-    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
-               &tm.tm_min, &tm.tm_sec, &used) != 6 ||
-        used != 19 || tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 || tm.tm_mday > 31 ||
-        tm.tm_hour > 23 || tm.tm_min > 59 || tm.tm_sec > 60)
+    if (strlen(s) < 20 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' ||
+        s[16] != ':')
         return -EINVAL;
-    s += used;
+    tm.tm_year = fixed_digits(s, 4);
+    tm.tm_mon = fixed_digits(s + 5, 2);
+    tm.tm_mday = fixed_digits(s + 8, 2);
+    tm.tm_hour = fixed_digits(s + 11, 2);
+    tm.tm_min = fixed_digits(s + 14, 2);
+    tm.tm_sec = fixed_digits(s + 17, 2);
+    if (tm.tm_year < 0 || tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 || tm.tm_mday > 31 ||
+        tm.tm_hour < 0 || tm.tm_hour > 23 || tm.tm_min < 0 || tm.tm_min > 59 || tm.tm_sec < 0 ||
+        tm.tm_sec > 60)
+        return -EINVAL;
+    s += 19;
     if (*s == '.')
         for (s++; *s >= '0' && *s <= '9'; s++)
             ;
     int offset_s = 0;
     if ((s[0] == '+' || s[0] == '-') && strlen(s) == 6 && s[3] == ':') {
-        int h, m;
-        if (sscanf(s + 1, "%2d:%2d", &h, &m) != 2 || h > 23 || m > 59)
+        int h = fixed_digits(s + 1, 2), m = fixed_digits(s + 4, 2);
+        if (h < 0 || h > 23 || m < 0 || m > 59)
             return -EINVAL;
         offset_s = (s[0] == '+' ? 1 : -1) * (h * 3600 + m * 60);
     } else if (strcmp(s, "Z") != 0) {

@@ -166,6 +166,12 @@ static void test_commit_dates(void)
         {200, NULL, "[{\"date\":\"yesterday\"}]", 0, 0, 0, 0},
         {200, NULL, "[{\"date\":\"2026-13-01T00:00:00Z\"}]", 0, 0, 0, 0},
         {200, NULL, "[{\"date\":\"2026-11-24T00:21:19Zjunk\"}]", 0, 0, 0, 0},
+        /* signs and spaces where digits belong (sscanf's %d took them: year -26, found by
+         * fuzz_hub) */
+        {200, NULL, "[{\"date\":\"-026-11-24T00:21:19Z\"}]", 0, 0, 0, 0},
+        {200, NULL, "[{\"date\":\"2026-11-24T-1:21:19Z\"}]", 0, 0, 0, 0},
+        {200, NULL, "[{\"date\":\"2026-11-24T00:21: 9Z\"}]", 0, 0, 0, 0},
+        {200, NULL, "[{\"date\":\"2026-11-24T00:21:19+-1:00\"}]", 0, 0, 0, 0},
         {200, NULL, "[1, 2]", 0, 0, 0, 0},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
