@@ -30,6 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.dirname(os.path.dirname(HERE))
 HUB = os.path.join(SRC, "tests", "hub", "hub.py")
 JS_PUSH = os.path.join(HERE, "js_push.mjs")
+PY_PUSH = os.path.join(HERE, "py_push.py")
 USER, TOKEN = "bench", "hf_bench_token"
 MIB = 1 << 20
 CHUNK = 8 * MIB  # the hub's default multipart part size
@@ -406,6 +407,35 @@ def run_js(hub, work, ckpts):
                 cpu=ru.ru_utime + ru.ru_stime, rss_kib=ru.ru_maxrss)
 
 
+def hf_hub_python():
+    """An interpreter that imports huggingface_hub ($HF_HUB_PYTHON, else python3), or None: the
+    Python client is a peer only where it is installed (it runs on Debian's python3 with
+    python3-httpx, -filelock, -fsspec, -tqdm, -yaml and its source on PYTHONPATH)."""
+    for exe in filter(None, (os.environ.get("HF_HUB_PYTHON"), "python3")):
+        probe = subprocess.run([exe, "-c", "import huggingface_hub"], capture_output=True)
+        if probe.returncode == 0:
+            return exe
+    return None
+
+
+def run_py(hub, work, ckpts, exe):
+    repo = hub.new_repo("py", create=False)
+    spec = os.path.join(work, "py.json")
+    with open(spec, "w") as f:
+        json.dump({"hubUrl": hub.url, "token": TOKEN, "repo": repo,
+                   "commits": [pushed_files(c) for c in ckpts]}, f)
+    t0 = time.monotonic()
+    p = spawn([exe, PY_PUSH, spec], stdout=subprocess.PIPE)
+    out = p.stdout.read().decode()
+    rc, ru = reap(p)
+    wall = time.monotonic() - t0
+    if rc != 0:
+        raise RuntimeError(f"python client exited {rc}")
+    res = json.loads(out.strip().splitlines()[-1])
+    return dict(wall=wall, push=sum(res["seconds"]), close_commit=sum(res["seconds"]),
+                cpu=ru.ru_utime + ru.ru_stime, rss_kib=ru.ru_maxrss)
+
+
 def lfs_files(ckpts):
     """The files a limit run PUTs: each checkpoint's big ones, deduplicated by content."""
     out = []
@@ -505,7 +535,9 @@ def scenario(name, ckpts, args, hub, work):
         uniq.setdefault(oids[p], os.path.getsize(p))
     total = sum(os.path.getsize(p) for p in files)  # bytes hashed (every file of every commit)
     new_bytes = sum(uniq.values())  # bytes that have to travel
-    clients = ["ckptpushd", "js", "limit-seq", "limit-ovl"]
+    clients = ["ckptpushd", "js", "py", "limit-seq", "limit-ovl"]
+    if args.py is None:
+        clients.remove("py")
     if not os.path.isdir(os.path.join(SRC, "tests", "hub", "node_modules", "@huggingface")):
         if args.size != "smoke":
             raise RuntimeError("tests/hub/node_modules missing: npm ci --prefix tests/hub")
@@ -529,6 +561,8 @@ def scenario(name, ckpts, args, hub, work):
                 r = run_daemon(args.compare, hub, work, ckpts)
             elif c == "js":
                 r = run_js(hub, work, ckpts)
+            elif c == "py":
+                r = run_py(hub, work, ckpts, args.py)
             else:
                 r = run_limit(hub, work, ckpts, oids, c == "limit-ovl")
             drop_slices(ckpts)
@@ -542,7 +576,8 @@ def scenario(name, ckpts, args, hub, work):
 def table(scs):
     lines = []
     hdr = (f"{'scenario':9s} {'client':10s} {'push s: median [min-max]':>25s} {'MB/s':>6s} "
-           f"{'x lim-seq':>9s} {'x lim-ovl':>9s} {'x js':>6s} {'close->commit s':>16s} "
+           f"{'x lim-seq':>9s} {'x lim-ovl':>9s} {'x js':>6s} {'x py':>6s} "
+           f"{'close->commit s':>16s} "
            f"{'peak RSS MiB':>12s} {'CPU s':>6s}")
     lines.append(hdr)
     lines.append("-" * len(hdr))
@@ -556,10 +591,11 @@ def table(scs):
             ratio = lambda k: f"{med[k] / m:9.2f}" if k in med else f"{'-':>9s}"
             rss = statistics.median(r["rss_kib"] for r in rs) / 1024
             x_js = f"{med['js'] / m:.2f}" if "js" in med else "-"
+            x_py = f"{med['py'] / m:.2f}" if "py" in med else "-"
             lines.append(
                 f"{sc['name']:9s} {c:10s} {fmt_t([r['push'] for r in rs]):>25s} "
                 f"{sc['total'] / m / 1e6:6.0f} {ratio('limit-seq')} {ratio('limit-ovl')} "
-                f"{x_js:>6s} "
+                f"{x_js:>6s} {x_py:>6s} "
                 f"{statistics.median(r['close_commit'] for r in rs):16.2f} "
                 f"{(f'{rss:.1f}' if rss else '-'):>12s} "
                 f"{statistics.median(r['cpu'] for r in rs):6.2f}")
@@ -793,6 +829,9 @@ def main():
     ap.add_argument("--compare", default="", help="another ckptpushd build, run as 'candidate'")
     args = ap.parse_args()
     sz = SIZES[args.size]
+    args.py = hf_hub_python()
+    if args.py is None:
+        log("bench: huggingface_hub cannot be imported ($HF_HUB_PYTHON, python3): no py peer")
     only = args.only.split(",")
     t0 = time.monotonic()
     log(f"bench: size {args.size}, {args.reps} reps, load {loadavg()}; preparing data")
@@ -821,10 +860,10 @@ def main():
           f"{time.monotonic() - t0:.0f} s)\n")
     print("\n\n".join(out))
     print("\npush s: ckptpushd from 'sealed' to 'committed' (quiet period 300 ms excluded; "
-          "close->commit includes it and the hashing done early, during that period); js: the commit() calls; limit: openssl dgst (2 processes) + curl PUT "
+          "close->commit includes it and the hashing done early, during that period); js: the commit() calls; py: huggingface_hub upload_folder calls (LFS); limit: openssl dgst (2 processes) + curl PUT "
           "(4 streams) to the same --fast-parts hub + completion, one after the other (seq) or "
           "overlapped (ovl). MB/s = bytes hashed / push s. x lim = limit time / client time "
-          "(1.00 = at the limit); x js = js time / client time. RSS/CPU: whole process "
+          "(1.00 = at the limit); x js, x py = js / py time over client time. RSS/CPU: whole process "
           "(limit: CPU of openssl + curl).")
 
 
