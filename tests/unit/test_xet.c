@@ -11,6 +11,7 @@
 #include "xet_reference_vectors.h"
 
 #include <errno.h>
+#include <lz4frame.h>
 #include <openssl/sha.h>
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15u;
@@ -339,6 +340,98 @@ static void test_xorb_round_trip(void)
     xet_xorb_free(x);
 }
 
+/* The spec's ByteGrouping4 layout, written plainly: byte i to group i % 4, groups in order,
+ * the first (n % 4) groups one byte longer. */
+static void plain_bg4_split(const uint8_t *in, size_t n, uint8_t *out)
+{
+    size_t pos = 0;
+    for (size_t k = 0; k < 4; k++) {
+        for (size_t i = k; i < n; i += 4) {
+            out[pos++] = in[i];
+        }
+    }
+}
+
+static size_t plain_lz4_unframe(const uint8_t *in, size_t in_len, uint8_t *out, size_t cap)
+{
+    LZ4F_dctx *d;
+    REQUIRE(!LZ4F_isError(LZ4F_createDecompressionContext(&d, LZ4F_VERSION)));
+    size_t dst = cap;
+    size_t src = in_len;
+    size_t rc = LZ4F_decompress(d, out, &dst, in, &src, NULL);
+    CHECK(rc == 0 && src == in_len);
+    LZ4F_freeDecompressionContext(d);
+    return dst;
+}
+
+static void test_xorb_layout(void)
+{
+    /* Lengths around the vector loop's 64-byte steps and every remainder mod 4. */
+    size_t sizes[] = {65536, 65537, 65538, 65539, 131072, 8195, 4097};
+    uint8_t *data = malloc(XET_CHUNK_MAX);
+    uint8_t *grouped = malloc(XET_CHUNK_MAX);
+    uint8_t *out = malloc(XET_CHUNK_MAX);
+    REQUIRE(data && grouped && out);
+    struct xet_xorb *x;
+    REQUIRE(xet_xorb_new(&x, 0) == 0);
+    for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+        size_t n = sizes[s];
+        fill_floatlike(data, n);
+        struct xet_hash h;
+        xet_chunk_hash(data, n, &h);
+        xet_xorb_reset(x);
+        REQUIRE(xet_xorb_add(x, data, n, &h) == 0);
+        size_t len;
+        const uint8_t *bytes = xet_xorb_bytes(x, &len);
+        CHECK_INT(bytes[4], XET_COMPRESSION_BG4_LZ4);
+        CHECK_INT(bytes[5] | bytes[6] << 8 | bytes[7] << 16, n);
+        /* The builder's stored bytes are an LZ4 frame of the plainly grouped chunk. */
+        plain_bg4_split(data, n, grouped);
+        size_t got = plain_lz4_unframe(bytes + 8, len - 8, out, XET_CHUNK_MAX);
+        CHECK_INT(got, n);
+        CHECK(memcmp(out, grouped, n) == 0);
+        /* And the reader ungroups a frame made here. */
+        uint8_t *xorb = malloc(8 + LZ4F_compressFrameBound(n, NULL));
+        REQUIRE(xorb);
+        size_t fl =
+            LZ4F_compressFrame(xorb + 8, LZ4F_compressFrameBound(n, NULL), grouped, n, NULL);
+        REQUIRE(!LZ4F_isError(fl));
+        xorb[0] = 0;
+        xorb[1] = (uint8_t)fl;
+        xorb[2] = (uint8_t)(fl >> 8);
+        xorb[3] = (uint8_t)(fl >> 16);
+        xorb[4] = XET_COMPRESSION_BG4_LZ4;
+        xorb[5] = (uint8_t)n;
+        xorb[6] = (uint8_t)(n >> 8);
+        xorb[7] = (uint8_t)(n >> 16);
+        size_t pos = 0;
+        size_t out_len = 0;
+        CHECK_INT(xet_xorb_next_chunk(xorb, 8 + fl, &pos, out, XET_CHUNK_MAX, &out_len), 0);
+        CHECK(out_len == n && memcmp(out, data, n) == 0);
+        free(xorb);
+    }
+
+    /* Policies: LZ4_ONLY never groups, STORE never compresses. */
+    xet_xorb_set_policy(x, XET_XORB_LZ4_ONLY);
+    xet_xorb_reset(x);
+    struct xet_hash h;
+    xet_chunk_hash(data, 65536, &h);
+    REQUIRE(xet_xorb_add(x, data, 65536, &h) == 0);
+    size_t len;
+    CHECK(xet_xorb_bytes(x, &len)[4] != XET_COMPRESSION_BG4_LZ4);
+    xet_xorb_set_policy(x, XET_XORB_STORE);
+    xet_xorb_reset(x);
+    memset(data, 0, 65536);
+    xet_chunk_hash(data, 65536, &h);
+    REQUIRE(xet_xorb_add(x, data, 65536, &h) == 0);
+    CHECK_INT(xet_xorb_bytes(x, &len)[4], XET_COMPRESSION_NONE);
+    CHECK_INT(len, 8 + 65536);
+    xet_xorb_free(x);
+    free(data);
+    free(grouped);
+    free(out);
+}
+
 static void test_xorb_chunk_limit(void)
 {
     struct xet_xorb *x;
@@ -603,6 +696,7 @@ int main(void)
     test_chunk_vectors();
     test_chunk_streaming_random();
     test_xorb_round_trip();
+    test_xorb_layout();
     test_xorb_chunk_limit();
     test_shard_round_trip();
     test_file_scan();
