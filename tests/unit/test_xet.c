@@ -592,6 +592,77 @@ static void test_shard_round_trip(void)
     xet_shard_builder_free(b);
 }
 
+static uint8_t *read_all(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    REQUIRE(f);
+    REQUIRE(fseek(f, 0, SEEK_END) == 0);
+    long n = ftell(f);
+    REQUIRE(n > 0 && fseek(f, 0, SEEK_SET) == 0);
+    uint8_t *p = malloc((size_t)n);
+    REQUIRE(p && fread(p, 1, (size_t)n, f) == (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return p;
+}
+
+/* The fuzz seeds are written by tests/fuzz/make_seeds.py from the spec's layout in Python, an
+ * implementation independent of this one: the parsers must read them as that script meant. */
+static void test_python_written_seeds(void)
+{
+    const char *src = getenv("CKPT_SOURCE_DIR");
+    if (!src) {
+        fprintf(stderr, "test_xet: CKPT_SOURCE_DIR unset, seed check skipped\n");
+        return;
+    }
+    char path[1024];
+    size_t len;
+    struct xet_shard s;
+    char err[200];
+    snprintf(path, sizeof(path), "%s/tests/fuzz/corpus/fuzz_xet/shard-files-xorbs", src);
+    uint8_t *p = read_all(path, &len);
+    REQUIRE(xet_shard_parse(p + 1, len - 1, &s, err, sizeof(err)) == 0);
+    CHECK_INT(s.nfiles, 2);
+    CHECK_INT(s.nterms, 3);
+    CHECK_INT(s.nxorbs, 2);
+    CHECK_INT(s.nchunks, 3);
+    CHECK(s.files[0].has_sha256 && !s.files[1].has_sha256);
+    CHECK_INT(s.terms[2].chunk_start, 1);
+    CHECK_INT(s.terms[2].chunk_end, 2);
+    CHECK_INT(s.terms[2].unpacked_bytes, 70000);
+    CHECK_INT(s.xorbs[0].unpacked_bytes, 71000);
+    CHECK_INT(s.xorbs[0].packed_bytes, 40000);
+    CHECK_INT(s.chunks[1].unpacked_offset, 1000);
+    CHECK_INT(s.chunks[1].unpacked_len, 70000);
+    size_t xi;
+    uint32_t ci;
+    CHECK(xet_shard_find_chunk(&s, &s.chunks[2].hash, &xi, &ci) && xi == 1 && ci == 0);
+    xet_shard_free(&s);
+    free(p);
+
+    snprintf(path, sizeof(path), "%s/tests/fuzz/corpus/fuzz_xet/xorb-three-schemes", src);
+    p = read_all(path, &len);
+    uint8_t *out = malloc(XET_CHUNK_MAX);
+    REQUIRE(out);
+    size_t pos = 0, out_len = 0;
+    size_t want[3] = {94 * 32, 20000, 9001};
+    for (int i = 0; i < 3; i++) {
+        CHECK_INT(xet_xorb_next_chunk(p + 1, len - 1, &pos, out, XET_CHUNK_MAX, &out_len), 0);
+        CHECK_INT(out_len, want[i]);
+    }
+    /* make_seeds.py's float-like bytes: (i * 7919) & 255 at i % 4 < 2, else 0x3c + i % 3 */
+    for (size_t i = 0; i < 9001; i++) {
+        uint8_t want_byte = i % 4 < 2 ? (uint8_t)((i * 7919) & 255) : (uint8_t)(0x3c + i % 3);
+        if (out[i] != want_byte) {
+            CHECK_INT(out[i], want_byte);
+            break;
+        }
+    }
+    CHECK_INT(xet_xorb_next_chunk(p + 1, len - 1, &pos, out, XET_CHUNK_MAX, &out_len), 1);
+    free(out);
+    free(p);
+}
+
 struct scan_check {
     const uint8_t *data;
     uint64_t next_offset;
@@ -700,5 +771,6 @@ int main(void)
     test_xorb_chunk_limit();
     test_shard_round_trip();
     test_file_scan();
+    test_python_written_seeds();
     return check_report("test_xet");
 }
