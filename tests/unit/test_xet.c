@@ -528,6 +528,11 @@ static void test_shard_round_trip(void)
     CHECK_INT(s.xorbs[1].unpacked_bytes, 140000);
     CHECK_INT(s.xorbs[1].first_chunk, 3);
     CHECK_INT(s.chunks[2].unpacked_offset, 2001);
+    /* The first chunk of each file is flagged for global dedup: f1 starts at xorb A chunk 1, f2
+     * at xorb B chunk 0. */
+    for (size_t i = 0; i < 5; i++) {
+        CHECK_INT(s.chunks[i].flags, i == 1 || i == 3 ? 0x80000000u : 0);
+    }
     CHECK_INT(s.chunks[2].unpacked_len, 1002);
     size_t xi;
     uint32_t ci;
