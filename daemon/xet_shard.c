@@ -378,6 +378,21 @@ static int cmp_index(const void *a, const void *b)
                         &((const struct xet_shard_index_entry *)b)->hash);
 }
 
+/* Equal hashes ordered by position, so a chunk stored twice is found at its first place. */
+static int cmp_index_position(const void *a, const void *b)
+{
+    const struct xet_shard_index_entry *x = a;
+    const struct xet_shard_index_entry *y = b;
+    int c = xet_hash_cmp(&x->hash, &y->hash);
+    if (c != 0) {
+        return c;
+    }
+    if (x->xorb != y->xorb) {
+        return x->xorb < y->xorb ? -1 : 1;
+    }
+    return x->chunk < y->chunk ? -1 : x->chunk > y->chunk;
+}
+
 static int parse_files(const uint8_t *data, size_t off, size_t end, struct xet_shard *s, char *err,
                        size_t err_len)
 {
@@ -531,7 +546,7 @@ int xet_shard_parse(const uint8_t *data, size_t len, struct xet_shard *out, char
                     out->index[k].chunk = (uint32_t)c;
                 }
             }
-            qsort(out->index, out->nchunks, sizeof(*out->index), cmp_index);
+            qsort(out->index, out->nchunks, sizeof(*out->index), cmp_index_position);
         }
     }
     if (rc != 0) {
@@ -566,6 +581,9 @@ bool xet_shard_find_chunk(const struct xet_shard *s, const struct xet_hash *chun
         bsearch(&key, s->index, s->nchunks, sizeof(key), cmp_index);
     if (!e) {
         return false;
+    }
+    while (e > s->index && xet_hash_equal(&e[-1].hash, &key.hash)) {
+        e--;
     }
     *xorb_index = e->xorb;
     *chunk_index = e->chunk;

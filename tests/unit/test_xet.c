@@ -465,6 +465,7 @@ static void test_shard_round_trip(void)
         xb[i].unpacked_len = 70000;
         xb[i].unpacked_offset = (uint32_t)(i * 70000);
     }
+    xb[0].hash = xa[2].hash; /* the same chunk stored in both xorbs */
     struct xet_hash ha, hb, f1, f2;
     fill_random(ha.b, 32);
     fill_random(hb.b, 32);
@@ -537,6 +538,8 @@ static void test_shard_round_trip(void)
     size_t xi;
     uint32_t ci;
     CHECK(xet_shard_find_chunk(&s, &xb[1].hash, &xi, &ci) && xi == 1 && ci == 1);
+    /* xorb B's first chunk is also xorb A's last: found at its first place */
+    CHECK(xet_shard_find_chunk(&s, &xa[2].hash, &xi, &ci) && xi == 0 && ci == 2);
     CHECK(xet_shard_find_chunk(&s, &xa[0].hash, &xi, &ci) && xi == 0 && ci == 0);
     CHECK(!xet_shard_find_chunk(&s, &ha, &xi, &ci));
     xet_shard_free(&s);
@@ -561,7 +564,8 @@ static void test_shard_round_trip(void)
     REQUIRE(xet_shard_parse(keyed_shard, len, &s, err, sizeof(err)) == 0);
     CHECK(s.has_hmac_key);
     CHECK(xet_shard_find_chunk(&s, &xa[2].hash, &xi, &ci) && xi == 0 && ci == 2);
-    CHECK(xet_shard_find_chunk(&s, &xb[0].hash, &xi, &ci) && xi == 1 && ci == 0);
+    CHECK(xet_shard_find_chunk(&s, &xb[1].hash, &xi, &ci) && xi == 1 && ci == 1);
+    CHECK(xet_shard_find_chunk(&s, &xb[0].hash, &xi, &ci) && xi == 0 && ci == 2);
     xet_shard_free(&s);
 
     /* Garbage gets a sentence, not a crash. */
