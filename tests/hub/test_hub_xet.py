@@ -9,7 +9,6 @@ batch naming an unknown Xet hash. Objects are built here from the spec, not by a
 """
 
 import hashlib
-import json
 import os
 import shutil
 import struct

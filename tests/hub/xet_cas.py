@@ -312,14 +312,14 @@ class XetRoutes:
 
     # -- hub side: tokens, LFS batch, resolve ----------------------------------------------
 
-    def xet_scope_check(self, write):
+    def xet_required(self):
         if self.hub.cas is None:
             raise HubError(501, f"Xet is off on this hub ({self.hub.xet_off_reason}); use the "
                            "LFS transfer")
 
     def h_xet_token(self, scope, mode, repo_access):
         """GET .../xet-{read,write}-token[/REV]: repo_access() checks the Hub token."""
-        self.xet_scope_check(mode == "write")
+        self.xet_required()
         user = repo_access()
         tok, exp = self.hub.xet_tokens.issue(scope, mode, user)
         cas_url = self.base_url() + "/cas"
