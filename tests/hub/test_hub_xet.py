@@ -404,5 +404,29 @@ class XetHub(unittest.TestCase):
         self.assertEqual(r.status, 403)
 
 
+class XetOff(unittest.TestCase):
+    """--xet off keeps the LFS-only hub: no xet transfer, token routes 501, no buckets."""
+
+    def test_off(self):
+        tmp = tempfile.mkdtemp(prefix="ckpt-hub-xetoff-")
+        hub = HubProc(os.path.join(tmp, "data"), extra=["--xet", "off"])
+        try:
+            base = hub.base
+            request(base, "POST", "/api/repos/create", {"name": "plain"}, token=TOKEN)
+            r = request(base, "GET", "/api/models/alice/plain/xet-write-token/main", token=TOKEN)
+            self.assertEqual(r.status, 501)
+            r = request(base, "POST", "/alice/plain.git/info/lfs/objects/batch",
+                        {"operation": "upload", "transfers": ["basic", "multipart", "xet"],
+                         "objects": [{"oid": "ab" * 32, "size": 10}]}, token=TOKEN)
+            self.assertEqual(r.json()["transfer"], "basic")
+            self.assertEqual(request(base, "POST", "/api/buckets/alice/b", {},
+                                     token=TOKEN).status, 404)
+            r = request(base, "GET", "/api/models/alice/plain?expand=xetEnabled", token=TOKEN)
+            self.assertEqual(r.json()["xetEnabled"], False)
+        finally:
+            hub.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
