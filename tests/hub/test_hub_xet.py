@@ -129,9 +129,17 @@ class HashVectors(unittest.TestCase):
         self.assertEqual(xh.file_hash([]), bytes(32))
 
     def test_lz4_and_byte_grouping(self):
-        self.assertEqual(xo.lz4_frame_decompress(lz4_frame_repeat(b"abc", 1000), 1000),
-                         b"abc" * 333 + b"a")
-        self.assertEqual(xo.lz4_frame_decompress(lz4_frame_raw(b"xyz"), 3), b"xyz")
+        saved = (xo._lz4frame, xo._liblz4_block)
+        try:
+            for decoders in (saved, (None, saved[1]), (None, None)):  # each decoder in turn
+                xo._lz4frame, xo._liblz4_block = decoders
+                self.assertEqual(xo.lz4_frame_decompress(lz4_frame_repeat(b"abc", 1000), 1000),
+                                 b"abc" * 333 + b"a")
+                self.assertEqual(xo.lz4_frame_decompress(lz4_frame_raw(b"xyz"), 3), b"xyz")
+                with self.assertRaises(xo.XetFormatError):
+                    xo.lz4_frame_decompress(lz4_frame_repeat(b"abc", 1000), 999)
+        finally:
+            xo._lz4frame, xo._liblz4_block = saved
         data = bytes(range(11))
         grouped = data[0::4] + data[1::4] + data[2::4] + data[3::4]
         self.assertEqual(xo.bg4_regroup(grouped), data)
