@@ -1,6 +1,7 @@
 /* strategy.c - transformers' hub strategies: every_save (a checkpoint's model files at the repo
  * root), checkpoint (+ the whole latest checkpoint under last-checkpoint/), all_checkpoints (+
- * each checkpoint under its own folder), end (only the end of training); include/exclude globs. */
+ * each checkpoint under its own folder), end (only the end of training); include/exclude globs;
+ * which checkpoint folders --keep-last retires. */
 #include "strategy.h"
 
 #include <errno.h>
@@ -158,4 +159,70 @@ void strategy_plan_release(struct strategy_plan *plan)
     free(plan->items);
     free(plan->message);
     memset(plan, 0, sizeof(*plan));
+}
+
+bool strategy_checkpoint_number(const char *name, unsigned long long *ret_n)
+{
+    static const char prefix[] = "checkpoint-";
+    unsigned long long n = 0;
+    const char *p;
+
+    if (strncmp(name, prefix, sizeof(prefix) - 1) != 0)
+        return false;
+    p = name + sizeof(prefix) - 1;
+    if (*p == '\0')
+        return false;
+    for (; *p != '\0'; p++) {
+        if (*p < '0' || *p > '9' || n > (~0ULL - 9) / 10)
+            return false;
+        n = n * 10 + (unsigned long long)(*p - '0');
+    }
+    *ret_n = n;
+    return true;
+}
+
+static int by_number_desc(const void *a, const void *b)
+{
+    unsigned long long x = *(const unsigned long long *)a, y = *(const unsigned long long *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+size_t strategy_retire(const char *current, const char *const *names, size_t n, unsigned keep_last,
+                       bool *retire)
+{
+    unsigned long long *numbers, cur, threshold;
+    size_t distinct = 0, marked = 0;
+
+    for (size_t i = 0; i < n; i++)
+        retire[i] = false;
+    if (keep_last == 0 || !strategy_checkpoint_number(current, &cur) ||
+        (numbers = calloc(n + 1, sizeof(*numbers))) == NULL)
+        return 0;
+    numbers[distinct++] = cur;
+    for (size_t i = 0; i < n; i++) {
+        unsigned long long v;
+        bool seen = false;
+        if (!strategy_checkpoint_number(names[i], &v))
+            continue;
+        for (size_t k = 0; k < distinct && !seen; k++)
+            seen = numbers[k] == v;
+        if (!seen)
+            numbers[distinct++] = v;
+    }
+    if (distinct <= keep_last) {
+        free(numbers);
+        return 0;
+    }
+    qsort(numbers, distinct, sizeof(*numbers), by_number_desc);
+    threshold = numbers[keep_last - 1]; /* the oldest one kept */
+    free(numbers);
+    for (size_t i = 0; i < n; i++) {
+        unsigned long long v;
+        if (strategy_checkpoint_number(names[i], &v) && v < threshold &&
+            strcmp(names[i], current) != 0) {
+            retire[i] = true;
+            marked++;
+        }
+    }
+    return marked;
 }

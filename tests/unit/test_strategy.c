@@ -1,4 +1,5 @@
-/* test_strategy.c - every_save maps Trainer checkpoints, single files and the output root. */
+/* test_strategy.c - every_save maps Trainer checkpoints, single files and the output root;
+ * --keep-last retires only this job's checkpoint-<n> folders beyond the newest K. */
 #include "strategy.h"
 
 #include "check.h"
@@ -155,8 +156,48 @@ static void test_other_strategies(void)
     strategy_plan_release(&plan);
 }
 
+static void test_checkpoint_number(void)
+{
+    unsigned long long n = 0;
+
+    CHECK(strategy_checkpoint_number("checkpoint-500", &n));
+    CHECK_INT(n, 500);
+    CHECK(!strategy_checkpoint_number("checkpoint-", &n));
+    CHECK(!strategy_checkpoint_number("checkpoint-5a", &n));
+    CHECK(!strategy_checkpoint_number("checkpoint--5", &n));
+    CHECK(!strategy_checkpoint_number("last-checkpoint", &n));
+    CHECK(!strategy_checkpoint_number("run/checkpoint-5", &n));
+    CHECK(!strategy_checkpoint_number("checkpoint-99999999999999999999999", &n));
+}
+
+static void test_retire(void)
+{
+    const char *names[] = {"checkpoint-10", "checkpoint-20", "notes",       "checkpoint-30",
+                           "checkpoint-20", "checkpoint-x",  "checkpoint-5"};
+    bool retire[7];
+
+    /* newest 2 of {10, 20, 30, 40, 5}: 40 (current) and 30 */
+    CHECK_INT(strategy_retire("checkpoint-40", names, 7, 2, retire), 4);
+    CHECK(retire[0] && retire[1] && retire[4] && retire[6]);
+    CHECK(!retire[2] && !retire[3] && !retire[5]);
+    /* numbers, not names: checkpoint-5 is older than checkpoint-10 */
+    CHECK_INT(strategy_retire("checkpoint-40", names, 7, 4, retire), 1);
+    CHECK(retire[6]);
+    /* as many as kept or fewer: nothing goes; 0 keeps all */
+    CHECK_INT(strategy_retire("checkpoint-40", names, 7, 5, retire), 0);
+    CHECK_INT(strategy_retire("checkpoint-40", names, 7, 0, retire), 0);
+    CHECK(!retire[0] && !retire[6]);
+    /* a current outside the pattern retires nothing; the current itself never goes */
+    CHECK_INT(strategy_retire("final", names, 7, 1, retire), 0);
+    CHECK_INT(strategy_retire("checkpoint-20", names, 7, 1, retire), 2);
+    CHECK(retire[0] && retire[6] && !retire[1] && !retire[4] && !retire[3]);
+    CHECK_INT(strategy_retire("checkpoint-1", NULL, 0, 1, retire), 0);
+}
+
 int main(void)
 {
+    test_checkpoint_number();
+    test_retire();
     test_other_strategies();
     test_folders();
     test_trainer_checkpoint();
