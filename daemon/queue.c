@@ -1149,8 +1149,10 @@ static void start_upload(struct queue *q, struct item *it)
     size_t n_deletes = 0;
     if (it->part_off + n == it->plan.count) {
         stale_last_checkpoint(q, it, &deletes, &n_deletes);
-        if (n_deletes == 0)
+        if (n_deletes == 0) {
+            free(deletes); /* an empty list */
             retired_checkpoints(q, it, &deletes, &n_deletes);
+        }
     }
     opts.deletes = (const char *const *)deletes;
     opts.n_deletes = n_deletes;
