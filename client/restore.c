@@ -855,6 +855,9 @@ struct choice {
     char prefix[256];  /* repo folder with its '/', or "" for the root */
     long long step;    /* -1: read from its trainer_state.json */
     const char *where; /* for messages */
+    /* learn_step's verified trainer_state.json, moved into the temporary folder once the
+     * restore goes ahead (so it is not fetched twice); "" when none */
+    char state_file[PATH_MAX + 32];
 };
 
 static bool checkpoint_number(const char *s, size_t n, long long *ret)
@@ -1083,19 +1086,17 @@ static long long interrupted_step(const char *dir, const struct entry *e)
     if (d == NULL)
         return -1;
     while (found < 0 && (de = readdir(d)) != NULL) {
-        char path[PATH_MAX], got[80];
+        char path[PATH_MAX], got[80], name[64];
         long long n;
-        if (strncmp(de->d_name, TMP_PREFIX, strlen(TMP_PREFIX)) != 0)
+        if (strncmp(de->d_name, TMP_PREFIX, strlen(TMP_PREFIX)) != 0 ||
+            (size_t)snprintf(path, sizeof(path), "%s/%s/trainer_state.json", dir, de->d_name) >=
+                sizeof(path) ||
+            verify_file(path, e, got) != 1 || (n = read_step(path)) < 0)
             continue;
-        if ((size_t)snprintf(path, sizeof(path), "%s/%s/trainer_state.json", dir, de->d_name) <
-                sizeof(path) &&
-            verify_file(path, e, got) == 1 && (n = read_step(path)) >= 0 &&
-            strcmp(de->d_name + strlen(TMP_PREFIX), "") != 0) {
-            char want[64];
-            snprintf(want, sizeof(want), "%lld", n);
-            if (strcmp(de->d_name + strlen(TMP_PREFIX), want) == 0)
-                found = n;
-        }
+        /* the folder must be named for the step its state says */
+        snprintf(name, sizeof(name), TMP_PREFIX "%lld", n);
+        if (strcmp(de->d_name, name) == 0)
+            found = n;
     }
     closedir(d);
     return found;
@@ -1125,6 +1126,10 @@ static int learn_step(struct restore *rs, struct choice *c)
     rc = verify_file(part, e, got);
     if (rc == 1)
         c->step = read_step(part);
+    if (rc == 1 && c->step >= 0) {
+        snprintf(c->state_file, sizeof(c->state_file), "%s", part);
+        return IPC_EXIT_OK;
+    }
     unlink(part);
     rmdir(side);
     if (rc != 1) {
@@ -1137,6 +1142,20 @@ static int learn_step(struct restore *rs, struct choice *c)
         return IPC_EXIT_PROTOCOL;
     }
     return IPC_EXIT_OK;
+}
+
+/* The trainer_state.json learn_step fetched goes into tmp (NULL: it is not needed). */
+static void place_state_file(const struct restore *rs, const struct choice *c, const char *tmp)
+{
+    char path[PATH_MAX + 32], side[PATH_MAX];
+
+    if (c->state_file[0] == '\0')
+        return;
+    snprintf(path, sizeof(path), "%s/trainer_state.json", tmp != NULL ? tmp : "");
+    if (tmp == NULL || access(path, F_OK) == 0 || rename(c->state_file, path) != 0)
+        unlink(c->state_file);
+    snprintf(side, sizeof(side), "%s/" TMP_PREFIX "state", rs->dir);
+    rmdir(side);
 }
 
 static int run(struct restore *rs)
@@ -1162,6 +1181,8 @@ static int run(struct restore *rs)
     local = newest_local(rs->dir, local_name, sizeof(local_name));
     snprintf(target, sizeof(target), "%s/checkpoint-%lld", rs->dir, c.step);
     snprintf(marker, sizeof(marker), "%s/trainer_state.json", target);
+    if (local >= c.step)
+        place_state_file(rs, &c, NULL);
     if (local > c.step) {
         printf("%s/%s is newer than the Hub's checkpoint-%lld: kept, nothing restored\n", rs->dir,
                local_name, c.step);
@@ -1181,8 +1202,10 @@ static int run(struct restore *rs)
     snprintf(tmp, sizeof(tmp), "%s/" TMP_PREFIX "%lld", rs->dir, c.step);
     if ((rc = mkdirs(tmp)) < 0) {
         fail_msg("cannot create '%s': %s", tmp, strerror(-rc));
+        place_state_file(rs, &c, NULL);
         return IPC_EXIT_FAILED;
     }
+    place_state_file(rs, &c, tmp);
     printf("restoring checkpoint-%lld of '%s' from %s at %.12s\n", c.step, rs->repo, c.where,
            rs->sha);
     fflush(stdout);

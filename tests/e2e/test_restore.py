@@ -134,14 +134,15 @@ class Restore(h.HubTestCase):
             self.assertIn("no trainer_state.json that says their step", r.stderr)
             self.assertEqual(os.listdir(dest), [])
 
-    def test_kill_mid_download_then_resume(self):
+    def kill_and_resume(self, strategy, step):
         size = 6 * 1024 * 1024
-        repo, watch = self.push("all_checkpoints", (7,), model_size=size)
-        original = files_of(os.path.join(watch, "checkpoint-7"))
+        repo, watch = self.push(strategy, (step,), model_size=size)
+        original = files_of(os.path.join(watch, f"checkpoint-{step}"))
+        # the two LFS downloads (optimizer.pt, then model.safetensors) trickle
         self.hub.fault({"route": "lfs_get", "count": 2, "slow_bytes_per_s": 1500000})
         before = len(self.hub.log_records())
         dest = h.tempdir("ckpt-restored-")
-        tmp = os.path.join(dest, ".ckptpush-restore-7")
+        tmp = os.path.join(dest, f".ckptpush-restore-{step}")
         part = os.path.join(tmp, "model.safetensors.ckptpush-part")
         p = h.spawn([h.client_path(), "restore", "--repo", repo, "--endpoint", self.hub.url,
                      dest], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
@@ -153,17 +154,19 @@ class Restore(h.HubTestCase):
         self.assertEqual(h.stop_process(p, signal.SIGKILL), -signal.SIGKILL)
         have = os.path.getsize(part)
         self.assertLess(have, size)
-        # finished before the kill: config.json, trainer_state.json, optimizer.pt
+        # finished before the kill (smallest first)
         done = sorted(n for n in os.listdir(tmp) if not n.endswith(".ckptpush-part"))
         self.assertEqual(done, ["config.json", "optimizer.pt", "trainer_state.json"])
         self.hub.request("DELETE", "/_admin/faults", token=None)
         first = self.hub.log_records()[before:]
+        resolved = [x["path"].rsplit("/", 1)[1] for x in first if x["route"] == "resolve"]
+        self.assertEqual(sorted(resolved), sorted(set(resolved)), "a file fetched twice")
 
         r = self.c_restore(repo, dest)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("3 already there", r.stdout)
-        self.assertEqual(files_of(os.path.join(dest, "checkpoint-7")), original)
-        self.assertEqual(os.listdir(dest), ["checkpoint-7"])
+        self.assertEqual(files_of(os.path.join(dest, f"checkpoint-{step}")), original)
+        self.assertEqual(os.listdir(dest), [f"checkpoint-{step}"])
         second = self.hub.log_records()[before + len(first):]
         # only the big file was asked for again, and only its missing bytes came
         resolved = [x["path"].rsplit("/", 1)[1] for x in second if x["route"] == "resolve"]
@@ -171,6 +174,13 @@ class Restore(h.HubTestCase):
         gets = [x for x in second if x["route"] == "lfs_get"]
         self.assertEqual([(x["status"], x["bytes_out"]) for x in gets], [(206, size - have)])
         self.assertFalse([x for x in first + second if x.get("auth_on_presigned")])
+
+    def test_kill_mid_download_then_resume(self):
+        self.kill_and_resume("all_checkpoints", 7)
+
+    def test_kill_mid_download_then_resume_last_checkpoint(self):
+        # the step comes from last-checkpoint/trainer_state.json: fetched once, kept
+        self.kill_and_resume("checkpoint", 8)
 
     def test_corrupted_object_is_detected(self):
         repo, watch = self.push("all_checkpoints", (3,))

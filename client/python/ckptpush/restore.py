@@ -337,12 +337,13 @@ def _step_of(path):
 
 
 def _learn_step(s, dest, entry):
+    """(step, the verified file fetched to learn it or None)."""
     for name in os.listdir(dest):  # an interrupted run already has it, verified
         if name.startswith(TMP_PREFIX):
             p = os.path.join(dest, name, "trainer_state.json")
             if os.path.isfile(p) and _verify(p, entry)[0] and \
                     str(_step_of(p)) == name[len(TMP_PREFIX):]:
-                return _step_of(p)
+                return _step_of(p), None
     side = os.path.join(dest, TMP_PREFIX + "state")
     os.makedirs(side, exist_ok=True)
     part = os.path.join(side, f"{s.sha[:12]}-trainer_state.json")
@@ -351,6 +352,8 @@ def _learn_step(s, dest, entry):
     _download(s, entry, part)
     ok, _ = _verify(part, entry)
     step = _step_of(part) if ok else None
+    if step is not None:
+        return step, part  # moved into the temporary folder when the restore goes ahead
     os.unlink(part)
     os.rmdir(side)
     if not ok:
@@ -358,7 +361,6 @@ def _learn_step(s, dest, entry):
     if step is None:
         raise RestoreError(f"'{entry['path']}' says no global_step (a whole number): cannot name "
                            "the checkpoint", EXIT_PROTOCOL)
-    return step
 
 
 def _fsync_dir(path):
@@ -406,12 +408,26 @@ def _restore(repo_id, dest, revision, endpoint, token, token_path, missing_ok, o
     entries = _list_tree(s)
     prefix, step = _choose(entries, s)
     os.makedirs(dest, exist_ok=True)
+    state_file = None
     if step is None:
-        step = _learn_step(s, dest, entries[prefix + "trainer_state.json"])
+        step, state_file = _learn_step(s, dest, entries[prefix + "trainer_state.json"])
+
+    def place_state_file(tmp):
+        # the trainer_state.json fetched to learn the step is not fetched twice
+        if state_file is None:
+            return
+        final = os.path.join(tmp, "trainer_state.json") if tmp else None
+        if final and not os.path.exists(final):
+            os.rename(state_file, final)
+        else:
+            os.unlink(state_file)
+        os.rmdir(os.path.dirname(state_file))
 
     local = [int(m.group(1)) for n in os.listdir(dest)
              if (m := _CHECKPOINT.match(n)) and os.path.isdir(os.path.join(dest, n))]
     target = os.path.join(dest, f"checkpoint-{step}")
+    if local and max(local) >= step:
+        place_state_file(None)
     if local and max(local) > step:
         print(f"{dest}/checkpoint-{max(local)} is newer than the Hub's checkpoint-{step}: kept, "
               "nothing restored", file=out)
@@ -425,6 +441,7 @@ def _restore(repo_id, dest, revision, endpoint, token, token_path, missing_ok, o
 
     tmp = os.path.join(dest, f"{TMP_PREFIX}{step}")
     os.makedirs(tmp, exist_ok=True)
+    place_state_file(tmp)
     where = {"last-checkpoint/": "last-checkpoint/ (strategy checkpoint)",
              "": "the repo's root (strategy every_save)"}.get(
                  prefix, "the newest checkpoint-N/ (strategy all_checkpoints)")
