@@ -2,12 +2,14 @@
 run (four checkpoints) pushed with keep_last=2 leaves exactly the newest two checkpoint folders;
 each older folder went in the very commit that added a newer whole one (so no commit of the
 history holds fewer whole checkpoints than it could); repo content this job did not push, a
-foreign checkpoint-5/ folder included, is untouched; a bad value is refused with a clear
-message before anything starts."""
+foreign checkpoint-5/ folder included, is untouched; what an earlier run of the job pushed is
+retired after a restart (the journal remembers it); a bad value is refused with a clear message
+before anything starts."""
 
 import base64
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -105,6 +107,24 @@ class KeepLast(unittest.TestCase):
             self.assertIn(p, tree)
             status, _, body = self.hub.request("GET", f"/{self.repo}/resolve/main/{p}")
             self.assertEqual((status, body), (200, data), p)
+
+    def test_across_a_restart(self):
+        # the journal remembers what an earlier run of the job pushed: keep_last=1
+        root, watch = h.job_dir("ckpt-keep-restart-")
+        repo = f"{h.USER}/keep-last-restart-{os.getpid()}"
+        args = ["--strategy", "all_checkpoints", "--keep-last", "1", "--quiet-ms", "200",
+                "--socket", os.path.join(root, "ctl.sock")]
+        for steps in ((1, 2), (3,)):
+            d = h.Daemon(watch, repo=repo, endpoint=self.hub.url, log_level="info", args=args)
+            d.wait_event("ready", timeout=20)
+            for s in steps:
+                h.write_checkpoint(watch, s, 3000, random.Random(s))
+                d.wait_event("committed", timeout=30, ckpt=f"checkpoint-{s}")
+            self.assertEqual(d.stop(signal.SIGTERM, 30), 0, d.tail())
+            self.assertEqual(sorted(folders(self.hub.tree(repo))), [f"checkpoint-{steps[-1]}"])
+        self.assertEqual([(r["kv"]["ckpt"], r["kv"]["folder"]) for r in d.events("retiring")],
+                         [("checkpoint-3", "checkpoint-1"), ("checkpoint-3", "checkpoint-2")],
+                         d.tail())
 
     def test_bad_values_refused(self):
         watch = h.job_dir("ckpt-keep-bad-")[1]
