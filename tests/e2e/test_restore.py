@@ -9,6 +9,7 @@ checkpoint and a server answering garbage each get a clear message and their exi
 
 import hashlib
 import http.server
+import io
 import json
 import os
 import random
@@ -23,6 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ckpt_harness as h  # noqa: E402
 
 PYTHON_PKG = os.path.join(h.SOURCE_DIR, "client", "python")
+sys.path.insert(0, PYTHON_PKG)
+from ckptpush import restore as restore_mod  # noqa: E402
 
 
 def write(d, files):
@@ -111,6 +114,18 @@ class Restore(h.HubTestCase):
     def test_all_checkpoints_strategy(self):
         repo, watch = self.push("all_checkpoints", (4, 12))
         self.both_restore(repo, 12, files_of(os.path.join(watch, "checkpoint-12")))
+        # the Python function itself
+        dest = h.tempdir("ckpt-restored-")
+        quiet = io.StringIO()
+        got = restore_mod.restore(repo, dest, endpoint=self.hub.url, token=h.TOKEN, out=quiet)
+        self.assertEqual(got, os.path.join(dest, "checkpoint-12"))
+        self.assertEqual(files_of(got), files_of(os.path.join(watch, "checkpoint-12")))
+        self.assertIsNone(restore_mod.restore(repo, dest, endpoint=self.hub.url, token=h.TOKEN,
+                                              out=quiet))
+        self.assertIn("is already there: nothing restored", quiet.getvalue())
+        with self.assertRaises(restore_mod.RestoreError) as cm:
+            restore_mod.restore(repo, dest, endpoint=self.hub.url, token="hf_bad")
+        self.assertEqual(cm.exception.exit_code, 1)
 
     def test_every_save_root_with_trainer_state(self):
         repo, watch = self.push("every_save", (1, 5), final=True)

@@ -376,11 +376,13 @@ class NothingToRestore(RestoreError):
 
 
 def restore(repo_id, dest, revision=None, endpoint=None, token=None, token_path=None,
-            missing_ok=False, out=sys.stdout):
+            missing_ok=False, out=None):
     """Restore the newest complete checkpoint of repo_id into dest/checkpoint-<step>. Returns
     that path, or None when dest already holds it or a newer one (kept), or, with missing_ok,
     when the repo, the revision or a checkpoint in it does not exist yet. Raises RestoreError
-    (HashMismatch for a file that is not what the Hub says)."""
+    (HashMismatch for a file that is not what the Hub says). Progress lines go to out
+    (default stdout)."""
+    out = out or sys.stdout
     try:
         return _restore(repo_id, dest, revision, endpoint, token, token_path, missing_ok, out)
     except NothingToRestore as e:
