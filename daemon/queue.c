@@ -1036,8 +1036,8 @@ static void retired_checkpoints(struct queue *q, const struct item *it, char ***
     struct journal_ckpt *c;
     const char **names = NULL;
     struct journal_ckpt **ckpts = NULL;
-    bool *retire = NULL;
-    size_t n = 0, n_files = 0;
+    enum strategy_retirement *retire = NULL;
+    size_t n = 0, n_files = 0, again_folders = 0;
 
     *ret = NULL;
     *ret_n = 0;
@@ -1062,16 +1062,16 @@ static void retired_checkpoints(struct queue *q, const struct item *it, char ***
     if (strategy_retire(it->name, names, n, q->deps.cfg->keep_last, retire) == 0)
         goto out;
     for (size_t i = 0; i < n; i++)
-        if (retire[i])
+        if (retire[i] != STRATEGY_KEEP)
             n_files += ckpts[i]->n_files;
     if ((*ret = calloc(n_files ? n_files : 1, sizeof(char *))) == NULL)
         goto out;
     for (size_t i = 0; i < n; i++) {
         bool again = false;
-        if (!retire[i])
+        if (retire[i] == STRATEGY_KEEP)
             continue;
         for (size_t k = 0; k < i && !again; k++) /* saved twice: one folder */
-            again = retire[k] && strcmp(names[k], names[i]) == 0;
+            again = retire[k] != STRATEGY_KEEP && strcmp(names[k], names[i]) == 0;
         if (again)
             continue;
         size_t before = *ret_n;
@@ -1087,9 +1087,16 @@ static void retired_checkpoints(struct queue *q, const struct item *it, char ***
             else
                 (*ret)[(*ret_n)++] = path;
         }
-        log_info("retiring", "ckpt='%s' folder='%s' files=%zu keep_last=%u", it->name, names[i],
-                 *ret_n - before, q->deps.cfg->keep_last);
+        if (retire[i] == STRATEGY_RETIRE_NOW)
+            log_info("retiring", "ckpt='%s' folder='%s' files=%zu keep_last=%u", it->name, names[i],
+                     *ret_n - before, q->deps.cfg->keep_last);
+        else
+            again_folders++;
     }
+    /* Named again in case an earlier commit failed or kept more: where gone, no change. */
+    if (again_folders > 0)
+        log_debug("retiring-again", "ckpt='%s' folders=%zu keep_last=%u", it->name, again_folders,
+                  q->deps.cfg->keep_last);
 out:
     free(names);
     free(ckpts);

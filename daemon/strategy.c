@@ -181,48 +181,57 @@ bool strategy_checkpoint_number(const char *name, unsigned long long *ret_n)
     return true;
 }
 
-static int by_number_desc(const void *a, const void *b)
+/* Whether number v is already one of names' (current's own name aside). */
+static bool number_among(unsigned long long v, const char *current, const char *const *names,
+                         size_t n)
 {
-    unsigned long long x = *(const unsigned long long *)a, y = *(const unsigned long long *)b;
-    return x < y ? 1 : x > y ? -1 : 0;
+    unsigned long long x;
+
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(names[i], current) != 0 && strategy_checkpoint_number(names[i], &x) && x == v)
+            return true;
+    return false;
+}
+
+/* How many distinct checkpoint numbers among names (current's own name aside) are above v. */
+static size_t newer_than(unsigned long long v, const char *current, const char *const *names,
+                         size_t n)
+{
+    size_t count = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        unsigned long long x, y;
+        bool counted = false;
+        if (strcmp(names[i], current) == 0 || !strategy_checkpoint_number(names[i], &x) || x <= v)
+            continue;
+        for (size_t k = 0; k < i && !counted; k++)
+            counted = strcmp(names[k], current) != 0 && strategy_checkpoint_number(names[k], &y) &&
+                      y == x;
+        if (!counted)
+            count++;
+    }
+    return count;
 }
 
 size_t strategy_retire(const char *current, const char *const *names, size_t n, unsigned keep_last,
-                       bool *retire)
+                       enum strategy_retirement *marks)
 {
-    unsigned long long *numbers, cur, threshold;
-    size_t distinct = 0, marked = 0;
+    unsigned long long cur, v;
+    size_t marked = 0;
 
     for (size_t i = 0; i < n; i++)
-        retire[i] = false;
-    if (keep_last == 0 || !strategy_checkpoint_number(current, &cur) ||
-        (numbers = calloc(n + 1, sizeof(*numbers))) == NULL)
+        marks[i] = STRATEGY_KEEP;
+    if (keep_last == 0 || !strategy_checkpoint_number(current, &cur))
         return 0;
-    numbers[distinct++] = cur;
     for (size_t i = 0; i < n; i++) {
-        unsigned long long v;
-        bool seen = false;
-        if (!strategy_checkpoint_number(names[i], &v))
+        if (strcmp(names[i], current) == 0 || !strategy_checkpoint_number(names[i], &v))
             continue;
-        for (size_t k = 0; k < distinct && !seen; k++)
-            seen = numbers[k] == v;
-        if (!seen)
-            numbers[distinct++] = v;
-    }
-    if (distinct <= keep_last) {
-        free(numbers);
-        return 0;
-    }
-    qsort(numbers, distinct, sizeof(*numbers), by_number_desc);
-    threshold = numbers[keep_last - 1]; /* the oldest one kept */
-    free(numbers);
-    for (size_t i = 0; i < n; i++) {
-        unsigned long long v;
-        if (strategy_checkpoint_number(names[i], &v) && v < threshold &&
-            strcmp(names[i], current) != 0) {
-            retire[i] = true;
-            marked++;
-        }
+        size_t before = newer_than(v, current, names, n);
+        size_t with_current = before + (cur > v && !number_among(cur, current, names, n));
+        if (with_current < keep_last)
+            continue;
+        marks[i] = before >= keep_last ? STRATEGY_RETIRE_AGAIN : STRATEGY_RETIRE_NOW;
+        marked++;
     }
     return marked;
 }

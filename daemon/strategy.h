@@ -35,11 +35,17 @@ size_t strategy_filter(struct strategy_plan *plan, char *const *include, char *c
 /* Remote retention (--keep-last): true when name is a folder this job's naming pattern creates,
  * `checkpoint-<n>` with n in decimal digits; *ret_n gets n. */
 bool strategy_checkpoint_number(const char *name, unsigned long long *ret_n);
+enum strategy_retirement {
+    STRATEGY_KEEP = 0,
+    STRATEGY_RETIRE_NOW,   /* this commit pushes it beyond the newest keep_last */
+    STRATEGY_RETIRE_AGAIN, /* already beyond them without this commit: gone, unless an earlier
+                              commit failed or ran with a larger keep_last */
+};
 /* Of the committed checkpoint folders names[0..n) (duplicates allowed) and current (being
- * committed now), marks in retire[] those that fall beyond the newest keep_last by their number.
+ * committed now), marks in marks[] those that fall beyond the newest keep_last by their number.
  * current and names outside the pattern are never marked; keep_last 0 marks none. Returns how
  * many were marked. */
 size_t strategy_retire(const char *current, const char *const *names, size_t n, unsigned keep_last,
-                       bool *retire);
+                       enum strategy_retirement *marks);
 
 #endif

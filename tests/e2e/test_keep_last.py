@@ -95,10 +95,7 @@ class KeepLast(unittest.TestCase):
         self.assertEqual(titles[2:], [f"Training in progress, step {s}" for s in STEPS] +
                          ["End of training"])
         retiring = [(r["kv"]["ckpt"], r["kv"]["folder"]) for r in self.daemon.events("retiring")]
-        # every commit names each older folder of this job beyond the newest K (one already
-        # gone is no change): the first to name a folder is the one that deletes it
         self.assertEqual(retiring, [("checkpoint-30", "checkpoint-10"),
-                                    ("checkpoint-40", "checkpoint-10"),
                                     ("checkpoint-40", "checkpoint-20")], self.daemon.tail())
 
     def test_unrelated_files_untouched(self):
@@ -108,23 +105,28 @@ class KeepLast(unittest.TestCase):
             status, _, body = self.hub.request("GET", f"/{self.repo}/resolve/main/{p}")
             self.assertEqual((status, body), (200, data), p)
 
-    def test_across_a_restart(self):
-        # the journal remembers what an earlier run of the job pushed: keep_last=1
+    def test_across_a_restart_with_a_smaller_k(self):
+        # the journal remembers what an earlier run of the job pushed; that run kept 3, this one
+        # keeps 1: the commit of checkpoint-3 deletes checkpoint-2 (now beyond the newest 1) and
+        # names checkpoint-1 again, which was beyond it already and never deleted
         root, watch = h.job_dir("ckpt-keep-restart-")
         repo = f"{h.USER}/keep-last-restart-{os.getpid()}"
-        args = ["--strategy", "all_checkpoints", "--keep-last", "1", "--quiet-ms", "200",
+        args = ["--strategy", "all_checkpoints", "--quiet-ms", "200",
                 "--socket", os.path.join(root, "ctl.sock")]
-        for steps in ((1, 2), (3,)):
-            d = h.Daemon(watch, repo=repo, endpoint=self.hub.url, log_level="info", args=args)
+        for keep, steps in ((3, (1, 2)), (1, (3,))):
+            d = h.Daemon(watch, repo=repo, endpoint=self.hub.url, log_level="debug",
+                         args=args + ["--keep-last", str(keep)])
             d.wait_event("ready", timeout=20)
             for s in steps:
                 h.write_checkpoint(watch, s, 3000, random.Random(s))
                 d.wait_event("committed", timeout=30, ckpt=f"checkpoint-{s}")
             self.assertEqual(d.stop(signal.SIGTERM, 30), 0, d.tail())
-            self.assertEqual(sorted(folders(self.hub.tree(repo))), [f"checkpoint-{steps[-1]}"])
+            self.assertEqual(sorted(folders(self.hub.tree(repo))),
+                             [f"checkpoint-{n}" for n in range(1, 4)[-keep:] if n <= steps[-1]])
         self.assertEqual([(r["kv"]["ckpt"], r["kv"]["folder"]) for r in d.events("retiring")],
-                         [("checkpoint-3", "checkpoint-1"), ("checkpoint-3", "checkpoint-2")],
-                         d.tail())
+                         [("checkpoint-3", "checkpoint-2")], d.tail())
+        (again,) = d.events("retiring-again")
+        self.assertEqual((again["kv"]["ckpt"], again["kv"]["folders"]), ("checkpoint-3", "1"))
 
     def test_bad_values_refused(self):
         watch = h.job_dir("ckpt-keep-bad-")[1]
