@@ -838,6 +838,8 @@ static int download(struct restore *rs, const struct entry *e, const char *part)
                          what, have + a.written, e->size);
             else
                 code = request_failed(rs, what, rc, &a);
+            if (a.overflow)
+                unlink(part); /* not the file the listing describes: nothing to resume */
             if (rc == CURLE_PARTIAL_FILE)
                 code = IPC_EXIT_NO_DAEMON;
             break;

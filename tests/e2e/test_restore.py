@@ -4,7 +4,8 @@ comes back byte for byte as DIR/checkpoint-<step>; a C client killed with SIGKIL
 (the hub slowed down) continues with a Range request and fetches no finished file again; a
 corrupted object on the hub is detected, named and its download deleted; a newer local checkpoint
 is kept; a same-named incomplete one is refused; missing repo, refused token, a repo with no
-checkpoint and a server answering garbage each get a clear message and their exit code, and
+checkpoint, a server answering garbage and a regular file that is not the git blob the listing
+says each get a clear message and their exit code, and
 --missing-ok (a job's first start) turns "not there yet" into exit 0."""
 
 import hashlib
@@ -13,6 +14,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -286,13 +288,22 @@ class Restore(h.HubTestCase):
             mode = "html"  # then "tree": a listing naming a path outside the checkpoint
 
             def do_GET(self):
+                state = b'{"global_step": 1}\n'
                 if Garbage.mode == "html":
                     body = b"<html>not the Hub</html>"
                 elif "/revision/" in self.path:
                     body = json.dumps({"sha": "0" * 40}).encode()
-                else:
+                elif Garbage.mode == "tree":
                     body = json.dumps([{"type": "file", "path": "../../etc/x", "size": 1,
                                         "oid": "0" * 40}]).encode()
+                elif "/tree/" in self.path:
+                    oid = {"blob": "1" * 40}.get(Garbage.mode, hashlib.sha1(
+                        b"blob %d\0" % len(state) + state).hexdigest())
+                    size = len(state) - (Garbage.mode == "long")  # "long": one byte too many
+                    body = json.dumps([{"type": "file", "size": size, "oid": oid,
+                                        "path": "checkpoint-1/trainer_state.json"}]).encode()
+                else:  # resolve: the whole file, whatever Range asked for
+                    body = state
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -305,17 +316,40 @@ class Restore(h.HubTestCase):
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{srv.server_address[1]}"
         try:
-            for mode, why in (("html", "the Hub's answer is not valid JSON"),
-                              ("tree", "refusing the path '../../etc/x'")):
+            # "norange": a partial file of other bytes is there, and the server answers a Range
+            # request with the whole file (200): the client starts the file over
+            Garbage.mode = "norange"
+            dest = h.tempdir("ckpt-restored-")
+            for cmd in ([h.client_path(), "restore"], [sys.executable, "-m", "ckptpush",
+                                                       "restore"]):
+                shutil.rmtree(os.path.join(dest, "checkpoint-1"), ignore_errors=True)
+                write(os.path.join(dest, ".ckptpush-restore-1"),
+                      [("trainer_state.json.ckptpush-part", b"XXXXX")])
+                r = subprocess.run(cmd + ["--repo", "a/b", "--endpoint", url, dest],
+                                   capture_output=True, text=True, timeout=60, env=env())
+                self.assertEqual(r.returncode, 0, r.stderr)
+                with open(os.path.join(dest, "checkpoint-1", "trainer_state.json"), "rb") as f:
+                    self.assertEqual(f.read(), b'{"global_step": 1}\n')
+            for mode, why, code in (
+                    ("html", "the Hub's answer is not valid JSON", 4),
+                    ("tree", "refusing the path '../../etc/x'", 4),
+                    ("blob", "'checkpoint-1/trainer_state.json' does not match the Hub's git "
+                             f"blob id (expected {'1' * 40}, got ", 1),
+                    ("long", "the Hub sent more bytes than it announced", 4)):
                 Garbage.mode = mode
                 for cmd in ([h.client_path(), "restore"],
                             [sys.executable, "-m", "ckptpush", "restore"]):
                     dest = h.tempdir("ckpt-restored-")
                     r = subprocess.run(cmd + ["--repo", "a/b", "--endpoint", url, dest],
                                        capture_output=True, text=True, timeout=60, env=env())
-                    self.assertEqual(r.returncode, 4, r.stderr)
+                    self.assertEqual(r.returncode, code, r.stderr)
                     self.assertIn(why, r.stderr)
-                    self.assertEqual(os.listdir(dest), [])
+                    self.assertFalse(os.path.exists(os.path.join(dest, "checkpoint-1")))
+                    if mode in ("blob", "long"):  # deleted, nothing renamed into place
+                        self.assertEqual(os.listdir(os.path.join(dest, ".ckptpush-restore-1")),
+                                         [])
+                    else:
+                        self.assertEqual(os.listdir(dest), [])
         finally:
             srv.shutdown()
             srv.server_close()

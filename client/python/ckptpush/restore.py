@@ -287,6 +287,8 @@ def _download(s, entry, part):
                         if not b:
                             break
                         if have + len(b) > entry["size"]:
+                            f.close()
+                            os.unlink(part)  # not the file the listing describes
                             raise RestoreError(f"{what}: the Hub sent more bytes than it "
                                                "announced: not a valid answer", EXIT_PROTOCOL)
                         f.write(b)
