@@ -1300,6 +1300,14 @@ int restore_command(int argc, char **argv, const char *usage)
         return IPC_EXIT_USAGE;
     }
     rs.endpoint = endpoint;
+    char dir[PATH_MAX];
+    if (snprintf(dir, sizeof(dir), "%s", rs.dir) >= (int)sizeof(dir)) {
+        fail_msg("the path '%s' is too long", rs.dir);
+        return IPC_EXIT_USAGE;
+    }
+    for (size_t n = strlen(dir); n > 1 && dir[n - 1] == '/'; n--)
+        dir[n - 1] = '\0';
+    rs.dir = dir;
     if (env_set("HF_HUB_OFFLINE") != NULL && strcmp(getenv("HF_HUB_OFFLINE"), "0") != 0) {
         fail_msg("HF_HUB_OFFLINE is set: restoring needs the Hub");
         return IPC_EXIT_FAILED;

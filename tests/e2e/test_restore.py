@@ -230,9 +230,10 @@ class Restore(h.HubTestCase):
         for run in (self.c_restore, self.py_restore):
             dest = h.tempdir("ckpt-restored-")
             write(os.path.join(dest, "checkpoint-9"), [("trainer_state.json", b"{}")])
-            r = run(repo, dest)
+            r = run(repo, dest + "/")
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-            self.assertIn("checkpoint-9 is newer than the Hub's checkpoint-2: kept", r.stdout)
+            self.assertIn(f"{dest}/checkpoint-9 is newer than the Hub's checkpoint-2: kept",
+                          r.stdout)
             self.assertEqual(sorted(os.listdir(dest)), ["checkpoint-9"])
             # the same step, incomplete: an error naming it
             dest = h.tempdir("ckpt-restored-")

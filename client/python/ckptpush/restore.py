@@ -401,6 +401,7 @@ def _restore(repo_id, dest, revision, endpoint, token, token_path, missing_ok, o
         raise RestoreError(f"invalid endpoint {endpoint!r} (http:// or https://)", EXIT_USAGE)
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
         raise RestoreError("HF_HUB_OFFLINE is set: restoring needs the Hub")
+    dest = os.path.normpath(dest)
     s = _Session(endpoint, repo_id, revision, token or find_token(token_path))
     s.missing_ok = missing_ok
     what = f"revision '{revision}' of '{repo_id}'"
