@@ -54,7 +54,7 @@ struct restore {
     CURL *curl;
     char sha[41]; /* the commit everything is read at */
     struct entry *entries;
-    size_t n_entries;
+    size_t n_entries, cap_entries;
 };
 
 struct answer {
@@ -570,13 +570,16 @@ static int add_entry(struct restore *rs, const cJSON *item, const char *what)
         memcpy(e.sha256, sha->valuestring, 65);
         e.size = size;
     }
-    struct entry *grown = realloc(rs->entries, (rs->n_entries + 1) * sizeof(*grown));
-    if (grown == NULL || (e.path = strdup(path->valuestring)) == NULL) {
-        if (grown != NULL)
-            rs->entries = grown;
-        return IPC_EXIT_FAILED;
+    if (rs->n_entries == rs->cap_entries) {
+        size_t cap = rs->cap_entries ? 2 * rs->cap_entries : 64;
+        struct entry *grown = realloc(rs->entries, cap * sizeof(*grown));
+        if (grown == NULL)
+            return IPC_EXIT_FAILED;
+        rs->entries = grown;
+        rs->cap_entries = cap;
     }
-    rs->entries = grown;
+    if ((e.path = strdup(path->valuestring)) == NULL)
+        return IPC_EXIT_FAILED;
     rs->entries[rs->n_entries++] = e;
     return IPC_EXIT_OK;
 }

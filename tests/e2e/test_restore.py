@@ -367,5 +367,23 @@ class Restore(h.HubTestCase):
             self.assertEqual(r.returncode, 2, r.stderr)
 
 
+class RestorePaged(h.HubTestCase):
+    """A hub answering tree listings three entries a page (Link: rel="next")."""
+
+    push, c_restore, py_restore, both_restore = (Restore.push, Restore.c_restore,
+                                                 Restore.py_restore, Restore.both_restore)
+
+    @classmethod
+    def setUpClass(cls):
+        cls.hub = h.Hub(args=["--page-size", "3"])
+
+    def test_paged_listing(self):
+        repo, watch = self.push("all_checkpoints", (2, 6))
+        self.both_restore(repo, 6, files_of(os.path.join(watch, "checkpoint-6")))
+        pages = [x for x in self.hub.log_records() if x["route"] == "tree" and
+                 "cursor=" in x["path"]]
+        self.assertTrue(pages, "the listing took more than one page")
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
