@@ -29,6 +29,7 @@ PART_SUFFIX = ".ckptpush-part"
 TMP_PREFIX = ".ckptpush-restore-"
 ATTEMPTS = 5
 CHUNK = 1 << 20
+JSON_MAX = 64 << 20  # a listing page or revision answer
 _CHECKPOINT = re.compile(r"^checkpoint-([0-9]+)$")
 
 # exit codes of the ckptpush command line
@@ -94,7 +95,7 @@ class _Session:
         self.origin = "/".join(endpoint.split("/", 3)[:3])
 
     def open(self, url, auth=True, start=0):
-        """One request, no redirect followed: (status, headers, response or None, body)."""
+        """One request, no redirect followed: (status, headers, response to read)."""
         headers = {"Accept-Encoding": "identity", "User-Agent": "ckptpush-python (restore)"}
         if auth and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -162,9 +163,12 @@ class _Session:
     def get_json(self, url, what):
         status, headers, r = self.request(url, what)
         with r:
-            body = r.read()
+            body = r.read(JSON_MAX + 1)
         if status != 200:
             raise self.failed(what, status, headers)
+        if len(body) > JSON_MAX:
+            raise RestoreError(f"{what}: the Hub's answer is larger than {JSON_MAX} bytes",
+                               EXIT_PROTOCOL)
         try:
             return json.loads(body), headers
         except ValueError:
