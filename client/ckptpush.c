@@ -23,6 +23,7 @@
 #include <cjson/cJSON.h>
 
 #include "ipc_proto.h"
+#include "restore.h"
 
 #define REPLY_TIMEOUT_MS 30000
 #define FLUSH_GRACE_MS 5000
@@ -887,6 +888,12 @@ static int cmd_shutdown(struct conn *c, int argc, char **argv)
                                : simple(c, IPC_TYPE_SHUTDOWN, "daemon is shutting down");
 }
 
+static int cmd_restore(struct conn *c, int argc, char **argv)
+{
+    (void)c; /* talks to the Hub, not to a daemon */
+    return restore_command(argc, argv, current->usage);
+}
+
 _Static_assert(IPC_MAX_PUSH_MESSAGE == 200, "push's help text names the limit");
 
 static const struct command commands[] = {
@@ -915,6 +922,16 @@ static const struct command commands[] = {
      "give up with exit 5.",
      cmd_flush},
     {"shutdown", "shutdown [--json]", "Ask the daemon to drain and exit.", cmd_shutdown},
+    {"restore",
+     "restore --repo ID [--revision R] [--endpoint URL] [--token-path FILE] [--missing-ok] DIR",
+     "Download the newest complete checkpoint of the Hub repo ID (last-checkpoint/, else the\n"
+     "highest checkpoint-N/, else the root's model files when their trainer_state.json says\n"
+     "the step) into DIR/checkpoint-<step>, verified, through DIR/.ckptpush-restore-<step>/;\n"
+     "a second run continues an interrupted one. A newer DIR/checkpoint-M is kept (exit 0).\n"
+     "--missing-ok: a repo or revision not found, or no checkpoint in it yet, is exit 0 (a\n"
+     "job's first start). Needs no daemon. Exit 1 also for not found, a refused token, no\n"
+     "checkpoint or a hash mismatch; 3 the Hub cannot be reached; 4 it answered garbage.",
+     cmd_restore},
 };
 
 static void print_usage(FILE *f)
@@ -922,7 +939,7 @@ static void print_usage(FILE *f)
     fprintf(f,
             "usage: %s [--socket PATH | --job NAME] COMMAND [ARGS]\n"
             "\n"
-            "Talk to a running ckptpushd.\n"
+            "Talk to a running ckptpushd, or restore a checkpoint from the Hub.\n"
             "\n"
             "commands:\n",
             prog);

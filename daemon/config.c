@@ -76,6 +76,9 @@ void config_print_usage(void)
           "                       lowest I/O priority: the training keeps the machine; a\n"
           "                       wrapped command keeps its own; 0 leaves them as they are\n"
           "  --commits-per-hour N commit budget; faster saves coalesce (128, as the Hub allows)\n"
+          "  --keep-last K        all_checkpoints: the commit adding a checkpoint folder also\n"
+          "                       deletes this job's checkpoint-N/ folders beyond the newest K\n"
+          "                       (0: keep all)\n"
           "  --staging-max BYTES  pins that had to be copied (no hard link) are copied at\n"
           "                       seal while the staging bytes are within it; later copies\n"
           "                       wait (0: no limit)\n"
@@ -294,6 +297,16 @@ SETTER(set_commits_per_hour)
     return 0;
 }
 
+SETTER(set_keep_last)
+{
+    if (parse_unsigned(v, 100000, &cfg->keep_last) != 0) {
+        snprintf(why, why_size,
+                 "'%.100s' is not a number from 0 to 100000 (0 keeps every checkpoint)", v);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 SETTER(set_nice)
 {
     if (parse_unsigned(v, 19, &cfg->nice) != 0) {
@@ -483,6 +496,7 @@ static const struct key_def keys[] = {
     {"nice", "nice", NULL, NULL, KEY_NUMBER, false, set_nice},
     {"staging_max", "staging-max", NULL, NULL, KEY_NUMBER, false, set_staging_max},
     {"commits_per_hour", "commits-per-hour", NULL, NULL, KEY_NUMBER, false, set_commits_per_hour},
+    {"keep_last", "keep-last", NULL, NULL, KEY_NUMBER, false, set_keep_last},
     {"private", "public", "false", NULL, KEY_BOOL, false, set_private},
     {"quiet_ms", "quiet-ms", NULL, NULL, KEY_NUMBER, false, set_quiet_ms},
     {"drain_timeout_s", "drain-timeout", NULL, NULL, KEY_NUMBER, false, set_drain_timeout},
@@ -991,6 +1005,14 @@ static int load(struct config *cfg, int argc, char **argv)
         add_problem(cfg, "missing --repo NAMESPACE/NAME (or 'repo' in the config, CKPTPUSH_REPO)");
         set_code(&code, CKPT_EXIT_USAGE);
     }
+    if (cfg->keep_last > 0 && cfg->strategy != STRATEGY_ALL_CHECKPOINTS) {
+        /* Only all_checkpoints leaves one folder per checkpoint in the repo to retire. */
+        add_problem(cfg,
+                    "keep_last: %u needs strategy all_checkpoints (the strategy is %s, which "
+                    "keeps no checkpoint folders to delete)",
+                    cfg->keep_last, config_strategy_name(cfg->strategy));
+        set_code(&code, CKPT_EXIT_INVALID);
+    }
     if (cfg->endpoint == NULL && (cfg->endpoint = strdup(DEFAULT_ENDPOINT)) == NULL)
         set_code(&code, CKPT_EXIT_FAILURE);
     if (cfg->offline && !cfg->dry_run) {
@@ -1085,6 +1107,7 @@ char *config_to_json(const struct config *cfg)
     cJSON_AddNumberToObject(o, "nice", cfg->nice);
     cJSON_AddNumberToObject(o, "staging_max", (double)cfg->staging_max);
     cJSON_AddNumberToObject(o, "commits_per_hour", cfg->commits_per_hour);
+    cJSON_AddNumberToObject(o, "keep_last", cfg->keep_last);
     cJSON_AddBoolToObject(o, "private", cfg->private_repo);
     cJSON_AddNumberToObject(o, "quiet_ms", cfg->quiet_ms);
     add_string_or_null(o, "staging", cfg->staging_dir);

@@ -68,10 +68,13 @@ struct config {
     char *revision;                      /* branch for intermediate commits; NULL: main */
     char *include[CONFIG_GLOBS_MAX + 1]; /* fnmatch globs on repo paths, NULL-terminated */
     char *exclude[CONFIG_GLOBS_MAX + 1];
-    unsigned long long max_rate;    /* upload bytes per second, all transfers; 0: none */
-    unsigned max_transfers;         /* PUTs in flight (parts or files) */
-    unsigned nice;                  /* niceness of the daemon's threads; 0: unchanged */
-    unsigned commits_per_hour;      /* commit budget per repo; later saves coalesce */
+    unsigned long long max_rate; /* upload bytes per second, all transfers; 0: none */
+    unsigned max_transfers;      /* PUTs in flight (parts or files) */
+    unsigned nice;               /* niceness of the daemon's threads; 0: unchanged */
+    unsigned commits_per_hour;   /* commit budget per repo; later saves coalesce */
+    /* Remote retention: checkpoint folders kept, newest first (all_checkpoints; a later bucket
+     * target shares the key); 0: all. */
+    unsigned keep_last;
     unsigned long long staging_max; /* copies at seal start within it (queue.c); 0: none */
     enum log_format log_format;
     bool private_repo;

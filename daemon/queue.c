@@ -1027,6 +1027,82 @@ static void stale_last_checkpoint(struct queue *q, const struct item *it, char *
     }
 }
 
+/* --keep-last with all_checkpoints: the files of this job's committed checkpoint-<n>/ folders
+ * (the journal remembers them) beyond the newest keep_last, deleted by the commit that completes
+ * this newer one, so the Hub never holds fewer than keep_last whole checkpoints. Repo content
+ * this job did not push is never named; the upload checks each path still exists. */
+static void retired_checkpoints(struct queue *q, const struct item *it, char ***ret, size_t *ret_n)
+{
+    struct journal_ckpt *c;
+    const char **names = NULL;
+    struct journal_ckpt **ckpts = NULL;
+    enum strategy_retirement *retire = NULL;
+    size_t n = 0, n_files = 0, again_folders = 0;
+
+    *ret = NULL;
+    *ret_n = 0;
+    if (q->deps.cfg->strategy != STRATEGY_ALL_CHECKPOINTS || q->deps.cfg->keep_last == 0 ||
+        !journaled(it) || strcmp(it->layout, "transformers-trainer") != 0)
+        return;
+    for (c = journal_ckpts(q->journal); c != NULL; c = c->next)
+        n++;
+    names = calloc(n + 1, sizeof(*names));
+    ckpts = calloc(n + 1, sizeof(*ckpts));
+    retire = calloc(n + 1, sizeof(*retire));
+    if (names == NULL || ckpts == NULL || retire == NULL)
+        goto out;
+    n = 0;
+    for (c = journal_ckpts(q->journal); c != NULL; c = c->next)
+        if (c->id != it->id && c->commit[0] != '\0' && c->name != NULL && c->layout != NULL &&
+            strcmp(c->layout, it->layout) == 0 &&
+            (c->state == JOURNAL_COMMITTED || c->state == JOURNAL_RELEASED)) {
+            ckpts[n] = c;
+            names[n++] = c->name;
+        }
+    if (strategy_retire(it->name, names, n, q->deps.cfg->keep_last, retire) == 0)
+        goto out;
+    for (size_t i = 0; i < n; i++)
+        if (retire[i] != STRATEGY_KEEP)
+            n_files += ckpts[i]->n_files;
+    if ((*ret = calloc(n_files ? n_files : 1, sizeof(char *))) == NULL)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        bool again = false;
+        if (retire[i] == STRATEGY_KEEP)
+            continue;
+        for (size_t k = 0; k < i && !again; k++) /* saved twice: one folder */
+            again = retire[k] != STRATEGY_KEEP && strcmp(names[k], names[i]) == 0;
+        if (again)
+            continue;
+        size_t before = *ret_n;
+        for (size_t f = 0; f < ckpts[i]->n_files; f++) {
+            bool dup = false;
+            char *path;
+            if (asprintf(&path, "%s/%s", names[i], ckpts[i]->files[f].path) < 0)
+                continue;
+            for (size_t k = 0; k < *ret_n && !dup; k++)
+                dup = strcmp((*ret)[k], path) == 0;
+            if (dup)
+                free(path);
+            else
+                (*ret)[(*ret_n)++] = path;
+        }
+        if (retire[i] == STRATEGY_RETIRE_NOW)
+            log_info("retiring", "ckpt='%s' folder='%s' files=%zu keep_last=%u", it->name, names[i],
+                     *ret_n - before, q->deps.cfg->keep_last);
+        else
+            again_folders++;
+    }
+    /* Named again in case an earlier commit failed or kept more: where gone, no change. */
+    if (again_folders > 0)
+        log_debug("retiring-again", "ckpt='%s' folders=%zu keep_last=%u", it->name, again_folders,
+                  q->deps.cfg->keep_last);
+out:
+    free(names);
+    free(ckpts);
+    free(retire);
+}
+
 static void start_upload(struct queue *q, struct item *it)
 {
     struct upload_file *files = calloc(it->plan.count, sizeof(*files));
@@ -1074,11 +1150,17 @@ static void start_upload(struct queue *q, struct item *it)
     }
     it->part_n = n;
     /* strategy checkpoint: last-checkpoint/ is replaced, so files of the checkpoint pushed
-     * there before that this one lacks go, in the commit that completes the new one */
+     * there before that this one lacks go, in the commit that completes the new one;
+     * all_checkpoints with --keep-last: folders beyond the newest K go the same way */
     char **deletes = NULL;
     size_t n_deletes = 0;
-    if (it->part_off + n == it->plan.count)
+    if (it->part_off + n == it->plan.count) {
         stale_last_checkpoint(q, it, &deletes, &n_deletes);
+        if (n_deletes == 0) {
+            free(deletes); /* an empty list */
+            retired_checkpoints(q, it, &deletes, &n_deletes);
+        }
+    }
     opts.deletes = (const char *const *)deletes;
     opts.n_deletes = n_deletes;
     rc = upload_start(&it->upload, q->deps.hub, q->deps.hashes, files, n, message, &opts,

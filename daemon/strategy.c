@@ -1,6 +1,7 @@
 /* strategy.c - transformers' hub strategies: every_save (a checkpoint's model files at the repo
  * root), checkpoint (+ the whole latest checkpoint under last-checkpoint/), all_checkpoints (+
- * each checkpoint under its own folder), end (only the end of training); include/exclude globs. */
+ * each checkpoint under its own folder), end (only the end of training); include/exclude globs;
+ * which checkpoint folders --keep-last retires. */
 #include "strategy.h"
 
 #include <errno.h>
@@ -158,4 +159,79 @@ void strategy_plan_release(struct strategy_plan *plan)
     free(plan->items);
     free(plan->message);
     memset(plan, 0, sizeof(*plan));
+}
+
+bool strategy_checkpoint_number(const char *name, unsigned long long *ret_n)
+{
+    static const char prefix[] = "checkpoint-";
+    unsigned long long n = 0;
+    const char *p;
+
+    if (strncmp(name, prefix, sizeof(prefix) - 1) != 0)
+        return false;
+    p = name + sizeof(prefix) - 1;
+    if (*p == '\0')
+        return false;
+    for (; *p != '\0'; p++) {
+        if (*p < '0' || *p > '9' || n > (~0ULL - 9) / 10)
+            return false;
+        n = n * 10 + (unsigned long long)(*p - '0');
+    }
+    *ret_n = n;
+    return true;
+}
+
+/* Whether number v is already one of names' (current's own name aside). */
+static bool number_among(unsigned long long v, const char *current, const char *const *names,
+                         size_t n)
+{
+    unsigned long long x;
+
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(names[i], current) != 0 && strategy_checkpoint_number(names[i], &x) && x == v)
+            return true;
+    return false;
+}
+
+/* How many distinct checkpoint numbers among names (current's own name aside) are above v. */
+static size_t newer_than(unsigned long long v, const char *current, const char *const *names,
+                         size_t n)
+{
+    size_t count = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        unsigned long long x, y;
+        bool counted = false;
+        if (strcmp(names[i], current) == 0 || !strategy_checkpoint_number(names[i], &x) || x <= v)
+            continue;
+        for (size_t k = 0; k < i && !counted; k++)
+            counted = strcmp(names[k], current) != 0 && strategy_checkpoint_number(names[k], &y) &&
+                      y == x;
+        if (!counted)
+            count++;
+    }
+    return count;
+}
+
+size_t strategy_retire(const char *current, const char *const *names, size_t n, unsigned keep_last,
+                       enum strategy_retirement *marks)
+{
+    unsigned long long cur, v;
+    size_t marked = 0;
+
+    for (size_t i = 0; i < n; i++)
+        marks[i] = STRATEGY_KEEP;
+    if (keep_last == 0 || !strategy_checkpoint_number(current, &cur))
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(names[i], current) == 0 || !strategy_checkpoint_number(names[i], &v))
+            continue;
+        size_t before = newer_than(v, current, names, n);
+        size_t with_current = before + (cur > v && !number_among(cur, current, names, n));
+        if (with_current < keep_last)
+            continue;
+        marks[i] = before >= keep_last ? STRATEGY_RETIRE_AGAIN : STRATEGY_RETIRE_NOW;
+        marked++;
+    }
+    return marked;
 }

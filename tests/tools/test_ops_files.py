@@ -1,8 +1,9 @@
 """What operators install and copy: the systemd units (systemd-analyze verify and the security
 exposure score), the configuration example (read by the daemon's own parser), the Kubernetes
 manifest (structure, and its sidecar arguments through --check-config), the SLURM script (bash -n,
-then run with a stand-in srun: SIGUSR1 becomes a drain, array tasks get their own socket), and
-`cmake --install` into a DESTDIR."""
+then run with a stand-in srun: SIGUSR1 becomes a drain, array tasks get their own socket, a
+requeued task restores its checkpoint from the test hub before training), and `cmake --install`
+into a DESTDIR."""
 
 import json
 import os
@@ -19,6 +20,7 @@ SOURCE = os.environ.get("CKPT_SOURCE_DIR") or os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.environ.get("CKPT_BUILD_DIR") or os.path.join(SOURCE, "build")
 DAEMON = os.environ.get("CKPTPUSHD") or os.path.join(BUILD, "ckptpushd")
+CLIENT = os.environ.get("CKPTPUSH") or os.path.join(BUILD, "client", "ckptpush")
 UNITS = {"system": os.path.join(SOURCE, "systemd", "ckptpushd@.service.in"),
          "user": os.path.join(SOURCE, "systemd", "user", "ckptpushd@.service.in")}
 EXAMPLE = os.path.join(SOURCE, "config", "ckptpushd.example.jsonc")
@@ -184,6 +186,14 @@ class Kubernetes(unittest.TestCase):
         sidecars = [c for c in spec.get("initContainers", []) if c["name"] == "ckptpushd"]
         self.assertEqual(len(sidecars), 1, "ckptpushd is an init container")
         side = sidecars[0]
+        names = [c["name"] for c in spec["initContainers"]]
+        self.assertLess(names.index("restore"), names.index("ckptpushd"),
+                        "the checkpoint is restored before the daemon watches the volume")
+        restore = spec["initContainers"][names.index("restore")]
+        self.assertNotIn("restartPolicy", restore, "runs to completion first")
+        self.assertEqual(restore["command"][:2], ["ckptpush", "restore"])
+        self.assertIn("--missing-ok", restore["command"])
+        restore_vols = {m["name"]: m["mountPath"] for m in restore["volumeMounts"]}
         self.assertEqual(side.get("restartPolicy"), "Always", "a native (restartable) sidecar")
         trainer = spec["containers"][0]
         side_vols = {m["name"]: m["mountPath"] for m in side["volumeMounts"]}
@@ -193,6 +203,9 @@ class Kubernetes(unittest.TestCase):
         shared = [n for n in side_vols if n in train_vols and side_vols[n] == opt["watch"]]
         self.assertTrue(shared, "the watched directory is a volume the trainer writes")
         self.assertEqual(train_vols[shared[0]], opt["watch"])
+        self.assertEqual(restore_vols[shared[0]], restore["command"][-1])
+        self.assertIn("--repo", restore["command"])
+        self.assertEqual(restore["command"][restore["command"].index("--repo") + 1], opt["repo"])
         self.assertIn(shared[0], {v["name"] for v in spec["volumes"]})
         self.assertGreater(spec["terminationGracePeriodSeconds"], int(opt["drain-timeout"]))
         token = [e for e in side["env"] if e["name"] == "HF_TOKEN"]
@@ -266,6 +279,62 @@ class Slurm(unittest.TestCase):
         stopped = [r for r in log if r["event"] == "stopped"]
         self.assertEqual(stopped[-1]["exit"], 0, log)
         self.assertIn("ckptpushd exited 0", err)
+
+
+    def test_requeued_task_restores_before_training(self):
+        sys.path.insert(0, os.path.join(SOURCE, "tests", "e2e"))
+        import base64
+        import ckpt_harness as h
+        hub = h.Hub()
+        self.addCleanup(hub.stop)
+        repo = f"{h.USER}/requeued-{os.getpid()}"
+        status, _, body = hub.request("POST", "/api/repos/create", body={"name": repo})
+        self.assertEqual(status, 200, body)
+        files = {"checkpoint-30/trainer_state.json": b'{"global_step": 30}\n',
+                 "checkpoint-30/config.json": b'{"a": 1}\n'}
+        lines = [{"key": "header", "value": {"summary": "Training in progress, step 30"}}]
+        lines += [{"key": "file", "value": {"path": p, "encoding": "base64",
+                                            "content": base64.b64encode(d).decode()}}
+                  for p, d in files.items()]
+        status, _, body = hub.request("POST", f"/api/models/{repo}/commit/main",
+                                      body="\n".join(json.dumps(x) for x in lines).encode(),
+                                      headers={"Content-Type": "application/x-ndjson"})
+        self.assertEqual(status, 200, body)
+
+        tmp = tempfile.mkdtemp(prefix="ckpt-requeue-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        bindir = os.path.join(tmp, "bin")
+        os.mkdir(bindir)
+        os.symlink(DAEMON, os.path.join(bindir, "ckptpushd"))
+        os.symlink(CLIENT, os.path.join(bindir, "ckptpush"))
+        with open(os.path.join(bindir, "srun"), "w") as f:
+            f.write('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+        os.chmod(os.path.join(bindir, "srun"), 0o755)
+        # the "training": did it find the checkpoint when it started? Then it waits for the
+        # daemon's socket, as a trainer callback would talk to it (the script's SIGTERM at the
+        # end must find the daemon running)
+        with open(os.path.join(bindir, "train"), "w") as f:
+            f.write('#!/bin/bash\ntest -f "$1" || exit 1\nfor _ in $(seq 400); do\n'
+                    '    [ -S "$CKPTPUSH_SOCKET" ] && exit 0\n    sleep 0.05\ndone\nexit 2\n')
+        os.chmod(os.path.join(bindir, "train"), 0o755)
+        out = os.path.join(tmp, "runs", "train-5-0", "output")
+        for name, want_rc in ((repo, 0), (f"{h.USER}/never-pushed", 1)):
+            env = clean_env(PATH=bindir + os.pathsep + os.environ["PATH"], HOME=tmp,
+                            SLURM_JOB_ID="5", SLURM_RESTART_COUNT="1",
+                            OUTPUT_ROOT=os.path.join(tmp, "runs"), XDG_RUNTIME_DIR=tmp,
+                            HF_ENDPOINT=hub.url, HF_TOKEN=h.TOKEN, REPO=name,
+                            TRAIN_CMD=f"train {out}/checkpoint-30/config.json",
+                            CKPTPUSH_DRY_RUN="1")
+            shutil.rmtree(os.path.join(tmp, "runs"), ignore_errors=True)
+            r = subprocess.run(["bash", SBATCH], env=env, capture_output=True, text=True,
+                               timeout=60)
+            self.assertEqual(r.returncode, want_rc, r.stdout + r.stderr)
+            if want_rc == 0:
+                self.assertIn(f"restored {out}/checkpoint-30", r.stdout)
+                self.assertIn("ckptpushd exited 0", r.stderr)
+            else:  # a first push never happened: --missing-ok, the training starts (and finds
+                # no checkpoint)
+                self.assertIn("nothing to restore: repo not found", r.stdout)
 
 
 class Install(unittest.TestCase):

@@ -115,6 +115,27 @@ static void test_errors(void)
     CHECK(strstr(cfg.problems, "cannot watch '/nonexistent/ckpt-dir'") != NULL);
     config_release(&cfg);
 
+    /* --keep-last: a number, and only where checkpoint folders stay in the repo */
+    char *keep[] = {"ckptpushd",  "--watch",         tmpdir,        "--repo", "a/b",
+                    "--strategy", "all_checkpoints", "--keep-last", "2",      NULL};
+    CHECK_INT(load(&cfg, &err, 9, keep), 0);
+    CHECK_INT(cfg.keep_last, 2);
+    config_release(&cfg);
+    keep[8] = "two";
+    CHECK_INT(load(&cfg, &err, 9, keep), CKPT_EXIT_INVALID);
+    CHECK(strstr(cfg.problems, "--keep-last: 'two' is not a number from 0 to 100000") != NULL);
+    config_release(&cfg);
+    keep[6] = "every_save";
+    keep[8] = "3";
+    CHECK_INT(load(&cfg, &err, 9, keep), CKPT_EXIT_INVALID);
+    CHECK(strstr(cfg.problems, "keep_last: 3 needs strategy all_checkpoints") != NULL);
+    config_release(&cfg);
+    setenv("CKPTPUSH_KEEP_LAST", "-1", 1);
+    CHECK_INT(load(&cfg, &err, 7, keep), CKPT_EXIT_INVALID);
+    CHECK(strstr(cfg.problems, "CKPTPUSH_KEEP_LAST: '-1' is not a number") != NULL);
+    config_release(&cfg);
+    unsetenv("CKPTPUSH_KEEP_LAST");
+
     unsetenv("HF_TOKEN");
     setenv("HOME", tmpdir, 1);
     char *notoken[] = {"ckptpushd", "--watch", tmpdir, "--repo", "a/b", NULL};

@@ -1,4 +1,5 @@
-/* test_strategy.c - every_save maps Trainer checkpoints, single files and the output root. */
+/* test_strategy.c - every_save maps Trainer checkpoints, single files and the output root;
+ * --keep-last retires only this job's checkpoint-<n> folders beyond the newest K. */
 #include "strategy.h"
 
 #include "check.h"
@@ -155,8 +156,52 @@ static void test_other_strategies(void)
     strategy_plan_release(&plan);
 }
 
+static void test_checkpoint_number(void)
+{
+    unsigned long long n = 0;
+
+    CHECK(strategy_checkpoint_number("checkpoint-500", &n));
+    CHECK_INT(n, 500);
+    CHECK(!strategy_checkpoint_number("checkpoint-", &n));
+    CHECK(!strategy_checkpoint_number("checkpoint-5a", &n));
+    CHECK(!strategy_checkpoint_number("checkpoint--5", &n));
+    CHECK(!strategy_checkpoint_number("last-checkpoint", &n));
+    CHECK(!strategy_checkpoint_number("run/checkpoint-5", &n));
+    CHECK(!strategy_checkpoint_number("checkpoint-99999999999999999999999", &n));
+}
+
+static void test_retire(void)
+{
+    const char *names[] = {"checkpoint-10", "checkpoint-20", "notes",       "checkpoint-30",
+                           "checkpoint-20", "checkpoint-x",  "checkpoint-5"};
+    enum strategy_retirement m[7];
+
+    /* newest 2 of {10, 20, 30, 40, 5}: 40 (current) and 30; 20 goes now, 10 and 5 were beyond
+     * the newest 2 already */
+    CHECK_INT(strategy_retire("checkpoint-40", names, 7, 2, m), 4);
+    CHECK(m[0] == STRATEGY_RETIRE_AGAIN && m[6] == STRATEGY_RETIRE_AGAIN);
+    CHECK(m[1] == STRATEGY_RETIRE_NOW && m[4] == STRATEGY_RETIRE_NOW);
+    CHECK(m[2] == STRATEGY_KEEP && m[3] == STRATEGY_KEEP && m[5] == STRATEGY_KEEP);
+    /* numbers, not names: checkpoint-5 is older than checkpoint-10 */
+    CHECK_INT(strategy_retire("checkpoint-40", names, 7, 4, m), 1);
+    CHECK(m[6] == STRATEGY_RETIRE_NOW);
+    /* as many as kept or fewer: nothing goes; 0 keeps all */
+    CHECK_INT(strategy_retire("checkpoint-40", names, 7, 5, m), 0);
+    CHECK_INT(strategy_retire("checkpoint-40", names, 7, 0, m), 0);
+    CHECK(m[0] == STRATEGY_KEEP && m[6] == STRATEGY_KEEP);
+    /* a current outside the pattern retires nothing; the current itself never goes, also when
+     * a newer one was committed before it (training resumed from an older step) */
+    CHECK_INT(strategy_retire("final", names, 7, 1, m), 0);
+    CHECK_INT(strategy_retire("checkpoint-20", names, 7, 1, m), 2);
+    CHECK(m[0] == STRATEGY_RETIRE_AGAIN && m[6] == STRATEGY_RETIRE_AGAIN);
+    CHECK(m[1] == STRATEGY_KEEP && m[4] == STRATEGY_KEEP && m[3] == STRATEGY_KEEP);
+    CHECK_INT(strategy_retire("checkpoint-1", NULL, 0, 1, m), 0);
+}
+
 int main(void)
 {
+    test_checkpoint_number();
+    test_retire();
     test_other_strategies();
     test_folders();
     test_trainer_checkpoint();

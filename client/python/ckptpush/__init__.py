@@ -5,7 +5,8 @@
         print(c.status())
 
 Trainer integrations: ``ckptpush.transformers.CkptpushCallback`` and
-``ckptpush.lightning.CkptpushCallback``.
+``ckptpush.lightning.CkptpushCallback``. Resuming from the Hub:
+``ckptpush.restore.restore(repo_id, dest)`` or ``python3 -m ckptpush restore``.
 """
 
 from .client import (  # noqa: F401
