@@ -444,6 +444,7 @@ struct admit_req {
     uint64_t id;
     char *name;
     char *layout;
+    char *dir; /* root-relative directory its file names are relative to */
     int64_t step;
     unsigned epoch;
 };
@@ -452,6 +453,7 @@ static void admit_req_free(struct admit_req *r)
 {
     free(r->name);
     free(r->layout);
+    free(r->dir);
     free(r);
 }
 
@@ -486,7 +488,7 @@ static void on_admitted(void *ctx, int status, const struct admit_result *res)
     struct admit_req *r = ctx;
     struct daemon *d = r->daemon;
     char refusal[PATH_MAX + 200] = "";
-    const char *dir = r->layout != NULL && strcmp(r->layout, "model-root") == 0 ? "" : r->name;
+    const char *dir = r->dir;
     const char **files = calloc(res->n_push + res->n_refused + 1, sizeof(*files));
 
     d->admits_pending--;
@@ -543,7 +545,7 @@ static void on_sealed(void *ctx, const struct detect_cand *c)
     log_info("sealed", "ckpt='%s' layout=%s rule='%s' files=%zu", name, detect_cand_layout(c),
              detect_cand_rule(c), n);
     if (files == NULL || r == NULL || (r->name = strdup(name)) == NULL ||
-        (r->layout = strdup(detect_cand_layout(c))) == NULL) {
+        (r->layout = strdup(detect_cand_layout(c))) == NULL || (r->dir = strdup(dir)) == NULL) {
         log_error("push-failed", "ckpt='%s' reason='out of memory'", name);
         free(files);
         if (r != NULL)
