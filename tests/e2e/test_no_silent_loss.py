@@ -14,6 +14,7 @@ daemon, the real test hub and real files.
   the checkpoint is committed.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -118,11 +119,17 @@ class NoSilentLoss(h.HubTestCase):
         self.assertFalse(self.status()["root_missing"])
         self.wait_metric("ckptpush_watch_root_missing", 0)
         self.client("resume")
+        # The new run starts over: the same names again, pushed again.
+        new10 = write_ckpt(watch, 10)
+        d.wait_event("committed", ckpt="checkpoint-10", count=2, timeout=30)
         write_ckpt(watch, 30)
         d.wait_event("committed", ckpt="checkpoint-30", timeout=30)
         tree = self.hub.tree(repo)
         self.assertIn("checkpoint-30/model.safetensors", tree)
         self.assertNotIn("checkpoint-20/model.safetensors", tree)
+        with open(os.path.join(new10, "model.safetensors"), "rb") as f:
+            want = hashlib.sha256(f.read()).hexdigest()
+        self.assertEqual(self.hub.sha256_at(repo, "main", "checkpoint-10/model.safetensors"), want)
         # The staging directory and the journal are made again in the new root.
         deadline = time.monotonic() + 10
         while not os.path.exists(os.path.join(watch, ".ckptpush", "journal")):
