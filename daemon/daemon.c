@@ -95,8 +95,9 @@ struct daemon {
     bool final_requested;
     bool end_commit_queued; /* the model-root or card-only commit of this run */
     unsigned cards_pending;
-    unsigned admits_pending; /* sealed checkpoints whose files are being checked (admit.c) */
-    uint64_t files_skipped;  /* left out of their checkpoints, each named in the log */
+    unsigned admits_pending;  /* sealed checkpoints whose files are being checked (admit.c) */
+    struct admit_req *admits; /* those checkpoints, for a push of one of them meanwhile */
+    uint64_t files_skipped;   /* left out of their checkpoints, each named in the log */
 
     /* The watched directory deleted or moved away: each loss starts an epoch; a checkpoint
      * sealed in an epoch before pins_deleted_epoch lost its pins with the staging directory. */
@@ -269,7 +270,11 @@ static void on_pin_result(void *ctx, const struct pin_result *res)
                  res->id, res->relpath);
         if (!pins_lost(d, res->id))
             d->lost_ids[d->lost_next++ % LOST_IDS_MAX] = res->id;
-    } else if (res->status < 0)
+    } else if (res->status == -EINVAL)
+        /* Not a regular file (a symlink, a FIFO): admit.c names it when its checkpoint seals. */
+        log_debug("pin-skipped", "pin=%" PRIu64 " file='%s' reason='not a regular file'", res->id,
+                  res->relpath);
+    else if (res->status < 0)
         log_warn("pin-failed", "pin=%" PRIu64 " file='%s' reason='%s'", res->id, res->relpath,
                  strerror(-res->status));
     else if (res->copy_at_seal)
@@ -440,7 +445,9 @@ static void start_card_only_commit(struct daemon *d)
 
 /* A sealed checkpoint whose files admit.c is looking at before it goes to the queue. */
 struct admit_req {
+    struct admit_req *next;
     struct daemon *daemon;
+    char *message; /* a client's commit title that came meanwhile (push --message) */
     uint64_t id;
     char *name;
     char *layout;
@@ -454,6 +461,7 @@ static void admit_req_free(struct admit_req *r)
     free(r->name);
     free(r->layout);
     free(r->dir);
+    free(r->message);
     free(r);
 }
 
@@ -483,15 +491,21 @@ static void push_admitted(struct admit_req *r, const char *const *files, size_t 
     }
 }
 
+static void use_push_message(struct daemon *d, const char *name, const char *message);
+
 static void on_admitted(void *ctx, int status, const struct admit_result *res)
 {
-    struct admit_req *r = ctx;
+    struct admit_req *r = ctx, **at;
     struct daemon *d = r->daemon;
     char refusal[PATH_MAX + 200] = "";
     const char *dir = r->dir;
     const char **files = calloc(res->n_push + res->n_refused + 1, sizeof(*files));
 
     d->admits_pending--;
+    for (at = &d->admits; *at != NULL && *at != r; at = &(*at)->next)
+        ;
+    if (*at == r)
+        *at = r->next;
     if (status < 0)
         log_warn("admit-failed", "ckpt='%s' reason='%s', pushing its files unchecked", r->name,
                  strerror(-status));
@@ -523,6 +537,8 @@ static void on_admitted(void *ctx, int status, const struct admit_result *res)
         for (size_t i = 0; refusal[0] != '\0' && i < res->n_refused; i++)
             files[k++] = res->refused[i].path;
         push_admitted(r, files, k, refusal[0] != '\0' ? refusal : NULL);
+        if (r->message != NULL)
+            use_push_message(d, r->name, r->message);
     }
     free(files);
     admit_req_free(r);
@@ -559,11 +575,18 @@ static void on_sealed(void *ctx, const struct detect_cand *c)
     for (size_t i = 0; i < n; i++)
         files[i] = detect_cand_file(c, i);
     snprintf(abs, sizeof(abs), "%s%s%s", d->cfg->watch_dir, dir[0] ? "/" : "", dir);
+    /* From the seal on, not when it reaches the queue: a card-only commit must not be made
+     * beside it meanwhile. */
+    if (strcmp(r->layout, "model-root") == 0 && !d->cfg->dry_run)
+        d->end_commit_queued = true;
     /* A folder checkpoint is listed too: what the detector never took is named, not lost. */
     d->admits_pending++;
+    r->next = d->admits;
+    d->admits = r;
     if (admit_check(d->loop, abs, files, n, name[0] != '\0' && strcmp(name, dir) == 0, on_admitted,
                     r) < 0) {
         d->admits_pending--;
+        d->admits = r->next;
         log_warn("admit-failed", "ckpt='%s' reason='out of memory', pushing its files unchecked",
                  name);
         push_admitted(r, files, n, NULL);
@@ -1365,6 +1388,17 @@ static bool push_known_checkpoint(struct daemon *d, const char *abs, const char 
     rearm_detect_timer(d);
     if (queue_retry_failed(d->queue, rel)) {
         use_push_message(d, rel, message); /* a failed push, retried from its pins */
+        return true;
+    }
+    for (struct admit_req *r = d->admits; r != NULL; r = r->next) {
+        if (strcmp(r->name, rel) != 0)
+            continue;
+        /* Sealed, its files being checked: queued in a moment, with this title. */
+        log_info("push-requested", "path='%s' reason='already sealed by the watcher'", abs);
+        if (message != NULL) {
+            free(r->message);
+            r->message = strdup(message);
+        }
         return true;
     }
     if (!queue_knows(d->queue, rel))
