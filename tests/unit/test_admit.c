@@ -45,8 +45,10 @@ static void on_done(void *ctx, int status, const struct admit_result *res)
     g->calls++;
     g->status = status;
     /* The listing's order is the directory's: sort for the comparison. */
-    qsort(res->skipped, res->n_skipped, sizeof(*res->skipped), cmp_file);
-    qsort(res->refused, res->n_refused, sizeof(*res->refused), cmp_file);
+    if (res->n_skipped > 0)
+        qsort(res->skipped, res->n_skipped, sizeof(*res->skipped), cmp_file);
+    if (res->n_refused > 0)
+        qsort(res->refused, res->n_refused, sizeof(*res->refused), cmp_file);
     join_list(g->push, sizeof(g->push), res->push, res->n_push);
     join_list(g->skipped, sizeof(g->skipped), res->skipped, res->n_skipped);
     join_list(g->refused, sizeof(g->refused), res->refused, res->n_refused);
