@@ -443,9 +443,10 @@ static void start_card_only_commit(struct daemon *d)
     write_card(e);
 }
 
-/* A sealed checkpoint whose files admit.c is looking at before it goes to the queue. */
+/* A sealed checkpoint whose files admit.c is looking at before it goes to the queue. The checks
+ * run in parallel on the pool and may end in any order; the queue gets them in seal order. */
 struct admit_req {
-    struct admit_req *next;
+    struct admit_req *next; /* in seal order */
     struct daemon *daemon;
     char *message; /* a client's commit title that came meanwhile (push --message) */
     uint64_t id;
@@ -454,10 +455,18 @@ struct admit_req {
     char *dir; /* root-relative directory its file names are relative to */
     int64_t step;
     unsigned epoch;
+    bool done;    /* checked: files and refusal say what goes to the queue */
+    char **files; /* NULL with done: out of memory, nothing to queue */
+    size_t n_files;
+    char *refusal; /* why it cannot be pushed whole, or NULL */
 };
 
 static void admit_req_free(struct admit_req *r)
 {
+    for (size_t i = 0; i < r->n_files; i++)
+        free(r->files[i]);
+    free(r->files);
+    free(r->refusal);
     free(r->name);
     free(r->layout);
     free(r->dir);
@@ -474,38 +483,77 @@ static const char *refusal_words(const char *reason)
                                                : "is not a regular file";
 }
 
-/* Sealed, and the files looked at: the ones to push go on, the ones left out are named. */
-static void push_admitted(struct admit_req *r, const char *const *files, size_t n,
-                          const char *refusal)
+static void use_push_message(struct daemon *d, const char *name, const char *message);
+
+/* Checked, its turn in seal order: the files to push go on to the queue (or the end commit). */
+static void push_admitted(struct admit_req *r)
 {
     struct daemon *d = r->daemon;
+    const char *const *files = (const char *const *)r->files;
 
-    if (refusal != NULL) {
-        int rc = queue_add_refused(d->queue, r->id, r->name, r->layout, r->step, files, n, refusal);
+    if (r->files == NULL) {
+        log_error("push-failed", "ckpt='%s' reason='out of memory'", r->name);
+        return;
+    }
+    if (r->refusal != NULL) {
+        int rc = queue_add_refused(d->queue, r->id, r->name, r->layout, r->step, files, r->n_files,
+                                   r->refusal);
         if (rc < 0)
             log_error("push-failed", "ckpt='%s' reason='cannot queue: %s'", r->name, strerror(-rc));
     } else if (strcmp(r->layout, "model-root") == 0 && !d->cfg->dry_run) {
-        start_end_commit(d, r->id, r->name, files, n);
+        start_end_commit(d, r->id, r->name, files, r->n_files);
     } else {
-        queue_sealed(d, r->id, r->name, r->layout, r->step, NULL, files, n);
+        queue_sealed(d, r->id, r->name, r->layout, r->step, NULL, files, r->n_files);
+    }
+    if (r->message != NULL)
+        use_push_message(d, r->name, r->message);
+}
+
+/* Hands the checked checkpoints at the head of the line to the queue, in seal order. */
+static void admit_flush(struct daemon *d)
+{
+    while (d->admits != NULL && d->admits->done) {
+        struct admit_req *r = d->admits;
+        d->admits = r->next;
+        d->admits_pending--;
+        if (!d->stopping)
+            push_admitted(r);
+        admit_req_free(r);
+    }
+    if (d->stopping || !drain_done(d))
+        return;
+    finish_waiters(d);
+    if (d->draining)
+        daemon_stop(d, drained_exit_code(d));
+}
+
+/* The files that go to the queue: a's then b's. On failure none (files NULL: nothing queued,
+ * said as push-failed). */
+static void admit_set_files(struct admit_req *r, const struct admit_file *a, size_t na,
+                            const struct admit_file *b, size_t nb)
+{
+    if ((r->files = calloc(na + nb + 1, sizeof(*r->files))) == NULL)
+        return;
+    for (size_t i = 0; i < na + nb; i++) {
+        if ((r->files[i] = strdup(i < na ? a[i].path : b[i - na].path)) == NULL) {
+            for (size_t k = 0; k < i; k++)
+                free(r->files[k]);
+            free(r->files);
+            r->files = NULL;
+            r->n_files = 0;
+            return;
+        }
+        r->n_files++;
     }
 }
 
-static void use_push_message(struct daemon *d, const char *name, const char *message);
-
 static void on_admitted(void *ctx, int status, const struct admit_result *res)
 {
-    struct admit_req *r = ctx, **at;
+    struct admit_req *r = ctx;
     struct daemon *d = r->daemon;
     char refusal[PATH_MAX + 200] = "";
     const char *dir = r->dir;
-    const char **files = calloc(res->n_push + res->n_refused + 1, sizeof(*files));
 
-    d->admits_pending--;
-    for (at = &d->admits; *at != NULL && *at != r; at = &(*at)->next)
-        ;
-    if (*at == r)
-        *at = r->next;
     if (status < 0)
         log_warn("admit-failed", "ckpt='%s' reason='%s', pushing its files unchecked", r->name,
                  strerror(-status));
@@ -527,26 +575,13 @@ static void on_admitted(void *ctx, int status, const struct admit_result *res)
         snprintf(refusal, sizeof(refusal),
                  "its pins were deleted with the watched directory before it could be pushed");
     metrics_note_watch(d->metrics, d->files_skipped, watch_root_missing(d->watch));
-    if (files == NULL) {
-        log_error("push-failed", "ckpt='%s' reason='out of memory'", r->name);
-    } else if (!d->stopping) {
-        size_t k = 0;
-        for (size_t i = 0; i < res->n_push; i++)
-            files[k++] = res->push[i].path;
-        /* A refused checkpoint is journaled with every file, so a retry fails again. */
-        for (size_t i = 0; refusal[0] != '\0' && i < res->n_refused; i++)
-            files[k++] = res->refused[i].path;
-        push_admitted(r, files, k, refusal[0] != '\0' ? refusal : NULL);
-        if (r->message != NULL)
-            use_push_message(d, r->name, r->message);
-    }
-    free(files);
-    admit_req_free(r);
-    if (d->stopping || !drain_done(d))
-        return;
-    finish_waiters(d);
-    if (d->draining)
-        daemon_stop(d, drained_exit_code(d));
+    /* A refused checkpoint is journaled with every file, so a retry fails again. */
+    admit_set_files(r, res->push, res->n_push, res->refused,
+                    refusal[0] != '\0' ? res->n_refused : 0);
+    if (refusal[0] != '\0' && (r->refusal = strdup(refusal)) == NULL)
+        r->refusal = strdup("out of memory"); /* still refused, never pushed without its file */
+    r->done = true;
+    admit_flush(d);
 }
 
 static void on_sealed(void *ctx, const struct detect_cand *c)
@@ -555,7 +590,7 @@ static void on_sealed(void *ctx, const struct detect_cand *c)
     size_t n = detect_cand_n_files(c);
     const char *name = detect_cand_name(c), *dir = detect_cand_dir(c);
     const char **files = calloc(n ? n : 1, sizeof(*files));
-    struct admit_req *r = calloc(1, sizeof(*r));
+    struct admit_req *r = calloc(1, sizeof(*r)), **tail;
     char abs[PATH_MAX];
 
     log_info("sealed", "ckpt='%s' layout=%s rule='%s' files=%zu", name, detect_cand_layout(c),
@@ -579,18 +614,23 @@ static void on_sealed(void *ctx, const struct detect_cand *c)
      * beside it meanwhile. */
     if (strcmp(r->layout, "model-root") == 0 && !d->cfg->dry_run)
         d->end_commit_queued = true;
-    /* A folder checkpoint is listed too: what the detector never took is named, not lost. */
     d->admits_pending++;
-    r->next = d->admits;
-    d->admits = r;
+    for (tail = &d->admits; *tail != NULL; tail = &(*tail)->next)
+        ;
+    *tail = r;
+    /* A folder checkpoint is listed too: what the detector never took is named, not lost. */
     if (admit_check(d->loop, abs, files, n, name[0] != '\0' && strcmp(name, dir) == 0, on_admitted,
                     r) < 0) {
-        d->admits_pending--;
-        d->admits = r->next;
+        struct admit_file *all = calloc(n ? n : 1, sizeof(*all));
         log_warn("admit-failed", "ckpt='%s' reason='out of memory', pushing its files unchecked",
                  name);
-        push_admitted(r, files, n, NULL);
-        admit_req_free(r);
+        for (size_t i = 0; all != NULL && i < n; i++)
+            all[i].path = (char *)files[i];
+        if (all != NULL)
+            admit_set_files(r, all, n, NULL, 0);
+        free(all);
+        r->done = true;
+        admit_flush(d);
     }
     free(files);
 }
