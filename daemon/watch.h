@@ -4,7 +4,10 @@
  * directory had before its watch existed. Does not decide what a checkpoint is (detect.c does).
  * Threads: everything runs on the loop thread. inotify is read through a uv_poll; directory
  * listings (metadata only) run on the loop thread, one listing per scan step, a bounded number
- * of steps per loop iteration (a uv_idle drives the rest), so a huge tree never blocks for long.
+ * of steps per loop iteration (a uv_idle drives the rest), so a huge tree never blocks for long;
+ * a file made while watched gets one lstat there too (a FIFO or symlink is reported as scanned:
+ * no close will ever come for it). The root's parent is watched as well: the root's own
+ * IN_DELETE_SELF waits until no file below it is open, its parent's IN_DELETE does not.
  */
 #ifndef CKPT_WATCH_H
 #define CKPT_WATCH_H
