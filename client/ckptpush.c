@@ -472,7 +472,13 @@ static void print_status(FILE *f, const cJSON *st, bool tty)
         fprintf(f, "  %.0f cop%s waiting (staging %s of %s)", v, v == 1 ? "y" : "ies", a,
                 max > 0 ? b : "no max");
     }
+    if (jnum(d, "files_skipped", &v) && v > 0)
+        fprintf(f, "  %.0f file%s skipped (see the log)", v, v == 1 ? "" : "s");
     fputc('\n', f);
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(d, "root_missing")))
+        fputs("the watched directory is missing (deleted or moved away): waiting for it to be "
+              "made again\n",
+              f);
     if (cJSON_GetArraySize(cks) == 0) {
         fputs("no checkpoints yet\n", f);
         return;

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "admit.h"
 #include "card.h"
 #include "card_job.h"
 #include "control.h"
@@ -94,6 +95,15 @@ struct daemon {
     bool final_requested;
     bool end_commit_queued; /* the model-root or card-only commit of this run */
     unsigned cards_pending;
+    unsigned admits_pending;  /* sealed checkpoints whose files are being checked (admit.c) */
+    struct admit_req *admits; /* those checkpoints, for a push of one of them meanwhile */
+    uint64_t files_skipped;   /* left out of their checkpoints, each named in the log */
+
+    /* The watched directory deleted or moved away: each loss starts an epoch; a checkpoint
+     * sealed in an epoch before pins_deleted_epoch lost its pins with the staging directory. */
+    unsigned root_epoch;
+    unsigned pins_deleted_epoch;
+    char moved_staging[PATH_MAX]; /* the staging directory, moved along with the root; "" */
 
     /* run mode: the wrapped training command */
     uv_process_t child;
@@ -104,6 +114,13 @@ struct daemon {
 
 static void daemon_stop(struct daemon *d, int exit_code);
 static void on_detect_timer(uv_timer_t *timer);
+static void finish_waiters(struct daemon *d);
+
+/* Nothing sealed is still on its way: checked, carded, queued or pushing. */
+static bool drain_done(const struct daemon *d)
+{
+    return queue_pending(d->queue) == 0 && d->cards_pending == 0 && d->admits_pending == 0;
+}
 
 /* How a drain that ran to its end exits: in run mode the command's status comes first. */
 static int drained_exit_code(const struct daemon *d)
@@ -158,6 +175,9 @@ static void on_detect_timer(uv_timer_t *timer)
     rearm_detect_timer(d);
 }
 
+static void on_root_lost(struct daemon *d, const char *moved_to);
+static void on_root_back(struct daemon *d);
+
 static void on_watch_event(void *ctx, const struct watch_event *ev)
 {
     struct daemon *d = ctx;
@@ -167,6 +187,14 @@ static void on_watch_event(void *ctx, const struct watch_event *ev)
     if (ev->kind == WATCH_ERROR) {
         log_error("watch-failed", "path='%s' reason='%s'", ev->path ? ev->path : "",
                   ev->message ? ev->message : strerror(-ev->error));
+        return;
+    }
+    if (ev->kind == WATCH_ROOT_LOST) {
+        on_root_lost(d, ev->old_path);
+        return;
+    }
+    if (ev->kind == WATCH_ROOT_BACK) {
+        on_root_back(d);
         return;
     }
     if (ev->kind == WATCH_OVERFLOW)
@@ -242,7 +270,11 @@ static void on_pin_result(void *ctx, const struct pin_result *res)
                  res->id, res->relpath);
         if (!pins_lost(d, res->id))
             d->lost_ids[d->lost_next++ % LOST_IDS_MAX] = res->id;
-    } else if (res->status < 0)
+    } else if (res->status == -EINVAL)
+        /* Not a regular file (a symlink, a FIFO): admit.c names it when its checkpoint seals. */
+        log_debug("pin-skipped", "pin=%" PRIu64 " file='%s' reason='not a regular file'", res->id,
+                  res->relpath);
+    else if (res->status < 0)
         log_warn("pin-failed", "pin=%" PRIu64 " file='%s' reason='%s'", res->id, res->relpath,
                  strerror(-res->status));
     else if (res->copy_at_seal)
@@ -325,7 +357,7 @@ static void on_card_written(void *ctx, const struct ckpt_err *err,
         queue_sealed(d, e->id, e->name, "model-root", -1, e->card_only ? e->out_dir : NULL,
                      (const char *const *)e->files, e->count);
     end_commit_free(e);
-    if (d->draining && queue_pending(d->queue) == 0 && d->cards_pending == 0)
+    if (d->draining && drain_done(d))
         daemon_stop(d, drained_exit_code(d));
 }
 
@@ -364,17 +396,17 @@ static void on_end_pins_idle(void *ctx, int status)
 }
 
 /* The output root's files are sealed: write the card beside their pins first. */
-static void start_end_commit(struct daemon *d, const struct detect_cand *c)
+static void start_end_commit(struct daemon *d, uint64_t id, const char *name,
+                             const char *const *files, size_t n)
 {
     struct end_commit *e = calloc(1, sizeof(*e));
-    size_t n = detect_cand_n_files(c);
 
-    if (e == NULL || (e->name = strdup(detect_cand_name(c))) == NULL)
+    if (e == NULL || (e->name = strdup(name)) == NULL)
         goto oom;
     e->daemon = d;
-    e->id = pin_id(d, c);
+    e->id = id;
     for (size_t i = 0; i < n; i++)
-        if (end_commit_add_file(e, detect_cand_file(c, i)) < 0)
+        if (end_commit_add_file(e, files[i]) < 0)
             goto oom;
     d->end_commit_queued = true;
     d->cards_pending++; /* from now: a drain waits for this commit */
@@ -382,7 +414,7 @@ static void start_end_commit(struct daemon *d, const struct detect_cand *c)
         write_card(e);
     return;
 oom:
-    log_error("push-failed", "ckpt='%s' reason='out of memory'", detect_cand_name(c));
+    log_error("push-failed", "ckpt='%s' reason='out of memory'", name);
     if (e != NULL)
         end_commit_free(e);
 }
@@ -411,26 +443,195 @@ static void start_card_only_commit(struct daemon *d)
     write_card(e);
 }
 
+/* A sealed checkpoint whose files admit.c is looking at before it goes to the queue. The checks
+ * run in parallel on the pool and may end in any order; the queue gets them in seal order. */
+struct admit_req {
+    struct admit_req *next; /* in seal order */
+    struct daemon *daemon;
+    char *message; /* a client's commit title that came meanwhile (push --message) */
+    uint64_t id;
+    char *name;
+    char *layout;
+    char *dir; /* root-relative directory its file names are relative to */
+    int64_t step;
+    unsigned epoch;
+    bool done;    /* checked: files and refusal say what goes to the queue */
+    char **files; /* NULL with done: out of memory, nothing to queue */
+    size_t n_files;
+    char *refusal; /* why it cannot be pushed whole, or NULL */
+};
+
+static void admit_req_free(struct admit_req *r)
+{
+    for (size_t i = 0; i < r->n_files; i++)
+        free(r->files[i]);
+    free(r->files);
+    free(r->refusal);
+    free(r->name);
+    free(r->layout);
+    free(r->dir);
+    free(r->message);
+    free(r);
+}
+
+static const char *refusal_words(const char *reason)
+{
+    return strcmp(reason, "fifo") == 0         ? "is a FIFO (named pipe), not a regular file"
+           : strcmp(reason, "socket") == 0     ? "is a socket, not a regular file"
+           : strcmp(reason, "device") == 0     ? "is a device, not a regular file"
+           : strcmp(reason, "unreadable") == 0 ? "cannot be read (permission denied)"
+                                               : "is not a regular file";
+}
+
+static void use_push_message(struct daemon *d, const char *name, const char *message);
+
+/* Checked, its turn in seal order: the files to push go on to the queue (or the end commit). */
+static void push_admitted(struct admit_req *r)
+{
+    struct daemon *d = r->daemon;
+    const char *const *files = (const char *const *)r->files;
+
+    if (r->files == NULL) {
+        log_error("push-failed", "ckpt='%s' reason='out of memory'", r->name);
+        return;
+    }
+    if (r->refusal != NULL) {
+        int rc = queue_add_refused(d->queue, r->id, r->name, r->layout, r->step, files, r->n_files,
+                                   r->refusal);
+        if (rc < 0)
+            log_error("push-failed", "ckpt='%s' reason='cannot queue: %s'", r->name, strerror(-rc));
+    } else if (strcmp(r->layout, "model-root") == 0 && !d->cfg->dry_run) {
+        start_end_commit(d, r->id, r->name, files, r->n_files);
+    } else {
+        queue_sealed(d, r->id, r->name, r->layout, r->step, NULL, files, r->n_files);
+    }
+    if (r->message != NULL)
+        use_push_message(d, r->name, r->message);
+}
+
+/* Hands the checked checkpoints at the head of the line to the queue, in seal order. */
+static void admit_flush(struct daemon *d)
+{
+    while (d->admits != NULL && d->admits->done) {
+        struct admit_req *r = d->admits;
+        d->admits = r->next;
+        d->admits_pending--;
+        if (!d->stopping)
+            push_admitted(r);
+        admit_req_free(r);
+    }
+    if (d->stopping || !drain_done(d))
+        return;
+    finish_waiters(d);
+    if (d->draining)
+        daemon_stop(d, drained_exit_code(d));
+}
+
+/* The files that go to the queue: a's then b's. On failure none (files NULL: nothing queued,
+ * said as push-failed). */
+static void admit_set_files(struct admit_req *r, const struct admit_file *a, size_t na,
+                            const struct admit_file *b, size_t nb)
+{
+    if ((r->files = calloc(na + nb + 1, sizeof(*r->files))) == NULL)
+        return;
+    for (size_t i = 0; i < na + nb; i++) {
+        if ((r->files[i] = strdup(i < na ? a[i].path : b[i - na].path)) == NULL) {
+            for (size_t k = 0; k < i; k++)
+                free(r->files[k]);
+            free(r->files);
+            r->files = NULL;
+            r->n_files = 0;
+            return;
+        }
+        r->n_files++;
+    }
+}
+
+static void on_admitted(void *ctx, int status, const struct admit_result *res)
+{
+    struct admit_req *r = ctx;
+    struct daemon *d = r->daemon;
+    char refusal[PATH_MAX + 200] = "";
+    const char *dir = r->dir;
+
+    if (status < 0)
+        log_warn("admit-failed", "ckpt='%s' reason='%s', pushing its files unchecked", r->name,
+                 strerror(-status));
+    for (size_t i = 0; i < res->n_skipped; i++) {
+        log_warn("skipped", "ckpt='%s' path='%s%s%s' reason=%s", r->name, dir, dir[0] ? "/" : "",
+                 res->skipped[i].path, res->skipped[i].reason);
+        d->files_skipped++;
+    }
+    for (size_t i = 0; i < res->n_refused; i++) {
+        log_error("unpushable", "ckpt='%s' path='%s%s%s' reason=%s", r->name, dir,
+                  dir[0] ? "/" : "", res->refused[i].path, res->refused[i].reason);
+        if (refusal[0] == '\0')
+            snprintf(refusal, sizeof(refusal),
+                     "%s %s: the checkpoint cannot be pushed whole (%zu such file%s)",
+                     res->refused[i].path, refusal_words(res->refused[i].reason), res->n_refused,
+                     res->n_refused == 1 ? "" : "s");
+    }
+    if (refusal[0] == '\0' && r->epoch < d->pins_deleted_epoch)
+        snprintf(refusal, sizeof(refusal),
+                 "its pins were deleted with the watched directory before it could be pushed");
+    metrics_note_watch(d->metrics, d->files_skipped, watch_root_missing(d->watch));
+    /* A refused checkpoint is journaled with every file, so a retry fails again. */
+    admit_set_files(r, res->push, res->n_push, res->refused,
+                    refusal[0] != '\0' ? res->n_refused : 0);
+    if (refusal[0] != '\0' && (r->refusal = strdup(refusal)) == NULL)
+        r->refusal = strdup("out of memory"); /* still refused, never pushed without its file */
+    r->done = true;
+    admit_flush(d);
+}
+
 static void on_sealed(void *ctx, const struct detect_cand *c)
 {
     struct daemon *d = ctx;
     size_t n = detect_cand_n_files(c);
-    const char **files;
+    const char *name = detect_cand_name(c), *dir = detect_cand_dir(c);
+    const char **files = calloc(n ? n : 1, sizeof(*files));
+    struct admit_req *r = calloc(1, sizeof(*r)), **tail;
+    char abs[PATH_MAX];
 
-    log_info("sealed", "ckpt='%s' layout=%s rule='%s' files=%zu", detect_cand_name(c),
-             detect_cand_layout(c), detect_cand_rule(c), n);
-    if (strcmp(detect_cand_layout(c), "model-root") == 0 && !d->cfg->dry_run) {
-        start_end_commit(d, c);
+    log_info("sealed", "ckpt='%s' layout=%s rule='%s' files=%zu", name, detect_cand_layout(c),
+             detect_cand_rule(c), n);
+    if (files == NULL || r == NULL || (r->name = strdup(name)) == NULL ||
+        (r->layout = strdup(detect_cand_layout(c))) == NULL || (r->dir = strdup(dir)) == NULL) {
+        log_error("push-failed", "ckpt='%s' reason='out of memory'", name);
+        free(files);
+        if (r != NULL)
+            admit_req_free(r);
         return;
     }
-    if ((files = calloc(n ? n : 1, sizeof(*files))) == NULL) {
-        log_error("push-failed", "ckpt='%s' reason='out of memory'", detect_cand_name(c));
-        return;
-    }
+    r->daemon = d;
+    r->id = pin_id(d, c);
+    r->step = detect_cand_step(c);
+    r->epoch = d->root_epoch;
     for (size_t i = 0; i < n; i++)
         files[i] = detect_cand_file(c, i);
-    queue_sealed(d, pin_id(d, c), detect_cand_name(c), detect_cand_layout(c), detect_cand_step(c),
-                 NULL, files, n);
+    snprintf(abs, sizeof(abs), "%s%s%s", d->cfg->watch_dir, dir[0] ? "/" : "", dir);
+    /* From the seal on, not when it reaches the queue: a card-only commit must not be made
+     * beside it meanwhile. */
+    if (strcmp(r->layout, "model-root") == 0 && !d->cfg->dry_run)
+        d->end_commit_queued = true;
+    d->admits_pending++;
+    for (tail = &d->admits; *tail != NULL; tail = &(*tail)->next)
+        ;
+    *tail = r;
+    /* A folder checkpoint is listed too: what the detector never took is named, not lost. */
+    if (admit_check(d->loop, abs, files, n, name[0] != '\0' && strcmp(name, dir) == 0, on_admitted,
+                    r) < 0) {
+        struct admit_file *all = calloc(n ? n : 1, sizeof(*all));
+        log_warn("admit-failed", "ckpt='%s' reason='out of memory', pushing its files unchecked",
+                 name);
+        for (size_t i = 0; all != NULL && i < n; i++)
+            all[i].path = (char *)files[i];
+        if (all != NULL)
+            admit_set_files(r, all, n, NULL, 0);
+        free(all);
+        r->done = true;
+        admit_flush(d);
+    }
     free(files);
 }
 
@@ -454,6 +655,88 @@ static void on_late_write(void *ctx, const struct detect_cand *c, const char *re
     (void)ctx;
     log_warn("late-write", "ckpt='%s' file='%s' reason='changed after it was sealed', ignoring",
              detect_cand_name(c), relpath);
+}
+
+/* --- the watched directory deleted or moved away, and made again ------------------------- */
+
+static void on_root_lost(struct daemon *d, const char *moved_to)
+{
+    d->root_epoch++;
+    d->moved_staging[0] = '\0';
+    metrics_note_watch(d->metrics, d->files_skipped, true);
+    if (moved_to != NULL) {
+        snprintf(d->moved_staging, sizeof(d->moved_staging), "%s/%s", moved_to, STAGING_SKIP_NAME);
+        /* Its pins moved along: nothing is pushed until they are back under the new root. */
+        queue_set_ready(d->queue, false);
+        log_warn("root-lost",
+                 "path='%s' how=moved to='%s' reason='waiting for the directory to be made "
+                 "again; the pins moved along and are brought back then'",
+                 d->cfg->watch_dir, moved_to);
+        return;
+    }
+    d->pins_deleted_epoch = d->root_epoch;
+    log_warn("root-lost",
+             "path='%s' how=deleted reason='waiting for the directory to be made again; the "
+             "pins and the journal under it are gone'",
+             d->cfg->watch_dir);
+    size_t failed = queue_fail_waiting(
+        d->queue, "root-lost",
+        "its pins were deleted with the watched directory before it could be pushed");
+    if (failed > 0)
+        log_error("root-lost-checkpoints",
+                  "path='%s' failed=%zu reason='sealed checkpoints whose pins were deleted with "
+                  "the watched directory: not pushed (each is named in its push-failed line)'",
+                  d->cfg->watch_dir, failed);
+}
+
+static void root_rewatched(struct daemon *d, const char *staging)
+{
+    queue_staging_renewed(d->queue);
+    if (d->hub_ready || d->cfg->dry_run)
+        queue_set_ready(d->queue, true);
+    metrics_note_watch(d->metrics, d->files_skipped, false);
+    log_info("root-rewatched", "path='%s' staging=%s", d->cfg->watch_dir, staging);
+}
+
+struct staging_move {
+    uv_fs_t req;
+    struct daemon *daemon;
+};
+
+static void on_staging_moved(uv_fs_t *req)
+{
+    struct staging_move *m = req->data;
+    struct daemon *d = m->daemon;
+    int rc = (int)req->result;
+
+    uv_fs_req_cleanup(req);
+    free(m);
+    if (rc < 0)
+        log_error("staging-not-moved",
+                  "from='%s' to='%s' reason='%s': its checkpoints cannot be pushed from there",
+                  d->moved_staging, d->cfg->staging_dir, uv_strerror(rc));
+    root_rewatched(d, rc < 0 ? "new" : "moved-back");
+    d->moved_staging[0] = '\0';
+}
+
+/* The directory is there again: a moved root's staging directory (pins, journal) comes back
+ * under it by a rename (same filesystem: it was its sibling's child), else the journal is
+ * written afresh in a new staging directory. The watch rescans what the new root holds. */
+static void on_root_back(struct daemon *d)
+{
+    struct staging_move *m;
+
+    if (d->moved_staging[0] == '\0' || (m = calloc(1, sizeof(*m))) == NULL) {
+        root_rewatched(d, d->moved_staging[0] == '\0' ? "new" : "left-behind");
+        return;
+    }
+    m->daemon = d;
+    m->req.data = m;
+    if (uv_fs_rename(d->loop, &m->req, d->moved_staging, d->cfg->staging_dir, on_staging_moved) <
+        0) {
+        free(m);
+        root_rewatched(d, "left-behind");
+    }
 }
 
 /* --- the queue's news: subscribers, waiters, the drain ------------------------------------ */
@@ -493,7 +776,8 @@ static void on_waiter_timer(uv_timer_t *timer);
 static void finish_waiters(struct daemon *d)
 {
     uint64_t now = (uint64_t)now_ms(d), next = 0;
-    size_t kept = 0, pending = queue_pending(d->queue);
+    /* A checkpoint whose files are being checked is on its way to the queue. */
+    size_t kept = 0, pending = queue_pending(d->queue) + d->admits_pending;
 
     for (size_t i = 0; i < d->waiter_count; i++) {
         struct waiter w = d->waiters[i];
@@ -572,7 +856,7 @@ static void on_queue_event(void *ctx, const struct queue_item_view *v)
         d->event_cb(d->event_ctx, events[v->state], fields);
         cJSON_Delete(fields);
     }
-    if (v->state < QUEUE_COMMITTED || queue_pending(d->queue) > 0 || d->cards_pending > 0)
+    if (v->state < QUEUE_COMMITTED || !drain_done(d))
         return;
     finish_waiters(d);
     if (d->draining)
@@ -702,7 +986,7 @@ static void start_drain(struct daemon *d, const char *why)
     detect_seal_all_complete(d->detect, now_ms(d));
     if (d->hub_ready)
         start_card_only_commit(d);
-    if (queue_pending(d->queue) == 0 && d->cards_pending == 0) {
+    if (drain_done(d)) {
         daemon_stop(d, drained_exit_code(d));
         return;
     }
@@ -974,6 +1258,8 @@ int daemon_status(struct daemon *d, cJSON *out)
     cJSON_AddNumberToObject(daemon, "staging_bytes", (double)queue_staging_bytes(d->queue));
     cJSON_AddNumberToObject(daemon, "staging_max", (double)d->cfg->staging_max);
     cJSON_AddNumberToObject(daemon, "copies_waiting", (double)queue_copies_waiting(d->queue));
+    cJSON_AddNumberToObject(daemon, "files_skipped", (double)d->files_skipped);
+    cJSON_AddBoolToObject(daemon, "root_missing", watch_root_missing(d->watch));
     cJSON_AddNumberToObject(daemon, "uptime_s",
                             (double)((uint64_t)now_ms(d) - d->started_ms) / 1000.0);
     queue_for_each(d->queue, add_item_to_array, items);
@@ -1143,6 +1429,17 @@ static bool push_known_checkpoint(struct daemon *d, const char *abs, const char 
     rearm_detect_timer(d);
     if (queue_retry_failed(d->queue, rel)) {
         use_push_message(d, rel, message); /* a failed push, retried from its pins */
+        return true;
+    }
+    for (struct admit_req *r = d->admits; r != NULL; r = r->next) {
+        if (strcmp(r->name, rel) != 0)
+            continue;
+        /* Sealed, its files being checked: queued in a moment, with this title. */
+        log_info("push-requested", "path='%s' reason='already sealed by the watcher'", abs);
+        if (message != NULL) {
+            free(r->message);
+            r->message = strdup(message);
+        }
         return true;
     }
     if (!queue_knows(d->queue, rel))

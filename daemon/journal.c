@@ -727,7 +727,13 @@ static int mkdir_p(const char *dir)
 static int write_snapshot(struct journal *j, const struct jbuf *data, int *ret_fd)
 {
     const char *step = "open";
-    int fd = open(j->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    int fd;
+
+    /* A staging directory deleted with the watched one is made again here; never its parent,
+     * which is the watched directory: its return is the training job's to make. */
+    if (mkdir(j->dir, 0700) < 0 && errno != EEXIST && errno != ENOENT)
+        return -errno;
+    fd = open(j->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     int rc = 0;
 
     if (fd < 0) {
@@ -919,6 +925,14 @@ static void job_done(uv_work_t *w, int status)
     free(job->cbs);
     free(job->data.p);
     free(job);
+    kick(j);
+}
+
+void journal_rewrite(struct journal *j)
+{
+    if (j == NULL || !j->loaded)
+        return; /* the load writes a snapshot anyway */
+    j->want_snapshot = true;
     kick(j);
 }
 

@@ -126,6 +126,10 @@ int journal_obj_done(struct journal *j, const char *oid, uint64_t size, journal_
 int journal_forget(struct journal *j, uint64_t id, journal_done_cb cb, void *ctx);
 /* cb once everything appended so far is durable. */
 int journal_sync(struct journal *j, journal_done_cb cb, void *ctx);
+/* Writes the whole image as a fresh file (temp, fsync, rename), making the journal's directory
+ * if it is gone (not its parent): after the staging directory was deleted with the watched one,
+ * appends would land in a deleted file. */
+void journal_rewrite(struct journal *j);
 
 /* The reader without a file, for tests and the fuzzer: rebuilds an image from data (a journal
  * file's bytes) as journal_open does, and when ret_snapshot is not NULL also makes the compacted

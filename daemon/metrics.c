@@ -31,6 +31,8 @@ struct snapshot {
     uint64_t pending;
     double last_commit_s; /* unix time, 0: none yet */
     bool up;
+    uint64_t files_skipped;
+    bool root_missing;
 };
 
 struct write_job {
@@ -52,6 +54,8 @@ struct metrics {
     uint64_t finished_bytes; /* bytes sent by pushes that ended */
     uint64_t committed, failed, skipped;
     double last_commit_s;
+    uint64_t files_skipped;
+    bool root_missing;
     uint64_t last_write_ms;
     int last_status; /* of the previous write, to log a failure once */
     bool dirty;
@@ -167,10 +171,18 @@ static int format(const struct metrics *m, const struct snapshot *s, const struc
         "# HELP ckptpush_staging_exclusive_bytes Pinned bytes the training run already deleted: "
         "disk held only by the pins.\n"
         "# TYPE ckptpush_staging_exclusive_bytes gauge\n"
-        "ckptpush_staging_exclusive_bytes %" PRIu64 "\n",
+        "ckptpush_staging_exclusive_bytes %" PRIu64 "\n"
+        "# HELP ckptpush_files_skipped_total Files left out of their checkpoints: symlinks, "
+        "hidden files, names the Hub refuses (each named in the log).\n"
+        "# TYPE ckptpush_files_skipped_total counter\n"
+        "ckptpush_files_skipped_total %" PRIu64 "\n"
+        "# HELP ckptpush_watch_root_missing 1 while the watched directory is deleted or moved "
+        "away.\n"
+        "# TYPE ckptpush_watch_root_missing gauge\n"
+        "ckptpush_watch_root_missing %d\n",
         s->up ? 1 : 0, CKPT_VERSION, repo, job, s->uploaded_bytes, s->waiting, s->pinning,
         s->uploading, s->committed, s->failed, s->skipped, s->retries, s->pending, s->last_commit_s,
-        st->bytes, st->exclusive);
+        st->bytes, st->exclusive, s->files_skipped, s->root_missing ? 1 : 0);
 }
 
 static void write_work(uv_work_t *work)
@@ -292,6 +304,8 @@ static void start_write(struct metrics *m)
     j->snap.failed = m->failed;
     j->snap.skipped = m->skipped;
     j->snap.last_commit_s = m->last_commit_s;
+    j->snap.files_skipped = m->files_skipped;
+    j->snap.root_missing = m->root_missing;
     j->snap.retries = http_retries_total();
     j->snap.up = !m->closing;
     if (m->queue != NULL) {
@@ -365,6 +379,15 @@ void metrics_on_queue_event(struct metrics *m, const struct queue_item_view *v)
     default:
         break;
     }
+    metrics_changed(m);
+}
+
+void metrics_note_watch(struct metrics *m, uint64_t files_skipped, bool root_missing)
+{
+    if (m == NULL || (m->files_skipped == files_skipped && m->root_missing == root_missing))
+        return;
+    m->files_skipped = files_skipped;
+    m->root_missing = root_missing;
     metrics_changed(m);
 }
 

@@ -7,6 +7,9 @@
 #ifndef CKPT_METRICS_H
 #define CKPT_METRICS_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 #include <uv.h>
 
 struct metrics;
@@ -32,6 +35,9 @@ int metrics_new(struct metrics **ret, uv_loop_t *loop, const struct metrics_info
 /* NULL-safe: a daemon without --metrics-path passes its NULL. */
 void metrics_on_queue_event(struct metrics *m, const struct queue_item_view *v);
 void metrics_changed(struct metrics *m);
+/* NULL-safe: files left out of their checkpoints so far (symlinks, hidden files, names the Hub
+ * refuses), and whether the watched directory is missing now. */
+void metrics_note_watch(struct metrics *m, uint64_t files_skipped, bool root_missing);
 /* NULL-safe. Writes a last file (ckptpush_up 0) and frees everything once that write is done; the
  * queue is not read after this call. */
 void metrics_close(struct metrics *m);

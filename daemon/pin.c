@@ -154,7 +154,8 @@ static int do_copy(const char *src, const char *dst, size_t base_len)
     rc = mkdir_parents(dst, base_len);
     if (rc < 0)
         return rc;
-    in = open(src, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    /* O_NONBLOCK: a FIFO renamed over the file since it was linked must fail, not block. */
+    in = open(src, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
     if (in < 0)
         return -errno;
     if (fstat(in, &st) < 0 || !S_ISREG(st.st_mode)) {

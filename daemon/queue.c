@@ -77,6 +77,7 @@ struct item {
     struct upload_progress progress; /* kept after the upload is freed */
     char commit[41];
     char *error;
+    char *refusal; /* queue_add_refused: why it cannot be pushed; failed at its turn */
 };
 
 /* A pin request made for a waiting item that may have moved on (pushed, released, freed from
@@ -186,6 +187,7 @@ static void item_free(struct item *it)
     free(it->source_dir);
     free(it->title);
     free(it->error);
+    free(it->refusal);
     free(it);
 }
 
@@ -922,6 +924,10 @@ static void stat_files(struct queue *q, struct item *it)
     struct stat_job *job;
     int rc;
 
+    if (it->refusal != NULL) {
+        fail(q, it, "unpushable", it->refusal);
+        return;
+    }
     if ((rc = strategy_plan(q->deps.cfg->strategy, it->layout, it->name, it->step,
                             (const char *const *)it->files, it->file_count, &it->plan)) < 0)
         goto fail;
@@ -1439,8 +1445,19 @@ oom:
     return NULL;
 }
 
+static int add_item(struct queue *q, uint64_t id, const char *name, const char *layout,
+                    int64_t step, const char *source_dir, const char *const *files,
+                    size_t file_count, const char *refusal);
+
 int queue_add(struct queue *q, uint64_t id, const char *name, const char *layout, int64_t step,
               const char *source_dir, const char *const *files, size_t file_count)
+{
+    return add_item(q, id, name, layout, step, source_dir, files, file_count, NULL);
+}
+
+static int add_item(struct queue *q, uint64_t id, const char *name, const char *layout,
+                    int64_t step, const char *source_dir, const char *const *files,
+                    size_t file_count, const char *refusal)
 {
     struct item *it;
 
@@ -1448,6 +1465,10 @@ int queue_add(struct queue *q, uint64_t id, const char *name, const char *layout
         return -ENOBUFS;
     if ((it = item_new(q, id, name, layout, step, source_dir, files, file_count)) == NULL)
         return -ENOMEM;
+    if (refusal != NULL && (it->refusal = strdup(refusal)) == NULL) {
+        item_free(it);
+        return -ENOMEM;
+    }
     /* Save order: a scan at start may seal checkpoint-20 before checkpoint-10; an earlier step
      * of the same layout goes before a waiting later one. */
     struct item **at = &q->head;
@@ -2077,6 +2098,48 @@ void queue_stop(struct queue *q)
         upload_cancel(q->active->upload);
     else if (q->active != NULL && q->active->state == QUEUE_WAITING)
         finish(q, q->active, QUEUE_FAILED); /* waiting for a retry */
+}
+
+int queue_add_refused(struct queue *q, uint64_t id, const char *name, const char *layout,
+                      int64_t step, const char *const *files, size_t file_count, const char *reason)
+{
+    return add_item(q, id, name, layout, step, NULL, files, file_count, reason);
+}
+
+size_t queue_fail_waiting(struct queue *q, const char *kind, const char *reason)
+{
+    struct item *taken = NULL, **taken_tail = &taken, **at = &q->head;
+    size_t n = 0;
+
+    /* Detached first: each failure pumps the queue, which must not start one of them. */
+    while (*at != NULL) {
+        struct item *it = *at;
+        if (it->source_dir != NULL) {
+            at = &it->next;
+            continue;
+        }
+        *at = it->next;
+        it->next = NULL;
+        *taken_tail = it;
+        taken_tail = &it->next;
+        q->waiting--;
+    }
+    q->tail = NULL;
+    for (struct item *it = q->head; it != NULL; it = it->next)
+        q->tail = it;
+    while (taken != NULL) {
+        struct item *it = taken;
+        taken = it->next;
+        it->next = NULL;
+        fail(q, it, kind, reason);
+        n++;
+    }
+    return n;
+}
+
+void queue_staging_renewed(struct queue *q)
+{
+    journal_rewrite(q->journal);
 }
 
 void queue_free(struct queue *q)

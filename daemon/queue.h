@@ -86,6 +86,20 @@ int queue_new(struct queue **ret, const struct queue_deps *deps, queue_event_cb 
  * order; the push itself reads them only once their copy is done. */
 int queue_add(struct queue *q, uint64_t id, const char *name, const char *layout, int64_t step,
               const char *source_dir, const char *const *files, size_t file_count);
+/* Like queue_add, for a checkpoint that cannot be pushed whole (reason names the file and why):
+ * it keeps its place in save order and its pins, and fails with kind "unpushable" when its turn
+ * comes, journaled with all of its files so that a retry at the next start fails again rather
+ * than pushing it without them. */
+int queue_add_refused(struct queue *q, uint64_t id, const char *name, const char *layout,
+                      int64_t step, const char *const *files, size_t file_count,
+                      const char *reason);
+/* The pins of every waiting checkpoint are gone (the watched directory was deleted, and the
+ * staging directory with it): each fails now with kind and reason, loudly, instead of being
+ * found empty at its turn. The push in flight goes on with what it holds. Returns how many. */
+size_t queue_fail_waiting(struct queue *q, const char *kind, const char *reason);
+/* The staging directory is new (the watched directory was made again): the journal is written
+ * there afresh from its image, so that a restart still knows what this run holds. */
+void queue_staging_renewed(struct queue *q);
 /* A candidate got its first file: journaled so that its pins are known after a crash. */
 void queue_note_detected(struct queue *q, uint64_t id, const char *name, const char *layout);
 /* Commits the repo got before this process started (Unix seconds, any order), counted against

@@ -22,7 +22,13 @@
 
 #define WATCH_MASK                                                                                 \
     (IN_CREATE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE |            \
-     IN_DELETE_SELF | IN_ATTRIB | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK)
+     IN_DELETE_SELF | IN_MOVE_SELF | IN_ATTRIB | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK)
+/* The root's parent: the root's own IN_DELETE_SELF waits until nothing holds it (an open file
+ * below it, such as the journal, delays it indefinitely), its parent's IN_DELETE does not; and a
+ * directory of the root's name appearing there again ends the wait. */
+#define PARENT_MASK                                                                                \
+    (IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF | IN_MOVE_SELF |         \
+     IN_ONLYDIR)
 #define READ_BUF 65536
 #define MAX_BATCH (READ_BUF / sizeof(struct inotify_event) + 1) /* + a pending MOVED_FROM */
 #define SCAN_STEPS_IDLE 16   /* directory listings per loop iteration for big scans */
@@ -66,6 +72,10 @@ struct watch {
     alignas(struct inotify_event) char pending[sizeof(struct inotify_event) + NAME_MAX + 1];
     bool has_pending;
     bool pair_waited; /* the pair timer fired: a MOVED_FROM still pending after it moved out */
+    /* The root's directory itself (O_PATH): where it went when it is moved away. -1 unknown. */
+    int root_fd;
+    bool root_lost; /* deleted, moved or unmounted: waiting for it to come back */
+    int parent_wd;  /* the parent's watch, -1 when it could not be watched or is gone */
 };
 
 const char *watch_kind_name(enum watch_kind kind)
@@ -77,6 +87,7 @@ const char *watch_kind_name(enum watch_kind kind)
         [WATCH_DELETE] = "delete",           [WATCH_ATTRIB] = "attrib",
         [WATCH_OVERFLOW] = "overflow",       [WATCH_SCANNED] = "scanned",
         [WATCH_UNLISTED] = "unlisted",       [WATCH_ERROR] = "error",
+        [WATCH_ROOT_LOST] = "root_lost",     [WATCH_ROOT_BACK] = "root_back",
     };
     return (unsigned)kind < sizeof(names) / sizeof(names[0]) ? names[kind] : "unknown";
 }
@@ -84,6 +95,11 @@ const char *watch_kind_name(enum watch_kind kind)
 unsigned watch_count(const struct watch *w)
 {
     return (unsigned)w->n_dirs;
+}
+
+bool watch_root_missing(const struct watch *w)
+{
+    return w != NULL && w->root_lost;
 }
 
 static void emit(struct watch *w, enum watch_kind kind, bool is_dir, const char *path,
@@ -341,7 +357,170 @@ static void scan_now(struct watch *w, const char *rel)
     scan_run(w, SCAN_STEPS_URGENT, true);
 }
 
+/* --- the root deleted or moved away, and back ------------------------------------------- */
+
+static void wait_for_root(struct watch *w);
+
+static void emit_root_error(struct watch *w, const char *what, const char *path, int error)
+{
+    char msg[2 * PATH_MAX + 160];
+    struct watch_event ev = {WATCH_ERROR, true, "", NULL, error, msg};
+
+    snprintf(msg, sizeof(msg), "'%s' is gone and cannot be waited for: %s '%s': %s", w->root, what,
+             path, strerror(-error));
+    if (!w->closing)
+        w->cb(w->ctx, &ev);
+}
+
+/* Where the root's directory is now, after IN_MOVE_SELF: the kernel's name for our O_PATH fd. */
+static const char *root_now(struct watch *w, char *buf, size_t size)
+{
+    char link[64];
+    ssize_t n;
+
+    if (w->root_fd < 0)
+        return NULL;
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", w->root_fd);
+    n = readlink(link, buf, size - 1);
+    if (n <= 0 || (size_t)n >= size - 1)
+        return NULL;
+    buf[n] = '\0';
+    if (strstr(buf, " (deleted)") != NULL || buf[0] != '/')
+        return NULL;
+    return buf;
+}
+
+static void open_root_fd(struct watch *w)
+{
+    if (w->root_fd >= 0)
+        close(w->root_fd);
+    w->root_fd = open(w->root, O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+}
+
+static const char *root_base(const struct watch *w)
+{
+    const char *slash = strrchr(w->root, '/');
+    return slash != NULL ? slash + 1 : w->root;
+}
+
+/* The old tree is no concern of ours any more: forget every watch and scan of it. */
+static void root_lost(struct watch *w, bool moved)
+{
+    char where[PATH_MAX];
+    const char *to;
+
+    if (w->root_lost)
+        return;
+    emit(w, moved ? WATCH_MOVED_OUT : WATCH_DELETE, true, "", NULL);
+    w->root_lost = true;
+    to = moved ? root_now(w, where, sizeof(where)) : NULL;
+    for (size_t i = 0; i < w->n_dirs; i++) {
+        inotify_rm_watch(w->fd, w->dirs[i].wd); /* EINVAL for those already gone: harmless */
+        free(w->dirs[i].path);
+    }
+    w->n_dirs = 0;
+    while (w->scan_head != NULL) {
+        struct scan_item *it = w->scan_head;
+        w->scan_head = it->next;
+        free(it);
+    }
+    w->scan_tail = NULL;
+    w->n_scan = 0;
+    w->has_pending = false;
+    if (w->root_fd >= 0)
+        close(w->root_fd);
+    w->root_fd = -1;
+    emit(w, WATCH_ROOT_LOST, true, "", to);
+    if (!w->closing)
+        wait_for_root(w);
+}
+
+static void root_back(struct watch *w)
+{
+    int wd, rc;
+
+    wd = inotify_add_watch(w->fd, w->root, WATCH_MASK);
+    if (wd < 0) {
+        rc = -errno;
+        if (rc == -ENOENT || rc == -ENOTDIR)
+            wait_for_root(w); /* gone again already */
+        else
+            emit_root_error(w, "cannot watch it again at", w->root, rc);
+        return;
+    }
+    if ((rc = dirs_set(w, wd, "")) < 0 || (rc = scan_push(w, "", false)) < 0) {
+        inotify_rm_watch(w->fd, wd);
+        emit_root_error(w, "cannot watch it again at", w->root, rc);
+        return;
+    }
+    w->root_lost = false;
+    open_root_fd(w);
+    emit(w, WATCH_ROOT_BACK, true, "", NULL);
+    idle_kick(w);
+}
+
+static int watch_parent(struct watch *w)
+{
+    char parent[PATH_MAX];
+    const char *slash = strrchr(w->root, '/');
+
+    if (w->parent_wd >= 0)
+        return 0;
+    if (slash == NULL)
+        snprintf(parent, sizeof(parent), ".");
+    else if (slash == w->root)
+        snprintf(parent, sizeof(parent), "/");
+    else
+        snprintf(parent, sizeof(parent), "%.*s", (int)(slash - w->root), w->root);
+    w->parent_wd = inotify_add_watch(w->fd, parent, PARENT_MASK);
+    if (w->parent_wd < 0 && w->root_lost)
+        emit_root_error(w, "cannot watch its parent", parent, -errno);
+    return w->parent_wd < 0 ? -1 : 0;
+}
+
+/* Event-driven: the parent's watch reports the root's return, no polling; a root made again
+ * before that watch existed is seen by the lstat after it. */
+static void wait_for_root(struct watch *w)
+{
+    struct stat st;
+
+    if (watch_parent(w) == 0 && lstat(w->root, &st) == 0 && S_ISDIR(st.st_mode))
+        root_back(w);
+}
+
+static void parent_event(struct watch *w, const struct inotify_event *ev)
+{
+    bool ours = (ev->mask & IN_ISDIR) && ev->len > 0 && strcmp(ev->name, root_base(w)) == 0;
+
+    if (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED)) {
+        if (!(ev->mask & IN_IGNORED))
+            inotify_rm_watch(w->fd, w->parent_wd);
+        w->parent_wd = -1;
+        if (w->root_lost)
+            emit_root_error(w, "its parent is gone too", "", -ENOENT);
+        return;
+    }
+    if (!ours)
+        return;
+    if (ev->mask & (IN_DELETE | IN_MOVED_FROM))
+        root_lost(w, (ev->mask & IN_MOVED_FROM) != 0);
+    else if ((ev->mask & (IN_CREATE | IN_MOVED_TO)) && w->root_lost)
+        root_back(w);
+}
+
 /* --- reading ------------------------------------------------------------------------------ */
+
+/* A FIFO, socket, device or symlink is complete when it is made: no write, so no close, will
+ * ever say so. Reported as found by a listing (state known), never as a file being written. One
+ * lstat, metadata only, like the listings. */
+static bool special_file(const struct watch *w, const char *rel)
+{
+    char abs[PATH_MAX];
+    struct stat st;
+
+    return join(abs, sizeof(abs), w->root, rel) == 0 && lstat(abs, &st) == 0 &&
+           !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode);
+}
 
 /* One path component, NUL-terminated within its padded length: what the kernel sends. A name
  * with '/' or a "." or ".." would make paths outside the tree. */
@@ -397,17 +576,24 @@ static void process_batch(struct watch *w, const char *buf, size_t len)
             w->rescan_all = true;
             continue;
         }
+        if (w->parent_wd >= 0 && ev->wd == w->parent_wd) {
+            parent_event(w, ev);
+            continue;
+        }
         d = dirs_find(w, ev->wd);
         if (d == NULL)
             continue; /* dropped already (moved out, deleted) */
         if (ev->mask & IN_IGNORED) {
+            bool root = d->path[0] == '\0';
             dirs_del_at(w, (size_t)(d - w->dirs));
+            if (root)
+                root_lost(w, false); /* unmounted, or its IN_DELETE_SELF was lost */
             continue;
         }
-        if (ev->mask & IN_DELETE_SELF) {
-            /* The parent reports the delete; only the root has no parent here. */
+        if (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF)) {
+            /* The parent reports the delete or the move; only the root has no parent here. */
             if (d->path[0] == '\0')
-                emit(w, WATCH_DELETE, true, "", NULL);
+                root_lost(w, (ev->mask & IN_MOVE_SELF) != 0);
             continue;
         }
         if (ev->len == 0 || ev->name[0] == '\0')
@@ -418,7 +604,8 @@ static void process_batch(struct watch *w, const char *buf, size_t len)
             continue;
 
         if (ev->mask & IN_CREATE) {
-            emit(w, WATCH_CREATE, is_dir, from, NULL);
+            emit(w, is_dir || !special_file(w, from) ? WATCH_CREATE : WATCH_SCANNED, is_dir, from,
+                 NULL);
             if (is_dir)
                 scan_now(w, from);
         }
@@ -572,6 +759,8 @@ static void watch_free(struct watch *w)
 {
     if (w->fd >= 0)
         close(w->fd);
+    if (w->root_fd >= 0)
+        close(w->root_fd);
     for (size_t i = 0; i < w->n_dirs; i++)
         free(w->dirs[i].path);
     while (w->scan_head != NULL) {
@@ -639,6 +828,8 @@ int watch_start(struct watch **ret, struct uv_loop_s *loop, const char *root, co
     if (w == NULL)
         return -ENOMEM;
     w->fd = -1;
+    w->root_fd = -1;
+    w->parent_wd = -1;
     w->cb = cb;
     w->ctx = ctx;
     w->root = strdup(root);
@@ -667,6 +858,8 @@ int watch_start(struct watch **ret, struct uv_loop_s *loop, const char *root, co
     rc = dirs_set(w, wd, "");
     if (rc < 0)
         goto error;
+    open_root_fd(w);
+    watch_parent(w); /* without it only the root's own events say it is gone */
     rc = scan_push(w, "", false);
     if (rc < 0)
         goto error;

@@ -4,7 +4,10 @@
  * directory had before its watch existed. Does not decide what a checkpoint is (detect.c does).
  * Threads: everything runs on the loop thread. inotify is read through a uv_poll; directory
  * listings (metadata only) run on the loop thread, one listing per scan step, a bounded number
- * of steps per loop iteration (a uv_idle drives the rest), so a huge tree never blocks for long.
+ * of steps per loop iteration (a uv_idle drives the rest), so a huge tree never blocks for long;
+ * a file made while watched gets one lstat there too (a FIFO or symlink is reported as scanned:
+ * no close will ever come for it). The root's parent is watched as well: the root's own
+ * IN_DELETE_SELF waits until no file below it is open, its parent's IN_DELETE does not.
  */
 #ifndef CKPT_WATCH_H
 #define CKPT_WATCH_H
@@ -26,12 +29,19 @@ enum watch_kind {
     WATCH_MOVED_IN,  /* renamed in from outside the tree (or from an unwatched place) */
     WATCH_RENAMED,   /* within the tree: old_path -> path */
     WATCH_MOVED_OUT, /* renamed to outside the tree */
-    WATCH_DELETE,    /* path "" with is_dir: the root itself was deleted */
+    WATCH_DELETE,    /* path "" with is_dir: the root itself was deleted (before WATCH_ROOT_LOST) */
     WATCH_ATTRIB,
     WATCH_OVERFLOW, /* the kernel queue overflowed: events were lost, a rescan follows */
     WATCH_SCANNED,  /* synthetic: found by a directory listing, state unknown */
     WATCH_UNLISTED, /* is_dir: appeared but was gone before it could be listed (contents unknown) */
     WATCH_ERROR,    /* a directory could not be watched: error and message say why */
+    /* path "": the root itself was deleted, moved away or unmounted. old_path: where it was moved
+     * to (absolute), NULL when it is gone. No events come from the old tree after this; the
+     * parent directory is watched until a directory of the root's name appears there again. */
+    WATCH_ROOT_LOST,
+    /* path "": a directory of the root's name is there again and watched; WATCH_SCANNED for what
+     * it holds follows, as at start. */
+    WATCH_ROOT_BACK,
 };
 
 /* Valid only during the callback. Paths are relative to the root, without a leading slash. */
@@ -62,6 +72,8 @@ void watch_close(struct watch *w, watch_closed_cb closed_cb, void *ctx);
 void watch_read_now(struct watch *w);
 /* Number of directories watched now (tests, status). */
 unsigned watch_count(const struct watch *w);
+/* True between WATCH_ROOT_LOST and WATCH_ROOT_BACK. */
+bool watch_root_missing(const struct watch *w);
 const char *watch_kind_name(enum watch_kind kind);
 
 struct inotify_event;

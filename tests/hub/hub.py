@@ -721,8 +721,8 @@ def validate_repo_path(p):
         return f"Invalid path '{p}': must not start with '/'"
     if "\\" in p:
         return f"Invalid path '{p}': backslashes are not allowed"
-    if "\0" in p or "\n" in p or "\r" in p:
-        return f"Invalid path '{p}': control characters are not allowed"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in p):
+        return f"Invalid path {p!r}: control characters are not allowed"
     for seg in p.split("/"):
         if seg == "":
             return f"Invalid path '{p}': empty segment"

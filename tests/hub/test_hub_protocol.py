@@ -477,7 +477,8 @@ class TestUploads(Base):
         self.assertEqual(r.status, 412)
         self.assertIn("The branch was updated since you opened this page", r.json()["error"])
         self.assertEqual(self.commit(rid, f, parent="xyz12").status, 412)
-        for bad in ["../x", "/abs", "a//b", "..\\ddd", ".git/config", "a/./b", "d/../e"]:
+        for bad in ["../x", "/abs", "a//b", "..\\ddd", ".git/config", "a/./b", "d/../e",
+                    "bad\nname", "ctl\x01.txt", "del\x7f"]:
             r = self.commit(rid, {"key": "file", "value": {"path": bad, "content": ""}})
             self.assertEqual(r.status, 422, bad)
         r = self.commit(rid, {"key": "deletedFile", "value": {"path": "missing.txt"}})

@@ -229,6 +229,35 @@ int main(void)
         close_journal(&loop, j2);
     }
 
+    /* 6. the staging directory deleted under an open journal (rm -rf of the watched directory)
+     * and the watched directory made again: journal_rewrite writes the whole image into a new
+     * staging directory, and a reopening reads it back */
+    test_rm_rf(stage);
+    write_sample(&loop, stage);
+    j = open_journal(&loop, stage);
+    test_rm_rf(stage);
+    CHECK(journal_set_state(j, 1000000000002ull, JOURNAL_UPLOADING, NULL, NULL, NULL) == 0);
+    wait_idle(&loop, j);
+    CHECK(access(path, F_OK) != 0); /* that append went to the deleted file */
+    journal_rewrite(j);
+    close_journal(&loop, j);
+    CHECK(file_size(path) > 0);
+    j = open_journal(&loop, stage);
+    CHECK(journal_corrupt_records(j) == 0);
+    c2 = journal_ckpt_find(j, 1000000000002ull);
+    CHECK(c2 != NULL && c2->state == JOURNAL_UPLOADING);
+    CHECK(journal_ckpt_find(j, 1000000000001ull) != NULL);
+    close_journal(&loop, j);
+    /* never the staging directory's parent: that is the watched directory, not ours to make */
+    {
+        struct journal *j3 = open_journal(&loop, stage);
+        test_rm_rf(dir);
+        journal_rewrite(j3);
+        wait_idle(&loop, j3);
+        CHECK(access(dir, F_OK) != 0);
+        journal_free(j3);
+    }
+
     test_close_loop(&loop);
     test_rm_rf(dir);
     return check_report("test_journal");

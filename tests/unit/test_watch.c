@@ -31,6 +31,7 @@ struct t {
     int step;
     bool closed;
     int overflow_files;
+    char lost_to[PATH_MAX]; /* old_path of the last WATCH_ROOT_LOST, "-" for none */
 };
 
 static void on_event(void *ctx, const struct watch_event *ev)
@@ -45,6 +46,8 @@ static void on_event(void *ctx, const struct watch_event *ev)
                  ev->path);
     if (ev->kind == WATCH_ERROR)
         fprintf(stderr, "watch error: %s\n", ev->message);
+    if (ev->kind == WATCH_ROOT_LOST)
+        snprintf(t->lost_to, sizeof(t->lost_to), "%s", ev->old_path ? ev->old_path : "-");
     if (t->n_events < MAX_EVENTS)
         t->events[t->n_events++] = strdup(buf);
 }
@@ -297,6 +300,84 @@ static void test_read_now(struct t *t)
     clear(t);
 }
 
+static void run_scans(struct t *t)
+{
+    for (int i = 0; i < 8; i++)
+        uv_run(&t->loop, UV_RUN_NOWAIT);
+}
+
+/* The root deleted (rm -rf, with a file under it held open, as the journal is: the root's own
+ * IN_DELETE_SELF then never comes) or moved away, then made again: reported once each way,
+ * nothing from the old tree afterwards, the new tree scanned. A FIFO made in the tree is
+ * reported as complete (scanned), not as a file being written. */
+static void test_root_lost(struct t *t)
+{
+    struct ckpt_err err;
+    char root[1200], p[PATH_MAX], old[1200];
+    int held;
+
+    clear(t);
+    t->closed = false;
+    snprintf(root, sizeof(root), "%s/again", t->base);
+    CHECK(mkdir(root, 0755) == 0);
+    snprintf(p, sizeof(p), "%s/.ckptpush", root);
+    CHECK(mkdir(p, 0755) == 0);
+    snprintf(p, sizeof(p), "%s/.ckptpush/journal", root);
+    write_file(p, "j");
+    held = open(p, O_RDONLY | O_CLOEXEC);
+    CHECK(held >= 0);
+    CHECK(uv_loop_init(&t->loop) == 0);
+    CHECK(watch_start(&t->w, &t->loop, root, ".ckptpush", on_event, t, &err) == 0);
+    run_scans(t);
+    clear(t);
+
+    snprintf(p, sizeof(p), "%s/p", root);
+    CHECK(mkfifo(p, 0644) == 0);
+    watch_read_now(t->w);
+    CHECK(seen(t, "scanned p"));
+    CHECK(none_contains(t, "create p"));
+
+    rm_rf(root);
+    watch_read_now(t->w);
+    CHECK(seen(t, "delete/d "));
+    CHECK(seen(t, "root_lost/d "));
+    CHECK(strcmp(t->lost_to, "-") == 0);
+    CHECK(watch_root_missing(t->w));
+    CHECK(watch_count(t->w) == 0);
+
+    clear(t);
+    CHECK(mkdir(root, 0755) == 0);
+    snprintf(p, sizeof(p), "%s/new.bin", root);
+    write_file(p, "n");
+    watch_read_now(t->w);
+    CHECK(seen(t, "root_back/d "));
+    CHECK(!watch_root_missing(t->w));
+    run_scans(t);
+    CHECK(seen(t, "scanned new.bin"));
+
+    clear(t);
+    snprintf(old, sizeof(old), "%s/again.old", t->base);
+    CHECK(rename(root, old) == 0);
+    watch_read_now(t->w);
+    CHECK(seen(t, "root_lost/d "));
+    CHECK(count_prefix(t, "root_lost") == 1);
+    CHECK(strcmp(t->lost_to, old) == 0);
+    snprintf(p, sizeof(p), "%s/late.bin", old);
+    write_file(p, "l");
+    watch_read_now(t->w);
+    CHECK(none_contains(t, "late.bin"));
+    CHECK(mkdir(root, 0755) == 0);
+    watch_read_now(t->w);
+    CHECK(seen(t, "root_back/d "));
+
+    close(held);
+    watch_close(t->w, on_closed, t);
+    uv_run(&t->loop, UV_RUN_DEFAULT);
+    CHECK(t->closed);
+    CHECK(uv_loop_close(&t->loop) == 0);
+    clear(t);
+}
+
 int main(void)
 {
     static struct t t;
@@ -345,6 +426,7 @@ int main(void)
     CHECK(uv_loop_close(&t.loop) == 0);
     clear(&t);
     test_read_now(&t);
+    test_root_lost(&t);
     free(t.events);
     rm_rf(t.base);
     return check_report("test_watch");

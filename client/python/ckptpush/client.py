@@ -261,6 +261,10 @@ class Client:
                              err.get("kind"))
 
     def status(self):
+        """The daemon's state and its checkpoints. Among the "daemon" fields: "committed" and
+        "failed" (checkpoints), "files_skipped" (files left out of their checkpoints: symlinks,
+        hidden files, names the Hub refuses; each is named in the daemon's log) and
+        "root_missing" (the watched directory is deleted or moved away just now)."""
         return self.request("status")
 
     def push(self, path, message=None):
