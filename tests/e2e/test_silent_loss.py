@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.join(h.SOURCE_DIR, "client", "python"))
 import ckptpush  # noqa: E402
 
 EXIT_PUSH_FAILED = 1
+EXIT_WRAPPED_PUSH_FAILED = 7
 
 
 def watched_inodes(pid):
@@ -91,7 +92,14 @@ class SilentLoss(unittest.TestCase):
         self.assertTrue(d.events("pin-lost"), d.tail())
 
         with ckptpush.Client(socket_path=sock, timeout=20) as client:
-            st = client.status()
+            deadline = time.monotonic() + 10  # its pins are released, then it ends failed
+            while True:
+                st = client.status()
+                if [c for c in st["checkpoints"]
+                        if c["name"] == "checkpoint-2" and c["state"] == "failed"]:
+                    break
+                self.assertLess(time.monotonic(), deadline, st)
+                time.sleep(0.05)
         self.assertEqual(st["daemon"]["failed"], 1, st["daemon"])
         self.assertEqual(st["daemon"]["committed"], 1, st["daemon"])
         c2 = [c for c in st["checkpoints"] if c["name"] == "checkpoint-2"]
@@ -112,6 +120,34 @@ class SilentLoss(unittest.TestCase):
         self.assertEqual(metrics(prom)['ckptpush_checkpoints_total{result="failed"}'], 1)
         titles = [h.commit_title(c) for c in hub.commits(repo)]
         self.assertNotIn("Training in progress, step 2", titles)
+    def test_a_drain_cut_short_says_what_is_left(self):
+        """Run mode: the command succeeds, its checkpoint cannot be pushed within
+        --drain-timeout (--max-rate is slow). The exit code is the one of run mode for a push
+        that did not finish (7, README "Exit codes"), not 1, and the summary line says that a
+        checkpoint and the end-of-training commit are left ('pending=2'), where it used to say failed=0 and nothing more."""
+        hub = h.Hub()
+        self.addCleanup(hub.stop)
+        _, watch = h.job_dir("ckpt-cut-")
+        repo = f"{h.USER}/cut-{os.getpid()}"
+        script = ("import os, sys\n"
+                  "d = os.path.join(sys.argv[1], 'checkpoint-1')\n"
+                  "os.mkdir(d)\n"
+                  "open(os.path.join(d, 'model.safetensors'), 'wb').write(os.urandom(3 << 20))\n"
+                  "open(os.path.join(d, 'config.json'), 'w').write('{}')\n"
+                  "open(os.path.join(d, 'trainer_state.json'), 'w').write('{}')\n")
+        d = h.Daemon(watch, repo=repo, endpoint=hub.url, log_level="info",
+                     args=["--quiet-ms", "200", "--max-rate", "200000", "--drain-timeout", "2",
+                           "run", "--", sys.executable, "-c", script, watch])
+        self.addCleanup(d.stop, signal.SIGKILL, 5)
+        rc = d.proc.wait(timeout=30)
+        d.stop()
+        self.assertTrue(d.events("drain-timeout"), d.tail())
+        self.assertEqual(rc, EXIT_WRAPPED_PUSH_FAILED, d.tail())
+        stopped = d.events("stopped")[-1]["kv"]
+        # the checkpoint, and the end-of-training commit (the model card) behind it: also when
+        # the command ended before the hub was known usable (its card used to be forgotten then)
+        self.assertEqual((stopped["exit"], stopped["pending"]), ("7", "2"), d.tail())
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
