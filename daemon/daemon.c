@@ -268,7 +268,7 @@ static void queue_sealed(struct daemon *d, uint64_t id, const char *name, const 
 {
     int rc = queue_add(d->queue, id, name, layout, step, source_dir, files, n);
 
-    if (rc < 0)
+    if (rc < 0 && rc != -ENOBUFS) /* a full queue failed it, and said so */
         /* The pins stay on disk: nothing is lost, the checkpoint is only not pushed now. */
         log_error("push-failed", "ckpt='%s' reason='cannot queue: %s'", name, strerror(-rc));
 }

@@ -1430,10 +1430,16 @@ int queue_add(struct queue *q, uint64_t id, const char *name, const char *layout
 {
     struct item *it;
 
-    if (q->waiting >= QUEUE_MAX_WAITING)
-        return -ENOBUFS;
     if ((it = item_new(q, id, name, layout, step, source_dir, files, file_count)) == NULL)
         return -ENOMEM;
+    if (q->waiting >= QUEUE_MAX_WAITING) {
+        /* Not pushed in this run: a failure (status, exit code), never a silent one. Its pins
+         * stay on disk, and the next start finds them. */
+        set_error(it, "cannot wait for its turn: too many checkpoints wait already");
+        log_failed(q, it, "queue-full");
+        finish(q, it, QUEUE_FAILED);
+        return -ENOBUFS;
+    }
     /* Save order: a scan at start may seal checkpoint-20 before checkpoint-10; an earlier step
      * of the same layout goes before a waiting later one. */
     struct item **at = &q->head;
