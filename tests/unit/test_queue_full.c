@@ -72,11 +72,11 @@ int main(void)
 
     for (uint64_t id = 1; id <= QUEUE_MAX_WAITING; id++) {
         snprintf(name, sizeof(name), "checkpoint-%llu", (unsigned long long)id);
-        CHECK_INT(queue_add(t.q, id, name, "model-dir", (int64_t)id, root, files, 1), 0);
+        CHECK_INT(queue_add(t.q, id, name, "model-dir", (int64_t)id, NULL, files, 1), 0);
     }
     CHECK_INT(queue_failed_count(t.q), 0);
     CHECK_INT(queue_add(t.q, QUEUE_MAX_WAITING + 1, "checkpoint-late", "model-dir",
-                        QUEUE_MAX_WAITING + 1, root, files, 1),
+                        QUEUE_MAX_WAITING + 1, NULL, files, 1),
               -ENOBUFS);
     CHECK_INT(queue_failed_count(t.q), 1);
     CHECK_INT(t.failed_id, QUEUE_MAX_WAITING + 1);
