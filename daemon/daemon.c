@@ -136,6 +136,15 @@ static int drained_exit_code(const struct daemon *d)
     return pushed_all ? CKPT_EXIT_OK : CKPT_EXIT_WRAPPED_PUSH_FAILED;
 }
 
+/* How a drain cut short (its deadline, a second signal) exits: pushes were left undone. In run
+ * mode the command's own failure still comes first, else the push failure of run mode. */
+static int cut_short_exit_code(const struct daemon *d)
+{
+    if (d->cfg->child_argv == NULL)
+        return CKPT_EXIT_FAILURE;
+    return d->child_exit != 0 ? d->child_exit : CKPT_EXIT_WRAPPED_PUSH_FAILED;
+}
+
 static int64_t now_ms(struct daemon *d)
 {
     uv_update_time(d->loop);
@@ -291,7 +300,7 @@ static void queue_sealed(struct daemon *d, uint64_t id, const char *name, const 
 {
     int rc = queue_add(d->queue, id, name, layout, step, source_dir, files, n);
 
-    if (rc < 0)
+    if (rc < 0 && rc != -ENOBUFS) /* a full queue failed it, and said so */
         /* The pins stay on disk: nothing is lost, the checkpoint is only not pushed now. */
         log_error("push-failed", "ckpt='%s' reason='cannot queue: %s'", name, strerror(-rc));
 }
@@ -906,6 +915,9 @@ static void hub_usable(struct daemon *d)
     d->hub_ready = true;
     log_ready(d);
     queue_set_ready(d->queue, true);
+    /* training ended (a short wrapped command) before the hub was known usable: its card */
+    if (d->draining)
+        start_card_only_commit(d);
 }
 
 /* The commit budget counts the repo's commits of the last hour, this process's or not. */
@@ -965,7 +977,7 @@ static void on_drain_timeout(uv_timer_t *timer)
 
     log_error("drain-timeout", "seconds=%u pending=%zu reason='pins kept in %s for the next start'",
               d->drain_timeout_s, queue_pending(d->queue), d->cfg->staging_dir);
-    daemon_stop(d, CKPT_EXIT_FAILURE);
+    daemon_stop(d, cut_short_exit_code(d));
 }
 
 static void start_drain(struct daemon *d, const char *why)
@@ -976,7 +988,7 @@ static void start_drain(struct daemon *d, const char *why)
         if (d->child_running)
             return;
         log_warn("stopping", "reason='second %s: stopping now'", why);
-        daemon_stop(d, CKPT_EXIT_FAILURE);
+        daemon_stop(d, cut_short_exit_code(d));
         return;
     }
     d->draining = true;
@@ -1171,6 +1183,10 @@ static void on_pin_closed(void *ctx)
 
 static void daemon_stop(struct daemon *d, int exit_code)
 {
+    /* what is still waiting or in flight now (an end-of-training commit whose card is being
+     * written included) stays pinned for the next start */
+    size_t pending = (d->queue != NULL ? queue_pending(d->queue) : 0) + d->cards_pending;
+
     if (d->stopping)
         return;
     d->stopping = true;
@@ -1213,9 +1229,9 @@ static void daemon_stop(struct daemon *d, int exit_code)
         pin_close(d->pin, on_pin_closed, d);
     metrics_close(d->metrics); /* last file says ckptpush_up 0; frees itself */
     d->metrics = NULL;
-    log_info("stopped", "exit=%d committed=%u failed=%u", exit_code,
+    log_info("stopped", "exit=%d committed=%u failed=%u pending=%zu", exit_code,
              d->queue ? queue_committed_count(d->queue) : 0,
-             d->queue ? queue_failed_count(d->queue) : 0);
+             d->queue ? queue_failed_count(d->queue) : 0, pending);
 }
 
 int daemon_exit_code(const struct daemon *d)

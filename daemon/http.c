@@ -21,6 +21,10 @@
 /* curl's upload buffer for file bodies. With 4 transfers: 4 x (512 KiB here + 2 x 512 KiB of
  * our read buffers) = 6 MiB, less than the 8.25 MiB of 64 KiB + 2 x 1 MiB before. */
 #define HTTP_UPLOAD_BUFFER (512L * 1024)
+/* A file body handed to curl in full has reached, or is about to reach, the server, which acts on
+ * it (stores a part) and then answers. A cancel then waits this long for that answer, so that the
+ * caller can record what the server did (a part's ETag) instead of sending it again later. */
+#define HTTP_ANSWER_GRACE_MS 1000
 
 enum xfer_state {
     XS_OPENING,   /* waiting for uv_fs_open of the body file */
@@ -76,6 +80,7 @@ struct http_xfer {
     int retryable;
     int restart_pending;
     int too_big;
+    int cancel_pending; /* cancelled while its answer was due: the answer is waited for */
     size_t max_response;
     size_t body_cap;
     char errbuf[CURL_ERROR_SIZE];
@@ -697,6 +702,15 @@ static void attempt_done(struct http_xfer *x, CURLcode result)
         snprintf(res->error, sizeof(res->error), "%s",
                  x->errbuf[0] != '\0' ? x->errbuf : curl_easy_strerror(result));
     }
+    if (x->cancel_pending) {
+        /* the answer a cancel waited for: delivered as it is, a failure as the cancel */
+        if (res->fail != HTTP_FAIL_NONE) {
+            res->fail = HTTP_FAIL_CANCELLED;
+            snprintf(res->error, sizeof(res->error), "cancelled");
+        }
+        xfer_finish(x);
+        return;
+    }
     int retry = x->retryable && res->attempts < x->h->opts.max_attempts &&
                 (x->retryable == HTTP_RETRY_429
                      ? res->fail == HTTP_FAIL_NONE && status == 429
@@ -982,14 +996,31 @@ error:
     return r;
 }
 
-void http_xfer_cancel(struct http_xfer *x)
+static void cancel_now(struct http_xfer *x)
 {
-    if (x->state == XS_FINISHING || x->state == XS_DONE)
-        return;
+    x->cancel_pending = 0;
     x->res.fail = HTTP_FAIL_CANCELLED;
     x->res.status = 0;
     snprintf(x->res.error, sizeof(x->res.error), "cancelled");
     xfer_finish(x);
+}
+
+static void on_answer_grace_over(uv_timer_t *t)
+{
+    cancel_now(t->data);
+}
+
+void http_xfer_cancel(struct http_xfer *x)
+{
+    if (x->state == XS_FINISHING || x->state == XS_DONE || x->cancel_pending)
+        return;
+    if (x->state == XS_ACTIVE && x->in_multi && x->path != NULL && x->file_err == 0 &&
+        x->f_consumed == x->f_len) {
+        x->cancel_pending = 1;
+        uv_timer_start(&x->timer, on_answer_grace_over, HTTP_ANSWER_GRACE_MS, 0);
+        return;
+    }
+    cancel_now(x);
 }
 
 static void on_rate_timer_closed(uv_handle_t *handle)

@@ -100,7 +100,9 @@ int http_init(struct http **ret, uv_loop_t *loop, const struct http_opts *opts);
  * UV_ESHUTDOWN (closing). */
 int http_send(struct http *h, const struct http_request *req, http_done_cb cb, void *ctx,
               struct http_xfer **ret_xfer);
-/* The transfer's cb later runs with HTTP_FAIL_CANCELLED (unless it already finished). */
+/* The transfer's cb later runs with HTTP_FAIL_CANCELLED (unless it already finished). A transfer
+ * whose file body was sent in full waits up to 1 s for its answer first: the server may have acted
+ * on the body, and a success answer is then delivered as such. */
 void http_xfer_cancel(struct http_xfer *x);
 /* Cancels every transfer (their callbacks run), closes all handles, frees h, then calls cb. */
 void http_close(struct http *h, http_close_cb cb, void *ctx);

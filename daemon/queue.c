@@ -29,6 +29,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "commit_split.h"
 #include "hub.h"
 #include "journal.h"
 #include "log.h"
@@ -37,7 +38,6 @@
 
 #define RECOVER_MAX_DIRS 65536
 #define QUEUE_NOTES_MAX 256
-#define QUEUE_FILES_PER_COMMIT 100
 #define QUEUE_RETRY_BOUNDED 5 /* attempts for protocol and local I/O errors */
 #define QUEUE_BUDGET_RING 4096
 #define QUEUE_BUDGET_WINDOW_MS (3600u * 1000)
@@ -63,6 +63,9 @@ struct item {
     bool deferred;         /* found again by a scan: journaled only if it is not a re-push */
     size_t part_off;       /* very many files: the first plan item of the commit in flight */
     size_t part_n;
+    size_t part_no;    /* of that commit, from 1 */
+    bool part_waiting; /* its next commit waits for the commit budget */
+    bool lost;         /* every file was gone before it could be pinned: a failure */
     bool recovered;
     unsigned attempts;
     uint64_t sealed_at_ms;
@@ -614,7 +617,7 @@ static void on_released(void *ctx, int status)
         log_warn("release-failed", "ckpt='%s' reason='%s'", it->name, strerror(-status));
     else if (journaled(it))
         journal_set_state(q->journal, it->id, JOURNAL_RELEASED, NULL, on_journal_written, NULL);
-    finish(q, it, it->commit[0] ? QUEUE_COMMITTED : QUEUE_SKIPPED);
+    finish(q, it, it->commit[0] ? QUEUE_COMMITTED : it->lost ? QUEUE_FAILED : QUEUE_SKIPPED);
 }
 
 static void release(struct queue *q, struct item *it)
@@ -686,6 +689,8 @@ static void on_retry_timer(uv_timer_t *timer)
     stat_files(q, it);
 }
 
+static bool part_over_budget(struct queue *q, struct item *it);
+
 static void on_uploaded(void *ctx, const struct ckpt_err *err, const char *commit_oid)
 {
     struct item *it = ctx;
@@ -728,12 +733,15 @@ static void on_uploaded(void *ctx, const struct ckpt_err *err, const char *commi
     if (it->upload == NULL || it->progress.files_total > it->progress.files_skipped)
         q->commit_ms[q->n_commits++ % QUEUE_BUDGET_RING] = now_ms(q);
     if (it->part_off + it->part_n < it->plan.count) {
-        log_info("committed-part", "ckpt='%s' commit=%s files=%zu-%zu of %zu", it->name, it->commit,
-                 it->part_off + 1, it->part_off + it->part_n, it->plan.count);
+        log_info("committed-part", "ckpt='%s' commit=%s part=%zu files=%zu-%zu of %zu", it->name,
+                 it->commit, it->part_no, it->part_off + 1, it->part_off + it->part_n,
+                 it->plan.count);
         it->part_off += it->part_n;
+        it->part_no++;
         upload_free(it->upload);
         it->upload = NULL;
-        start_upload(q, it);
+        if (!part_over_budget(q, it))
+            start_upload(q, it);
         return;
     }
     if (journaled(it) && journal_set_state(q->journal, it->id, JOURNAL_COMMITTED, it->commit,
@@ -866,12 +874,13 @@ static void after_stat(uv_work_t *w, int status)
     }
     it->plan.count = kept;
     if (kept == 0) {
-        /* Every file went (rotation) before it could be linked: no restart can bring the bytes
-         * back, so a failure retried at the next start would only fail again. */
-        log_warn("lost",
-                 "ckpt='%s' reason='every file was gone before it could be pinned: nothing to "
-                 "push'",
-                 it->name);
+        /* Every file went (rotation) before it could be linked: the checkpoint is lost, a
+         * failure of this run (exit code, status, metrics). No restart can bring the bytes back,
+         * so its pins are released and the journal does not keep it to fail again. */
+        set_error(it, "every file was gone before it could be pinned (rotation outran the "
+                      "daemon): lost");
+        log_error("lost", "ckpt='%s' reason='%s' counted='failed'", it->name, it->error);
+        it->lost = true;
         plan_release(it);
         release(q, it);
         return;
@@ -1109,6 +1118,34 @@ out:
     free(retire);
 }
 
+/* How many plan items from part_off go into the next commit; the first time, says when a
+ * checkpoint needs more than one. 0: out of memory. */
+static size_t next_part(struct item *it)
+{
+    size_t left = it->plan.count - it->part_off;
+    uint64_t *sizes = calloc(left ? left : 1, sizeof(*sizes));
+    enum commit_split_reason why;
+    size_t n;
+
+    if (sizes == NULL)
+        return 0;
+    for (size_t k = 0; k < left; k++)
+        sizes[k] = it->stats[it->part_off + k].size;
+    if (it->part_off == 0) {
+        size_t parts = commit_split_count(sizes, left, &commit_limits_hub, &why);
+        it->part_no = 1;
+        if (parts > 1)
+            log_info("commit-split",
+                     "ckpt='%s' parts=%zu files=%zu max_files=%zu max_regular_bytes=%" PRIu64
+                     " reason='%s'",
+                     it->name, parts, it->plan.count, commit_limits_hub.max_files,
+                     commit_limits_hub.max_regular_bytes, commit_split_reason_text(why));
+    }
+    n = commit_split_next(sizes, left, &commit_limits_hub, NULL);
+    free(sizes);
+    return n;
+}
+
 static void start_upload(struct queue *q, struct item *it)
 {
     struct upload_file *files = calloc(it->plan.count, sizeof(*files));
@@ -1132,17 +1169,19 @@ static void start_upload(struct queue *q, struct item *it)
             fail(q, it, "internal", strerror(-rc));
         return;
     }
-    /* Very many files: several commits (the Hub times a commit out at about 60 s and advises
-     * under 100 files each); the later ones say "(part N)", as upload_folder does. */
-    size_t n = it->plan.count - it->part_off;
+    /* One commit per checkpoint: each commit counts against the budget. Only what one commit
+     * cannot carry (commit_split.c) makes several; the later ones say "(part N)", as
+     * upload_folder does. */
+    size_t n = next_part(it);
     char message[512];
-    if (n > QUEUE_FILES_PER_COMMIT)
-        n = QUEUE_FILES_PER_COMMIT;
+    if (n == 0) {
+        rc = -ENOMEM;
+        goto fail;
+    }
     if (it->part_off == 0)
         snprintf(message, sizeof(message), "%s", it->plan.message);
     else
-        snprintf(message, sizeof(message), "%s (part %zu)", it->plan.message,
-                 it->part_off / QUEUE_FILES_PER_COMMIT + 1);
+        snprintf(message, sizeof(message), "%s (part %zu)", it->plan.message, it->part_no);
     for (size_t k = 0; k < n; k++) {
         size_t i = it->part_off + k;
         const struct journal_file *f = journal_file_of(c, it->plan.items[i].file);
@@ -1258,7 +1297,36 @@ static unsigned commits_in_window(struct queue *q, uint64_t *ret_wait_ms)
 
 static void on_budget_timer(uv_timer_t *timer)
 {
-    pump(timer->data);
+    struct queue *q = timer->data;
+    struct item *it = q->active;
+
+    if (it != NULL && it->part_waiting) {
+        if (part_over_budget(q, it))
+            return;
+        it->part_waiting = false;
+        start_upload(q, it);
+        return;
+    }
+    pump(q);
+}
+
+/* A checkpoint that needs several commits (commit_split.c): each counts against the budget, and
+ * when it is spent the next one waits, logged, keeping the checkpoint's place and pins. */
+static bool part_over_budget(struct queue *q, struct item *it)
+{
+    uint64_t wait_ms;
+    unsigned n = commits_in_window(q, &wait_ms);
+
+    if (n < q->deps.cfg->commits_per_hour)
+        return false;
+    it->part_waiting = true;
+    log_warn("commit-budget",
+             "ckpt='%s' part=%zu commits=%u per_hour=%u reason='the Hub allows about %u commits "
+             "an hour', waiting %.0fs",
+             it->name, it->part_no, n, q->deps.cfg->commits_per_hour, q->deps.cfg->commits_per_hour,
+             (double)wait_ms / 1000.0);
+    uv_timer_start(&q->budget_timer, on_budget_timer, wait_ms + 1, 0);
+    return true;
 }
 
 /* The commit budget is spent: a newer checkpoint of the same layout waiting behind the head
@@ -1461,13 +1529,19 @@ static int add_item(struct queue *q, uint64_t id, const char *name, const char *
 {
     struct item *it;
 
-    if (q->waiting >= QUEUE_MAX_WAITING)
-        return -ENOBUFS;
     if ((it = item_new(q, id, name, layout, step, source_dir, files, file_count)) == NULL)
         return -ENOMEM;
     if (refusal != NULL && (it->refusal = strdup(refusal)) == NULL) {
         item_free(it);
         return -ENOMEM;
+    }
+    if (q->waiting >= QUEUE_MAX_WAITING) {
+        /* Not pushed in this run: a failure (status, exit code), never a silent one. Its pins
+         * stay on disk, and the next start finds them. */
+        set_error(it, "cannot wait for its turn: too many checkpoints wait already");
+        log_failed(q, it, "queue-full");
+        finish(q, it, QUEUE_FAILED);
+        return -ENOBUFS;
     }
     /* Save order: a scan at start may seal checkpoint-20 before checkpoint-10; an earlier step
      * of the same layout goes before a waiting later one. */
@@ -2094,10 +2168,17 @@ void queue_stop(struct queue *q)
     q->stopped = true;
     uv_close((uv_handle_t *)&q->retry_timer, NULL);
     uv_close((uv_handle_t *)&q->budget_timer, NULL);
-    if (q->active != NULL && q->active->upload != NULL)
+    if (q->active != NULL && q->active->upload != NULL) {
         upload_cancel(q->active->upload);
-    else if (q->active != NULL && q->active->state == QUEUE_WAITING)
+    } else if (q->active != NULL && q->active->part_waiting) {
+        /* between two commits of one checkpoint: the next start pushes the rest */
+        set_error(q->active, "stopped while its next commit waited for the commit budget");
+        log_warn("push-interrupted", "ckpt='%s' reason='%s' next='resumed at the next start'",
+                 q->active->name, q->active->error);
+        finish(q, q->active, QUEUE_FAILED);
+    } else if (q->active != NULL && q->active->state == QUEUE_WAITING) {
         finish(q, q->active, QUEUE_FAILED); /* waiting for a retry */
+    }
 }
 
 int queue_add_refused(struct queue *q, uint64_t id, const char *name, const char *layout,

@@ -81,7 +81,8 @@ struct queue_deps {
 int queue_new(struct queue **ret, const struct queue_deps *deps, queue_event_cb cb, void *ctx);
 /* Copies everything. files are relative to the checkpoint root; they are read from the pins of
  * id, or, when source_dir is not NULL (an explicit push of a path outside the watched tree),
- * from source_dir itself. -ENOBUFS when QUEUE_MAX_WAITING are waiting (pins stay on disk).
+ * from source_dir itself. -ENOBUFS when QUEUE_MAX_WAITING are waiting: the checkpoint ends failed
+ * at once, logged (push-failed kind=queue-full), and its pins stay on disk for the next start.
  * Pins that still need a copy (pin_copy_pending) are copied from now on, whatever the push
  * order; the push itself reads them only once their copy is done. */
 int queue_add(struct queue *q, uint64_t id, const char *name, const char *layout, int64_t step,

@@ -834,12 +834,29 @@ static void send_complete(struct upload *u, size_t i)
     req_started(u, r, st, "multipart completion");
 }
 
+/* A part answered after the upload failed or was cancelled (a stop waits for the answers due,
+ * http.c): the server has it, so its ETag is journaled and the next start does not send it
+ * again. */
+static void record_late_part(struct upload *u, const struct up_req *rc, const struct ckpt_err *err,
+                             const char *etag)
+{
+    struct up_obj *ob = &u->ob[rc->obj];
+
+    if (err != NULL || rc->part == 0 || etag == NULL || etag[0] == '\0' ||
+        u->opts.journal == NULL || ob->done || rc->gen < ob->layout_gen || ob->pstate == NULL ||
+        rc->part > ob->n)
+        return;
+    journal_part_done(u->opts.journal, u->lo[rc->obj].oid, u->lo[rc->obj].size, rc->part, etag,
+                      NULL, NULL);
+}
+
 static void on_put(void *ctx, const struct ckpt_err *err, const char *etag)
 {
     struct up_req rc;
     struct upload *u = req_done(ctx, &rc);
     u->running_jobs--;
     if (u->failed) {
+        record_late_part(u, &rc, err, etag);
         maybe_finish_failed(u);
         return;
     }

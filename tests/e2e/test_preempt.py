@@ -154,6 +154,65 @@ class Preempt(unittest.TestCase):
         self.assertFalse(os.path.exists(pin2), "the pins are released after the commit")
         hub.stop()
 
+    def test_answers_due_at_the_deadline_are_recorded(self):
+        """Every part the hub stored before the daemon exits is journaled, also one whose answer
+        comes after the drain deadline: the hub answers each part 0.6 s after storing it, so at
+        the deadline both transfer slots wait for an answer (their bodies are sent). The stop
+        waits for those answers (at most 1 s, http.c) and journals their ETags although the push
+        is cancelled; the next start sends none of them again. Cancelling at once left the hub
+        with parts the journal did not know (e2e.test_preempt once: 'finished parts sent again:
+        [7]')."""
+        hub = h.Hub(args=["--multipart-threshold", str(MiB), "--chunk-size", str(MiB)])
+        root, watch = h.job_dir("ckpt-preempt-due-")
+        repo = f"{h.USER}/preempt-due-{os.getpid()}"
+        drain_s = 2
+        args = ["--quiet-ms", "300", "--max-transfers", "2", "--drain-timeout", str(drain_s)]
+        d = h.Daemon(watch, repo=repo, endpoint=hub.url, args=args, log_level="info")
+        d.wait_event("ready", timeout=20)
+        hub.fault({"route": "part_put", "count": 1000, "delay_answer_s": 0.6})
+        expected = h.write_checkpoint(watch, 1, BIG, random.Random(4))
+        nparts = -(-BIG // MiB)
+        deadline = time.monotonic() + 30
+        while len([p for p in part_puts(hub) if p[2] == 200]) < 2:
+            self.assertLess(time.monotonic(), deadline, d.tail())
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = d.proc.wait(drain_s + 5)
+        except h.subprocess.TimeoutExpired:
+            self.fail(f"no exit {drain_s + 5}s after SIGTERM\n{d.tail()}")
+        exit_s = time.monotonic() - t0
+        d.stop()
+        self.assertEqual(rc, EXIT_PUSH_FAILED, d.tail())
+        self.assertTrue(d.events("drain-timeout"), d.tail())
+        # the deadline, then at most the 1 s the answers due are waited for
+        self.assertLessEqual(exit_s, drain_s + 1.0 + 1.0, d.tail())
+        # The hub logs a part when its late answer goes out, also to a client that has gone:
+        # after twice the delay every part it stored is in its log.
+        time.sleep(2 * 0.6)
+        before = part_puts(hub)
+        done_before = {n for s, n, st, b in before if st == 200}
+        self.assertLess(len(done_before), nparts, "the push was to be cut by the deadline")
+        recs = journal_records(os.path.join(watch, ".ckptpush"))
+        oid = expected["model.safetensors"]
+        journaled = {int(r["n"]) for r in recs if r.get("k") == "part" and r.get("oid") == oid}
+        self.assertEqual(sorted(done_before - journaled), [],
+                         f"parts the hub stored that the journal lacks\n{d.tail()}")
+
+        d2 = h.Daemon(watch, repo=repo, endpoint=hub.url, args=args, log_level="info")
+        got = d2.wait_event("committed", timeout=60, ckpt="checkpoint-1")[0]
+        self.assertEqual(d2.stop(signal.SIGTERM, 30), 0, d2.tail())
+        after = part_puts(hub)[len(before):]
+        again = sorted({n for s, n, st, b in after if n in done_before})
+        print(f"\nFIGURES preempt-due: parts={nparts} stored_before_exit={len(done_before)} "
+              f"journaled={len(journaled)} exit_after_sigterm_s={exit_s:.2f} "
+              f"parts_resumed={got['kv'].get('parts_resumed')} sent_again={again}", flush=True)
+        self.assertEqual(again, [], f"finished parts sent again: {again}")
+        for name, sha in expected.items():
+            self.assertEqual(hub.sha256_at(repo, "main", name), sha, name)
+        hub.stop()
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -756,7 +756,7 @@ def validate_repo_name(name):
 
 class Faults:
     KEYS = {"route", "count", "status", "retry_after", "ratelimit_t", "reset_after_bytes",
-            "slow_bytes_per_s", "drop_response", "expire_urls"}
+            "slow_bytes_per_s", "drop_response", "expire_urls", "delay_answer_s"}
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -1077,6 +1077,8 @@ class Handler(xet_cas.XetRoutes, BucketRoutes, BaseHTTPRequestHandler):
     def send(self, status, body=b"", ctype="application/json", headers=None, stream=None,
              length=None):
         """One response. body: bytes; or stream: iterable of bytes with a known length."""
+        if self.fault and self.fault.get("delay_answer_s"):
+            time.sleep(float(self.fault["delay_answer_s"]))  # the work is done, the answer late
         if self.fault and self.fault.get("drop_response"):
             self.status = status
             self.abort("drop_response")

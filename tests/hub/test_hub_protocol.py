@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 import urllib.parse
@@ -765,6 +766,24 @@ class TestRestartExpiryFaults(Base):
         self.assertEqual(r.status, 200)
         self.assertEqual(r.json()["name"], "alice")
         self.assertGreater(dt, 0.25)
+
+    def test_fault_delay_answer_after_the_work(self):
+        """delay_answer_s: the commit is made at once, its answer comes that much later."""
+        rid = self.new_repo()
+        h0 = self.head(rid)
+        self.fault({"route": "commit", "delay_answer_s": 1.0})
+        got = {}
+        t = threading.Thread(target=lambda: got.update(r=self.commit(
+            rid, {"key": "file", "value": {"path": "late.txt", "content": "eA=="}},
+            summary="late answer", parent=h0)))
+        t.start()
+        deadline = time.time() + 10
+        while self.head(rid) == h0:
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.02)
+        self.assertTrue(t.is_alive(), "answered before the delay")
+        t.join(10)
+        self.assertEqual(got["r"].status, 200)
 
     def test_request_log(self):
         rid = self.new_repo()

@@ -7,6 +7,7 @@ ANY /flaky/<key>/<n>/<code>[?retry_after=N]       -> <code> for the first n call
 ANY /reset/<key>/<n>/<bytes>           -> the first n calls of key read <bytes> then reset; then echo
 GET /big/<n>                           -> n bytes
 GET /slow                              -> answers after 20 s
+ANY /late/<ms>                         -> reads the body, waits <ms>, then echoes
 POST /_canned {"status","headers","body"} queues an answer; any /hub/... request pops one (FIFO)
 GET /_last                             -> the last /hub/... request: method, path, headers, body
 Standard library only. Prints the port to --port-file.
@@ -132,6 +133,10 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"x" * n)
             return
+        if s[:1] == ["late"]:
+            n, sha = self.read_body()
+            time.sleep(int(s[1]) / 1000)
+            return self.reply(200, {"method": self.command, "len": n, "sha256": sha})
         if s[:1] == ["slow"]:
             time.sleep(20)
             return self.reply(200, {})

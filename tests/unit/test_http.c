@@ -2,7 +2,8 @@
  *
  * Bodies from memory and from file ranges (with tiny ring buffers, so reads pause and resume),
  * the bearer only where asked, retries with Retry-After and RateLimit, a reset mid-body, limits,
- * cancellation and http_close with transfers in flight; the loop must close empty.
+ * cancellation (a file body sent in full waits up to 1 s for its answer: the server may have
+ * acted on it) and http_close with transfers in flight; the loop must close empty.
  */
 #include "http.h"
 
@@ -309,6 +310,37 @@ int main(void)
     uv_timer_start(&t, cancel_later, 200, 0);
     test_run_until(&loop, &c.done);
     CHECK(c.res.fail == HTTP_FAIL_CANCELLED);
+    done_call(&c);
+
+    /* cancel a file body sent in full: its answer, due 300 ms later, is delivered as it is */
+    snprintf(url, sizeof(url), "%s/late/300", echo.endpoint);
+    struct http_request late = {.method = "PUT",
+                                .url = url,
+                                .body_path = file,
+                                .body_file_len = 256 * 1024,
+                                .sent_cb = on_sent};
+    memset(&c, 0, sizeof(c));
+    REQUIRE(http_send(http, &late, on_done, &c, &x) == 0);
+    while (c.sent < 256 * 1024 && !c.done)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK(!c.done);
+    http_xfer_cancel(x);
+    http_xfer_cancel(x); /* twice: the grace is not cut short */
+    test_run_until(&loop, &c.done);
+    CHECK(c.res.fail == HTTP_FAIL_NONE && c.res.status == 200);
+    CHECK(jnum(&c, "len") == 256 * 1024);
+    done_call(&c);
+    /* ... but not for longer than the grace: an answer 5 s late is cancelled after about 1 s */
+    snprintf(url, sizeof(url), "%s/late/5000", echo.endpoint);
+    memset(&c, 0, sizeof(c));
+    REQUIRE(http_send(http, &late, on_done, &c, &x) == 0);
+    while (c.sent < 256 * 1024 && !c.done)
+        uv_run(&loop, UV_RUN_ONCE);
+    c.t_start = uv_hrtime();
+    http_xfer_cancel(x);
+    test_run_until(&loop, &c.done);
+    CHECK(c.res.fail == HTTP_FAIL_CANCELLED);
+    CHECK(secs(&c) >= 0.9 && secs(&c) < 3.0);
     done_call(&c);
 
     /* close with transfers in flight: each callback runs (cancelled), then the close callback */
