@@ -1140,6 +1140,9 @@ static bool push_known_checkpoint(struct daemon *d, const char *abs, const char 
     rel = abs + root_len + 1;
     detect_seal_all_complete(d->detect, now_ms(d));
     rearm_detect_timer(d);
+    /* a file of a checkpoint named otherwise (Lightning's last.ckpt: its save's epoch file) */
+    if (detect_owner_name(d->detect, rel) != NULL)
+        rel = detect_owner_name(d->detect, rel);
     if (queue_retry_failed(d->queue, rel)) {
         use_push_message(d, rel, message); /* a failed push, retried from its pins */
         return true;
