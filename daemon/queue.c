@@ -1446,8 +1446,9 @@ struct known_ckpt {
     char **files;
     struct journal_file *stats; /* have_stat, size, mtime_ns, ino of each file */
     size_t n;
-    bool same;  /* out: every file still there is the one journaled (or pinned) */
-    bool taken; /* recovery keeps it: requeued, or pushed already */
+    bool pushed; /* committed: a file it has no stat of was not pushed, so it cannot matter */
+    bool same;   /* out: every file still there is the one journaled (or pinned) */
+    bool taken;  /* recovery keeps it: requeued, or pushed already */
 };
 
 struct recover_job {
@@ -1533,7 +1534,8 @@ static bool original_exists(struct recover_job *job, const char *pin_dir, const 
 }
 
 /* Pool thread: a file the scan would find is the journaled one when its inode, size and mtime
- * are those journaled, or (not stat'ed yet) its inode is its pin's. */
+ * are those journaled, or (not stat'ed yet) its inode is its pin's; a pushed checkpoint's file
+ * without a stat was not pushed (the strategy left it out). */
 static void compare_known(struct recover_job *job, struct known_ckpt *k)
 {
     k->same = true;
@@ -1555,7 +1557,10 @@ static void compare_known(struct recover_job *job, struct known_ckpt *k)
             continue;
         }
         snprintf(pin, sizeof(pin), "%s/%" PRIu64 "/%s", job->pins, k->id, k->files[i]);
-        k->same = lstat(pin, &ps) == 0 && ps.st_ino == st.st_ino && ps.st_dev == st.st_dev;
+        if (lstat(pin, &ps) != 0)
+            k->same = k->pushed;
+        else
+            k->same = ps.st_ino == st.st_ino && ps.st_dev == st.st_dev;
     }
 }
 
@@ -1693,6 +1698,7 @@ static int known_collect(struct queue *q, struct recover_job *job)
             continue;
         job->n_known++;
         k->id = c->id;
+        k->pushed = c->state == JOURNAL_COMMITTED || c->state == JOURNAL_RELEASED;
         k->dir = strdup(dir);
         k->files = calloc(c->n_files, sizeof(*k->files));
         k->stats = calloc(c->n_files, sizeof(*k->stats));
