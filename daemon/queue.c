@@ -851,9 +851,10 @@ static void after_stat(uv_work_t *w, int status)
         it->present[kept] = true;
         kept++;
     }
-    if (kept > 0 && kept < it->plan.count) {
+    if (kept > 0 && kept < it->plan.count && strcmp(it->layout, "lightning") != 0) {
         /* Half a checkpoint is worse than none: a reader (a resumed training, from_pretrained)
-         * would load it. Its pins stay for a person to look at. */
+         * would load it. Its pins stay for a person to look at. (Each file of a Lightning save
+         * is a whole checkpoint: the ones pinned are pushed.) */
         char why[160];
         snprintf(why, sizeof(why),
                  "%zu of its %zu files were deleted before they could be pinned (rotation "
