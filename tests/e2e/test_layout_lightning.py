@@ -137,6 +137,51 @@ class LayoutLightning(unittest.TestCase):
         self.assertTrue(os.path.islink(os.path.join(lt.dir, "last.ckpt")))
         self.check_commits(d, repo, lt)
 
+    def test_save_missing_a_rotated_file_pushes_the_rest(self):
+        """Each file of a save is a whole checkpoint: one that rotation took before its pin (here
+        its pin is deleted while the daemon is down) leaves the other pushed, not the save
+        refused as half a checkpoint. The restart recovers the save from the journal and does
+        not detect last.ckpt again."""
+        sys.path.insert(0, os.path.join(h.SOURCE_DIR, "client", "python"))
+        import ckptpush
+        root, watch = h.job_dir("ckpt-lightning-lost-")
+        tmp = os.path.join(root, "tmp")
+        os.mkdir(tmp)
+        repo = f"{h.USER}/lightning-lost-{os.getpid()}"
+        d, sock = h.socket_daemon(watch, repo, self.hub, 200)
+        with ckptpush.Client(socket_path=sock, timeout=20) as client:
+            client.pause()
+        lt = Lightning(watch, tmp, random.Random(5))
+        lt.save(0, 50)
+        name = f"{CKPT_DIR}/epoch=0-step=50.ckpt"
+        d.wait_event("sealed", timeout=20, ckpt=name)
+        d.wait_event("push-state", timeout=20, ckpt=name, state="waiting")
+        pins = os.path.join(watch, ".ckptpush", "pins")
+        deadline = time.monotonic() + 10
+        while True:  # both files linked
+            found = [os.path.join(dp, f) for dp, _, fs in os.walk(pins) for f in fs]
+            if len(found) == 2:
+                break
+            self.assertLess(time.monotonic(), deadline, f"pins: {found}\n{d.tail()}")
+            time.sleep(0.05)
+        d.stop(signal.SIGKILL)
+        os.unlink(os.path.join(watch, name))  # rotation, and its pin gone with it
+        os.unlink([p for p in found if p.endswith("epoch=0-step=50.ckpt")][0])
+
+        again = h.Daemon(watch, repo=repo, endpoint=self.hub.url, log_level="info",
+                         args=["--quiet-ms", "200"])
+        com = again.wait_event("committed", timeout=30, ckpt=name)[0]["kv"]
+        self.assertEqual(again.stop(signal.SIGTERM, 30), 0, again.tail())
+        self.assertEqual(com.get("message"), "Training in progress, epoch 0, step 50")
+        self.assertEqual(com.get("files"), "1")
+        self.assertEqual(len(again.events("file-lost", ckpt=name)), 1, again.tail())
+        self.assertEqual(again.events("push-failed"), [], again.tail())
+        self.assertEqual(again.events("sealed"), [], again.tail())  # recovered, not re-detected
+        tree = self.hub.tree(repo)
+        self.assertNotIn(name, tree)
+        self.assertEqual(self.hub.sha256_at(repo, "main", f"{CKPT_DIR}/last.ckpt"),
+                         lt.saves[0][3])
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
