@@ -770,6 +770,7 @@ static void reload(struct daemon *d)
     NEEDS_RESTART(!same_globs(fresh.exclude, d->cfg->exclude), "exclude");
     NEEDS_RESTART(fresh.max_rate != d->cfg->max_rate, "max_rate");
     NEEDS_RESTART(fresh.max_transfers != d->cfg->max_transfers, "max_transfers");
+    NEEDS_RESTART(fresh.transfer != d->cfg->transfer, "transfer");
     NEEDS_RESTART(fresh.commits_per_hour != d->cfg->commits_per_hour, "commits_per_hour");
     NEEDS_RESTART(fresh.private_repo != d->cfg->private_repo, "private");
     NEEDS_RESTART(fresh.dry_run != d->cfg->dry_run, "dry_run");
