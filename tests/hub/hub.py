@@ -3,7 +3,8 @@
 
 Owns: repos, refs, real git objects, LFS objects, multipart sessions and presigned URLs, all
 persisted under --data so a restarted hub serves the same state. Not a git server (no smart
-HTTP), no Xet. Threads: one per connection (ThreadingHTTPServer); repo state changes under a
+HTTP). Xet CAS and Storage Buckets live in xet_cas.py and buckets.py (mixed into Handler).
+Threads: one per connection (ThreadingHTTPServer); repo state changes under a
 single lock, object bodies are streamed outside it. Spec: docs/hub-protocol.md (section 13).
 """
 
@@ -27,6 +28,12 @@ import time
 import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import xet_cas  # noqa: E402  (this folder's modules)
+import xet_hash  # noqa: E402
+from buckets import BucketRoutes  # noqa: E402
+from hub_errors import HubError  # noqa: E402
 
 MIB = 1024 * 1024
 REGULAR_MAX = 10 * MIB
@@ -73,19 +80,10 @@ DEFAULT_GITATTRIBUTES = "".join(
     + ["*tfevents* filter=lfs diff=lfs merge=lfs -text\n"])
 ROUTES = ["whoami", "repo_create", "repo_info", "revision", "preupload", "lfs_batch", "lfs_put",
           "part_put", "complete", "verify", "commit", "branch", "refs", "commits", "tree",
-          "paths_info", "resolve", "raw", "lfs_get", "validate_yaml", "admin", "other"]
-
-
-class HubError(Exception):
-    """An HTTP error answer: status, message, optional X-Error-Code and extra headers."""
-
-    def __init__(self, status, message, code=None, headers=None, body=None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.headers = headers or {}
-        self.body = body
+          "paths_info", "resolve", "raw", "lfs_get", "validate_yaml", "admin", "other",
+          "xet_token", "xorb", "shard", "dedup", "reconstruction", "xorb_get", "xet_get",
+          "bucket_create", "bucket_info", "bucket_delete", "bucket_batch", "bucket_tree",
+          "bucket_paths_info", "bucket_resolve"]
 
 
 class AbortConnection(Exception):
@@ -512,6 +510,7 @@ class Store:
             self.key = f.read().strip()
         self._walk_cache = {}
         self._obj_cache = {}
+        self.cas = None  # xet_cas.CasStore when Xet is on
 
     # git objects, stored uncompressed as "<type> <len>\0<data>" named by their sha1
 
@@ -682,9 +681,17 @@ class Store:
                 size = int(f.read().decode())
         except (OSError, ValueError):
             return None
-        if self.lfs_size(oid) != size:
+        if self.lfs_size(oid) != size and self.xet_size(oid) != size:
             return None
         return size
+
+    def xet_file(self, oid):
+        """Xet file hash holding the content of this sha256, or None."""
+        return self.cas.file_for_sha256(oid) if self.cas is not None else None
+
+    def xet_size(self, oid):
+        fhex = self.xet_file(oid)
+        return self.cas.file(fhex)["size"] if fhex else None
 
     def repo_add_lfs(self, t, rid, oid, size):
         atomic_write(os.path.join(self.repo_dir(t, rid), "lfs", oid), str(size).encode())
@@ -889,10 +896,15 @@ class Body:
 # the HTTP handler
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(xet_cas.XetRoutes, BucketRoutes, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ckptpush-testhub/1.0"
     timeout = 300
+
+    # helpers the Xet and bucket mixins use
+    atomic_write = staticmethod(atomic_write)
+    validate_repo_name = staticmethod(validate_repo_name)
+    validate_repo_path = staticmethod(validate_repo_path)
 
     # quiet default logging; we write our own JSON log
     def log_message(self, fmt, *args):
@@ -1009,7 +1021,8 @@ class Handler(BaseHTTPRequestHandler):
                "route": self.route, "request_id": self.req_id}
         if self.fault_note:
             rec["fault"] = self.fault_note
-        if self.route in ("lfs_put", "part_put", "complete", "lfs_get") and rec["auth"]:
+        if self.route in ("lfs_put", "part_put", "complete", "lfs_get", "xorb_get",
+                          "xet_get") and rec["auth"]:
             rec["auth_on_presigned"] = True
         if self.route in ("lfs_put", "part_put", "complete") and rec["auth"]:
             sys.stderr.write(f"hub: WARNING Authorization header sent to presigned URL "
@@ -1172,8 +1185,12 @@ class Handler(BaseHTTPRequestHandler):
             return self.h_admin, ()
         if s[:1] == ["_storage"]:
             return self.route_storage(s[1:])
+        if s[:1] == ["cas"]:
+            return self.route_cas(s[1:])
         if s[:1] == ["api"]:
             rest = s[1:]
+            if rest[:1] == ["buckets"]:
+                return self.route_buckets(rest[1:])
             if rest == ["whoami-v2"] and m == "GET":
                 self.route = "whoami"
                 return self.h_whoami, ()
@@ -1202,6 +1219,9 @@ class Handler(BaseHTTPRequestHandler):
             if tail == ["info", "lfs", "objects", "verify"] and m == "POST":
                 self.route = "verify"
                 return self.h_verify, (t, rid)
+        if s[:1] == ["buckets"] and len(s) >= 5 and s[3] == "resolve" and m in ("GET", "HEAD"):
+            self.route = "bucket_resolve"
+            return self.h_bucket_resolve, (s[1] + "/" + s[2], "/".join(s[4:]))
         if len(rest) >= 4 and rest[2] in ("resolve", "raw") and m in ("GET", "HEAD"):
             self.route = rest[2]
             return self.h_resolve, (t, rest[0] + "/" + rest[1], rest[3:], rest[2] == "raw")
@@ -1227,9 +1247,19 @@ class Handler(BaseHTTPRequestHandler):
             ("tree", "GET"): ("tree", self.h_tree),
             ("paths-info", "POST"): ("paths_info", self.h_paths_info),
         }
-        if op in ("xet-write-token", "xet-read-token"):
-            self.route = "other"
-            return self.h_xet, ()
+        if op in ("xet-write-token", "xet-read-token") and m == "GET":
+            self.route = "xet_token"
+            write = op == "xet-write-token"
+
+            def access():
+                if write:
+                    meta = self.repo_write(t, rid)
+                else:
+                    meta = self.repo_read(t, rid)
+                if arg:
+                    self.split_rev_path(meta, arg)
+                return self.user
+            return self.h_xet_token, (f"{t}/{rid}", "write" if write else "read", access)
         ent = table.get((op, m))
         if ent is None:
             raise HubError(404, f"Sorry, we can't find the page you are looking for: "
@@ -1255,9 +1285,34 @@ class Handler(BaseHTTPRequestHandler):
         if s[:1] == ["get"] and len(s) == 2 and m in ("GET", "HEAD"):
             self.route = "lfs_get"
             return self.h_lfs_get, (s[1],)
+        if s[:1] == ["xorb"] and len(s) == 2 and m == "GET":
+            self.route = "xorb_get"
+            return self.h_xorb_get, (s[1],)
+        if s[:1] == ["xet"] and len(s) == 2 and m in ("GET", "HEAD"):
+            self.route = "xet_get"
+            return self.h_xet_bridge, (s[1],)
         self.route = "other"
         raise HubError(404, "NoSuchKey", body=s3_error("NoSuchKey", "The specified key does "
                                                          "not exist.", self.req_id))
+
+    def route_cas(self, s):
+        """The Xet CAS under /cas (the casUrl handed out with tokens)."""
+        m = self.command
+        if s[:2] == ["v1", "xorbs"] and len(s) == 4 and m == "POST":
+            self.route = "xorb"
+            return self.h_xorb_upload, (s[2], s[3])
+        if s == ["v1", "shards"] and m == "POST":
+            self.route = "shard"
+            return self.h_shard_upload, ()
+        if s[:2] == ["v1", "chunks"] and len(s) == 4 and m == "GET":
+            self.route = "dedup"
+            return self.h_dedup, (s[2], s[3])
+        if s[:1] in (["v1"], ["v2"]) and s[1:2] == ["reconstructions"] and len(s) == 3 \
+                and m == "GET":
+            self.route = "reconstruction"
+            return self.h_reconstruction, (int(s[0][1]), s[2])
+        self.route = "other"
+        raise HubError(404, f"no such CAS route: {m} {self.raw_path}")
 
     # -- repo lookup ------------------------------------------------------------------------
 
@@ -1342,9 +1397,6 @@ class Handler(BaseHTTPRequestHandler):
                      "accessToken": {"displayName": "ckptpush-test", "role": "write",
                                      "createdAt": "2025-01-01T00:00:00.000Z"}},
         })
-
-    def h_xet(self):
-        raise HubError(501, "Xet is not supported by this hub; use the LFS transfer")
 
     def h_create(self):
         user = self.auth_user(required=True)
@@ -1437,7 +1489,7 @@ class Handler(BaseHTTPRequestHandler):
                 "private": meta["private"], "disabled": False, "gated": False,
                 "lastModified": now_iso(commit["date"]), "createdAt": meta["createdAt"],
                 "likes": 0, "downloads": 0, "tags": [], "siblings": siblings,
-                "xetEnabled": False, "usedStorage": 0, "cardData": {}}
+                "xetEnabled": self.hub.cas is not None, "usedStorage": 0, "cardData": {}}
         if t == "models":
             full["modelId"] = rid
         if expand:
@@ -1643,6 +1695,9 @@ class Handler(BaseHTTPRequestHandler):
                 raise HubError(404, f"Invalid rev id: {rname}", code="RevisionNotFound")
         st = self.hub.store
         use_multi = False
+        use_xet = op == "upload" and "xet" in transfers and self.hub.cas is not None
+        xet_rev = rname if isinstance(ref, dict) and isinstance(ref.get("name"), str) \
+            else "main"
         out = []
         for o in objs:
             oid = o.get("oid") if isinstance(o, dict) else None
@@ -1674,7 +1729,9 @@ class Handler(BaseHTTPRequestHandler):
                 out.append(e)
                 continue
             e["authenticated"] = True
-            if size >= self.hub.multipart_threshold and "multipart" in transfers:
+            if use_xet:
+                e["actions"] = {"upload": self.xet_upload_action(t, rid, xet_rev, self.user)}
+            elif size >= self.hub.multipart_threshold and "multipart" in transfers:
                 use_multi = True
                 chunk = self.hub.chunk_size
                 nparts = max(1, -(-size // chunk))
@@ -1702,7 +1759,8 @@ class Handler(BaseHTTPRequestHandler):
                                "objects/verify", "header": {}},
                 }
             out.append(e)
-        self.send_json(200, {"transfer": "multipart" if use_multi else "basic",
+        transfer = "xet" if use_xet else "multipart" if use_multi else "basic"
+        self.send_json(200, {"transfer": transfer,
                              "objects": out, "hash_algo": "sha256"},
                        ctype="application/vnd.git-lfs+json")
 
@@ -2152,6 +2210,9 @@ class Handler(BaseHTTPRequestHandler):
             if lfs:
                 e["lfs"] = {"oid": lfs["oid"], "size": lfs["size"],
                             "pointerSize": lfs["pointerSize"]}
+                fhex = st.xet_file(lfs["oid"])
+                if fhex:
+                    e["xetHash"] = fhex
         else:
             e = {"type": "directory", "oid": dirs[p], "size": 0, "path": p}
         if expand:
@@ -2240,6 +2301,12 @@ class Handler(BaseHTTPRequestHandler):
             if st.repo_has_lfs(t, rid, lfs["oid"]) is None:
                 raise HubError(404, "LFS object missing from storage", code="EntryNotFound",
                                headers={"X-Repo-Commit": sha})
+            fhex = st.xet_file(lfs["oid"])
+            if fhex and st.lfs_size(lfs["oid"]) is None:
+                self.route = "resolve"
+                return self.send_xet_resolve(t, rid, ref or sha, fhex, lfs["size"],
+                                             f'"{lfs["oid"]}"',
+                                             {"X-Repo-Commit": sha, "ETag": f'"{blob}"'})
             loc = self.sign(f"/_storage/get/{lfs['oid']}", {"repo": f"{t}/{rid}"})
             body = f"Found. Redirecting to {loc}".encode()
             return self.send(302, body, ctype="text/plain; charset=utf-8", headers={
@@ -2365,6 +2432,18 @@ class Hub:
         self.fast_sessions = {}
         self._bufs = []
         self.store = Store(args.data)
+        self.cas = None
+        self.xet_off_reason = "--xet off"
+        if args.xet != "off":
+            why = xet_hash.load()
+            if why:
+                self.xet_off_reason = why
+                print(f"hub: Xet off: {why}", file=sys.stderr, flush=True)
+                if args.xet == "on":
+                    raise SystemExit(f"hub: --xet on but {why}")
+            else:
+                self.cas = self.store.cas = xet_cas.CasStore(args.data, atomic_write)
+        self.xet_tokens = xet_cas.XetTokens(self.store.key, args.xet_token_ttl)
         self.faults = Faults()
         self.users = users
         self.url_ttl = args.url_ttl
@@ -2427,6 +2506,10 @@ def parse_args(argv):
     ap.add_argument("--chunk-size", type=int, default=8 * MIB, metavar="BYTES")
     ap.add_argument("--url-ttl", type=int, default=3600, metavar="SECONDS")
     ap.add_argument("--page-size", type=int, default=1000, metavar="N")
+    ap.add_argument("--xet", choices=["auto", "on", "off"], default="auto",
+                    help="Xet CAS and buckets (auto: on when libckptblake3.so loads)")
+    ap.add_argument("--xet-token-ttl", type=int, default=3600, metavar="SECONDS",
+                    help="lifetime of Xet CAS tokens")
     ap.add_argument("--fast-parts", action="store_true",
                     help="benchmarks: part bodies written in place without fsync, hashed as "
                     "they arrive, opaque ETags (same checks)")

@@ -1,5 +1,6 @@
 // The official JS client (@huggingface/hub, pinned in package.json) against tests/hub/hub.py.
-// Owns: one end-to-end run (create, commit with a 4-part multipart LFS file, list, download).
+// Owns: one end-to-end run (create, commit with a 4-part multipart LFS file, list, download)
+// over the LFS transfer (hub started with --xet off; test_official_xet.mjs covers Xet).
 // If this fails while the client is unchanged, the hub is wrong: fix hub.py, never the client.
 // Runs hub.py as a child process on a temp data dir and kills it at the end.
 import { spawn } from "node:child_process";
@@ -44,7 +45,7 @@ async function startHub() {
     python,
     [join(here, "hub.py"), "--data", join(tmp, "data"), "--port", "0", "--port-file", portFile,
       "--log", logPath, "--user", `${USER}:${TOKEN}`, "--multipart-threshold", String(CHUNK),
-      "--chunk-size", String(CHUNK)],
+      "--chunk-size", String(CHUNK), "--xet", "off"],
     { stdio: ["ignore", "pipe", "inherit"] },
   );
   let out = "";
