@@ -75,8 +75,8 @@ struct config {
     char *revision;                      /* branch for intermediate commits; NULL: main */
     char *include[CONFIG_GLOBS_MAX + 1]; /* fnmatch globs on repo paths, NULL-terminated */
     char *exclude[CONFIG_GLOBS_MAX + 1];
-    unsigned long long max_rate;    /* upload bytes per second, all transfers; 0: none */
-    unsigned max_transfers;         /* PUTs in flight (parts or files, or xorbs) */
+    unsigned long long max_rate; /* upload bytes per second, all transfers; 0: none */
+    unsigned max_transfers;      /* PUTs in flight (parts or files, or xorbs) */
     enum config_transfer transfer;
     unsigned nice;                  /* niceness of the daemon's threads; 0: unchanged */
     unsigned commits_per_hour;      /* commit budget per repo; later saves coalesce */

@@ -31,6 +31,7 @@
 #include "priority.h"
 #include "queue.h"
 #include "watch.h"
+#include "xet_session.h"
 
 #define STAGING_SKIP_NAME ".ckptpush"
 #define MAX_WAITERS 64
@@ -54,6 +55,9 @@ struct daemon {
     struct hash_pool *hashes;
     struct http *http;
     struct hub *hub;
+    struct xet_session *xet; /* NULL in dry-run */
+    char *xet_dir;           /* <staging>/xet: the shard cache and xorbs being sent */
+    char *xet_work_dir;
     struct hub_op *startup_op;
     struct queue *queue;
     struct control *control;
@@ -1332,6 +1336,9 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
             .token = cfg->token,
             .repo_id = cfg->repo_id,
             .private_repo = cfg->private_repo,
+            .transfer = cfg->transfer == TRANSFER_XET   ? HUB_TRANSFER_XET
+                        : cfg->transfer == TRANSFER_LFS ? HUB_TRANSFER_LFS
+                                                        : HUB_TRANSFER_AUTO,
         };
         struct http_opts http_opts = {.max_rate = cfg->max_rate};
         if ((rc = http_init(&d->http, loop, &http_opts)) < 0) {
@@ -1342,6 +1349,14 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
             *ret_exit = CKPT_EXIT_INVALID;
             goto fail;
         }
+        if (cfg->transfer != TRANSFER_LFS) {
+            if (asprintf(&d->xet_dir, "%s/xet", cfg->staging_dir) < 0 ||
+                asprintf(&d->xet_work_dir, "%s/xet/tmp", cfg->staging_dir) < 0 ||
+                (rc = xet_session_new(&d->xet, loop, d->hub, d->xet_dir)) < 0) {
+                ckpt_err_set(err, CKPT_ERR_IO, -ENOMEM, "cannot start Xet: out of memory");
+                goto fail;
+            }
+        }
     }
     if ((rc = pin_new(&d->pin, loop, cfg->watch_dir, STAGING_SKIP_NAME, on_pin_result, d)) < 0 ||
         (rc = hash_pool_init(&d->hashes, loop, 2, (int)cfg->nice)) < 0 ||
@@ -1350,7 +1365,8 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
         goto fail;
     }
     {
-        struct queue_deps deps = {loop, cfg, d->pin, d->hub, d->hashes, d->id_base + 1};
+        struct queue_deps deps = {loop,           cfg,    d->pin,         d->hub, d->hashes,
+                                  d->id_base + 1, d->xet, d->xet_work_dir};
         if ((rc = queue_new(&d->queue, &deps, on_queue_event, d)) < 0) {
             ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start: %s", strerror(-rc));
             goto fail;
@@ -1404,6 +1420,9 @@ void daemon_free(struct daemon *d)
     if (d == NULL)
         return;
     queue_free(d->queue);
+    xet_session_free(d->xet);
+    free(d->xet_dir);
+    free(d->xet_work_dir);
     hub_free(d->hub);
     hash_pool_free(d->hashes);
     detect_free(d->detect);

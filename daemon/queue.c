@@ -1031,8 +1031,11 @@ static void start_upload(struct queue *q, struct item *it)
 {
     struct upload_file *files = calloc(it->plan.count, sizeof(*files));
     struct journal_ckpt *c = journaled(it) ? journal_ckpt_find(q->journal, it->id) : NULL;
-    struct upload_opts opts = {
-        .journal = q->journal, .journal_id = it->id, .max_transfers = q->deps.cfg->max_transfers};
+    struct upload_opts opts = {.journal = q->journal,
+                               .journal_id = it->id,
+                               .max_transfers = q->deps.cfg->max_transfers,
+                               .xet = q->deps.xet,
+                               .xet_work_dir = q->deps.xet_work_dir};
     int rc = -ENOMEM;
 
     if (q->stopped) {

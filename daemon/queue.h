@@ -73,6 +73,9 @@ struct queue_deps {
     struct hash_pool *hashes;
     /* Pin ids from here up belong to this run: recovery leaves their pins alone. */
     uint64_t new_ids_from;
+    /* The Xet session and where xorbs are built (<staging>/xet/tmp); NULL: no Xet. */
+    struct xet_session *xet;
+    const char *xet_work_dir;
 };
 
 #define QUEUE_RETRY_BASE_MS 1000

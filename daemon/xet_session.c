@@ -791,9 +791,29 @@ static int read_whole(const char *path, uint8_t **out, size_t *len)
     return 0;
 }
 
+/* Xorbs a killed daemon was building or sending: rebuilt when needed, never trusted. */
+static void clear_work_dir(const char *cache_dir)
+{
+    char dir[4096], path[4200];
+    snprintf(dir, sizeof(dir), "%s/tmp", cache_dir);
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    if (d == NULL)
+        return;
+    while ((de = readdir(d)) != NULL) {
+        size_t len = strlen(de->d_name);
+        if (len > 5 && strcmp(de->d_name + len - 5, ".xorb") == 0) {
+            snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+            unlink(path);
+        }
+    }
+    closedir(d);
+}
+
 static void cache_load(struct cache_job *job)
 {
     char dir[4096], path[4200];
+    clear_work_dir(job->s->cache_dir);
     snprintf(dir, sizeof(dir), "%s/shards", job->s->cache_dir);
     DIR *d = opendir(dir);
     if (d == NULL)

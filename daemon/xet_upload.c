@@ -881,6 +881,14 @@ int xet_upload_start(struct xet_upload **ret, uv_loop_t *loop, struct xet_sessio
         memcpy(u->files[i].sha256, files[i].sha256, 65);
         u->files[i].size = files[i].size;
     }
+    /* work_dir and its parent: two mkdirs, no walk */
+    char *slash = strrchr(u->work_dir, '/');
+    if (slash != NULL && slash != u->work_dir) {
+        *slash = '\0';
+        int r = mkdir(u->work_dir, 0700);
+        *slash = '/';
+        (void)r;
+    }
     if (mkdir(u->work_dir, 0700) < 0 && errno != EEXIST) {
         int e = -errno;
         release(u);
