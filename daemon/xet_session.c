@@ -460,13 +460,16 @@ static void on_op_done(void *ctx, const struct http_response *res)
     struct ckpt_err e;
     ckpt_err_clear(&e);
     op->xfer = NULL;
-    if (res->fail == HTTP_FAIL_NONE && res->status == 401 && !op->retried_auth && !op->cancelled) {
+    bool refused = res->fail == HTTP_FAIL_NONE && res->status == 401;
+    if (refused && s->token != NULL && op->token_used != NULL &&
+        strcmp(s->token, op->token_used) == 0) {
+        /* a token the CAS refuses is of no use to any later request either */
+        wipe_free(s->token);
+        s->token = NULL;
+    }
+    if (refused && !op->retried_auth && !op->cancelled) {
         /* expired or revoked early: one fresh token, one more try */
         op->retried_auth = 1;
-        if (s->token != NULL && op->token_used != NULL && strcmp(s->token, op->token_used) == 0) {
-            wipe_free(s->token);
-            s->token = NULL;
-        }
         log_info("xet_token_refused", "repo='%s' request='%s', asking a fresh token",
                  hub_repo_id(s->hub), op->what);
         op_wait_token(op);
