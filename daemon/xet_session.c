@@ -104,6 +104,7 @@ struct xet_session {
     char *token;
     char *session_id;
     int64_t exp;
+    int64_t got_at;
     struct hub_op *token_op;
     struct xet_op *waiting, *waiting_tail;
 
@@ -239,7 +240,8 @@ static int set_token(struct xet_session *s, const char *cas_url, const char *tok
     s->cas_url = c;
     s->token = t;
     /* a token without expiry is used for a few minutes, then refreshed */
-    s->exp = exp > 0 ? exp : (int64_t)time(NULL) + 5 * 60;
+    s->got_at = (int64_t)time(NULL);
+    s->exp = exp > 0 ? exp : s->got_at + 5 * 60;
     return 0;
 }
 
@@ -252,9 +254,20 @@ void xet_session_offer_token(struct xet_session *s, const struct hub_lfs_object 
     set_token(s, obj->xet_cas_url, obj->xet_token, obj->xet_token_exp, obj->xet_session_id);
 }
 
+/* Good for a new request: not within the margin of its expiry (XET_TOKEN_MARGIN_S, or half its
+ * lifetime when that is shorter, so that a short-lived token is not refreshed at once). */
 static bool token_valid(const struct xet_session *s)
 {
-    return s->token != NULL && s->exp > (int64_t)time(NULL) + XET_TOKEN_MARGIN_S;
+    int64_t margin = XET_TOKEN_MARGIN_S;
+    if ((s->exp - s->got_at) / 2 < margin)
+        margin = (s->exp - s->got_at) / 2;
+    return s->token != NULL && s->exp > (int64_t)time(NULL) + margin;
+}
+
+/* Good for a request going now: not expired yet. */
+static bool token_usable(const struct xet_session *s)
+{
+    return s->token != NULL && s->exp > (int64_t)time(NULL);
 }
 
 /* ---- CAS requests ------------------------------------------------------------------------ */
@@ -292,7 +305,7 @@ static void on_token(void *ctx, const struct ckpt_err *err, const struct hub_xet
             op_finish(w, &e, NULL, 0);
         } else if (err != NULL) {
             op_finish(w, err, NULL, 0);
-        } else if (!token_valid(s) && tok->exp > 0 && tok->exp <= (int64_t)time(NULL)) {
+        } else if (!token_usable(s)) {
             ckpt_err_set(&e, CKPT_ERR_PROTOCOL, -EPROTO,
                          "Xet write token for '%s': bad answer: it expired already",
                          hub_repo_id(s->hub));
@@ -499,8 +512,8 @@ static void op_send(struct xet_op *op)
     struct xet_session *s = op->s;
     char url[2048], sid[160];
     struct ckpt_err e;
-    if (!token_valid(s)) {
-        op_wait_token(op);
+    if (!token_usable(s)) {
+        op_wait_token(op); /* expired while it waited for a retry or a slot */
         return;
     }
     int n = snprintf(url, sizeof(url), "%s%s", s->cas_url, op->path);

@@ -181,5 +181,48 @@ class OtherModes(unittest.TestCase):
         self.assertEqual(d.events("committed"), [], d.tail())
 
 
+class XetFaults(unittest.TestCase):
+    """503s and connection resets on the token, xorb and shard routes are retried; the push
+    completes and reads back whole."""
+
+    def test_faults_on_cas_routes_are_retried(self):
+        # tokens live 3 s and the upload is held to 400 kB/s: the batch answer's token runs out
+        # during the xorb, so the shard needs the token route
+        hub = h.Hub(args=["--xet", "on", "--xet-token-ttl", "3"])
+        try:
+            hub.fault([{"route": "xet_token", "count": 1, "status": 503},
+                       {"route": "xet_token", "count": 1, "reset_after_bytes": 0},
+                       {"route": "xorb", "count": 1, "status": 503},
+                       {"route": "xorb", "count": 1, "reset_after_bytes": 4096},
+                       {"route": "shard", "count": 1, "reset_after_bytes": 100},
+                       {"route": "shard", "count": 1, "drop_response": True}])
+            root, watch = h.job_dir("ckpt-xfault-")
+            repo = f"{h.USER}/xet-faults-{os.getpid()}"
+            d = h.Daemon(watch, repo=repo, endpoint=hub.url,
+                         args=["--quiet-ms", str(QUIET_MS), "--transfer", "xet",
+                               "--max-rate", "400000"])
+            try:
+                d.wait_event("ready", timeout=20)
+                want = h.write_checkpoint(watch, 10, 2_000_000, random.Random(3))
+                rec = d.wait_event("committed", timeout=90)[0]
+            finally:
+                d.stop(signal.SIGTERM, 30)
+            faulted = [r for r in hub.log_records() if r.get("fault")]
+            self.assertEqual(sorted(r["route"] for r in faulted),
+                             ["shard", "shard", "xet_token", "xet_token", "xorb", "xorb"],
+                             faulted)
+            tokens = [r for r in hub.log_records() if r.get("route") == "xet_token"]
+            self.assertEqual(tokens[-1].get("status"), 200, tokens)
+            self.assertEqual(d.events("push-failed"), [], d.tail())
+            self.assertTrue(d.events("http_retry"), d.tail())
+            if h.js_available():
+                files = h.js_download(hub.url, h.TOKEN, repo, h.tempdir("ckpt-js-"),
+                                      revision=rec["kv"]["commit"])
+                for path, sha in want.items():
+                    self.assertEqual(files.get(path), sha, path)
+        finally:
+            hub.stop()
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
