@@ -481,6 +481,11 @@ static cJSON *item_json(const struct queue_item_view *v)
     cJSON_AddNumberToObject(o, "bytes_to_send", (double)v->progress.bytes_to_send);
     cJSON_AddNumberToObject(o, "bytes_done", (double)v->progress.bytes_sent);
     cJSON_AddNumberToObject(o, "files_skipped", (double)v->progress.files_skipped);
+    cJSON_AddNumberToObject(o, "files_xet", (double)v->progress.files_xet);
+    cJSON_AddNumberToObject(o, "xet_bytes_new", (double)v->progress.xet_bytes_new);
+    cJSON_AddNumberToObject(o, "xet_bytes_deduped", (double)v->progress.xet_bytes_dedup);
+    cJSON_AddNumberToObject(o, "xorbs_sent", (double)v->progress.xorbs_sent);
+    cJSON_AddNumberToObject(o, "xorbs_resumed", (double)v->progress.xorbs_resumed);
     cJSON_AddNumberToObject(o, "rate_bps", v->rate_bps);
     cJSON_AddNumberToObject(o, "eta_s", v->rate_bps > 0 ? (double)left / v->rate_bps : -1);
     cJSON_AddNumberToObject(o, "seconds", v->seconds);

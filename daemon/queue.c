@@ -633,12 +633,15 @@ static void on_committed_journaled(void *ctx, int status)
     view_of(q, it, &view);
     log_info("committed",
              "ckpt='%s' commit=%s files=%zu skipped=%zu bytes=%" PRIu64 " sent=%" PRIu64
-             " parts_sent=%zu parts_resumed=%zu hash_skipped=%zu rebatches=%zu attempts=%u"
-             " recovered=%s seconds=%.3f message='%s'",
+             " parts_sent=%zu parts_resumed=%zu hash_skipped=%zu rebatches=%zu xet_files=%zu"
+             " xet_new=%" PRIu64 " xet_dedup=%" PRIu64 " xorbs_sent=%zu xorbs_resumed=%zu"
+             " attempts=%u recovered=%s seconds=%.3f message='%s'",
              it->name, it->commit, view.progress.files_total, view.progress.files_skipped,
              view.progress.bytes_total, view.progress.bytes_sent, view.progress.parts_sent,
              view.progress.parts_resumed, view.progress.files_hash_skipped, view.progress.rebatches,
-             it->attempts + 1, it->recovered ? "yes" : "no", view.seconds, it->plan.message);
+             view.progress.files_xet, view.progress.xet_bytes_new, view.progress.xet_bytes_dedup,
+             view.progress.xorbs_sent, view.progress.xorbs_resumed, it->attempts + 1,
+             it->recovered ? "yes" : "no", view.seconds, it->plan.message);
     release(q, it);
 }
 

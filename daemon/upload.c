@@ -1442,6 +1442,7 @@ void upload_get_progress(const struct upload *u, struct upload_progress *ret)
         xet_upload_get_progress(u->xu, &p);
         xet_add_progress(&x, &p);
     }
+    ret->bytes_to_send += x.bytes_new; /* known once each file is planned */
     ret->xet_bytes_new = x.bytes_new;
     ret->xet_bytes_dedup = x.bytes_deduped;
     ret->xorbs_sent = x.xorbs_sent;

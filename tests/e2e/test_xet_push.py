@@ -8,6 +8,7 @@ sentence that says so, never a commit. Prints the bytes each checkpoint sent."""
 
 import os
 import random
+import re
 import signal
 import sys
 import unittest
@@ -52,8 +53,10 @@ class XetTrainerPush(unittest.TestCase):
         cls.hub = h.Hub(args=["--xet", "on"])
         root, cls.watch = h.job_dir("ckpt-xet-")
         cls.repo = f"{h.USER}/xet-run-{os.getpid()}"
+        cls.metrics = os.path.join(root, "ckptpush.prom")
         cls.daemon = h.Daemon(cls.watch, repo=cls.repo, endpoint=cls.hub.url, token=h.TOKEN,
-                              args=["--quiet-ms", str(QUIET_MS), "--transfer", "xet"])
+                              args=["--quiet-ms", str(QUIET_MS), "--transfer", "xet",
+                                    "--metrics-path", cls.metrics])
         cls.daemon.wait_event("ready", timeout=20)
         cls.manifest = h.replay(h.trace_path(TRACE), cls.watch, speed=SPEED, seed=13,
                                 size_scale=SIZE_SCALE, frozen=FROZEN)
@@ -113,6 +116,17 @@ class XetTrainerPush(unittest.TestCase):
         done = self.daemon.events("upload_xet_done")
         dedup = sum(int(r["kv"].get("dedup_bytes", "0")) for r in done)
         self.assertGreater(dedup, size, done)
+        # the committed lines and the metrics say the same
+        for step in STEPS[1:]:
+            kv = self.commit_of(f"checkpoint-{step}")["kv"]
+            self.assertGreater(int(kv["xet_dedup"]), int(kv["xet_new"]) // 2, kv)
+            self.assertGreaterEqual(int(kv["xet_files"]), 1, kv)
+        with open(self.metrics, encoding="utf-8") as f:
+            text = f.read()
+        m = re.search(r'^ckptpush_xet_chunk_bytes_total\{kind="deduplicated"\} (\d+)$', text,
+                      re.M)
+        self.assertIsNotNone(m, text)
+        self.assertEqual(int(m.group(1)), sum(int(r["kv"]["xet_dedup"]) for r in self.committed))
 
 
 class OtherModes(unittest.TestCase):
