@@ -65,8 +65,8 @@ class XetKill(unittest.TestCase):
                 if stop_writer.wait(2.0 if i else 0.5):
                     return
                 expected[step] = write_checkpoint(watch, step, rng)
-                h.rotate_sealed(watch, [f"checkpoint-{old}" for old in STEPS[:max(0, i + 1 - KEEP)]],
-                                daemons.sealed_names())
+                old = [f"checkpoint-{s}" for s in STEPS[:max(0, i + 1 - KEEP)]]
+                h.rotate_sealed(watch, old, daemons.sealed_names())
 
         t = threading.Thread(target=writer, daemon=True)
         d = daemons.start()
