@@ -810,7 +810,7 @@ static int read_whole(const char *path, uint8_t **out, size_t *len)
 /* Xorbs a killed daemon was building or sending: rebuilt when needed, never trusted. */
 static void clear_work_dir(const char *cache_dir)
 {
-    char dir[4096], path[4200];
+    char dir[4096];
     snprintf(dir, sizeof(dir), "%s/tmp", cache_dir);
     DIR *d = opendir(dir);
     struct dirent *de;
@@ -818,10 +818,8 @@ static void clear_work_dir(const char *cache_dir)
         return;
     while ((de = readdir(d)) != NULL) {
         size_t len = strlen(de->d_name);
-        if (len > 5 && strcmp(de->d_name + len - 5, ".xorb") == 0) {
-            snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
-            unlink(path);
-        }
+        if (len > 5 && strcmp(de->d_name + len - 5, ".xorb") == 0)
+            unlinkat(dirfd(d), de->d_name, 0);
     }
     closedir(d);
 }
@@ -842,8 +840,7 @@ static void cache_load(struct cache_job *job)
         struct stat st;
         if (len != XET_HASH_HEX_LEN + 6 || strcmp(de->d_name + XET_HASH_HEX_LEN, ".shard") != 0)
             continue;
-        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
-        if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode))
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
             continue;
         if (n == cap) {
             cap = cap ? cap * 2 : 64;
