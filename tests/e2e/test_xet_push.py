@@ -156,9 +156,11 @@ class OtherModes(unittest.TestCase):
                     self.assertEqual(hub.sha256_at(repo, rec["kv"]["commit"], path), sha, path)
             else:
                 d.wait_event("push-failed", timeout=60)
-            return d, repo
         finally:
-            d.stop(signal.SIGTERM, 30)
+            rc = d.stop(signal.SIGTERM, 30)
+        # 1: a push failed (the exit code README documents); 0 otherwise
+        self.assertEqual(rc, 0 if expect_commit else 1, d.tail())
+        return d, repo
 
     def routes_of(self, hub, repo):
         return [r.get("route") for r in hub.log_records()
@@ -220,7 +222,8 @@ class XetFaults(unittest.TestCase):
                 want = h.write_checkpoint(watch, 10, 2_000_000, random.Random(3))
                 rec = d.wait_event("committed", timeout=90)[0]
             finally:
-                d.stop(signal.SIGTERM, 30)
+                rc = d.stop(signal.SIGTERM, 30)
+            self.assertEqual(rc, 0, d.tail())
             faulted = [r for r in hub.log_records() if r.get("fault")]
             self.assertEqual(sorted(r["route"] for r in faulted),
                              ["shard", "shard", "xet_token", "xet_token", "xorb", "xorb"],
