@@ -100,6 +100,10 @@ struct xet_upload {
     size_t shard_len;
     int ready; /* the session's shard cache is read */
 
+    /* One xorb buffer for every build (one build runs at a time): allocated by the first and
+     * reused, so that peak memory is one xorb, not one per pool thread's malloc arena. */
+    struct xet_xorb *builder;
+
     struct xu_req *reqs;
     size_t outstanding;
     int failed, finished, free_when_done;
@@ -127,6 +131,7 @@ static void release(struct xet_upload *u)
         free(u->xorbs[i].offsets);
     }
     free(u->xorbs);
+    xet_xorb_free(u->builder);
     free(u->shard);
     free(u->files);
     free(u->work_dir);
@@ -502,15 +507,16 @@ static void build_work(uv_work_t *w)
     struct xet_upload *u = job->u;
     struct xu_xorb *x = &u->xorbs[job->index];
     const char *path = u->files[x->file].path;
-    struct xet_xorb *b = NULL;
     uint8_t *buf = malloc(XET_CHUNK_MAX);
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     int out = -1;
     job->status = 0;
-    if (buf == NULL || (job->status = xet_xorb_new(&b, XET_UPLOAD_XORB_MAX)) < 0) {
+    if (buf == NULL || (u->builder == NULL && xet_xorb_new(&u->builder, XET_UPLOAD_XORB_MAX) < 0)) {
         job->status = -ENOMEM;
         goto done;
     }
+    struct xet_xorb *b = u->builder;
+    xet_xorb_reset(b);
     if (fd < 0) {
         job->status = -errno;
         snprintf(job->why, sizeof(job->why), "%s", strerror(errno));
@@ -571,7 +577,6 @@ done:
         close(out);
     if (fd >= 0)
         close(fd);
-    xet_xorb_free(b);
     free(buf);
 }
 
