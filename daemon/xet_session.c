@@ -206,11 +206,6 @@ void xet_session_free(struct xet_session *s)
     free(s);
 }
 
-bool xet_session_busy(const struct xet_session *s)
-{
-    return s != NULL && s->ops_in_flight > 0;
-}
-
 void xet_session_get_stats(const struct xet_session *s, struct xet_session_stats *ret)
 {
     *ret = s->stats;

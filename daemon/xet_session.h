@@ -35,7 +35,6 @@ int xet_session_new(struct xet_session **ret, uv_loop_t *loop, struct hub *hub,
                     const char *cache_dir);
 /* Only when no operation is in flight. NULL-safe. */
 void xet_session_free(struct xet_session *s);
-bool xet_session_busy(const struct xet_session *s);
 
 /* A token from an LFS batch answer's X-Xet-* headers; kept when newer than the one held. */
 void xet_session_offer_token(struct xet_session *s, const struct hub_lfs_object *obj);

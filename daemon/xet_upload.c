@@ -171,8 +171,7 @@ static void fail(struct xet_upload *u, const struct ckpt_err *err)
 static void fail_code(struct xet_upload *u, int code, const char *what)
 {
     struct ckpt_err e;
-    ckpt_err_set(&e, code == UV_ECANCELED ? CKPT_ERR_IO : CKPT_ERR_IO, code, "%s: %s", what,
-                 uv_strerror(code));
+    ckpt_err_set(&e, CKPT_ERR_IO, code, "%s: %s", what, uv_strerror(code));
     fail(u, &e);
 }
 
@@ -501,6 +500,19 @@ out:
 
 /* ---- xorbs: build (pool) and send ------------------------------------------------------- */
 
+/* work_dir and its parent (<staging>/xet/tmp): two mkdirs, on the pool like all file work */
+static void make_work_dir(const char *dir)
+{
+    char parent[4096];
+    snprintf(parent, sizeof(parent), "%s", dir);
+    char *slash = strrchr(parent, '/');
+    if (slash != NULL && slash != parent) {
+        *slash = '\0';
+        (void)mkdir(parent, 0700);
+    }
+    (void)mkdir(dir, 0700);
+}
+
 static void build_work(uv_work_t *w)
 {
     struct xu_job *job = w->data;
@@ -552,6 +564,7 @@ static void build_work(uv_work_t *w)
     }
     size_t len;
     const uint8_t *bytes = xet_xorb_bytes(b, &len);
+    make_work_dir(u->work_dir);
     out = open(x->body_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (out < 0) {
         job->status = -errno;
@@ -885,19 +898,6 @@ int xet_upload_start(struct xet_upload **ret, uv_loop_t *loop, struct xet_sessio
             goto nomem;
         memcpy(u->files[i].sha256, files[i].sha256, 65);
         u->files[i].size = files[i].size;
-    }
-    /* work_dir and its parent: two mkdirs, no walk */
-    char *slash = strrchr(u->work_dir, '/');
-    if (slash != NULL && slash != u->work_dir) {
-        *slash = '\0';
-        int r = mkdir(u->work_dir, 0700);
-        *slash = '/';
-        (void)r;
-    }
-    if (mkdir(u->work_dir, 0700) < 0 && errno != EEXIST) {
-        int e = -errno;
-        release(u);
-        return e;
     }
     /* on_ready may run before this returns: it only queues pool work, so cb never runs here */
     u->outstanding++;
