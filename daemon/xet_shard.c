@@ -7,7 +7,8 @@
  *            flag one (range hash, 16 zero bytes) per term; with the metadata flag (SHA-256,
  *            16 zero bytes); then a bookend (32 bytes 0xff, 16 zero bytes)
  *   xorbs    per xorb: hash, u32 flags, u32 chunk count, u32 unpacked bytes, u32 stored bytes;
- *            per chunk: hash, u32 unpacked offset, u32 unpacked length, u32 flags, u32 0; bookend
+ *            per chunk: hash, u32 unpacked offset, u32 unpacked length, u32 flags (bit 31: the
+ *            first chunk of a file, for the global dedup table), u32 0; bookend
  *   footer   200 bytes: version 1, file info offset, CAS info offset, lookup table offsets and
  *            counts, the chunk hash HMAC key, creation time, key expiry, reserved, stored bytes
  *            on disk, materialized bytes, stored bytes, footer offset
@@ -29,6 +30,7 @@
 #define RECORD_LEN 48 /* every record of both sections is 48 bytes */
 #define FILE_FLAG_VERIFICATION 0x80000000u
 #define FILE_FLAG_METADATA_EXT 0x40000000u
+#define CHUNK_FLAG_GLOBAL_DEDUP 0x80000000u
 
 /* "HFRepoMetaData" then fixed bytes, from the spec. */
 static const uint8_t shard_tag[32] = {'H', 'F', 'R', 'e', 'p', 'o', 'M', 'e', 't', 'a', 'D',
@@ -96,10 +98,17 @@ static void swap_words(const uint8_t in[32], uint8_t out[32])
     }
 }
 
+/* Where a file's reconstruction starts: its first term's xorb and chunk. */
+struct file_start {
+    struct xet_hash xorb;
+    uint32_t chunk;
+};
+
 struct xet_shard_builder {
     struct growbuf files;
     struct growbuf xorbs;
     struct xet_hash *file_hashes;
+    struct file_start *file_starts; /* per file; chunk UINT32_MAX for an empty file */
     size_t nfiles;
     size_t file_hashes_cap;
     size_t nxorbs;
@@ -122,6 +131,7 @@ void xet_shard_builder_free(struct xet_shard_builder *b)
     free(b->files.p);
     free(b->xorbs.p);
     free(b->file_hashes);
+    free(b->file_starts);
     free(b);
 }
 
@@ -144,6 +154,11 @@ int xet_shard_add_file(struct xet_shard_builder *b, const struct xet_hash *file_
             return -ENOMEM;
         }
         b->file_hashes = p;
+        struct file_start *q = realloc(b->file_starts, cap * sizeof(*q));
+        if (!q) {
+            return -ENOMEM;
+        }
+        b->file_starts = q;
         b->file_hashes_cap = cap;
     }
     size_t records = 1 + 2 * nterms + (sha256 ? 1 : 0);
@@ -175,6 +190,8 @@ int xet_shard_add_file(struct xet_shard_builder *b, const struct xet_hash *file_
     if (sha256) {
         swap_words(sha256, p);
     }
+    b->file_starts[b->nfiles].xorb = nterms ? terms[0].xorb : *file_hash;
+    b->file_starts[b->nfiles].chunk = nterms ? terms[0].chunk_start : UINT32_MAX;
     b->file_hashes[b->nfiles++] = *file_hash;
     b->materialized += size;
     return 0;
@@ -233,6 +250,26 @@ static void put_bookend(uint8_t *p)
     memset(p + XET_HASH_LEN, 0, RECORD_LEN - XET_HASH_LEN);
 }
 
+/* Flags the first chunk of each file, where it lies in a xorb of this shard, for the CAS's
+ * global dedup table (as the reference client does): another client asks about a file's first
+ * chunk, so that is the chunk worth finding. */
+static void mark_file_starts(const struct xet_shard_builder *b, uint8_t *cas)
+{
+    size_t off = 0;
+    for (size_t x = 0; x < b->nxorbs; x++) {
+        const uint8_t *header = cas + off;
+        uint32_t nchunks = get_u32(header + 36);
+        for (size_t f = 0; f < b->nfiles; f++) {
+            const struct file_start *fs = &b->file_starts[f];
+            if (fs->chunk < nchunks && memcmp(fs->xorb.b, header, XET_HASH_LEN) == 0) {
+                put_u32(cas + off + RECORD_LEN * (1 + (size_t)fs->chunk) + 40,
+                        CHUNK_FLAG_GLOBAL_DEDUP);
+            }
+        }
+        off += RECORD_LEN * (1 + (size_t)nchunks);
+    }
+}
+
 int xet_shard_serialize(const struct xet_shard_builder *b, uint64_t created, uint8_t **out,
                         size_t *len)
 {
@@ -262,6 +299,8 @@ int xet_shard_serialize(const struct xet_shard_builder *b, uint64_t created, uin
     p += b->xorbs.len;
     put_bookend(p);
     p += RECORD_LEN;
+
+    mark_file_starts(b, s + cas_info_offset);
 
     size_t footer_offset = (size_t)(p - s);
     put_u64(p, SHARD_FOOTER_VERSION);
@@ -337,6 +376,21 @@ static int cmp_index(const void *a, const void *b)
 {
     return xet_hash_cmp(&((const struct xet_shard_index_entry *)a)->hash,
                         &((const struct xet_shard_index_entry *)b)->hash);
+}
+
+/* Equal hashes ordered by position, so a chunk stored twice is found at its first place. */
+static int cmp_index_position(const void *a, const void *b)
+{
+    const struct xet_shard_index_entry *x = a;
+    const struct xet_shard_index_entry *y = b;
+    int c = xet_hash_cmp(&x->hash, &y->hash);
+    if (c != 0) {
+        return c;
+    }
+    if (x->xorb != y->xorb) {
+        return x->xorb < y->xorb ? -1 : 1;
+    }
+    return x->chunk < y->chunk ? -1 : x->chunk > y->chunk;
 }
 
 static int parse_files(const uint8_t *data, size_t off, size_t end, struct xet_shard *s, char *err,
@@ -492,7 +546,7 @@ int xet_shard_parse(const uint8_t *data, size_t len, struct xet_shard *out, char
                     out->index[k].chunk = (uint32_t)c;
                 }
             }
-            qsort(out->index, out->nchunks, sizeof(*out->index), cmp_index);
+            qsort(out->index, out->nchunks, sizeof(*out->index), cmp_index_position);
         }
     }
     if (rc != 0) {
@@ -527,6 +581,9 @@ bool xet_shard_find_chunk(const struct xet_shard *s, const struct xet_hash *chun
         bsearch(&key, s->index, s->nchunks, sizeof(key), cmp_index);
     if (!e) {
         return false;
+    }
+    while (e > s->index && xet_hash_equal(&e[-1].hash, &key.hash)) {
+        e--;
     }
     *xorb_index = e->xorb;
     *chunk_index = e->chunk;

@@ -103,7 +103,8 @@ int xet_shard_parse(const uint8_t *data, size_t len, struct xet_shard *out, char
 void xet_shard_free(struct xet_shard *s);
 
 /* Looks a chunk up by its plain chunk hash (HMAC'd here with the shard's key when it has one).
- * true and *xorb_index (into s->xorbs) and *chunk_index (within that xorb) when found. */
+ * true and *xorb_index (into s->xorbs) and *chunk_index (within that xorb) when found; a chunk
+ * stored more than once is found at its first place (lowest xorb, then chunk index). */
 bool xet_shard_find_chunk(const struct xet_shard *s, const struct xet_hash *chunk_hash,
                           size_t *xorb_index, uint32_t *chunk_index);
 

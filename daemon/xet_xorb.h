@@ -2,9 +2,11 @@
  *
  * Owns the serialized xorb layout (huggingface.co/docs/xet/xorb): a sequence of chunks, each an
  * 8-byte header (version 0, compressed length u24 LE, compression scheme, uncompressed length
- * u24 LE) then its bytes stored as None, LZ4 (frame format) or ByteGrouping4 + LZ4, whichever
- * is smallest. No footer: like the official JS client, the upload is the chunk sequence only.
- * Not owned here: which chunks go in (dedup), uploading. One builder per thread; no globals.
+ * u24 LE) then its bytes stored as None, LZ4 (frame format) or ByteGrouping4 + LZ4: one
+ * compression per chunk, the scheme predicted from byte statistics as the reference does, kept
+ * when smaller than the chunk. No footer: like the official JS client, the upload is the chunk
+ * sequence only. Not owned here: which chunks go in (dedup), uploading. One builder per thread; no
+ * globals.
  */
 #ifndef CKPT_XET_XORB_H
 #define CKPT_XET_XORB_H
@@ -41,6 +43,18 @@ int xet_xorb_new(struct xet_xorb **out, size_t max_bytes);
 void xet_xorb_free(struct xet_xorb *x);
 /* Empties the xorb for the next one, keeping its buffers. */
 void xet_xorb_reset(struct xet_xorb *x);
+
+/* How chunks are compressed. PREDICT (the default): LZ4 or ByteGrouping4-LZ4 as byte statistics
+ * predict (ByteGrouping4 suits float tensors but its LZ4 pass runs at about 500 MB/s where
+ * plain LZ4 skips incompressible data at several GB/s). LZ4_ONLY: never byte grouping. STORE:
+ * no compression (the cheapest, for a CPU-starved machine with a fast link). Each keeps a chunk
+ * as is when compression does not make it smaller. */
+enum xet_xorb_policy {
+    XET_XORB_PREDICT = 0,
+    XET_XORB_LZ4_ONLY = 1,
+    XET_XORB_STORE = 2,
+};
+void xet_xorb_set_policy(struct xet_xorb *x, enum xet_xorb_policy policy);
 
 #define XET_XORB_FULL 1
 /* Appends one chunk (len 1..XET_CHUNK_MAX, hash its chunk hash), compressing it. Returns 0,

@@ -274,8 +274,66 @@ def journal_seeds():
     put("fuzz_journal", "trainer-run-torn.lines", b"\x02" + b"\n".join(payloads))
 
 
+def xet_seeds():
+    """Shards and xorbs for fuzz_xet, written here from the spec's layout (not by the C code
+    under test): byte 0 is 0 for a shard, 1 for a xorb."""
+    import lz4.frame
+
+    def h(seed):
+        return hashlib.sha256(b"xet seed %d" % seed).digest()
+
+    bookend = b"\xff" * 32 + bytes(16)
+    tag = b"HFRepoMetaData\0" + bytes([85, 105, 103, 69, 106, 123, 129, 87, 131, 165, 189, 217,
+                                        92, 205, 209, 74, 169])
+
+    def shard(files, xorbs, key=bytes(32)):
+        body = b""
+        for fhash, terms, sha in files:
+            flags = 0x80000000 | (0x40000000 if sha else 0)
+            body += fhash + struct.pack("<IIQ", flags, len(terms), 0)
+            for xh, unpacked, start, end in terms:
+                body += xh + struct.pack("<IIII", 0, unpacked, start, end)
+            body += b"".join(h(100 + i) + bytes(16) for i in range(len(terms)))
+            if sha:
+                body += sha + bytes(16)
+        cas_off = 48 + len(body) + 48
+        cas = b""
+        for xh, chunks, packed in xorbs:
+            cas += xh + struct.pack("<IIII", 0, len(chunks), sum(c[1] for c in chunks), packed)
+            off = 0
+            for ch, n in chunks:
+                cas += ch + struct.pack("<IIII", off, n, 0, 0)
+                off += n
+        footer_off = cas_off + len(cas) + 48
+        footer = struct.pack("<QQQ", 1, 48, cas_off) + bytes(48) + key
+        footer += struct.pack("<QQ", 1700000000, 0) + bytes(48) + struct.pack("<QQQQ", 0, 0, 0, footer_off)
+        head = tag + struct.pack("<QQ", 2, len(footer))
+        return head + body + bookend + cas + bookend + footer
+
+    xorbs = [(h(1), [(h(2), 1000), (h(3), 70000)], 40000), (h(4), [(h(5), 65536)], 65544)]
+    files = [(h(6), [(h(1), 71000, 0, 2), (h(4), 65536, 0, 1)], h(7)), (h(8), [(h(1), 70000, 1, 2)], None)]
+    put("fuzz_xet", "shard-files-xorbs", b"\0" + shard(files, xorbs))
+    put("fuzz_xet", "shard-keyed-dedup-answer", b"\0" + shard([], xorbs, key=h(9)))
+    put("fuzz_xet", "shard-empty", b"\0" + shard([], []))
+
+    def chunk(data, scheme):
+        if scheme == 0:
+            stored = data
+        else:
+            src = data if scheme == 1 else b"".join(data[k::4] for k in range(4))
+            stored = lz4.frame.compress(src, block_size=lz4.frame.BLOCKSIZE_MAX64KB,
+                                        block_linked=False, content_checksum=False)
+        n, m = len(stored), len(data)
+        return bytes([0, n & 255, n >> 8 & 255, n >> 16, scheme, m & 255, m >> 8 & 255, m >> 16]) + stored
+
+    floats = bytes((i * 7919) & 255 if i % 4 < 2 else 0x3c + i % 3 for i in range(9001))
+    put("fuzz_xet", "xorb-three-schemes",
+        b"\1" + chunk(b"".join(h(200 + i) for i in range(94)), 0) + chunk(b"a" * 20000, 1) + chunk(floats, 2))
+
+
 def main():
-    for t in ("fuzz_hub", "fuzz_watch", "fuzz_card", "fuzz_ipc", "fuzz_config", "fuzz_journal"):
+    for t in ("fuzz_hub", "fuzz_watch", "fuzz_card", "fuzz_ipc", "fuzz_config", "fuzz_journal",
+              "fuzz_xet"):
         shutil.rmtree(os.path.join(CORPUS, t), ignore_errors=True)
     hub_seeds()
     watch_seeds()
@@ -283,6 +341,7 @@ def main():
     ipc_seeds()
     config_seeds()
     journal_seeds()
+    xet_seeds()
     for t in sorted(os.listdir(CORPUS)):
         print(f"{t}: {len(os.listdir(os.path.join(CORPUS, t)))} seeds")
 

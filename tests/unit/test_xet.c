@@ -11,6 +11,7 @@
 #include "xet_reference_vectors.h"
 
 #include <errno.h>
+#include <lz4frame.h>
 #include <openssl/sha.h>
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15u;
@@ -339,6 +340,98 @@ static void test_xorb_round_trip(void)
     xet_xorb_free(x);
 }
 
+/* The spec's ByteGrouping4 layout, written plainly: byte i to group i % 4, groups in order,
+ * the first (n % 4) groups one byte longer. */
+static void plain_bg4_split(const uint8_t *in, size_t n, uint8_t *out)
+{
+    size_t pos = 0;
+    for (size_t k = 0; k < 4; k++) {
+        for (size_t i = k; i < n; i += 4) {
+            out[pos++] = in[i];
+        }
+    }
+}
+
+static size_t plain_lz4_unframe(const uint8_t *in, size_t in_len, uint8_t *out, size_t cap)
+{
+    LZ4F_dctx *d;
+    REQUIRE(!LZ4F_isError(LZ4F_createDecompressionContext(&d, LZ4F_VERSION)));
+    size_t dst = cap;
+    size_t src = in_len;
+    size_t rc = LZ4F_decompress(d, out, &dst, in, &src, NULL);
+    CHECK(rc == 0 && src == in_len);
+    LZ4F_freeDecompressionContext(d);
+    return dst;
+}
+
+static void test_xorb_layout(void)
+{
+    /* Lengths around the vector loop's 64-byte steps and every remainder mod 4. */
+    size_t sizes[] = {65536, 65537, 65538, 65539, 131072, 8195, 4097};
+    uint8_t *data = malloc(XET_CHUNK_MAX);
+    uint8_t *grouped = malloc(XET_CHUNK_MAX);
+    uint8_t *out = malloc(XET_CHUNK_MAX);
+    REQUIRE(data && grouped && out);
+    struct xet_xorb *x;
+    REQUIRE(xet_xorb_new(&x, 0) == 0);
+    for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+        size_t n = sizes[s];
+        fill_floatlike(data, n);
+        struct xet_hash h;
+        xet_chunk_hash(data, n, &h);
+        xet_xorb_reset(x);
+        REQUIRE(xet_xorb_add(x, data, n, &h) == 0);
+        size_t len;
+        const uint8_t *bytes = xet_xorb_bytes(x, &len);
+        CHECK_INT(bytes[4], XET_COMPRESSION_BG4_LZ4);
+        CHECK_INT(bytes[5] | bytes[6] << 8 | bytes[7] << 16, n);
+        /* The builder's stored bytes are an LZ4 frame of the plainly grouped chunk. */
+        plain_bg4_split(data, n, grouped);
+        size_t got = plain_lz4_unframe(bytes + 8, len - 8, out, XET_CHUNK_MAX);
+        CHECK_INT(got, n);
+        CHECK(memcmp(out, grouped, n) == 0);
+        /* And the reader ungroups a frame made here. */
+        uint8_t *xorb = malloc(8 + LZ4F_compressFrameBound(n, NULL));
+        REQUIRE(xorb);
+        size_t fl =
+            LZ4F_compressFrame(xorb + 8, LZ4F_compressFrameBound(n, NULL), grouped, n, NULL);
+        REQUIRE(!LZ4F_isError(fl));
+        xorb[0] = 0;
+        xorb[1] = (uint8_t)fl;
+        xorb[2] = (uint8_t)(fl >> 8);
+        xorb[3] = (uint8_t)(fl >> 16);
+        xorb[4] = XET_COMPRESSION_BG4_LZ4;
+        xorb[5] = (uint8_t)n;
+        xorb[6] = (uint8_t)(n >> 8);
+        xorb[7] = (uint8_t)(n >> 16);
+        size_t pos = 0;
+        size_t out_len = 0;
+        CHECK_INT(xet_xorb_next_chunk(xorb, 8 + fl, &pos, out, XET_CHUNK_MAX, &out_len), 0);
+        CHECK(out_len == n && memcmp(out, data, n) == 0);
+        free(xorb);
+    }
+
+    /* Policies: LZ4_ONLY never groups, STORE never compresses. */
+    xet_xorb_set_policy(x, XET_XORB_LZ4_ONLY);
+    xet_xorb_reset(x);
+    struct xet_hash h;
+    xet_chunk_hash(data, 65536, &h);
+    REQUIRE(xet_xorb_add(x, data, 65536, &h) == 0);
+    size_t len;
+    CHECK(xet_xorb_bytes(x, &len)[4] != XET_COMPRESSION_BG4_LZ4);
+    xet_xorb_set_policy(x, XET_XORB_STORE);
+    xet_xorb_reset(x);
+    memset(data, 0, 65536);
+    xet_chunk_hash(data, 65536, &h);
+    REQUIRE(xet_xorb_add(x, data, 65536, &h) == 0);
+    CHECK_INT(xet_xorb_bytes(x, &len)[4], XET_COMPRESSION_NONE);
+    CHECK_INT(len, 8 + 65536);
+    xet_xorb_free(x);
+    free(data);
+    free(grouped);
+    free(out);
+}
+
 static void test_xorb_chunk_limit(void)
 {
     struct xet_xorb *x;
@@ -372,6 +465,7 @@ static void test_shard_round_trip(void)
         xb[i].unpacked_len = 70000;
         xb[i].unpacked_offset = (uint32_t)(i * 70000);
     }
+    xb[0].hash = xa[2].hash; /* the same chunk stored in both xorbs */
     struct xet_hash ha, hb, f1, f2;
     fill_random(ha.b, 32);
     fill_random(hb.b, 32);
@@ -435,10 +529,17 @@ static void test_shard_round_trip(void)
     CHECK_INT(s.xorbs[1].unpacked_bytes, 140000);
     CHECK_INT(s.xorbs[1].first_chunk, 3);
     CHECK_INT(s.chunks[2].unpacked_offset, 2001);
+    /* The first chunk of each file is flagged for global dedup: f1 starts at xorb A chunk 1, f2
+     * at xorb B chunk 0. */
+    for (size_t i = 0; i < 5; i++) {
+        CHECK_INT(s.chunks[i].flags, i == 1 || i == 3 ? 0x80000000u : 0);
+    }
     CHECK_INT(s.chunks[2].unpacked_len, 1002);
     size_t xi;
     uint32_t ci;
     CHECK(xet_shard_find_chunk(&s, &xb[1].hash, &xi, &ci) && xi == 1 && ci == 1);
+    /* xorb B's first chunk is also xorb A's last: found at its first place */
+    CHECK(xet_shard_find_chunk(&s, &xa[2].hash, &xi, &ci) && xi == 0 && ci == 2);
     CHECK(xet_shard_find_chunk(&s, &xa[0].hash, &xi, &ci) && xi == 0 && ci == 0);
     CHECK(!xet_shard_find_chunk(&s, &ha, &xi, &ci));
     xet_shard_free(&s);
@@ -463,7 +564,8 @@ static void test_shard_round_trip(void)
     REQUIRE(xet_shard_parse(keyed_shard, len, &s, err, sizeof(err)) == 0);
     CHECK(s.has_hmac_key);
     CHECK(xet_shard_find_chunk(&s, &xa[2].hash, &xi, &ci) && xi == 0 && ci == 2);
-    CHECK(xet_shard_find_chunk(&s, &xb[0].hash, &xi, &ci) && xi == 1 && ci == 0);
+    CHECK(xet_shard_find_chunk(&s, &xb[1].hash, &xi, &ci) && xi == 1 && ci == 1);
+    CHECK(xet_shard_find_chunk(&s, &xb[0].hash, &xi, &ci) && xi == 0 && ci == 2);
     xet_shard_free(&s);
 
     /* Garbage gets a sentence, not a crash. */
@@ -497,6 +599,77 @@ static void test_shard_round_trip(void)
     free(bytes);
     xet_shard_builder_free(e);
     xet_shard_builder_free(b);
+}
+
+static uint8_t *read_all(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    REQUIRE(f);
+    REQUIRE(fseek(f, 0, SEEK_END) == 0);
+    long n = ftell(f);
+    REQUIRE(n > 0 && fseek(f, 0, SEEK_SET) == 0);
+    uint8_t *p = malloc((size_t)n);
+    REQUIRE(p && fread(p, 1, (size_t)n, f) == (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return p;
+}
+
+/* The fuzz seeds are written by tests/fuzz/make_seeds.py from the spec's layout in Python, an
+ * implementation independent of this one: the parsers must read them as that script meant. */
+static void test_python_written_seeds(void)
+{
+    const char *src = getenv("CKPT_SOURCE_DIR");
+    if (!src) {
+        fprintf(stderr, "test_xet: CKPT_SOURCE_DIR unset, seed check skipped\n");
+        return;
+    }
+    char path[1024];
+    size_t len;
+    struct xet_shard s;
+    char err[200];
+    snprintf(path, sizeof(path), "%s/tests/fuzz/corpus/fuzz_xet/shard-files-xorbs", src);
+    uint8_t *p = read_all(path, &len);
+    REQUIRE(xet_shard_parse(p + 1, len - 1, &s, err, sizeof(err)) == 0);
+    CHECK_INT(s.nfiles, 2);
+    CHECK_INT(s.nterms, 3);
+    CHECK_INT(s.nxorbs, 2);
+    CHECK_INT(s.nchunks, 3);
+    CHECK(s.files[0].has_sha256 && !s.files[1].has_sha256);
+    CHECK_INT(s.terms[2].chunk_start, 1);
+    CHECK_INT(s.terms[2].chunk_end, 2);
+    CHECK_INT(s.terms[2].unpacked_bytes, 70000);
+    CHECK_INT(s.xorbs[0].unpacked_bytes, 71000);
+    CHECK_INT(s.xorbs[0].packed_bytes, 40000);
+    CHECK_INT(s.chunks[1].unpacked_offset, 1000);
+    CHECK_INT(s.chunks[1].unpacked_len, 70000);
+    size_t xi;
+    uint32_t ci;
+    CHECK(xet_shard_find_chunk(&s, &s.chunks[2].hash, &xi, &ci) && xi == 1 && ci == 0);
+    xet_shard_free(&s);
+    free(p);
+
+    snprintf(path, sizeof(path), "%s/tests/fuzz/corpus/fuzz_xet/xorb-three-schemes", src);
+    p = read_all(path, &len);
+    uint8_t *out = malloc(XET_CHUNK_MAX);
+    REQUIRE(out);
+    size_t pos = 0, out_len = 0;
+    size_t want[3] = {94 * 32, 20000, 9001};
+    for (int i = 0; i < 3; i++) {
+        CHECK_INT(xet_xorb_next_chunk(p + 1, len - 1, &pos, out, XET_CHUNK_MAX, &out_len), 0);
+        CHECK_INT(out_len, want[i]);
+    }
+    /* make_seeds.py's float-like bytes: (i * 7919) & 255 at i % 4 < 2, else 0x3c + i % 3 */
+    for (size_t i = 0; i < 9001; i++) {
+        uint8_t want_byte = i % 4 < 2 ? (uint8_t)((i * 7919) & 255) : (uint8_t)(0x3c + i % 3);
+        if (out[i] != want_byte) {
+            CHECK_INT(out[i], want_byte);
+            break;
+        }
+    }
+    CHECK_INT(xet_xorb_next_chunk(p + 1, len - 1, &pos, out, XET_CHUNK_MAX, &out_len), 1);
+    free(out);
+    free(p);
 }
 
 struct scan_check {
@@ -603,8 +776,10 @@ int main(void)
     test_chunk_vectors();
     test_chunk_streaming_random();
     test_xorb_round_trip();
+    test_xorb_layout();
     test_xorb_chunk_limit();
     test_shard_round_trip();
     test_file_scan();
+    test_python_written_seeds();
     return check_report("test_xet");
 }
