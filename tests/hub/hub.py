@@ -1189,7 +1189,7 @@ class Handler(xet_cas.XetRoutes, BucketRoutes, BaseHTTPRequestHandler):
             return self.route_cas(s[1:])
         if s[:1] == ["api"]:
             rest = s[1:]
-            if rest[:1] == ["buckets"]:
+            if rest[:1] == ["buckets"] and self.hub.cas is not None:
                 return self.route_buckets(rest[1:])
             if rest == ["whoami-v2"] and m == "GET":
                 self.route = "whoami"
@@ -1219,7 +1219,8 @@ class Handler(xet_cas.XetRoutes, BucketRoutes, BaseHTTPRequestHandler):
             if tail == ["info", "lfs", "objects", "verify"] and m == "POST":
                 self.route = "verify"
                 return self.h_verify, (t, rid)
-        if s[:1] == ["buckets"] and len(s) >= 5 and s[3] == "resolve" and m in ("GET", "HEAD"):
+        if s[:1] == ["buckets"] and len(s) >= 5 and s[3] == "resolve" and m in ("GET", "HEAD") \
+                and self.hub.cas is not None:
             self.route = "bucket_resolve"
             return self.h_bucket_resolve, (s[1] + "/" + s[2], "/".join(s[4:]))
         if len(rest) >= 4 and rest[2] in ("resolve", "raw") and m in ("GET", "HEAD"):

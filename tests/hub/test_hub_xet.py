@@ -129,9 +129,17 @@ class HashVectors(unittest.TestCase):
         self.assertEqual(xh.file_hash([]), bytes(32))
 
     def test_lz4_and_byte_grouping(self):
-        self.assertEqual(xo.lz4_frame_decompress(lz4_frame_repeat(b"abc", 1000), 1000),
-                         b"abc" * 333 + b"a")
-        self.assertEqual(xo.lz4_frame_decompress(lz4_frame_raw(b"xyz"), 3), b"xyz")
+        saved = (xo._lz4frame, xo._liblz4_block)
+        try:
+            for decoders in (saved, (None, saved[1]), (None, None)):  # each decoder in turn
+                xo._lz4frame, xo._liblz4_block = decoders
+                self.assertEqual(xo.lz4_frame_decompress(lz4_frame_repeat(b"abc", 1000), 1000),
+                                 b"abc" * 333 + b"a")
+                self.assertEqual(xo.lz4_frame_decompress(lz4_frame_raw(b"xyz"), 3), b"xyz")
+                with self.assertRaises(xo.XetFormatError):
+                    xo.lz4_frame_decompress(lz4_frame_repeat(b"abc", 1000), 999)
+        finally:
+            xo._lz4frame, xo._liblz4_block = saved
         data = bytes(range(11))
         grouped = data[0::4] + data[1::4] + data[2::4] + data[3::4]
         self.assertEqual(xo.bg4_regroup(grouped), data)
@@ -402,6 +410,30 @@ class XetHub(unittest.TestCase):
             {"type": "addFile", "path": "z.bin", "xetHash": fhex}), token=TOKEN_B,
             headers={"Content-Type": "application/x-ndjson"})
         self.assertEqual(r.status, 403)
+
+
+class XetOff(unittest.TestCase):
+    """--xet off keeps the LFS-only hub: no xet transfer, token routes 501, no buckets."""
+
+    def test_off(self):
+        tmp = tempfile.mkdtemp(prefix="ckpt-hub-xetoff-")
+        hub = HubProc(os.path.join(tmp, "data"), extra=["--xet", "off"])
+        try:
+            base = hub.base
+            request(base, "POST", "/api/repos/create", {"name": "plain"}, token=TOKEN)
+            r = request(base, "GET", "/api/models/alice/plain/xet-write-token/main", token=TOKEN)
+            self.assertEqual(r.status, 501)
+            r = request(base, "POST", "/alice/plain.git/info/lfs/objects/batch",
+                        {"operation": "upload", "transfers": ["basic", "multipart", "xet"],
+                         "objects": [{"oid": "ab" * 32, "size": 10}]}, token=TOKEN)
+            self.assertEqual(r.json()["transfer"], "basic")
+            self.assertEqual(request(base, "POST", "/api/buckets/alice/b", {},
+                                     token=TOKEN).status, 404)
+            r = request(base, "GET", "/api/models/alice/plain?expand=xetEnabled", token=TOKEN)
+            self.assertEqual(r.json()["xetEnabled"], False)
+        finally:
+            hub.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

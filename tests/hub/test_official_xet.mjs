@@ -42,7 +42,10 @@ function readLog() {
 async function startHub() {
   hub = spawn(process.env.PYTHON || "python3",
     [join(here, "hub.py"), "--data", join(tmp, "data"), "--port", "0", "--port-file", portFile,
-      "--log", logPath, "--user", `${USER}:${TOKEN}`, "--xet", "on"],
+      "--log", logPath, "--user", `${USER}:${TOKEN}`, "--xet", "on",
+      // the client refreshes a token 60 s before it expires: with 61 s every CAS call of a
+      // long upload needs a refresh, so the refresh path is exercised, not just the first token
+      "--xet-token-ttl", "61"],
     { stdio: ["ignore", "pipe", "inherit"] });
   let out = "";
   hub.stdout.on("data", (d) => (out += d));
@@ -98,6 +101,10 @@ async function main() {
   assert(xorbs1.length >= 2, `at least two xorbs (70 MiB random), got ${xorbs1.length}`);
   assert(shards1.length >= 1, "a shard upload");
   const xorbBytes1 = xorbs1.reduce((a, r) => a + r.bytes_in, 0);
+  const tokens = log.filter((r) => r.route === "xet_token" && r.status === 200);
+  assert(tokens.length >= 1, "the client refreshed its CAS token through xet-write-token");
+  assert(!log.some((r) => ["xorb", "shard", "dedup", "reconstruction"].includes(r.route) &&
+    r.status === 401), "no CAS call was refused for an expired token");
   assert(xorbBytes1 > 70 * MIB, `xorb bytes ${xorbBytes1} cover the random file`);
 
   const seen = {};
@@ -191,8 +198,10 @@ async function main() {
     { headers: { Authorization: `Bearer ${TOKEN}` } });
   assert(info2.status === 404, `deleted bucket answers 404, got ${info2.status}`);
 
+  const refreshes = readLog().filter((r) => r.route === "xet_token").length;
   console.log(`ok: official client over Xet: first upload ${xorbs1.length} xorbs ` +
-    `(${xorbBytes1} bytes), edited copy ${xorbBytes2} xorb bytes after dedup`);
+    `(${xorbBytes1} bytes), edited copy ${xorbBytes2} xorb bytes after dedup, ` +
+    `${refreshes} token requests`);
 }
 
 try {

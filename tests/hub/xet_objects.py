@@ -5,15 +5,36 @@ strictly and every hash recomputed (https://huggingface.co/docs/xet/xorb, .../sh
 A XetFormatError names the first thing that is wrong; the hub answers it as 400.
 """
 
+import ctypes
+import ctypes.util
 import struct
 import time
 
 import xet_hash as xh
 
-try:  # python3-lz4 where this interpreter sees it; else our own frame decoder below
+try:  # python3-lz4 where this interpreter sees it; else liblz4 or our own decoder below
     import lz4.frame as _lz4frame
 except ImportError:  # pragma: no cover - depends on the interpreter
     _lz4frame = None
+
+
+def _load_liblz4():
+    """The system liblz4 (by soname) for block decoding; None leaves the Python decoder."""
+    name = ctypes.util.find_library("lz4")
+    if not name:
+        return None
+    try:
+        lib = ctypes.CDLL(name)
+        fn = lib.LZ4_decompress_safe_usingDict
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                   ctypes.c_char_p, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_liblz4_block = _load_liblz4() if _lz4frame is None else None
 
 CHUNK_HEADER = 8
 MAX_CHUNK = 128 * 1024
@@ -97,6 +118,8 @@ def lz4_frame_decompress(data, limit):
             out = _lz4frame.decompress(bytes(data))
         except RuntimeError as e:
             raise XetFormatError(f"LZ4 frame does not decode: {e}")
+        if len(out) > limit:
+            raise XetFormatError("LZ4 data decodes to more than the chunk header says")
         return out
     if len(data) < 7 or struct.unpack_from("<I", data, 0)[0] != LZ4_FRAME_MAGIC:
         raise XetFormatError("LZ4 chunk is not an LZ4 frame (bad magic number)")
@@ -120,6 +143,15 @@ def lz4_frame_decompress(data, limit):
         i += bsize + (4 if flg & 0x10 else 0)
         if raw:
             out += blk
+        elif _liblz4_block is not None:
+            room = limit - len(out)
+            dst = ctypes.create_string_buffer(max(room, 1))
+            window = bytes(out[-65536:])
+            n = _liblz4_block(bytes(blk), dst, len(blk), room, window, len(window))
+            if n < 0:
+                raise XetFormatError("LZ4 block does not decode (or decodes to more than the "
+                                     "chunk header says)")
+            out += dst.raw[:n]
         else:
             _lz4_block(blk, out, limit)
         if len(out) > limit:
