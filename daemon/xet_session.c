@@ -118,6 +118,8 @@ struct xet_session {
     int cache_state; /* 0 not read, 1 reading, 2 read */
     struct ready_waiter *ready;
     size_t ops_in_flight; /* CAS requests, the token request, cache jobs */
+    size_t cache_jobs;    /* pool work cannot be cancelled: the last one frees a freed session */
+    int free_pending;
     struct xet_session_stats stats;
 };
 
@@ -183,10 +185,8 @@ int xet_session_new(struct xet_session **ret, uv_loop_t *loop, struct hub *hub,
     return 0;
 }
 
-void xet_session_free(struct xet_session *s)
+static void session_release(struct xet_session *s)
 {
-    if (s == NULL)
-        return;
     wipe_free(s->token);
     free(s->cas_url);
     free(s->session_id);
@@ -204,6 +204,17 @@ void xet_session_free(struct xet_session *s)
         free(w);
     }
     free(s);
+}
+
+void xet_session_free(struct xet_session *s)
+{
+    if (s == NULL)
+        return;
+    if (s->cache_jobs > 0) {
+        s->free_pending = 1;
+        return;
+    }
+    session_release(s);
 }
 
 void xet_session_get_stats(const struct xet_session *s, struct xet_session_stats *ret)
@@ -948,6 +959,18 @@ static void cache_done(uv_work_t *w, int status)
     struct xet_session *s = job->s;
     (void)status;
     s->ops_in_flight--;
+    s->cache_jobs--;
+    if (s->free_pending) {
+        for (size_t i = 0; job->load && i < job->nshards; i++)
+            xet_shard_free(&job->shards[i]);
+        if (job->load)
+            free(job->shards);
+        free(job->data);
+        free(job);
+        if (s->cache_jobs == 0)
+            session_release(s);
+        return;
+    }
     if (job->load) {
         for (size_t i = 0; i < job->nshards; i++) {
             index_own_shard(s, &job->shards[i]);
@@ -984,8 +1007,10 @@ static int cache_queue(struct xet_session *s, struct cache_job *job)
     job->s = s;
     job->work.data = job;
     int r = uv_queue_work(s->loop, &job->work, cache_work, cache_done);
-    if (r == 0)
+    if (r == 0) {
         s->ops_in_flight++;
+        s->cache_jobs++;
+    }
     return r;
 }
 

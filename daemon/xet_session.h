@@ -33,7 +33,8 @@ struct xet_shard;
 /* cache_dir: <staging>/xet (created when needed), or NULL for no shard cache. */
 int xet_session_new(struct xet_session **ret, uv_loop_t *loop, struct hub *hub,
                     const char *cache_dir);
-/* Only when no operation is in flight. NULL-safe. */
+/* NULL-safe. Only when no CAS request is in flight (their uploads are gone); shard cache reads
+ * and writes still running on the pool finish first, and the last one frees the session. */
 void xet_session_free(struct xet_session *s);
 
 /* A token from an LFS batch answer's X-Xet-* headers; kept when newer than the one held. */
