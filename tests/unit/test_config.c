@@ -437,8 +437,8 @@ static void test_transfer(void)
 
     setenv("CKPTPUSH_TRANSFER", "s3", 1);
     CHECK_INT(load(&cfg, &err, 3, file), CKPT_EXIT_INVALID);
-    CHECK(strstr(cfg.problems, "CKPTPUSH_TRANSFER: unknown transfer 's3' (known: auto, xet, lfs)") !=
-          NULL);
+    CHECK(strstr(cfg.problems,
+                 "CKPTPUSH_TRANSFER: unknown transfer 's3' (known: auto, xet, lfs)") != NULL);
     config_release(&cfg);
     unsetenv("CKPTPUSH_TRANSFER");
 
