@@ -668,8 +668,6 @@ static uint64_t part_len(const struct hub_lfs_object *o, size_t k)
 
 /* ---- Xet ------------------------------------------------------------------------------- */
 
-static void xet_pump(struct upload *u);
-
 static void on_xet_sent(void *ctx, int64_t delta)
 {
     struct upload_progress *p = &((struct upload *)ctx)->progress;

@@ -918,6 +918,8 @@ void xet_upload_get_progress(const struct xet_upload *u, struct xet_upload_progr
     *ret = u->progress;
 }
 
+/* An unfinished upload always has a pool job, a CAS request or the cache read in flight, so
+ * fail() never finishes from in here: cb runs later, as upload.c's fail() expects. */
 void xet_upload_cancel(struct xet_upload *u)
 {
     if (u->finished || u->failed)
