@@ -321,6 +321,25 @@ static void test_cas_requests(void)
     hub_free(hub);
 }
 
+/* The spec's rule (xet-core's hash_is_global_dedup_eligible): the hash's last 64-bit word,
+ * little endian, is 0 mod 1024. */
+static void test_dedup_eligibility(void)
+{
+    struct xet_hash h = {{0}};
+    CHECK(xet_chunk_dedup_eligible(&h));
+    h.b[24] = 5;
+    CHECK(!xet_chunk_dedup_eligible(&h));
+    h.b[24] = 0;
+    h.b[25] = 4; /* 1024 */
+    CHECK(xet_chunk_dedup_eligible(&h));
+    h.b[0] = 1; /* the other words do not count */
+    CHECK(xet_chunk_dedup_eligible(&h));
+    h.b[31] = 0x80;
+    CHECK(xet_chunk_dedup_eligible(&h));
+    h.b[24] = 1;
+    CHECK(!xet_chunk_dedup_eligible(&h));
+}
+
 static void on_closed(void *ctx)
 {
     *(int *)ctx = 1;
@@ -334,6 +353,7 @@ int main(void)
     REQUIRE(uv_loop_init(&loop) == 0);
     struct http_opts opts = {.backoff_base_ms = 20, .backoff_cap_ms = 40, .max_attempts = 2};
     REQUIRE(http_init(&http, &loop, &opts) == 0);
+    test_dedup_eligibility();
     test_batch_offers_and_answers();
     test_cas_requests();
     int closed = 0;
