@@ -112,6 +112,7 @@ struct xet_session {
     size_t idx_cap, idx_used;
     struct xet_hash *xorbs;
     size_t n_xorbs, xorbs_cap;
+    uint32_t evicted_to; /* xorbs with an id up to this are no longer indexed */
     struct xet_shard **answers;
     size_t n_answers;
 
@@ -671,15 +672,17 @@ static size_t slot_of(const struct xet_hash *h, size_t cap)
     return (size_t)k & (cap - 1);
 }
 
-static int idx_grow(struct xet_session *s)
+/* Rehashes into cap slots, keeping the chunks of xorbs with an id above keep_above. */
+static int idx_rebuild(struct xet_session *s, size_t cap, uint32_t keep_above)
 {
-    size_t cap = s->idx_cap ? s->idx_cap * 2 : 4096;
     struct idx_entry *n = calloc(cap, sizeof(*n));
     if (n == NULL)
         return -ENOMEM;
+    s->idx_used = 0;
     for (size_t i = 0; i < s->idx_cap; i++) {
-        if (s->idx[i].xorb == 0)
+        if (s->idx[i].xorb <= keep_above)
             continue;
+        s->idx_used++;
         size_t h = slot_of(&s->idx[i].chunk, cap);
         while (n[h].xorb != 0)
             h = (h + 1) & (cap - 1);
@@ -689,6 +692,30 @@ static int idx_grow(struct xet_session *s)
     s->idx = n;
     s->idx_cap = cap;
     return 0;
+}
+
+static int idx_grow(struct xet_session *s)
+{
+    return idx_rebuild(s, s->idx_cap ? s->idx_cap * 2 : 4096, 0);
+}
+
+void xet_session_trim(struct xet_session *s)
+{
+    while (s->n_answers > XET_ANSWERS_MAX) {
+        xet_shard_free(s->answers[0]);
+        free(s->answers[0]);
+        memmove(s->answers, s->answers + 1, --s->n_answers * sizeof(*s->answers));
+    }
+    if (s->idx_used <= XET_INDEX_CHUNKS_MAX)
+        return;
+    /* forget the older half of the xorbs still indexed */
+    uint32_t keep_above = s->evicted_to + (uint32_t)((s->n_xorbs - s->evicted_to) / 2);
+    size_t cap = s->idx_cap;
+    if (idx_rebuild(s, cap, keep_above) < 0)
+        return; /* out of memory: keep the index as it is */
+    s->evicted_to = keep_above;
+    s->stats.index_evictions++;
+    log_info("xet_index_trimmed", "chunks=%zu xorbs_forgotten=%u", s->idx_used, keep_above);
 }
 
 bool xet_session_find_chunk(struct xet_session *s, const struct xet_hash *chunk,
@@ -972,10 +999,12 @@ static void cache_done(uv_work_t *w, int status)
         return;
     }
     if (job->load) {
-        for (size_t i = 0; i < job->nshards; i++) {
+        /* oldest first: trimming forgets the oldest xorbs first */
+        for (size_t i = job->nshards; i-- > 0;) {
             index_own_shard(s, &job->shards[i]);
             xet_shard_free(&job->shards[i]);
         }
+        xet_session_trim(s);
         free(job->shards);
         s->stats.cached_shards = job->nshards;
         if (job->bad > 0)

@@ -29,6 +29,10 @@ struct xet_shard;
 #define XET_CACHE_SHARDS_MAX 256
 #define XET_CACHE_BYTES_MAX (256u * 1024 * 1024)
 #define XET_TOKEN_MARGIN_S 60 /* a token this close to its expiry is refreshed first */
+/* Chunks indexed in memory (40 bytes each, 80 at most with the table's slack: about 40 MiB at the
+ * cap, for 32 GiB of distinct chunks); past it the oldest xorbs are forgotten. */
+#define XET_INDEX_CHUNKS_MAX (1u << 19)
+#define XET_ANSWERS_MAX 64 /* dedup answers kept (the newest) */
 
 /* cache_dir: <staging>/xet (created when needed), or NULL for no shard cache. */
 int xet_session_new(struct xet_session **ret, uv_loop_t *loop, struct hub *hub,
@@ -80,6 +84,10 @@ int xet_session_add_xorb(struct xet_session *s, const struct xet_hash *xorb,
                          const struct xet_hash *chunks, size_t n);
 /* A dedup answer (parsed; ownership taken, freed with the session). 0 or -ENOMEM. */
 int xet_session_add_answer(struct xet_session *s, struct xet_shard *answer);
+/* Keeps the index within XET_INDEX_CHUNKS_MAX (forgetting the oldest xorbs' chunks) and the
+ * dedup answers within XET_ANSWERS_MAX. Only between files: a lookup answered before must
+ * still be answered the same while one file is planned. */
+void xet_session_trim(struct xet_session *s);
 /* A shard the CAS accepted: written to the cache (on the pool; failures are logged, not
  * reported), its xorbs are indexed by the caller with xet_session_add_xorb. Copied. */
 void xet_session_cache_shard(struct xet_session *s, const struct xet_hash *name,
@@ -93,6 +101,7 @@ struct xet_session_stats {
     uint64_t shards_sent;
     uint64_t dedup_queries;
     uint64_t token_refreshes;
+    uint64_t index_evictions;
     size_t chunks_indexed;
     size_t cached_shards;
 };

@@ -817,6 +817,7 @@ static void pump(struct xet_upload *u)
             return;
         if (f->queries_pending > 0)
             break;
+        xet_session_trim(u->s);
         int rc = plan_file(u, u->next_plan);
         if (rc < 0) {
             fail_code(u, rc, "plan xorbs");

@@ -340,6 +340,53 @@ static void test_dedup_eligibility(void)
     CHECK(!xet_chunk_dedup_eligible(&h));
 }
 
+/* The index stays bounded: past XET_INDEX_CHUNKS_MAX chunks, trimming forgets the oldest
+ * xorbs and keeps the newest; a lookup finds the xorb and the chunk's place in it. */
+static void test_index_trim(void)
+{
+    struct hub *hub = new_hub(HUB_TRANSFER_XET);
+    struct xet_session *s;
+    REQUIRE(xet_session_new(&s, &loop, hub, NULL) == 0);
+    const size_t per = 8192, n_xorbs = XET_INDEX_CHUNKS_MAX / per + 8;
+    struct xet_hash *chunks = calloc(per, sizeof(*chunks));
+    REQUIRE(chunks != NULL);
+    for (size_t x = 0; x < n_xorbs; x++) {
+        struct xet_hash xh = {{0}};
+        memcpy(xh.b, &x, sizeof(x));
+        xh.b[31] = 0xee;
+        for (size_t i = 0; i < per; i++) {
+            uint64_t v = x * per + i;
+            memcpy(chunks[i].b, &v, sizeof(v));
+            memcpy(chunks[i].b + 8, &v, sizeof(v)); /* spread the slot bits */
+            chunks[i].b[8] ^= 0x5a;
+        }
+        CHECK(xet_session_add_xorb(s, &xh, chunks, per) == 0);
+    }
+    struct xet_hash probe = {{0}}, found;
+    uint32_t idx;
+    uint64_t v = 5 * per + 17; /* xorb 5, chunk 17 */
+    memcpy(probe.b, &v, sizeof(v));
+    memcpy(probe.b + 8, &v, sizeof(v));
+    probe.b[8] ^= 0x5a;
+    CHECK(xet_session_find_chunk(s, &probe, &found, &idx) && idx == 17 && found.b[0] == 5);
+    xet_session_trim(s);
+    struct xet_session_stats st;
+    xet_session_get_stats(s, &st);
+    CHECK(st.index_evictions == 1 && st.chunks_indexed <= XET_INDEX_CHUNKS_MAX);
+    CHECK(!xet_session_find_chunk(s, &probe, &found, &idx)); /* old: forgotten */
+    v = (n_xorbs - 1) * per + 3;                             /* the newest xorb's chunk 3: kept */
+    memcpy(probe.b, &v, sizeof(v));
+    memcpy(probe.b + 8, &v, sizeof(v));
+    probe.b[8] ^= 0x5a;
+    CHECK(xet_session_find_chunk(s, &probe, &found, &idx) && idx == 3);
+    xet_session_trim(s); /* within the cap now: nothing more goes */
+    xet_session_get_stats(s, &st);
+    CHECK(st.index_evictions == 1);
+    free(chunks);
+    xet_session_free(s);
+    hub_free(hub);
+}
+
 static void on_closed(void *ctx)
 {
     *(int *)ctx = 1;
@@ -354,6 +401,7 @@ int main(void)
     struct http_opts opts = {.backoff_base_ms = 20, .backoff_cap_ms = 40, .max_attempts = 2};
     REQUIRE(http_init(&http, &loop, &opts) == 0);
     test_dedup_eligibility();
+    test_index_trim();
     test_batch_offers_and_answers();
     test_cas_requests();
     int closed = 0;
