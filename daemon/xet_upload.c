@@ -455,11 +455,7 @@ static int plan_file(struct xet_upload *u, size_t fi)
     if ((rc = close_xorb(u, fi, open, n_open)) < 0)
         goto out;
     /* terms: runs of chunks that sit one after another in one xorb */
-    f->terms = calloc(m > 0 ? m : 1, sizeof(*f->terms));
-    if (f->terms == NULL) {
-        rc = -ENOMEM;
-        goto out;
-    }
+    size_t terms_cap = 0;
     size_t run_start = 0;
     for (size_t k = 0; k < m; k++) {
         const struct xet_file_chunk *c = &f->scan.chunks[k];
@@ -476,6 +472,16 @@ static int plan_file(struct xet_upload *u, size_t fi)
         } else {
             if (t != NULL)
                 xet_range_hash(th + run_start, k - run_start, &t->range_hash);
+            if (f->nterms == terms_cap) {
+                /* grown, not sized by chunks: a 10 GB file has 160,000 chunks, a few terms */
+                terms_cap = terms_cap ? terms_cap * 2 : 16;
+                struct xet_term *nt = realloc(f->terms, terms_cap * sizeof(*nt));
+                if (nt == NULL) {
+                    rc = -ENOMEM;
+                    goto out;
+                }
+                f->terms = nt;
+            }
             t = &f->terms[f->nterms++];
             t->xorb = xh;
             t->chunk_start = xi;
