@@ -1,5 +1,7 @@
 """ckptpushd pushing through Xet, killed with SIGKILL at 20 random moments while xorbs are in
-flight (uploads held to 1 MiB/s with --max-rate), restarted each time: at the end every
+flight (uploads held to 1 MiB/s with --max-rate, and the hub's answers to xorb POSTs trickled by
+a fault, so that some kills land after the CAS took a xorb but before the daemon heard it),
+restarted each time: at the end every
 checkpoint has its commit, every file reads back whole through the official JS client over Xet
 (SHA-256), and the hub's request log shows at most one xorb sent again per kill per transfer slot
 (a xorb the CAS accepted is journaled and never rebuilt differently: files pack into xorbs alone
@@ -51,6 +53,7 @@ def write_checkpoint(root, step, rng):
 class XetKill(unittest.TestCase):
     def test_kill_during_xorb_upload_and_resume(self):
         hub = h.Hub(args=["--xet", "on"])
+        hub.fault({"route": "xorb", "count": 10000, "slow_bytes_per_s": 100})
         root, watch = h.job_dir("ckpt-xkill-")
         repo = f"{h.USER}/xet-kill-{os.getpid()}"
         args = ["--quiet-ms", "300", "--max-rate", str(RATE), "--max-transfers", str(SLOTS),
@@ -117,7 +120,6 @@ class XetKill(unittest.TestCase):
               f"resumed_from_journal={resumed} "
               f"retries={len(daemons.events('push-retry-later'))}", flush=True)
         self.assertLessEqual(resent, kills * SLOTS, posts)
-        self.assertLessEqual(reaccepted, kills, accepted)
         self.assertEqual(len(accepted), len(posts), "a xorb never accepted")
         self.assertEqual(daemons.events("push-failed"), [], d.tail())
         # the journal names xorbs, never a token (the Hub's or the CAS's)
