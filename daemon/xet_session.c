@@ -113,6 +113,7 @@ struct xet_session {
     struct xet_hash *xorbs;
     size_t n_xorbs, xorbs_cap;
     uint32_t evicted_to; /* xorbs with an id up to this are no longer indexed */
+    uint8_t *xorb_dead;  /* per xorb: forgotten (its upload failed), its entries are void */
     struct xet_shard **answers;
     size_t n_answers;
 
@@ -194,6 +195,7 @@ static void session_release(struct xet_session *s)
     free(s->cache_dir);
     free(s->idx);
     free(s->xorbs);
+    free(s->xorb_dead);
     for (size_t i = 0; i < s->n_answers; i++) {
         xet_shard_free(s->answers[i]);
         free(s->answers[i]);
@@ -680,7 +682,7 @@ static int idx_rebuild(struct xet_session *s, size_t cap, uint32_t keep_above)
         return -ENOMEM;
     s->idx_used = 0;
     for (size_t i = 0; i < s->idx_cap; i++) {
-        if (s->idx[i].xorb <= keep_above)
+        if (s->idx[i].xorb <= keep_above || s->xorb_dead[s->idx[i].xorb - 1])
             continue;
         s->idx_used++;
         size_t h = slot_of(&s->idx[i].chunk, cap);
@@ -725,6 +727,8 @@ bool xet_session_find_chunk(struct xet_session *s, const struct xet_hash *chunk,
         for (size_t h = slot_of(chunk, s->idx_cap); s->idx[h].xorb != 0;
              h = (h + 1) & (s->idx_cap - 1)) {
             if (xet_hash_equal(&s->idx[h].chunk, chunk)) {
+                if (s->xorb_dead[s->idx[h].xorb - 1])
+                    break;
                 *xorb = s->xorbs[s->idx[h].xorb - 1];
                 *index = s->idx[h].index;
                 return true;
@@ -752,8 +756,13 @@ int xet_session_add_xorb(struct xet_session *s, const struct xet_hash *xorb,
         if (x == NULL)
             return -ENOMEM;
         s->xorbs = x;
+        uint8_t *d = realloc(s->xorb_dead, cap);
+        if (d == NULL)
+            return -ENOMEM;
+        s->xorb_dead = d;
         s->xorbs_cap = cap;
     }
+    s->xorb_dead[s->n_xorbs] = 0;
     s->xorbs[s->n_xorbs++] = *xorb;
     uint32_t id = (uint32_t)s->n_xorbs;
     for (size_t i = 0; i < n; i++) {
@@ -763,14 +772,21 @@ int xet_session_add_xorb(struct xet_session *s, const struct xet_hash *xorb,
         for (; s->idx[h].xorb != 0; h = (h + 1) & (s->idx_cap - 1))
             if (xet_hash_equal(&s->idx[h].chunk, &chunks[i]))
                 break;
-        if (s->idx[h].xorb != 0)
+        if (s->idx[h].xorb != 0 && !s->xorb_dead[s->idx[h].xorb - 1])
             continue; /* the first xorb that holds a chunk keeps it */
+        if (s->idx[h].xorb == 0)
+            s->idx_used++;
         s->idx[h].chunk = chunks[i];
         s->idx[h].xorb = id;
         s->idx[h].index = (uint32_t)i;
-        s->idx_used++;
     }
-    return 0;
+    return (int)id;
+}
+
+void xet_session_forget_xorb(struct xet_session *s, int id)
+{
+    if (id > 0 && (size_t)id <= s->n_xorbs)
+        s->xorb_dead[id - 1] = 1;
 }
 
 int xet_session_add_answer(struct xet_session *s, struct xet_shard *answer)

@@ -79,9 +79,14 @@ bool xet_chunk_dedup_eligible(const struct xet_hash *chunk);
 /* Where the CAS (or a xorb this session sends) holds this chunk. */
 bool xet_session_find_chunk(struct xet_session *s, const struct xet_hash *chunk,
                             struct xet_hash *xorb, uint32_t *index);
-/* The chunks of a xorb that will be (or is) in the CAS: later lookups find them. 0 or -ENOMEM. */
+/* The chunks of a xorb that will be (or is) in the CAS: later lookups find them. Returns the
+ * xorb's id in this session (> 0) or -ENOMEM. */
 int xet_session_add_xorb(struct xet_session *s, const struct xet_hash *xorb,
                          const struct xet_hash *chunks, size_t n);
+/* A xorb added by an upload that failed: the CAS may lack it, or know it from no shard, so its
+ * chunks are no longer found (a retry plans them again; the journal spares re-sending those the
+ * CAS took). */
+void xet_session_forget_xorb(struct xet_session *s, int id);
 /* A dedup answer (parsed; ownership taken, freed with the session). 0 or -ENOMEM. */
 int xet_session_add_answer(struct xet_session *s, struct xet_shard *answer);
 /* Keeps the index within XET_INDEX_CHUNKS_MAX (forgetting the oldest xorbs' chunks) and the

@@ -45,6 +45,7 @@ struct xu_xorb {
     size_t n;
     uint64_t packed;
     int state;
+    int session_id; /* xet_session_add_xorb's id */
     char *body_path;
 };
 
@@ -144,6 +145,12 @@ static void finish(struct xet_upload *u, const struct ckpt_err *err,
     if (u->finished)
         return;
     u->finished = 1;
+    if (err != NULL) {
+        /* no shard names these xorbs, and some may not be in the CAS: a retry must not count
+         * on them */
+        for (size_t i = 0; i < u->n_xorbs; i++)
+            xet_session_forget_xorb(u->s, u->xorbs[i].session_id);
+    }
     if (u->free_when_done) {
         release(u);
         return;
@@ -385,6 +392,7 @@ static int close_xorb(struct xet_upload *u, size_t fi, const size_t *open, size_
     xet_hash_to_hex(&x->hash, x->hex);
     if ((rc = xet_session_add_xorb(u->s, &x->hash, hashes, n)) < 0)
         goto out;
+    x->session_id = rc;
     u->n_xorbs++;
     u->progress.xorbs_total++;
     rc = 0;

@@ -194,6 +194,34 @@ int main(void)
     CHECK(test_hub_count(&th, "shard", before, 0) == 1);
     xet_session_free(s);
 
+    /* 5b. an upload that failed (its xorb never reached the CAS) leaves nothing behind that a retry
+     * in the same session would count on: the retry sends the xorb and the shard is accepted */
+    {
+        char path2[600], cache5[600];
+        snprintf(path2, sizeof(path2), "%s/other.bin", dir);
+        FILE *f2 = fopen(path2, "wb");
+        REQUIRE(f2 != NULL);
+        for (size_t i = 0; i < MiB; i++)
+            fputc(rand() & 0xff, f2);
+        fclose(f2);
+        struct xet_file_result scan2;
+        REQUIRE(xet_file_scan(path2, NULL, NULL, &scan2) == 0);
+        snprintf(cache5, sizeof(cache5), "%s/xet-retry", dir);
+        s = session(cache5);
+        /* every attempt (3) reset mid-body: the upload fails on the network */
+        test_hub_fault(&th, "{\"route\":\"xorb\",\"count\":3,\"reset_after_bytes\":1000}");
+        r = upload(s, path2, scan2.sha256_hex, scan2.size, NULL);
+        CHECK(!r.ok && r.err.kind == CKPT_ERR_NETWORK && strstr(r.err.msg, "xorb upload"));
+        before = test_hub_lines(&th);
+        r = upload(s, path2, scan2.sha256_hex, scan2.size, NULL);
+        CHECK(r.ok && r.p.xorbs_sent == 1 && r.p.bytes_new == MiB);
+        if (!r.ok)
+            fprintf(stderr, "retry: %s\n", r.err.msg);
+        CHECK(test_hub_count(&th, "xorb", before, 0) == 1);
+        xet_file_result_free(&scan2);
+        xet_session_free(s);
+    }
+
     /* 6. garbage: a dedup answer that is not a shard, a xorb answer that is not its JSON */
     {
         char url[128];
