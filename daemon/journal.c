@@ -442,14 +442,25 @@ static bool is_lower_hex64(const char *s)
     return true;
 }
 
-static void xorb_put(struct journal *j, const char *hash, uint64_t packed)
+static bool is_cas_key(const char *s)
 {
-    if (journal_xorb_find(j, hash) != NULL)
+    if (s == NULL || strlen(s) != 16)
+        return false;
+    for (size_t i = 0; i < 16; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return true;
+}
+
+static void xorb_put(struct journal *j, const char *hash, const char *cas, uint64_t packed)
+{
+    if (journal_xorb_find(j, hash, cas) != NULL)
         return;
     if (j->xorbs == NULL && (j->xorbs = calloc(JOURNAL_XORBS_MAX, sizeof(*j->xorbs))) == NULL)
         return;
     struct journal_xorb *x = &j->xorbs[j->xorbs_next];
     memcpy(x->hash, hash, 65);
+    memcpy(x->cas, cas, 17);
     x->packed_bytes = packed;
     j->xorbs_next = (j->xorbs_next + 1) % JOURNAL_XORBS_MAX;
     if (j->n_xorbs < JOURNAL_XORBS_MAX)
@@ -534,9 +545,10 @@ static int apply(struct journal *j, const cJSON *r)
     }
     if (strcmp(k, "xorb") == 0) {
         /* a bad hash or size is refused like any bad record: the xorb is sent again */
-        if (!is_lower_hex64(jstr(r, "h")) || !ju64(r, "b", &u) || u == 0 || u > 64u * 1024 * 1024)
+        if (!is_lower_hex64(jstr(r, "h")) || !is_cas_key(jstr(r, "c")) || !ju64(r, "b", &u) ||
+            u == 0 || u > 64u * 1024 * 1024)
             return UV_EINVAL;
-        xorb_put(j, jstr(r, "h"), u);
+        xorb_put(j, jstr(r, "h"), jstr(r, "c"), u);
         return 0;
     }
     if (!ju64(r, "size", &size) || jstr(r, "oid") == NULL)
@@ -706,6 +718,7 @@ static int snapshot(struct journal *j, struct jbuf *out)
         cJSON *r = cJSON_CreateObject();
         cJSON_AddStringToObject(r, "k", "xorb");
         cJSON_AddStringToObject(r, "h", j->xorbs[at].hash);
+        cJSON_AddStringToObject(r, "c", j->xorbs[at].cas);
         cJSON_AddNumberToObject(r, "b", (double)j->xorbs[at].packed_bytes);
         rc = add_record(out, r, JOURNAL_FILE_MAX);
     }
@@ -1267,24 +1280,26 @@ int journal_obj_done(struct journal *j, const char *oid, uint64_t size, journal_
     return append(j, r, cb, ctx);
 }
 
-const struct journal_xorb *journal_xorb_find(const struct journal *j, const char *hash)
+const struct journal_xorb *journal_xorb_find(const struct journal *j, const char *hash,
+                                             const char *cas)
 {
     for (size_t i = 0; i < j->n_xorbs; i++)
-        if (strcmp(j->xorbs[i].hash, hash) == 0)
+        if (strcmp(j->xorbs[i].hash, hash) == 0 && strcmp(j->xorbs[i].cas, cas) == 0)
             return &j->xorbs[i];
     return NULL;
 }
 
-int journal_xorb_done(struct journal *j, const char *hash, uint64_t packed_bytes,
+int journal_xorb_done(struct journal *j, const char *hash, const char *cas, uint64_t packed_bytes,
                       journal_done_cb cb, void *ctx)
 {
     cJSON *r;
 
-    if (!is_lower_hex64(hash) || packed_bytes == 0)
+    if (!is_lower_hex64(hash) || !is_cas_key(cas) || packed_bytes == 0)
         return UV_EINVAL;
     r = cJSON_CreateObject();
     cJSON_AddStringToObject(r, "k", "xorb");
     cJSON_AddStringToObject(r, "h", hash);
+    cJSON_AddStringToObject(r, "c", cas);
     cJSON_AddNumberToObject(r, "b", (double)packed_bytes);
     return append(j, r, cb, ctx);
 }

@@ -9,10 +9,10 @@
  * Dedup answers keep their chunk hashes HMAC'd with the answer's key, so they stay as parsed
  * shards and are searched one by one (few: one per eligible chunk at most).
  *
- * Shard cache: <cache_dir>/shards/<xet hash>.shard, written atomically (temporary name, fsync,
- * rename). Read once, at the first upload, on the pool; a file that does not parse is logged and
- * skipped, never trusted. The oldest files beyond XET_CACHE_SHARDS_MAX or XET_CACHE_BYTES_MAX are
- * deleted when read.
+ * Shard cache: <cache_dir>/shards-<scope>/<xet hash>.shard, written atomically (temporary name,
+ * fsync, rename). Read once, at the first upload, on the pool; a file that does not parse is logged
+ * and skipped, never trusted. The oldest files beyond XET_CACHE_SHARDS_MAX or XET_CACHE_BYTES_MAX
+ * are deleted when read.
  */
 #include "xet_session.h"
 
@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
+#include <openssl/evp.h>
 #include <uv.h>
 
 #define XET_ANSWER_MAX (64u * 1024 * 1024) /* a dedup answer is one shard */
@@ -96,6 +97,7 @@ struct ready_waiter {
 
 struct xet_session {
     uv_loop_t *loop;
+    char scope[17];
     struct hub *hub;
     struct http *http;
     char *cache_dir;
@@ -176,6 +178,18 @@ int xet_session_new(struct xet_session **ret, uv_loop_t *loop, struct hub *hub,
         return UV_ENOMEM;
     s->loop = loop;
     s->hub = hub;
+    {
+        /* the endpoint names the CAS it hands tokens for */
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int mdlen = 0;
+        const char *ep = hub_endpoint(hub);
+        if (EVP_Digest(ep, strlen(ep), md, &mdlen, EVP_sha256(), NULL) != 1) {
+            free(s);
+            return UV_ENOMEM;
+        }
+        for (int i = 0; i < 8; i++)
+            snprintf(s->scope + 2 * i, 3, "%02x", md[i]);
+    }
     s->http = hub_http(hub);
     if (cache_dir != NULL && (s->cache_dir = strdup(cache_dir)) == NULL) {
         free(s);
@@ -218,6 +232,11 @@ void xet_session_free(struct xet_session *s)
         return;
     }
     session_release(s);
+}
+
+const char *xet_session_scope(const struct xet_session *s)
+{
+    return s->scope;
 }
 
 void xet_session_get_stats(const struct xet_session *s, struct xet_session_stats *ret)
@@ -877,7 +896,7 @@ static void cache_load(struct cache_job *job)
 {
     char dir[4096], path[4200];
     clear_work_dir(job->s->cache_dir);
-    snprintf(dir, sizeof(dir), "%s/shards", job->s->cache_dir);
+    snprintf(dir, sizeof(dir), "%s/shards-%s", job->s->cache_dir, job->s->scope);
     DIR *d = opendir(dir);
     if (d == NULL)
         return;
@@ -957,7 +976,7 @@ static int mkdir_p(const char *dir)
 static void cache_store(struct cache_job *job)
 {
     char dir[4096], tmp[4200], path[4200];
-    snprintf(dir, sizeof(dir), "%s/shards", job->s->cache_dir);
+    snprintf(dir, sizeof(dir), "%s/shards-%s", job->s->cache_dir, job->s->scope);
     snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, job->name);
     snprintf(path, sizeof(path), "%s/%s.shard", dir, job->name);
     if ((job->status = mkdir_p(dir)) < 0)

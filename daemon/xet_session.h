@@ -34,12 +34,17 @@ struct xet_shard;
 #define XET_INDEX_CHUNKS_MAX (1u << 19)
 #define XET_ANSWERS_MAX 64 /* dedup answers kept (the newest) */
 
-/* cache_dir: <staging>/xet (created when needed), or NULL for no shard cache. */
+/* cache_dir: <staging>/xet (created when needed; shards go to shards-<scope>/), or NULL for no
+ * shard cache. */
 int xet_session_new(struct xet_session **ret, uv_loop_t *loop, struct hub *hub,
                     const char *cache_dir);
 /* NULL-safe. Only when no CAS request is in flight (their uploads are gone); shard cache reads
  * and writes still running on the pool finish first, and the last one frees the session. */
 void xet_session_free(struct xet_session *s);
+
+/* 16 hex digits naming the Hub endpoint: what is known of one CAS (journaled xorbs, cached
+ * shards) is never taken for another's. */
+const char *xet_session_scope(const struct xet_session *s);
 
 /* A token from an LFS batch answer's X-Xet-* headers; kept when newer than the one held. */
 void xet_session_offer_token(struct xet_session *s, const struct hub_lfs_object *obj);

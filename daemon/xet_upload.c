@@ -680,7 +680,7 @@ static void on_xorb(void *ctx, const struct ckpt_err *err, const uint8_t *body, 
     u->xorbs_done++;
     u->progress.xorbs_sent++;
     if (u->journal != NULL)
-        journal_xorb_done(u->journal, x->hex, x->packed, NULL, NULL);
+        journal_xorb_done(u->journal, x->hex, xet_session_scope(u->s), x->packed, NULL, NULL);
     log_debug("xet_xorb_sent", "xorb=%s bytes=%" PRIu64 " chunks=%zu", x->hex, x->packed, x->n);
     drop_body(u, x);
     pump(u);
@@ -842,7 +842,8 @@ static void pump(struct xet_upload *u)
     while (u->next_build < u->n_xorbs) {
         struct xu_xorb *x = &u->xorbs[u->next_build];
         const struct journal_xorb *jx =
-            u->journal != NULL ? journal_xorb_find(u->journal, x->hex) : NULL;
+            u->journal != NULL ? journal_xorb_find(u->journal, x->hex, xet_session_scope(u->s))
+                               : NULL;
         if (jx != NULL) {
             /* the CAS took it before a restart: same files, same xorb */
             x->packed = jx->packed_bytes;

@@ -224,24 +224,29 @@ int main(void)
     j = open_journal(&loop, stage);
     const char *xa = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const char *xb = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
-    CHECK(journal_xorb_done(j, xa, 1000, NULL, NULL) == 0);
-    CHECK(journal_xorb_find(j, xa) != NULL && journal_xorb_find(j, xa)->packed_bytes == 1000);
-    CHECK(journal_xorb_done(j, "0123", 1000, NULL, NULL) == UV_EINVAL);
+    const char *cas = "00112233445566ff", *other = "ffeeddccbbaa9988";
+    CHECK(journal_xorb_done(j, xa, cas, 1000, NULL, NULL) == 0);
+    CHECK(journal_xorb_find(j, xa, cas) != NULL &&
+          journal_xorb_find(j, xa, cas)->packed_bytes == 1000);
+    CHECK(journal_xorb_done(j, "0123", cas, 1000, NULL, NULL) == UV_EINVAL);
     CHECK(journal_xorb_done(j, "0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",
-                            1000, NULL, NULL) == UV_EINVAL);
-    CHECK(journal_xorb_done(j, xb, 0, NULL, NULL) == UV_EINVAL);
+                            cas, 1000, NULL, NULL) == UV_EINVAL);
+    CHECK(journal_xorb_done(j, xb, cas, 0, NULL, NULL) == UV_EINVAL);
+    CHECK(journal_xorb_done(j, xb, "00112233", 10, NULL, NULL) == UV_EINVAL);
+    CHECK(journal_xorb_find(j, xa, other) == NULL); /* another CAS never took it */
     close_journal(&loop, j);
     j = open_journal(&loop, stage); /* read back, then compacted */
-    CHECK(journal_xorb_find(j, xa) != NULL && journal_xorb_find(j, xa)->packed_bytes == 1000);
-    CHECK(journal_xorb_find(j, xb) == NULL);
-    CHECK(journal_xorb_done(j, xb, 2000, NULL, NULL) == 0);
+    CHECK(journal_xorb_find(j, xa, cas) != NULL &&
+          journal_xorb_find(j, xa, cas)->packed_bytes == 1000);
+    CHECK(journal_xorb_find(j, xb, cas) == NULL);
+    CHECK(journal_xorb_done(j, xb, cas, 2000, NULL, NULL) == 0);
     close_journal(&loop, j);
     full = file_size(path);
     REQUIRE(truncate(path, full - 5) == 0); /* xb's record torn */
     j = open_journal(&loop, stage);
     CHECK(journal_corrupt_records(j) == 1);
-    CHECK(journal_xorb_find(j, xa) != NULL);
-    CHECK(journal_xorb_find(j, xb) == NULL);
+    CHECK(journal_xorb_find(j, xa, cas) != NULL);
+    CHECK(journal_xorb_find(j, xb, cas) == NULL);
     close_journal(&loop, j);
     {
         /* a garbled xorb record (its checksum fails) is skipped and counted: sent again */
@@ -260,7 +265,7 @@ int main(void)
         hit[10] = 'Z'; /* the CRC now fails: skipped, counted */
         CHECK(journal_load_bytes(&m, buf, (size_t)got, &snap, &snap_len) == 0);
         CHECK(journal_corrupt_records(m) == 1);
-        CHECK(journal_xorb_find(m, xa) == NULL);
+        CHECK(journal_xorb_find(m, xa, cas) == NULL);
         free(snap);
         journal_free(m);
     }

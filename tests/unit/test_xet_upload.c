@@ -193,6 +193,25 @@ int main(void)
     CHECK(test_hub_count(&th, "xorb", before, 0) == 0);
     CHECK(test_hub_count(&th, "shard", before, 0) == 1);
     xet_session_free(s);
+    {
+        /* the journal speaks for one CAS only: the same Hub under another name is another
+         * endpoint, so its session trusts none of it and sends the xorb */
+        char other[128];
+        struct hub *hub2;
+        snprintf(other, sizeof(other), "http://localhost:%d", th.port);
+        struct hub_config cfg2 = cfg;
+        cfg2.endpoint = other;
+        REQUIRE(hub_init(&hub2, http, &cfg2, &e) == 0);
+        struct xet_session *s2;
+        snprintf(cache3, sizeof(cache3), "%s/xet4b", dir);
+        REQUIRE(xet_session_new(&s2, &loop, hub2, cache3) == 0);
+        before = test_hub_lines(&th);
+        r = upload(s2, path, scan.sha256_hex, scan.size, j);
+        CHECK(r.ok && r.p.xorbs_sent == 1 && r.p.xorbs_resumed == 0);
+        xet_session_free(s2);
+        settle();
+        hub_free(hub2);
+    }
 
     /* 5b. an upload that failed (its xorb never reached the CAS) leaves nothing behind that a retry
      * in the same session would count on: the retry sends the xorb and the shard is accepted */
