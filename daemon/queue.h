@@ -82,6 +82,9 @@ struct queue_deps {
                   size_t n);
     void (*recovered)(void *ctx);
     void *recovery_ctx;
+    /* The Xet session and where xorbs are built (<staging>/xet/tmp); NULL: no Xet. */
+    struct xet_session *xet;
+    const char *xet_work_dir;
 };
 
 #define QUEUE_RETRY_BASE_MS 1000

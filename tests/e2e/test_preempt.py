@@ -56,7 +56,8 @@ class Preempt(unittest.TestCase):
         root, watch = h.job_dir("ckpt-preempt-")
         staging = os.path.join(watch, ".ckptpush")
         repo = f"{h.USER}/preempt-{os.getpid()}"
-        args = ["--quiet-ms", "300", "--max-rate", str(RATE), "--max-transfers", "2",
+        args = ["--quiet-ms", "300", "--transfer", "lfs",
+                "--max-rate", str(RATE), "--max-transfers", "2",
                 "--drain-timeout", str(DRAIN_S), "--socket", os.path.join(root, "ctl.sock")]
         rng = random.Random(9)
         d = h.Daemon(watch, repo=repo, endpoint=hub.url, args=args, log_level="info")
