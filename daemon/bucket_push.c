@@ -51,6 +51,7 @@ struct bucket_push {
     struct ckpt_err err;
     bool failed, finished, free_when_done;
     bool starting; /* inside bucket_push_start: a failure reports through its return value */
+    bool retire_failed;
 };
 
 static void release(struct bucket_push *p)
@@ -128,6 +129,7 @@ static void on_retired(void *ctx, const struct ckpt_err *err)
         return;
     }
     /* the checkpoint is in whole either way; the next push names these paths again */
+    p->retire_failed = err != NULL;
     if (err != NULL)
         log_warn("bucket-retire-failed",
                  "bucket='%s' files=%zu reason='%s', named again by the next push",
@@ -410,6 +412,11 @@ void bucket_push_get_progress(const struct bucket_push *p, struct upload_progres
         ret->xorbs_resumed = x.xorbs_resumed;
     }
     ret->bytes_to_send = ret->xet_bytes_new;
+}
+
+bool bucket_push_retire_failed(const struct bucket_push *p)
+{
+    return p->retire_failed;
 }
 
 void bucket_push_cancel(struct bucket_push *p)

@@ -15,6 +15,7 @@
 #ifndef CKPT_BUCKET_PUSH_H
 #define CKPT_BUCKET_PUSH_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -50,6 +51,8 @@ int bucket_push_start(struct bucket_push **ret, struct hub *hub, struct hash_poo
                       const struct bucket_push_opts *opts, upload_done_cb cb, void *ctx);
 /* bytes_sent counts xorb bytes; files_xet, xet_bytes_* and xorbs_* as for a Xet commit. */
 void bucket_push_get_progress(const struct bucket_push *p, struct upload_progress *ret);
+/* After cb: whether the retention batch failed (the checkpoint is whole all the same). */
+bool bucket_push_retire_failed(const struct bucket_push *p);
 /* cb runs later with the cancelled error unless it already ran. */
 void bucket_push_cancel(struct bucket_push *p);
 /* NULL-safe. After cb: frees now. Before: cancels, never calls cb, frees once drained. */

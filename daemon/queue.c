@@ -131,6 +131,11 @@ struct queue {
     bool stopped;
     unsigned committed;
     unsigned failed;
+    /* --bucket --keep-last: folders retired before are named again (deleted if still there)
+     * only by the first push of this process (a crash may have come between a checkpoint's
+     * batch and its retention batch) and after a retention batch failed; otherwise each push
+     * names only what it retires now, so its batch stays small however long the run */
+    bool bucket_retire_again;
 };
 
 static void pump(struct queue *q);
@@ -767,6 +772,7 @@ static void on_uploaded(void *ctx, const struct ckpt_err *err, const char *commi
     }
     snprintf(it->commit, sizeof(it->commit), "%s", commit_oid);
     if (it->bpush != NULL) {
+        q->bucket_retire_again = bucket_push_retire_failed(it->bpush);
         drop_push(it); /* a bucket has no commits: nothing counts against the budget */
     } else {
         if (it->upload != NULL)
@@ -1135,7 +1141,8 @@ static void retired_checkpoints(struct queue *q, const struct item *it, char ***
         goto out;
     for (size_t i = 0; i < n; i++) {
         bool again = false;
-        if (retire[i] == STRATEGY_KEEP)
+        if (retire[i] == STRATEGY_KEEP ||
+            (bucket && retire[i] == STRATEGY_RETIRE_AGAIN && !q->bucket_retire_again))
             continue;
         for (size_t k = 0; k < i && !again; k++) /* saved twice: one folder */
             again = retire[k] != STRATEGY_KEEP && strcmp(names[k], names[i]) == 0;
@@ -2206,6 +2213,7 @@ int queue_new(struct queue **ret, const struct queue_deps *deps, queue_event_cb 
     if (q == NULL)
         return -ENOMEM;
     q->deps = *deps;
+    q->bucket_retire_again = true;
     if (q->deps.new_ids_from == 0)
         q->deps.new_ids_from = UINT64_MAX;
     q->cb = cb;
