@@ -88,6 +88,10 @@ class BucketTrainerPush(unittest.TestCase):
         out = h.tempdir("ckpt-js-")
         files = h.js_download(self.hub.url, h.TOKEN, f"buckets/{self.bucket}", out)
         self.assertEqual(prefixes(files), [f"checkpoint-{s}" for s in STEPS], sorted(files))
+        print("\n" + "\n".join(
+            f"{r['kv']['ckpt']}: files={r['kv']['files']} bytes={r['kv']['bytes']} "
+            f"xet_new={r['kv']['xet_new']} xet_dedup={r['kv']['xet_dedup']} "
+            f"seconds={r['kv']['seconds']}" for r in self.pushed), file=sys.stderr)
         for rec in self.pushed:
             ckpt = rec["kv"]["ckpt"]
             mine = {p: sha for p, sha in files.items() if p.startswith(ckpt + "/")}
