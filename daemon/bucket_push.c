@@ -1,8 +1,8 @@
 /* bucket_push.c - one checkpoint into a Storage Bucket (see bucket_push.h).
  *
  * outstanding counts what must call back before the push may be freed: hash jobs (they cannot
- * be cancelled) and the batch request in flight. A Xet upload frees itself when dropped
- * (xet_upload_free), so it is never waited for.
+ * be cancelled), the journal write waited for before the batch, and the batch request in flight. A
+ * Xet upload frees itself when dropped (xet_upload_free), so it is never waited for.
  */
 #include "bucket_push.h"
 
@@ -226,6 +226,21 @@ static void take_xet_progress(struct bucket_push *p)
     p->progress.xorbs_resumed = x.xorbs_resumed;
 }
 
+static void on_journal_synced(void *ctx, int status)
+{
+    struct bucket_push *p = ctx;
+    p->outstanding--;
+    if (p->failed) {
+        maybe_finish_failed(p);
+        return;
+    }
+    if (status < 0)
+        log_warn("bucket-journal-unsynced",
+                 "bucket='%s' reason='%s', a restart may send some xorbs again",
+                 hub_repo_id(p->hub), uv_strerror(status));
+    send_adds(p);
+}
+
 static void on_xet_done(void *ctx, const struct ckpt_err *err, const struct xet_upload_result *res,
                         size_t n)
 {
@@ -245,6 +260,13 @@ static void on_xet_done(void *ctx, const struct ckpt_err *err, const struct xet_
              " xorbs_sent=%zu xorbs_resumed=%zu",
              hub_repo_id(p->hub), n, p->progress.xet_bytes_new, p->progress.xet_bytes_dedup,
              p->progress.xorbs_sent, p->progress.xorbs_resumed);
+    /* the batch goes once every xorb record is on disk: a SIGKILL from then on never makes a
+     * restart send a xorb again */
+    if (p->journal != NULL && journal_set_state(p->journal, p->journal_id, JOURNAL_UPLOADING, NULL,
+                                                on_journal_synced, p) == 0) {
+        p->outstanding++;
+        return;
+    }
     send_adds(p);
 }
 
