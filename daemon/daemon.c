@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "admit.h"
+#include "bucket_push.h"
 #include "card.h"
 #include "card_job.h"
 #include "control.h"
@@ -866,8 +867,8 @@ static void on_queue_event(void *ctx, const struct queue_item_view *v)
         [QUEUE_FAILED] = "failed",      [QUEUE_SKIPPED] = "skipped",
     };
 
-    if (v->state == QUEUE_COMMITTED)
-        snprintf(d->last_commit, sizeof(d->last_commit), "%s", v->commit);
+    if (v->state == QUEUE_COMMITTED && strcmp(v->commit, BUCKET_COMMIT_MARK) != 0)
+        snprintf(d->last_commit, sizeof(d->last_commit), "%s", v->commit); /* the repo's */
     if (v->state == QUEUE_FAILED && pins_lost(d, v->id))
         log_error("push-failed-why",
                   "ckpt='%s' reason='some of its files were deleted before they could be pinned "
