@@ -213,6 +213,11 @@ SETTER(set_bucket)
 {
     struct ckpt_err e;
 
+    if (v[0] == '\0') { /* no bucket: everything to the repo */
+        free(cfg->bucket_id);
+        cfg->bucket_id = NULL;
+        return 0;
+    }
     ckpt_err_clear(&e);
     if (hub_validate_repo_id(v, &e) < 0) {
         /* the same rules as a repo id; the sentence names what it is */

@@ -449,7 +449,7 @@ static void test_bucket(void)
     unsetenv("CKPTPUSH_BUCKET");
 
     /* validated like a repo id, named as a bucket */
-    const char *bad[] = {"alice", "a/b/c", "a/-b", "a/b..c", ""};
+    const char *bad[] = {"alice", "a/b/c", "a/-b", "a/b..c"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char *argv[] = {"ckptpushd", "--watch", tmpdir, "--bucket", (char *)bad[i], NULL};
         char want[64];
@@ -461,6 +461,12 @@ static void test_bucket(void)
         }
         config_release(&cfg);
     }
+
+    /* "" is no bucket, as in the example file */
+    char *empty[] = {"ckptpushd", "--watch", tmpdir, "--repo", "a/b", "--bucket", "", NULL};
+    CHECK_INT(load(&cfg, &err, 7, empty), 0);
+    CHECK(cfg.bucket_id == NULL);
+    config_release(&cfg);
 
     /* every bucket file is a Xet file */
     char *lfs[] = {"ckptpushd", "--watch", tmpdir, "--bucket", "a/b", "--transfer", "lfs", NULL};
