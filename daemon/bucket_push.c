@@ -43,6 +43,7 @@ struct bucket_push {
     char **deletes;
     size_t n_deletes;
     struct xet_upload *xu;
+    struct xet_upload *xu_done; /* finished: freed with the push, never inside its callback */
     struct hub_op *op;
     unsigned outstanding;
     struct upload_progress progress;
@@ -64,6 +65,7 @@ static void release(struct bucket_push *p)
     for (size_t i = 0; i < p->n_deletes; i++)
         free(p->deletes[i]);
     xet_upload_free(p->xu);
+    xet_upload_free(p->xu_done);
     free(p->deletes);
     free(p->files);
     free(p->work_dir);
@@ -246,7 +248,7 @@ static void on_xet_done(void *ctx, const struct ckpt_err *err, const struct xet_
 {
     struct bucket_push *p = ctx;
     take_xet_progress(p);
-    xet_upload_free(p->xu); /* after its callback: frees now */
+    p->xu_done = p->xu;
     p->xu = NULL;
     if (err != NULL) {
         fail(p, err);
