@@ -126,6 +126,42 @@ class BucketTrainerPush(unittest.TestCase):
         self.assertIn(f"bucket {self.bucket}", self.status.stdout + self.status.stderr)
 
 
+class BucketOnlyRun(unittest.TestCase):
+    """The replayed run with --bucket and no --repo: the final model goes to the bucket too, at
+    its own paths, and no card is written; no repo is made."""
+
+    def test_final_model_in_the_bucket_no_card_no_repo(self):
+        hub = h.Hub(args=["--xet", "on"])
+        try:
+            _, watch = h.job_dir("ckpt-bucket-only-")
+            bucket = f"{h.USER}/only-{os.getpid()}"
+            d = h.Daemon(watch, endpoint=hub.url,
+                         args=["--quiet-ms", str(QUIET_MS), "--bucket", bucket])
+            try:
+                d.wait_event("ready", timeout=20)
+                manifest = h.replay(h.trace_path(TRACE), watch, speed=SPEED, seed=11)
+                pushed = d.wait_event("bucket-pushed", timeout=120, count=len(STEPS) + 1)
+            finally:
+                rc = d.stop(signal.SIGTERM, 60)
+            self.assertEqual(rc, 0, d.tail())
+            final = [r for r in pushed if r["kv"]["ckpt"] == ""]
+            self.assertEqual(len(final), 1, d.tail())
+            self.assertEqual(d.events("card"), [], d.tail())  # no card written
+            self.assertEqual(d.events("committed"), [], d.tail())
+            got = h.js_download(hub.url, h.TOKEN, f"buckets/{bucket}", h.tempdir("ckpt-js-"))
+            self.assertIn("model.safetensors", got)
+            # every root file is the run's own (the Trainer's README.md too, not a card of ours)
+            for path, sha in got.items():
+                if "/" not in path:
+                    v = version_at(manifest, path, final[0]["time"])
+                    self.assertIsNotNone(v, path)
+                    self.assertEqual(sha, v["sha256"], path)
+            self.assertFalse([r for r in hub.log_records()
+                              if "/api/repos/create" in r.get("path", "")])
+        finally:
+            hub.stop()
+
+
 class BucketRetention(unittest.TestCase):
     """--keep-last 2 over five checkpoints written in turn."""
 
