@@ -450,9 +450,13 @@ static void print_status(FILE *f, const cJSON *st, bool tty)
     put_safe(f, jstr(d, "state") ? jstr(d, "state") : "?");
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(d, "paused")))
         fputs(" (paused)", f);
-    if (jstr(d, "repo")) {
+    if (jstr(d, "repo") && jstr(d, "repo")[0] != '\0') {
         fputs("  repo ", f);
         put_safe(f, jstr(d, "repo"));
+    }
+    if (jstr(d, "bucket") && jstr(d, "bucket")[0] != '\0') {
+        fputs("  bucket ", f);
+        put_safe(f, jstr(d, "bucket"));
     }
     if (jstr(d, "watch")) {
         fputs("  watch '", f);

@@ -62,7 +62,10 @@ void config_print_usage(void)
           "when it exits and exits with its status (7: it succeeded but the push failed).\n"
           "\n"
           "  --watch DIR          training output directory to watch (required)\n"
-          "  --repo ID            target repository, namespace/name (required unless --dry-run)\n"
+          "  --repo ID            target repository, namespace/name (required unless --dry-run\n"
+          "                       or --bucket)\n"
+          "  --bucket ID          Storage Bucket, namespace/name: intermediate checkpoints go\n"
+          "                       there (checkpoint-N/, through Xet); the final model to --repo\n"
           "  --endpoint URL       Hub endpoint (default: $HF_ENDPOINT, else " DEFAULT_ENDPOINT ")\n"
           "  --strategy NAME      what to push: every_save (default), checkpoint,\n"
           "                       all_checkpoints or end (as transformers' hub_strategy)\n"
@@ -79,12 +82,13 @@ void config_print_usage(void)
           "                       wrapped command keeps its own; 0 leaves them as they are\n"
           "  --commits-per-hour N commit budget; faster saves coalesce (128, as the Hub allows)\n"
           "  --keep-last K        all_checkpoints: the commit adding a checkpoint folder also\n"
-          "                       deletes this job's checkpoint-N/ folders beyond the newest K\n"
+          "                       deletes this job's checkpoint-N/ folders beyond the newest K;\n"
+          "                       with --bucket: its checkpoint-N/ prefixes beyond the newest K\n"
           "                       (0: keep all)\n"
           "  --staging-max BYTES  pins that had to be copied (no hard link) are copied at\n"
           "                       seal while the staging bytes are within it; later copies\n"
           "                       wait (0: no limit)\n"
-          "  --public             create the repo public (default: private)\n"
+          "  --public             create the repo (and bucket) public (default: private)\n"
           "  --quiet-ms N         quiet period before a checkpoint counts as complete (1000)\n"
           "  --drain-timeout S    on SIGTERM, seconds to finish pushes before exiting (60)\n"
           "  --dry-run            detect and pin, push nothing\n"
@@ -203,6 +207,25 @@ SETTER(set_repo)
         return -EINVAL;
     }
     return replace(&cfg->repo_id, v);
+}
+
+SETTER(set_bucket)
+{
+    struct ckpt_err e;
+
+    if (v[0] == '\0') { /* no bucket: everything to the repo */
+        free(cfg->bucket_id);
+        cfg->bucket_id = NULL;
+        return 0;
+    }
+    ckpt_err_clear(&e);
+    if (hub_validate_repo_id(v, &e) < 0) {
+        /* the same rules as a repo id; the sentence names what it is */
+        const char *rest = strncmp(e.msg, "invalid repo id ", 16) == 0 ? e.msg + 16 : e.msg;
+        snprintf(why, why_size, "invalid bucket id %s", rest);
+        return -EINVAL;
+    }
+    return replace(&cfg->bucket_id, v);
 }
 
 SETTER(set_endpoint)
@@ -512,6 +535,7 @@ struct key_def {
 static const struct key_def keys[] = {
     {"watch", "watch", NULL, NULL, KEY_TEXT, true, set_watch},
     {"repo", "repo", NULL, NULL, KEY_TEXT, false, set_repo},
+    {"bucket", "bucket", NULL, NULL, KEY_TEXT, false, set_bucket},
     {"endpoint", "endpoint", NULL, "HF_ENDPOINT", KEY_TEXT, false, set_endpoint},
     {"strategy", "strategy", NULL, NULL, KEY_TEXT, false, set_strategy},
     {"revision", "revision", NULL, NULL, KEY_TEXT, false, set_revision},
@@ -1028,16 +1052,23 @@ static int load(struct config *cfg, int argc, char **argv)
         add_problem(cfg, "missing --watch DIR (or 'watch' in the config, CKPTPUSH_WATCH)");
         set_code(&code, CKPT_EXIT_USAGE);
     }
-    if (cfg->repo_id == NULL && !cfg->dry_run) {
-        add_problem(cfg, "missing --repo NAMESPACE/NAME (or 'repo' in the config, CKPTPUSH_REPO)");
+    if (cfg->repo_id == NULL && cfg->bucket_id == NULL && !cfg->dry_run) {
+        add_problem(cfg, "missing --repo NAMESPACE/NAME (or 'repo' in the config, CKPTPUSH_REPO) "
+                         "or --bucket NAMESPACE/NAME");
         set_code(&code, CKPT_EXIT_USAGE);
     }
-    if (cfg->keep_last > 0 && cfg->strategy != STRATEGY_ALL_CHECKPOINTS) {
-        /* Only all_checkpoints leaves one folder per checkpoint in the repo to retire. */
+    if (cfg->keep_last > 0 && cfg->strategy != STRATEGY_ALL_CHECKPOINTS && cfg->bucket_id == NULL) {
+        /* Only all_checkpoints (or a bucket) keeps one folder per checkpoint to retire. */
         add_problem(cfg,
-                    "keep_last: %u needs strategy all_checkpoints (the strategy is %s, which "
-                    "keeps no checkpoint folders to delete)",
+                    "keep_last: %u needs strategy all_checkpoints or a bucket (the strategy is "
+                    "%s, which keeps no checkpoint folders to delete)",
                     cfg->keep_last, config_strategy_name(cfg->strategy));
+        set_code(&code, CKPT_EXIT_INVALID);
+    }
+    if (cfg->bucket_id != NULL && cfg->transfer == TRANSFER_LFS) {
+        /* every bucket file is a Xet file */
+        add_problem(cfg, "bucket: '%s' needs Xet uploads; transfer 'lfs' cannot write to a bucket",
+                    cfg->bucket_id);
         set_code(&code, CKPT_EXIT_INVALID);
     }
     if (cfg->endpoint == NULL && (cfg->endpoint = strdup(DEFAULT_ENDPOINT)) == NULL)
@@ -1118,6 +1149,7 @@ char *config_to_json(const struct config *cfg)
         token = strncmp(cfg->token, "hf_", 3) == 0 ? "hf_***" : "***";
     add_string_or_null(o, "watch", cfg->watch_dir);
     add_string_or_null(o, "repo", cfg->repo_id);
+    add_string_or_null(o, "bucket", cfg->bucket_id);
     add_string_or_null(o, "endpoint", cfg->endpoint);
     cJSON_AddStringToObject(o, "strategy", config_strategy_name(cfg->strategy));
     add_string_or_null(o, "revision", cfg->revision);
@@ -1205,6 +1237,7 @@ void config_release(struct config *cfg)
     free(cfg->watch_dir);
     free(cfg->staging_dir);
     free(cfg->repo_id);
+    free(cfg->bucket_id);
     free(cfg->endpoint);
     memset(cfg, 0, offsetof(struct config, problems));
 }

@@ -50,6 +50,7 @@ struct config {
     char *watch_dir;    /* absolute, resolved */
     char *staging_dir;  /* absolute; default <watch_dir>/.ckptpush */
     char *repo_id;      /* "namespace/name" */
+    char *bucket_id;    /* Storage Bucket "namespace/name" for intermediate checkpoints; NULL */
     char *endpoint;     /* no trailing slash */
     char *token;        /* secret: never logged */
     char *token_source; /* where it came from, for messages: "HF_TOKEN", a file path */
@@ -80,8 +81,8 @@ struct config {
     enum config_transfer transfer;
     unsigned nice;             /* niceness of the daemon's threads; 0: unchanged */
     unsigned commits_per_hour; /* commit budget per repo; later saves coalesce */
-    /* Remote retention: checkpoint folders kept, newest first (all_checkpoints; a later bucket
-     * target shares the key); 0: all. */
+    /* Remote retention: checkpoint folders kept, newest first (all_checkpoints in the repo, or
+     * checkpoint prefixes in the bucket); 0: all. */
     unsigned keep_last;
     unsigned long long staging_max; /* copies at seal start within it (queue.c); 0: none */
     enum log_format log_format;

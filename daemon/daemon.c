@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "admit.h"
+#include "bucket_push.h"
 #include "card.h"
 #include "card_job.h"
 #include "control.h"
@@ -57,7 +58,11 @@ struct daemon {
     struct http *http;
     struct hub *hub;
     struct xet_session *xet; /* NULL in dry-run */
-    char *xet_dir;           /* <staging>/xet: the shard cache and xorbs being sent */
+    /* --bucket: the bucket and its Xet session (its own write token). The same as hub and xet
+     * when there is no --repo (owned once, by those). */
+    struct hub *bucket_hub;
+    struct xet_session *bucket_xet;
+    char *xet_dir; /* <staging>/xet: the shard cache and xorbs being sent */
     char *xet_work_dir;
     struct hub_op *startup_op;
     struct queue *queue;
@@ -442,7 +447,7 @@ static void start_card_only_commit(struct daemon *d)
     bool training_ended = d->final_requested || (d->cfg->child_argv != NULL && !d->child_running);
 
     /* A SIGTERM alone is a preemption, not the end of training: no card then. */
-    if (d->end_commit_queued || d->cfg->dry_run || !training_ended)
+    if (d->end_commit_queued || d->cfg->dry_run || d->cfg->repo_id == NULL || !training_ended)
         return;
     if ((e = calloc(1, sizeof(*e))) == NULL || (e->name = strdup("")) == NULL) {
         free(e);
@@ -514,8 +519,9 @@ static void push_admitted(struct admit_req *r)
                                    r->refusal);
         if (rc < 0)
             log_error("push-failed", "ckpt='%s' reason='cannot queue: %s'", r->name, strerror(-rc));
-    } else if (strcmp(r->layout, "model-root") == 0 && !d->cfg->dry_run) {
-        start_end_commit(d, r->id, r->name, files, r->n_files);
+    } else if (strcmp(r->layout, "model-root") == 0 && !d->cfg->dry_run &&
+               d->cfg->repo_id != NULL) {
+        start_end_commit(d, r->id, r->name, files, r->n_files); /* with its card */
     } else {
         queue_sealed(d, r->id, r->name, r->layout, r->step, NULL, files, r->n_files);
     }
@@ -626,7 +632,7 @@ static void on_sealed(void *ctx, const struct detect_cand *c)
     snprintf(abs, sizeof(abs), "%s%s%s", d->cfg->watch_dir, dir[0] ? "/" : "", dir);
     /* From the seal on, not when it reaches the queue: a card-only commit must not be made
      * beside it meanwhile. */
-    if (strcmp(r->layout, "model-root") == 0 && !d->cfg->dry_run)
+    if (strcmp(r->layout, "model-root") == 0 && !d->cfg->dry_run && d->cfg->repo_id != NULL)
         d->end_commit_queued = true;
     d->admits_pending++;
     for (tail = &d->admits; *tail != NULL; tail = &(*tail)->next)
@@ -861,8 +867,8 @@ static void on_queue_event(void *ctx, const struct queue_item_view *v)
         [QUEUE_FAILED] = "failed",      [QUEUE_SKIPPED] = "skipped",
     };
 
-    if (v->state == QUEUE_COMMITTED)
-        snprintf(d->last_commit, sizeof(d->last_commit), "%s", v->commit);
+    if (v->state == QUEUE_COMMITTED && strcmp(v->commit, BUCKET_COMMIT_MARK) != 0)
+        snprintf(d->last_commit, sizeof(d->last_commit), "%s", v->commit); /* the repo's */
     if (v->state == QUEUE_FAILED && pins_lost(d, v->id))
         log_error("push-failed-why",
                   "ckpt='%s' reason='some of its files were deleted before they could be pinned "
@@ -898,11 +904,14 @@ static int exit_code_for(const struct ckpt_err *err)
 
 static void log_ready(struct daemon *d)
 {
-    log_info("ready", "watch='%s' repo='%s' endpoint='%s' strategy=%s dry_run=%s",
-             d->cfg->watch_dir, d->cfg->repo_id ? d->cfg->repo_id : "", d->cfg->endpoint,
+    log_info("ready", "watch='%s' repo='%s' bucket='%s' endpoint='%s' strategy=%s dry_run=%s",
+             d->cfg->watch_dir, d->cfg->repo_id ? d->cfg->repo_id : "",
+             d->cfg->bucket_id ? d->cfg->bucket_id : "", d->cfg->endpoint,
              config_strategy_name(d->cfg->strategy), d->cfg->dry_run ? "yes" : "no");
     notify_sendf("READY=1\nSTATUS=Watching '%s' for checkpoints to push to %s", d->cfg->watch_dir,
-                 d->cfg->dry_run ? "nothing (dry run)" : d->cfg->repo_id);
+                 d->cfg->dry_run   ? "nothing (dry run)"
+                 : d->cfg->repo_id ? d->cfg->repo_id
+                                   : d->cfg->bucket_id);
 }
 
 /* A hub that cannot be used stops a plain daemon; in run mode the training goes on (its
@@ -950,18 +959,47 @@ static void on_commit_dates(void *ctx, const struct ckpt_err *err, const int64_t
     hub_usable(d);
 }
 
+/* The repo is there (and the bucket, with --bucket): the repo's commit history next. */
+static void on_targets_ready(struct daemon *d)
+{
+    if (d->cfg->repo_id == NULL)
+        hub_usable(d); /* a bucket has no commits to count */
+    else if (hub_commit_dates(d->hub, on_commit_dates, d, &d->startup_op) < 0)
+        hub_usable(d);
+}
+
+static void on_bucket_ready(void *ctx, const struct ckpt_err *err)
+{
+    struct daemon *d = ctx;
+
+    d->startup_op = NULL;
+    if (err != NULL) {
+        log_error("startup-failed", "bucket='%s' reason='%s'", d->cfg->bucket_id, err->msg);
+        startup_failed(d, err);
+        return;
+    }
+    log_info("bucket-ready", "bucket='%s' keep_last=%u", d->cfg->bucket_id, d->cfg->keep_last);
+    on_targets_ready(d);
+}
+
 static void on_repo_ready(void *ctx, const struct ckpt_err *err)
 {
     struct daemon *d = ctx;
 
     d->startup_op = NULL;
     if (err != NULL) {
-        log_error("startup-failed", "repo='%s' reason='%s'", d->cfg->repo_id, err->msg);
+        log_error("startup-failed", "%s='%s' reason='%s'", d->cfg->repo_id ? "repo" : "bucket",
+                  d->cfg->repo_id ? d->cfg->repo_id : d->cfg->bucket_id, err->msg);
         startup_failed(d, err);
         return;
     }
-    if (hub_commit_dates(d->hub, on_commit_dates, d, &d->startup_op) < 0)
-        hub_usable(d);
+    if (d->bucket_hub == d->hub)
+        on_bucket_ready(d, NULL); /* no --repo: the hub's repo is the bucket, created already */
+    else if (d->bucket_hub != NULL &&
+             hub_ensure_repo(d->bucket_hub, on_bucket_ready, d, &d->startup_op) == 0)
+        return;
+    else
+        on_targets_ready(d);
 }
 
 static void on_whoami(void *ctx, const struct ckpt_err *err, const char *user)
@@ -1099,6 +1137,7 @@ static void reload(struct daemon *d)
              restart[0] ? "," : "", name)
     NEEDS_RESTART(!same_text(fresh.watch_dir, d->cfg->watch_dir), "watch");
     NEEDS_RESTART(!same_text(fresh.repo_id, d->cfg->repo_id), "repo");
+    NEEDS_RESTART(!same_text(fresh.bucket_id, d->cfg->bucket_id), "bucket");
     NEEDS_RESTART(!same_text(fresh.endpoint, d->cfg->endpoint), "endpoint");
     NEEDS_RESTART(!same_text(fresh.socket_path, d->cfg->socket_path), "socket");
     NEEDS_RESTART(fresh.strategy != d->cfg->strategy, "strategy");
@@ -1125,6 +1164,9 @@ static void reload(struct daemon *d)
     log_set_format(fresh.log_format);
     d->drain_timeout_s = fresh.drain_timeout_s;
     if (d->hub != NULL && fresh.token != NULL && hub_set_token(d->hub, fresh.token) < 0)
+        log_error("reload-failed", "reason='out of memory'");
+    if (d->bucket_hub != NULL && d->bucket_hub != d->hub && fresh.token != NULL &&
+        hub_set_token(d->bucket_hub, fresh.token) < 0)
         log_error("reload-failed", "reason='out of memory'");
     log_info("reloaded", "token_source='%s' log_level=%d drain_timeout_s=%u%s%s%s",
              fresh.token_source ? fresh.token_source : "", (int)fresh.log_level,
@@ -1308,6 +1350,7 @@ int daemon_status(struct daemon *d, cJSON *out)
     cJSON_AddStringToObject(daemon, "state", state);
     cJSON_AddStringToObject(daemon, "version", CKPT_VERSION);
     cJSON_AddStringToObject(daemon, "repo", d->cfg->repo_id ? d->cfg->repo_id : "");
+    cJSON_AddStringToObject(daemon, "bucket", d->cfg->bucket_id ? d->cfg->bucket_id : "");
     cJSON_AddStringToObject(daemon, "endpoint", d->cfg->endpoint);
     cJSON_AddStringToObject(daemon, "watch", d->cfg->watch_dir);
     cJSON_AddStringToObject(daemon, "strategy", config_strategy_name(d->cfg->strategy));
@@ -1692,7 +1735,8 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
         struct hub_config hub_cfg = {
             .endpoint = cfg->endpoint,
             .token = cfg->token,
-            .repo_id = cfg->repo_id,
+            .repo_id = cfg->repo_id != NULL ? cfg->repo_id : cfg->bucket_id,
+            .repo_type = cfg->repo_id != NULL ? NULL : "bucket",
             .private_repo = cfg->private_repo,
             .transfer = cfg->transfer == TRANSFER_XET   ? HUB_TRANSFER_XET
                         : cfg->transfer == TRANSFER_LFS ? HUB_TRANSFER_LFS
@@ -1715,6 +1759,23 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
                 goto fail;
             }
         }
+        if (cfg->bucket_id != NULL && cfg->repo_id == NULL) {
+            d->bucket_hub = d->hub;
+            d->bucket_xet = d->xet;
+        } else if (cfg->bucket_id != NULL) {
+            hub_cfg.repo_id = cfg->bucket_id;
+            hub_cfg.repo_type = "bucket";
+            if ((rc = hub_init(&d->bucket_hub, d->http, &hub_cfg, err)) < 0) {
+                *ret_exit = CKPT_EXIT_INVALID;
+                goto fail;
+            }
+            /* its own write token; what is known of the CAS (shard cache, journaled xorbs) is
+             * the endpoint's, shared with the repo's session */
+            if ((rc = xet_session_new(&d->bucket_xet, loop, d->bucket_hub, d->xet_dir)) < 0) {
+                ckpt_err_set(err, CKPT_ERR_IO, -ENOMEM, "cannot start Xet: out of memory");
+                goto fail;
+            }
+        }
     }
     if ((rc = pin_new(&d->pin, loop, cfg->watch_dir, STAGING_SKIP_NAME, on_pin_result, d)) < 0 ||
         (rc = hash_pool_init(&d->hashes, loop, 2, (int)cfg->nice)) < 0 ||
@@ -1733,7 +1794,9 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
                                   .recovered = on_recovered,
                                   .recovery_ctx = d,
                                   .xet = d->xet,
-                                  .xet_work_dir = d->xet_work_dir};
+                                  .xet_work_dir = d->xet_work_dir,
+                                  .bucket_hub = d->bucket_hub,
+                                  .bucket_xet = d->bucket_xet};
         if ((rc = queue_new(&d->queue, &deps, on_queue_event, d)) < 0) {
             ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start: %s", strerror(-rc));
             goto fail;
@@ -1781,9 +1844,13 @@ void daemon_free(struct daemon *d)
     if (d == NULL)
         return;
     queue_free(d->queue);
+    if (d->bucket_xet != d->xet)
+        xet_session_free(d->bucket_xet);
     xet_session_free(d->xet);
     free(d->xet_dir);
     free(d->xet_work_dir);
+    if (d->bucket_hub != d->hub)
+        hub_free(d->bucket_hub);
     hub_free(d->hub);
     hash_pool_free(d->hashes);
     detect_free(d->detect);

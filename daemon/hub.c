@@ -36,6 +36,7 @@ struct hub {
     const char *web_prefix; /* "", "datasets/", "spaces/" */
     const char *type_name;  /* model, dataset, space */
     bool private_repo;
+    bool bucket; /* a Storage Bucket: no revisions, created at /api/buckets/NS/NAME */
     enum hub_transfer transfer;
     size_t n_ops;
 };
@@ -51,7 +52,8 @@ enum op_kind {
     OP_COMPLETE,
     OP_COMMIT,
     OP_COMMITS,
-    OP_XET_TOKEN
+    OP_XET_TOKEN,
+    OP_CALL
 };
 
 struct hub_op {
@@ -66,6 +68,7 @@ struct hub_op {
         hub_etag_cb etag;
         hub_dates_cb dates;
         hub_xet_token_cb xet_token;
+        hub_body_cb body;
     } cb;
     hub_sent_cb sent;
     struct hub_preupload_file *files;
@@ -387,13 +390,20 @@ int hub_init(struct hub **ret, struct http *http, const struct hub_config *cfg,
     } else if (strcmp(type, "space") == 0) {
         hub->type_seg = "spaces";
         hub->web_prefix = "spaces/";
+    } else if (strcmp(type, "bucket") == 0) {
+        hub->type_seg = "buckets";
+        hub->web_prefix = "buckets/";
+        hub->bucket = true;
     } else {
         free(hub);
         ckpt_err_set(err, CKPT_ERR_INPUT, -EINVAL,
                      "invalid repo type: expected 'model', 'dataset' or 'space'");
         return UV_EINVAL;
     }
-    hub->type_name = type[0] == 'm' ? "model" : type[0] == 'd' ? "dataset" : "space";
+    hub->type_name = hub->bucket      ? "bucket"
+                     : type[0] == 'm' ? "model"
+                     : type[0] == 'd' ? "dataset"
+                                      : "space";
     hub->http = http;
     hub->private_repo = cfg->private_repo;
     hub->transfer = cfg->transfer;
@@ -545,8 +555,11 @@ static int op_send_body(struct hub_op *op, struct http_request *req, struct sbuf
 
 static int api_url(struct hub *hub, char *dst, size_t size, const char *what)
 {
-    int n = snprintf(dst, size, "%s/api/%s/%s/%s/%s", hub->endpoint, hub->type_seg, hub->repo_id,
-                     what, hub->rev_enc);
+    /* a bucket has no revisions: its routes end at the operation */
+    int n = hub->bucket
+                ? snprintf(dst, size, "%s/api/buckets/%s/%s", hub->endpoint, hub->repo_id, what)
+                : snprintf(dst, size, "%s/api/%s/%s/%s/%s", hub->endpoint, hub->type_seg,
+                           hub->repo_id, what, hub->rev_enc);
     return n < 0 || (size_t)n >= size ? UV_ENAMETOOLONG : 0;
 }
 
@@ -1012,6 +1025,11 @@ static void on_http_done(void *ctx, const struct http_response *res)
     case OP_XET_TOKEN:
         op->cb.xet_token(op->ctx, errp, errp == NULL ? &tok : NULL);
         break;
+    case OP_CALL:
+        op->cb.body(op->ctx, errp, res->fail == HTTP_FAIL_NONE ? res->status : 0,
+                    res->fail == HTTP_FAIL_NONE ? res->body : NULL,
+                    res->fail == HTTP_FAIL_NONE ? res->body_len : 0);
+        break;
     case OP_BATCH:
     case OP_ENSURE_REPO:
     case OP_ENSURE_BRANCH:
@@ -1060,9 +1078,34 @@ int hub_ensure_branch(struct hub *hub, hub_done_cb cb, void *ctx, struct hub_op 
     return op_send(op, &req, ret_op);
 }
 
+/* POST /api/buckets/NS/NAME {"visibility"}: what the JS client's createRepo sends for a bucket. */
+static int ensure_bucket(struct hub *hub, hub_done_cb cb, void *ctx, struct hub_op **ret_op)
+{
+    char url[2048];
+    char body[64];
+    snprintf(url, sizeof(url), "%s/api/buckets/%s", hub->endpoint, hub->repo_id);
+    snprintf(body, sizeof(body), "{\"visibility\":\"%s\"}",
+             hub->private_repo ? "private" : "public");
+    struct hub_op *op = op_new(hub, OP_ENSURE_REPO, ctx, "create bucket");
+    if (op == NULL)
+        return UV_ENOMEM;
+    op->cb.done = cb;
+    /* retrying is safe: a create that landed answers 409 the second time */
+    struct http_request req = {.method = "POST",
+                               .url = url,
+                               .bearer = hub->token,
+                               .content_type = "application/json",
+                               .body = body,
+                               .body_len = strlen(body),
+                               .retryable = 1};
+    return op_send(op, &req, ret_op);
+}
+
 int hub_ensure_repo(struct hub *hub, hub_done_cb cb, void *ctx, struct hub_op **ret_op)
 {
     char url[2048];
+    if (hub->bucket)
+        return ensure_bucket(hub, cb, ctx, ret_op);
     snprintf(url, sizeof(url), "%s/api/repos/create", hub->endpoint);
     const char *slash = strchr(hub->repo_id, '/');
     char ns[128];
@@ -1132,6 +1175,28 @@ int hub_xet_write_token(struct hub *hub, hub_xet_token_cb cb, void *ctx, struct 
         return UV_ENOMEM;
     op->cb.xet_token = cb;
     return api_get(op, "xet-write-token", ret_op);
+}
+
+int hub_call(struct hub *hub, const struct hub_call_request *call, hub_body_cb cb, void *ctx,
+             struct hub_op **ret_op)
+{
+    char url[2048];
+    int r = api_url(hub, url, sizeof(url), call->what);
+    if (r < 0)
+        return r;
+    struct hub_op *op = op_new(hub, OP_CALL, ctx, call->verb);
+    if (op == NULL)
+        return UV_ENOMEM;
+    op->cb.body = cb;
+    struct http_request req = {.method = call->method,
+                               .url = url,
+                               .bearer = hub->token,
+                               .content_type = call->content_type,
+                               .body = call->body,
+                               .body_len = call->body_len,
+                               .retryable = call->retryable ? 1 : 0,
+                               .max_response = HUB_ANSWER_MAX};
+    return op_send(op, &req, ret_op);
 }
 
 int hub_preupload(struct hub *hub, struct hub_preupload_file *files, size_t n, hub_oid_cb cb,

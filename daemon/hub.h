@@ -28,12 +28,14 @@ struct hub;
 enum hub_transfer { HUB_TRANSFER_LFS = 0, HUB_TRANSFER_AUTO, HUB_TRANSFER_XET };
 
 struct hub_config {
-    const char *endpoint;  /* "https://huggingface.co"; a path prefix is allowed */
-    const char *token;     /* may be NULL (anonymous) */
-    const char *repo_id;   /* "namespace/name" */
-    const char *repo_type; /* "model" (default when NULL), "dataset", "space" */
-    const char *revision;  /* branch; "main" when NULL */
-    bool private_repo;     /* visibility when ensure_repo creates it */
+    const char *endpoint; /* "https://huggingface.co"; a path prefix is allowed */
+    const char *token;    /* may be NULL (anonymous) */
+    const char *repo_id;  /* "namespace/name" */
+    /* "model" (default when NULL), "dataset", "space", or "bucket": repo_id then names a
+     * Storage Bucket (no revisions; ensure_repo creates it, xet-write-token is the bucket's) */
+    const char *repo_type;
+    const char *revision; /* branch; "main" when NULL */
+    bool private_repo;    /* visibility when ensure_repo creates it */
     enum hub_transfer transfer;
 };
 
@@ -147,6 +149,23 @@ typedef void (*hub_xet_token_cb)(void *ctx, const struct ckpt_err *err,
 /* Retried like every Hub GET; a 404 or 501 means the Hub has no Xet (CKPT_ERR_NOT_FOUND /
  * CKPT_ERR_REJECTED). */
 int hub_xet_write_token(struct hub *hub, hub_xet_token_cb cb, void *ctx, struct hub_op **ret_op);
+
+/* Any other call on the repo's API: METHOD {endpoint}/api/T/R/{what}[/REV] (a bucket has no
+ * REV). status and body are the answer's, also when err reports an HTTP error (a bucket batch
+ * answers 422 with the paths that failed); body is NULL when no answer came. */
+struct hub_call_request {
+    const char *method;
+    const char *what; /* "batch", "tree/PREFIX?recursive=true" */
+    const char *verb; /* for messages: "bucket batch to" -> "bucket batch to 'ns/name'" */
+    const char *content_type;
+    const void *body; /* copied */
+    size_t body_len;
+    bool retryable; /* connection errors, 408, 429 and 5xx are retried: idempotent calls only */
+};
+typedef void (*hub_body_cb)(void *ctx, const struct ckpt_err *err, long status, const char *body,
+                            size_t len);
+int hub_call(struct hub *hub, const struct hub_call_request *call, hub_body_cb cb, void *ctx,
+             struct hub_op **ret_op);
 
 enum hub_commit_kind { HUB_COMMIT_FILE, HUB_COMMIT_LFS, HUB_COMMIT_DELETE };
 

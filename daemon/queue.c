@@ -29,6 +29,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bucket_push.h"
 #include "commit_split.h"
 #include "detect.h"
 #include "hub.h"
@@ -78,6 +79,7 @@ struct item {
     struct journal_file *stats; /* plan.count, after the stat step */
     bool *present;
     struct upload *upload;
+    struct bucket_push *bpush;       /* instead of upload: to the bucket (--bucket) */
     struct upload_progress progress; /* kept after the upload is freed */
     char commit[41];
     char *error;
@@ -129,6 +131,11 @@ struct queue {
     bool stopped;
     unsigned committed;
     unsigned failed;
+    /* --bucket --keep-last: folders retired before are named again (deleted if still there)
+     * only by the first push of this process (a crash may have come between a checkpoint's
+     * batch and its retention batch) and after a retention batch failed; otherwise each push
+     * names only what it retires now, so its batch stays small however long the run */
+    bool bucket_retire_again;
 };
 
 static void pump(struct queue *q);
@@ -177,6 +184,29 @@ static void plan_release(struct item *it)
     strategy_plan_release(&it->plan);
 }
 
+/* Keeps the progress of the push in flight (to the repo or the bucket) and frees it. */
+static void drop_push(struct item *it)
+{
+    if (it->upload != NULL) {
+        upload_get_progress(it->upload, &it->progress);
+        upload_free(it->upload);
+        it->upload = NULL;
+    }
+    if (it->bpush != NULL) {
+        bucket_push_get_progress(it->bpush, &it->progress);
+        bucket_push_free(it->bpush);
+        it->bpush = NULL;
+    }
+}
+
+/* --bucket: intermediate checkpoints go to the bucket; the final model goes to the repo, or to
+ * the bucket when there is no repo. */
+static bool to_bucket(const struct queue *q, const struct item *it)
+{
+    return q->deps.bucket_hub != NULL &&
+           (strcmp(it->layout, "model-root") != 0 || q->deps.cfg->repo_id == NULL);
+}
+
 static void item_free(struct item *it)
 {
     if (it == NULL)
@@ -185,6 +215,7 @@ static void item_free(struct item *it)
         free(it->files[i]);
     plan_release(it);
     upload_free(it->upload);
+    bucket_push_free(it->bpush);
     free(it->files);
     free(it->name);
     free(it->layout);
@@ -214,6 +245,8 @@ static void view_of(const struct queue *q, const struct item *it, struct queue_i
     v->attempts = it->attempts;
     if (it->upload != NULL)
         upload_get_progress(it->upload, &v->progress);
+    else if (it->bpush != NULL)
+        bucket_push_get_progress(it->bpush, &v->progress);
     else
         v->progress = it->progress;
     v->seconds = (double)(end - it->sealed_at_ms) / 1000.0;
@@ -555,11 +588,7 @@ static void finish(struct queue *q, struct item *it, enum queue_state state)
 {
     struct item **slot = &q->history[q->history_next % QUEUE_HISTORY];
 
-    if (it->upload != NULL) {
-        upload_get_progress(it->upload, &it->progress);
-        upload_free(it->upload);
-        it->upload = NULL;
-    }
+    drop_push(it);
     it->finished_ms = now_ms(q);
     if (q->active == it)
         q->active = NULL;
@@ -637,6 +666,19 @@ static void on_committed_journaled(void *ctx, int status)
 
     (void)status;
     view_of(q, it, &view);
+    if (strcmp(it->commit, BUCKET_COMMIT_MARK) == 0) {
+        log_info(
+            "bucket-pushed",
+            "ckpt='%s' bucket='%s' files=%zu bytes=%" PRIu64 " sent=%" PRIu64
+            " hash_skipped=%zu xet_new=%" PRIu64 " xet_dedup=%" PRIu64
+            " xorbs_sent=%zu xorbs_resumed=%zu attempts=%u recovered=%s seconds=%.3f",
+            it->name, q->deps.cfg->bucket_id, view.progress.files_total, view.progress.bytes_total,
+            view.progress.bytes_sent, view.progress.files_hash_skipped, view.progress.xet_bytes_new,
+            view.progress.xet_bytes_dedup, view.progress.xorbs_sent, view.progress.xorbs_resumed,
+            it->attempts + 1, it->recovered ? "yes" : "no", view.seconds);
+        release(q, it);
+        return;
+    }
     log_info("committed",
              "ckpt='%s' commit=%s files=%zu skipped=%zu bytes=%" PRIu64 " sent=%" PRIu64
              " parts_sent=%zu parts_resumed=%zu hash_skipped=%zu rebatches=%zu xet_files=%zu"
@@ -705,10 +747,7 @@ static void on_uploaded(void *ctx, const struct ckpt_err *err, const char *commi
         if (delay > QUEUE_RETRY_MAX_MS)
             delay = QUEUE_RETRY_MAX_MS;
         delay = delay / 2 + (uint64_t)rand() % (delay / 2 + 1); /* jitter */
-        if (it->upload != NULL)
-            upload_get_progress(it->upload, &it->progress);
-        upload_free(it->upload);
-        it->upload = NULL;
+        drop_push(it);
         plan_release(it);
         it->attempts++;
         set_error(it, err->msg);
@@ -732,10 +771,15 @@ static void on_uploaded(void *ctx, const struct ckpt_err *err, const char *commi
         return;
     }
     snprintf(it->commit, sizeof(it->commit), "%s", commit_oid);
-    if (it->upload != NULL)
-        upload_get_progress(it->upload, &it->progress);
-    if (it->upload == NULL || it->progress.files_total > it->progress.files_skipped)
-        q->commit_ms[q->n_commits++ % QUEUE_BUDGET_RING] = now_ms(q);
+    if (it->bpush != NULL) {
+        q->bucket_retire_again = bucket_push_retire_failed(it->bpush);
+        drop_push(it); /* a bucket has no commits: nothing counts against the budget */
+    } else {
+        if (it->upload != NULL)
+            upload_get_progress(it->upload, &it->progress);
+        if (it->upload == NULL || it->progress.files_total > it->progress.files_skipped)
+            q->commit_ms[q->n_commits++ % QUEUE_BUDGET_RING] = now_ms(q);
+    }
     if (it->part_off + it->part_n < it->plan.count) {
         log_info("committed-part", "ckpt='%s' commit=%s part=%zu files=%zu-%zu of %zu", it->name,
                  it->commit, it->part_no, it->part_off + 1, it->part_off + it->part_n,
@@ -942,8 +986,13 @@ static void stat_files(struct queue *q, struct item *it)
         fail(q, it, "unpushable", it->refusal);
         return;
     }
-    if ((rc = strategy_plan(q->deps.cfg->strategy, it->layout, it->name, it->step,
-                            (const char *const *)it->files, it->file_count, &it->plan)) < 0)
+    if (to_bucket(q, it))
+        rc = strategy_plan_bucket(it->layout, it->name, it->step, (const char *const *)it->files,
+                                  it->file_count, &it->plan);
+    else
+        rc = strategy_plan(q->deps.cfg->strategy, it->layout, it->name, it->step,
+                           (const char *const *)it->files, it->file_count, &it->plan);
+    if (rc < 0)
         goto fail;
     if (it->title != NULL && (rc = use_title(it)) < 0)
         goto fail;
@@ -1059,10 +1108,13 @@ static void retired_checkpoints(struct queue *q, const struct item *it, char ***
     enum strategy_retirement *retire = NULL;
     size_t n = 0, n_files = 0, again_folders = 0;
 
+    bool bucket = to_bucket(q, it);
+
     *ret = NULL;
     *ret_n = 0;
-    if (q->deps.cfg->strategy != STRATEGY_ALL_CHECKPOINTS || q->deps.cfg->keep_last == 0 ||
-        !journaled(it) || strcmp(it->layout, "transformers-trainer") != 0)
+    if (q->deps.cfg->keep_last == 0 || !journaled(it) ||
+        (!bucket && (q->deps.cfg->strategy != STRATEGY_ALL_CHECKPOINTS ||
+                     strcmp(it->layout, "transformers-trainer") != 0)))
         return;
     for (c = journal_ckpts(q->journal); c != NULL; c = c->next)
         n++;
@@ -1075,6 +1127,7 @@ static void retired_checkpoints(struct queue *q, const struct item *it, char ***
     for (c = journal_ckpts(q->journal); c != NULL; c = c->next)
         if (c->id != it->id && c->commit[0] != '\0' && c->name != NULL && c->layout != NULL &&
             strcmp(c->layout, it->layout) == 0 &&
+            bucket == (strcmp(c->commit, BUCKET_COMMIT_MARK) == 0) &&
             (c->state == JOURNAL_COMMITTED || c->state == JOURNAL_RELEASED)) {
             ckpts[n] = c;
             names[n++] = c->name;
@@ -1088,7 +1141,8 @@ static void retired_checkpoints(struct queue *q, const struct item *it, char ***
         goto out;
     for (size_t i = 0; i < n; i++) {
         bool again = false;
-        if (retire[i] == STRATEGY_KEEP)
+        if (retire[i] == STRATEGY_KEEP ||
+            (bucket && retire[i] == STRATEGY_RETIRE_AGAIN && !q->bucket_retire_again))
             continue;
         for (size_t k = 0; k < i && !again; k++) /* saved twice: one folder */
             again = retire[k] != STRATEGY_KEEP && strcmp(names[k], names[i]) == 0;
@@ -1108,8 +1162,8 @@ static void retired_checkpoints(struct queue *q, const struct item *it, char ***
                 (*ret)[(*ret_n)++] = path;
         }
         if (retire[i] == STRATEGY_RETIRE_NOW)
-            log_info("retiring", "ckpt='%s' folder='%s' files=%zu keep_last=%u", it->name, names[i],
-                     *ret_n - before, q->deps.cfg->keep_last);
+            log_info("retiring", "ckpt='%s' folder='%s' files=%zu keep_last=%u target=%s", it->name,
+                     names[i], *ret_n - before, q->deps.cfg->keep_last, bucket ? "bucket" : "repo");
         else
             again_folders++;
     }
@@ -1151,6 +1205,53 @@ static size_t next_part(struct item *it)
     return n;
 }
 
+/* The whole checkpoint in one push (no commit limits apply), retention after it. */
+static void start_bucket_push(struct queue *q, struct item *it)
+{
+    struct upload_file *files = calloc(it->plan.count, sizeof(*files));
+    struct journal_ckpt *c = journaled(it) ? journal_ckpt_find(q->journal, it->id) : NULL;
+    char **deletes = NULL;
+    size_t n_deletes = 0;
+    int rc = -ENOMEM;
+
+    if (files == NULL) {
+        fail(q, it, "internal", strerror(ENOMEM));
+        return;
+    }
+    for (size_t i = 0; i < it->plan.count; i++) {
+        const struct journal_file *f = journal_file_of(c, it->plan.items[i].file);
+        files[i].path_in_repo = it->plan.items[i].path_in_repo;
+        files[i].local_path = it->local_paths[i];
+        files[i].journal_path = it->plan.items[i].file;
+        if (f != NULL && f->sha256[0] != '\0' && same_file(f, &it->stats[i])) {
+            files[i].sha256 = f->sha256;
+            files[i].size = f->size;
+        }
+    }
+    retired_checkpoints(q, it, &deletes, &n_deletes);
+    struct bucket_push_opts opts = {.max_transfers = q->deps.cfg->max_transfers,
+                                    .journal = q->journal,
+                                    .journal_id = it->id,
+                                    .xet_work_dir = q->deps.xet_work_dir,
+                                    .deletes = (const char *const *)deletes,
+                                    .n_deletes = n_deletes};
+    it->part_off = 0;
+    it->part_n = it->plan.count;
+    rc = bucket_push_start(&it->bpush, q->deps.bucket_hub, q->deps.hashes, q->deps.bucket_xet,
+                           files, it->plan.count, &opts, on_uploaded, it);
+    for (size_t k = 0; k < n_deletes; k++)
+        free(deletes[k]);
+    free(deletes);
+    free(files);
+    if (rc < 0) {
+        it->bpush = NULL;
+        fail(q, it, "internal", strerror(-rc));
+        return;
+    }
+    it->upload_started_ms = now_ms(q);
+    set_state(q, it, QUEUE_UPLOADING);
+}
+
 static void start_upload(struct queue *q, struct item *it)
 {
     struct upload_file *files = calloc(it->plan.count, sizeof(*files));
@@ -1169,6 +1270,11 @@ static void start_upload(struct queue *q, struct item *it)
     }
     if (files == NULL)
         goto fail;
+    if (to_bucket(q, it)) {
+        free(files);
+        start_bucket_push(q, it);
+        return;
+    }
     if ((rc = hub_set_revision(q->deps.hub, to_branch(q, it) ? q->deps.cfg->revision : NULL)) < 0)
         goto fail;
     if (to_branch(q, it) && !q->branch_ready) {
@@ -1387,7 +1493,7 @@ static void pump(struct queue *q)
     if (q->active != NULL || q->head == NULL || q->stopped || q->paused || !q->ready ||
         !q->recovered || !q->head->journaled)
         return;
-    if (q->deps.hub != NULL && over_budget(q))
+    if (q->deps.hub != NULL && !to_bucket(q, q->head) && over_budget(q))
         return;
     it = q->head;
     q->head = it->next;
@@ -1404,7 +1510,7 @@ static void pump(struct queue *q)
     set_state(q, it, QUEUE_PINNING);
     if ((q->deps.cfg->strategy == STRATEGY_CHECKPOINT ||
          q->deps.cfg->strategy == STRATEGY_EVERY_SAVE) &&
-        strcmp(it->layout, "model-root") != 0 && it->source_dir == NULL) {
+        strcmp(it->layout, "model-root") != 0 && it->source_dir == NULL && !to_bucket(q, it)) {
         struct item *later = superseded_by(q, it, q->head);
         if (later != NULL) {
             /* last-checkpoint/ would be overwritten at once: pushing it is stale data */
@@ -2107,6 +2213,7 @@ int queue_new(struct queue **ret, const struct queue_deps *deps, queue_event_cb 
     if (q == NULL)
         return -ENOMEM;
     q->deps = *deps;
+    q->bucket_retire_again = true;
     if (q->deps.new_ids_from == 0)
         q->deps.new_ids_from = UINT64_MAX;
     q->cb = cb;
@@ -2302,6 +2409,8 @@ void queue_stop(struct queue *q)
     uv_close((uv_handle_t *)&q->budget_timer, NULL);
     if (q->active != NULL && q->active->upload != NULL) {
         upload_cancel(q->active->upload);
+    } else if (q->active != NULL && q->active->bpush != NULL) {
+        bucket_push_cancel(q->active->bpush);
     } else if (q->active != NULL && q->active->part_waiting) {
         /* between two commits of one checkpoint: the next start pushes the rest */
         set_error(q->active, "stopped while its next commit waited for the commit budget");

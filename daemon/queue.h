@@ -85,6 +85,10 @@ struct queue_deps {
     /* The Xet session and where xorbs are built (<staging>/xet/tmp); NULL: no Xet. */
     struct xet_session *xet;
     const char *xet_work_dir;
+    /* --bucket: the bucket (a hub whose repo_type is "bucket") and its own Xet session (the
+     * bucket's write token); NULL: no bucket target. May equal hub when there is no repo. */
+    struct hub *bucket_hub;
+    struct xet_session *bucket_xet;
 };
 
 #define QUEUE_RETRY_BASE_MS 1000

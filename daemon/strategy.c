@@ -157,6 +157,38 @@ oom:
     return -ENOMEM;
 }
 
+int strategy_plan_bucket(const char *layout, const char *name, long long step,
+                         const char *const *files, size_t file_count, struct strategy_plan *ret)
+{
+    bool root = strcmp(layout, "model-root") == 0;
+    bool single = strcmp(layout, "single-file") == 0;
+    bool lightning = strcmp(layout, "lightning") == 0;
+
+    memset(ret, 0, sizeof(*ret));
+    ret->items = calloc(file_count ? file_count : 1, sizeof(*ret->items));
+    ret->message = message_for(layout, name, step);
+    if (ret->items == NULL || ret->message == NULL)
+        goto oom;
+    for (size_t i = 0; i < file_count; i++) {
+        const char *f = files[i];
+        char *path;
+        if (root)
+            path = strdup(f);
+        else if (single)
+            path = strdup(name);
+        else if (lightning)
+            path = strrchr(name, '/') != NULL ? join_dir_of(name, f) : strdup(f);
+        else
+            path = join(name, f);
+        if (add_item(ret, path, f) < 0)
+            goto oom;
+    }
+    return 0;
+oom:
+    strategy_plan_release(ret);
+    return -ENOMEM;
+}
+
 static bool any_match(char *const *globs, const char *path)
 {
     for (size_t i = 0; globs != NULL && globs[i] != NULL; i++)

@@ -27,6 +27,11 @@ struct strategy_plan {
 int strategy_plan(enum config_strategy strategy, const char *layout, const char *name,
                   long long step, const char *const *files, size_t file_count,
                   struct strategy_plan *ret);
+/* --bucket: every file of the checkpoint once, at its place in the watched tree: NAME/FILE
+ * (single-file: NAME; lightning: beside NAME; model-root: FILE). No strategy applies: a bucket
+ * keeps each checkpoint under its own prefix. */
+int strategy_plan_bucket(const char *layout, const char *name, long long step,
+                         const char *const *files, size_t file_count, struct strategy_plan *ret);
 void strategy_plan_release(struct strategy_plan *plan);
 /* Keeps the items whose repo path matches one of include (all when include is NULL or empty)
  * and none of exclude (NULL-terminated fnmatch globs); returns how many were dropped. */

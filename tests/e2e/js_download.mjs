@@ -1,6 +1,7 @@
 // js_download.mjs - downloads every file of a repo from a hub with the official JS client
 // (@huggingface/hub, installed in tests/hub/node_modules by `npm ci --prefix tests/hub`).
 // Usage: node js_download.mjs HUB_URL TOKEN OWNER/NAME OUT_DIR [REVISION]
+// (buckets/OWNER/NAME: a Storage Bucket, no revision)
 // Prints one JSON object on stdout: {"<path>": "<sha256 hex>", ...}. Exit 1 on any failure.
 import { createHash } from "node:crypto";
 import { mkdir, writeFile } from "node:fs/promises";
@@ -18,7 +19,7 @@ if (!hubUrl || !accessToken || !name || !outDir) {
     console.error("usage: node js_download.mjs HUB_URL TOKEN OWNER/NAME OUT_DIR [REVISION]");
     process.exit(2);
 }
-const repo = { type: "model", name };
+const repo = name.startsWith("buckets/") ? { type: "bucket", name: name.slice(8) } : { type: "model", name };
 const result = {};
 try {
     for await (const entry of hub.listFiles({ repo, recursive: true, hubUrl, accessToken, revision })) {

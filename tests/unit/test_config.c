@@ -422,6 +422,66 @@ static void test_layout_and_rules(void)
 }
 
 /* --transfer: auto by default; file < CKPTPUSH_TRANSFER < flag; an unknown mode names the known. */
+static void test_bucket(void)
+{
+    struct config cfg;
+    struct ckpt_err err;
+
+    setenv("HF_TOKEN", "hf_secret_value", 1);
+    /* a bucket alone is a target; --keep-last applies to it with any strategy */
+    char *only[] = {"ckptpushd",   "--watch",     tmpdir, "--bucket",
+                    "alice/ckpts", "--keep-last", "2",    NULL};
+    CHECK_INT(load(&cfg, &err, 7, only), 0);
+    CHECK_STR(cfg.bucket_id, "alice/ckpts");
+    CHECK(cfg.repo_id == NULL);
+    CHECK_INT(cfg.keep_last, 2);
+    char *json = config_to_json(&cfg);
+    CHECK(json != NULL && strstr(json, "\"bucket\":\t\"alice/ckpts\"") != NULL);
+    free(json);
+    config_release(&cfg);
+
+    setenv("CKPTPUSH_BUCKET", "org/b", 1);
+    char *env[] = {"ckptpushd", "--watch", tmpdir, "--repo", "alice/run", NULL};
+    CHECK_INT(load(&cfg, &err, 5, env), 0);
+    CHECK_STR(cfg.bucket_id, "org/b");
+    CHECK_STR(cfg.repo_id, "alice/run");
+    config_release(&cfg);
+    unsetenv("CKPTPUSH_BUCKET");
+
+    /* validated like a repo id, named as a bucket */
+    const char *bad[] = {"alice", "a/b/c", "a/-b", "a/b..c"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char *argv[] = {"ckptpushd", "--watch", tmpdir, "--bucket", (char *)bad[i], NULL};
+        char want[64];
+        CHECK(load(&cfg, &err, 5, argv) != 0);
+        snprintf(want, sizeof(want), "invalid bucket id '%s'", bad[i]);
+        if (strstr(cfg.problems, want) == NULL) {
+            fprintf(stderr, "bucket '%s': problems are '%s'\n", bad[i], cfg.problems);
+            test_failures++;
+        }
+        config_release(&cfg);
+    }
+
+    /* "" is no bucket, as in the example file */
+    char *empty[] = {"ckptpushd", "--watch", tmpdir, "--repo", "a/b", "--bucket", "", NULL};
+    CHECK_INT(load(&cfg, &err, 7, empty), 0);
+    CHECK(cfg.bucket_id == NULL);
+    config_release(&cfg);
+
+    /* every bucket file is a Xet file */
+    char *lfs[] = {"ckptpushd", "--watch", tmpdir, "--bucket", "a/b", "--transfer", "lfs", NULL};
+    CHECK_INT(load(&cfg, &err, 7, lfs), CKPT_EXIT_INVALID);
+    CHECK(strstr(cfg.problems, "bucket: 'a/b' needs Xet uploads") != NULL);
+    config_release(&cfg);
+
+    /* neither target */
+    char *none[] = {"ckptpushd", "--watch", tmpdir, NULL};
+    CHECK_INT(load(&cfg, &err, 3, none), CKPT_EXIT_USAGE);
+    CHECK(strstr(cfg.problems, "or --bucket NAMESPACE/NAME") != NULL);
+    config_release(&cfg);
+    unsetenv("HF_TOKEN");
+}
+
 static void test_transfer(void)
 {
     char path[512], text[1024];
@@ -489,6 +549,7 @@ int main(void)
     test_credentials_and_token_path();
     test_layout_and_rules();
     test_transfer();
+    test_bucket();
     rmdir(tmpdir);
     return check_report("test_config");
 }

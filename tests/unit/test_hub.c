@@ -4,6 +4,7 @@
  * with a path prefix) gives each reply; the test checks what hub.c sent and what it made of the
  * answer: parsed outputs, or a ckpt_err of the right kind, never a crash, never the token.
  */
+#include "bucket.h"
 #include "http.h"
 #include "hub.h"
 
@@ -219,8 +220,85 @@ static void test_repo_ids(void)
     cfg.repo_id = "a/../b";
     CHECK(hub_init(&h2, http, &cfg, &e) == UV_EINVAL && strstr(e.msg, "a/../b") != NULL);
     cfg.repo_id = "a/b";
-    cfg.repo_type = "bucket";
+    cfg.repo_type = "buckets";
     CHECK(hub_init(&h2, http, &cfg, &e) == UV_EINVAL);
+}
+
+static void on_token(void *ctx, const struct ckpt_err *err, const struct hub_xet_token *tok)
+{
+    on_str(ctx, err, tok != NULL ? tok->cas_url : NULL);
+}
+
+/* A hub whose repo is a Storage Bucket: created at /api/buckets/NS/NAME with its visibility,
+ * its Xet write token and batch on bucket routes without a revision; a 422 batch answer whose
+ * only failures are deletes of paths already gone is success, an add that failed is not. */
+static void test_bucket(const char *endpoint)
+{
+    struct hub_config cfg = {.endpoint = endpoint,
+                             .token = TOKEN,
+                             .repo_id = "alice/ckpts",
+                             .repo_type = "bucket",
+                             .private_repo = true};
+    struct hub *b;
+    struct ckpt_err e;
+    struct res r = {0};
+    cJSON *j;
+
+    REQUIRE(hub_init(&b, http, &cfg, &e) == 0);
+    canned(409, NULL, "{\"error\":\"You already created this bucket: alice/ckpts\"}");
+    REQUIRE(hub_ensure_repo(b, on_done, &r, NULL) == 0);
+    wait_res(&r);
+    CHECK(r.ok);
+    j = last();
+    CHECK_STR(jpath(j, "path", NULL), "/hub/api/buckets/alice/ckpts");
+    CHECK_STR(jpath(j, "body", NULL), "{\"visibility\":\"private\"}");
+    cJSON_Delete(j);
+
+    memset(&r, 0, sizeof(r));
+    canned(200, NULL, "{\"accessToken\":\"t\",\"exp\":9999999999,\"casUrl\":\"http://c/cas\"}");
+    REQUIRE(hub_xet_write_token(b, on_token, &r, NULL) == 0);
+    wait_res(&r);
+    CHECK(r.ok);
+    CHECK_STR(r.str, "http://c/cas");
+    j = last();
+    CHECK_STR(jpath(j, "path", NULL), "/hub/api/buckets/alice/ckpts/xet-write-token");
+    cJSON_Delete(j);
+
+    struct bucket_op ops[] = {
+        {BUCKET_ADD, "checkpoint-2/w.bin",
+         "1111111111111111111111111111111111111111111111111111111111111111"},
+        {BUCKET_DELETE, "checkpoint-1/w.bin", NULL},
+    };
+    memset(&r, 0, sizeof(r));
+    canned(422, NULL,
+           "{\"success\":false,\"processed\":2,\"succeeded\":1,\"failed\":[{\"path\":"
+           "\"checkpoint-1/w.bin\",\"error\":\"file not found\"}]}");
+    REQUIRE(bucket_batch(b, ops, 2, on_done, &r, NULL) == 0);
+    wait_res(&r);
+    CHECK(r.ok);
+    j = last();
+    CHECK_STR(jpath(j, "path", NULL), "/hub/api/buckets/alice/ckpts/batch");
+    CHECK_STR(jpath(j, "headers", "content-type"), "application/x-ndjson");
+    CHECK(strstr(jpath(j, "body", NULL),
+                 "{\"type\":\"deleteFile\",\"path\":\"checkpoint-1/w.bin\"}") != NULL);
+    cJSON_Delete(j);
+
+    memset(&r, 0, sizeof(r));
+    canned(422, NULL,
+           "{\"success\":false,\"failed\":[{\"path\":\"checkpoint-2/w.bin\",\"error\":"
+           "\"xet hash not found in CAS\"}]}");
+    REQUIRE(bucket_batch(b, ops, 2, on_done, &r, NULL) == 0);
+    wait_res(&r);
+    CHECK(!r.ok && r.err.kind == CKPT_ERR_REJECTED &&
+          strstr(r.err.msg, "addFile 'checkpoint-2/w.bin' failed: xet hash not found") != NULL);
+
+    /* a 401 is the token's fault, named as for a repo */
+    memset(&r, 0, sizeof(r));
+    canned(401, NULL, "{\"error\":\"Invalid credentials\"}");
+    REQUIRE(bucket_batch(b, ops, 1, on_done, &r, NULL) == 0);
+    wait_res(&r);
+    CHECK(!r.ok && r.err.kind == CKPT_ERR_AUTH);
+    hub_free(b);
 }
 
 int main(void)
@@ -544,6 +622,7 @@ int main(void)
           strncmp(r.err.msg, "cannot reach 'http://127.0.0.1:1'", 33) == 0);
     hub_free(dead);
 
+    test_bucket(endpoint);
     hub_free(hub);
     int closed = 0;
     http_close(http, on_closed, &closed);
