@@ -2,13 +2,16 @@
 """Benchmarks: ckptpushd against the official JS client and the machine's limit, same run.
 
 Owns: the benchmark data under --work (created, then deleted by run.sh), one test hub
-(--fast-parts) for the whole run, the daemons, JS clients, openssl and curl processes it starts
-(each waited for; all killed at exit). Not: building (run.sh). Main thread, plus one stderr
-reader thread per daemon. Python 3.11 standard library only.
+(--fast-parts) for the whole run and one per s4 run, the daemons, JS and Python clients, openssl
+and curl processes it starts (each waited for; all killed at exit). Not: building (run.sh). Main
+thread, plus one stderr reader thread per daemon and, during s4, one status probe thread.
+Python 3.11 standard library only.
 
 Scenarios: s1 one checkpoint (big weights + config/tokenizer), s2 64 shards, s3 ten successive
-checkpoints where most files are unchanged. Plus: the part sink alone, idle wake-ups, and the
-slowdown of a checkpoint writer while the daemon pushes. See tests/bench/README.md.
+checkpoints where most files are unchanged (s1-s3: LFS, on a hub with --xet off), s4 ten
+checkpoints with 60 % frozen weights, Xet against LFS, to a hub whose sink is rate-limited (a
+fresh Xet hub per run). Plus: the part sink alone, idle wake-ups, and the slowdown of a
+checkpoint writer while the daemon pushes. See tests/bench/README.md.
 """
 
 import argparse
@@ -743,8 +746,8 @@ def table_s4(sc, sink_rate):
              f"({FROZEN:.0%} of its 256 KiB blocks frozen) + small files; the hub's sink "
              f"receives {sink_rate / 1e6:.0f} MB/s at most; {sc['total'] / MIB:.0f} MiB in all; "
              f"load before/after {sc['load'][0]} / {sc['load'][1]}"]
-    hdr = (f"{'client':14s} {'sent MB':>8s} {'Xet MB':>7s} {'x LFS':>6s} {'time-to-durable s':>22s} "
-           f"{'LFS/this':>8s} {'CPU s':>6s} {'CPU s/GB':>8s} {'peak RSS MiB':>12s} "
+    hdr = (f"{'client':14s} {'sent MB':>8s} {'Xet MB':>7s} {'x LFS':>6s} "
+           f"{'time-to-durable s':>22s} {'LFS/this':>8s} {'push s':>7s} {'CPU s':>6s} {'CPU s/GB':>8s} {'peak RSS MiB':>12s} "
            f"{'max status ms':>13s}")
     lines += [hdr, "-" * len(hdr)]
     for c, rs in res.items():
@@ -756,26 +759,30 @@ def table_s4(sc, sink_rate):
         rtt = [r["max_rtt"] for r in rs if r.get("max_rtt") is not None]
         lines.append(
             f"{c:14s} {med(c, 'hub_in') / 1e6:8.1f} {med(c, 'hub_xet') / 1e6:7.1f} {x_lfs:>6s} "
-            f"{fmt_t([r['close_commit'] for r in rs]):>22s} {speed:>8s} {med(c, 'cpu'):6.2f} "
+            f"{fmt_t([r['close_commit'] for r in rs]):>22s} {speed:>8s} {med(c, 'push'):7.2f} "
+            f"{med(c, 'cpu'):6.2f} "
             f"{med(c, 'cpu') / gb:8.2f} {rss:12.1f} "
             f"{(f'{max(rtt) * 1000:.0f}' if rtt else '-'):>13s}")
-    for x, l in S4_TWIN.items():
-        if x in res and l in res:
+    for xet, lfs in S4_TWIN.items():
+        if xet in res and lfs in res:
             lines.append(
-                f"  {x.split('-')[0]}: Xet bytes / LFS bytes {med(x, 'hub_in') / med(l, 'hub_in'):.2f}"
+                f"  {xet.split('-')[0]}: Xet bytes / LFS bytes "
+                f"{med(xet, 'hub_in') / med(lfs, 'hub_in'):.2f}"
                 f" (goal <= 0.45), LFS time / Xet time "
-                f"{med(l, 'close_commit') / med(x, 'close_commit'):.2f} (goal >= 2)")
+                f"{med(lfs, 'close_commit') / med(xet, 'close_commit'):.2f} (goal >= 2)")
     if "ckptpushd-xet" in res and "ckptpushd-lfs" in res:
         lines.append(f"  ckptpushd CPU per GB of checkpoint: Xet "
                      f"{med('ckptpushd-xet', 'cpu') / gb:.2f} s, LFS "
                      f"{med('ckptpushd-lfs', 'cpu') / gb:.2f} s; peak RSS Xet "
                      f"{med('ckptpushd-xet', 'rss_kib') / 1024:.1f} MiB (goal < 48), LFS "
                      f"{med('ckptpushd-lfs', 'rss_kib') / 1024:.1f} MiB")
-    lines.append("  sent: LFS PUT + part PUT + xorb + shard bodies in the hub's request log (Xet MB: "
-                 "the xorb + shard part of it). "
+    lines.append("  sent: LFS PUT + part PUT + xorb + shard bodies in the hub's request log "
+                 "(Xet MB: the xorb + shard part of it). "
                  "time-to-durable: ckptpushd, each checkpoint's rename into the watched dir to "
                  "its 'committed' (300 ms quiet period included), summed; js/py: their "
-                 "commit() / upload_folder calls. x LFS, LFS/this: against the same client's "
+                 "commit() / upload_folder calls. push s: ckptpushd from 'sealed' to "
+                 "'committed' (quiet periods left out), else the same as time-to-durable. "
+                 "x LFS, LFS/this: against the same client's "
                  "LFS run. CPU: utime+stime of the client process (daemon: from ready to the "
                  "last commit). max status ms: longest round trip of a 'status' request sent "
                  "every 20 ms during the push (bounds the longest loop stall).")
