@@ -2,13 +2,16 @@
 """Benchmarks: ckptpushd against the official JS client and the machine's limit, same run.
 
 Owns: the benchmark data under --work (created, then deleted by run.sh), one test hub
-(--fast-parts) for the whole run, the daemons, JS clients, openssl and curl processes it starts
-(each waited for; all killed at exit). Not: building (run.sh). Main thread, plus one stderr
-reader thread per daemon. Python 3.11 standard library only.
+(--fast-parts) for the whole run and one per s4 run, the daemons, JS and Python clients, openssl
+and curl processes it starts (each waited for; all killed at exit). Not: building (run.sh). Main
+thread, plus one stderr reader thread per daemon and, during s4, one status probe thread.
+Python 3.11 standard library only.
 
 Scenarios: s1 one checkpoint (big weights + config/tokenizer), s2 64 shards, s3 ten successive
-checkpoints where most files are unchanged. Plus: the part sink alone, idle wake-ups, and the
-slowdown of a checkpoint writer while the daemon pushes. See tests/bench/README.md.
+checkpoints where most files are unchanged (s1-s3: LFS, on a hub with --xet off), s4 ten
+checkpoints with 60 % frozen weights, Xet against LFS, to a hub whose sink is rate-limited (a
+fresh Xet hub per run). Plus: the part sink alone, idle wake-ups, and the slowdown of a
+checkpoint writer while the daemon pushes. See tests/bench/README.md.
 """
 
 import argparse
@@ -39,13 +42,15 @@ TICK = os.sysconf("SC_CLK_TCK")
 SIZES = {
     # s1 weights, s2 (n, size), s3 (ckpts, shards, shard size), idle s,
     # wr: training loop (steps, save every, files per checkpoint, file size, CPU work per step)
+    # s4 (checkpoints, weights size): 60 % of the weights' 256 KiB blocks frozen
     "full": dict(s1=2048 * MIB, s2=(64, 32 * MIB), s3=(10, 8, 32 * MIB), idle=10,
-                 wr=(24, 4, 2, 128 * MIB, 4_000_000)),
+                 wr=(24, 4, 2, 128 * MIB, 4_000_000), s4=(10, 256 * MIB)),
     "quick": dict(s1=512 * MIB, s2=(64, 8 * MIB), s3=(10, 8, 8 * MIB), idle=5,
-                  wr=(16, 4, 2, 32 * MIB, 2_000_000)),
+                  wr=(16, 4, 2, 32 * MIB, 2_000_000), s4=(10, 64 * MIB)),
     "smoke": dict(s1=16 * MIB, s2=(8, 1 * MIB), s3=(3, 4, 1 * MIB), idle=1,
-                  wr=(4, 2, 1, 1 * MIB, 100_000)),
+                  wr=(4, 2, 1, 1 * MIB, 100_000), s4=(3, 2 * MIB)),
 }
+FROZEN, FROZEN_BLOCK = 0.6, 256 * 1024  # as tests/tools/replay.py --frozen 0.6
 
 _children = []
 
@@ -127,11 +132,16 @@ def trainer_state(d, step):
         json.dump({"global_step": step, "log_history": [{"step": step, "loss": 1.0 / step}]}, f)
 
 
-def make_data(work, sz):
-    """Prepared checkpoints under work/data: {scenario: [checkpoint dirs]}."""
+def make_data(work, sz, only):
+    """Prepared checkpoints under work/data: {scenario: [checkpoint dirs]}, for the scenarios
+    in only (the sink probe and the writer use s1's)."""
     data = os.path.join(work, "data")
     os.makedirs(data, exist_ok=True)
     out = {}
+    if "s4" in only:
+        out["s4"] = make_s4(os.path.join(data, "s4"), *sz["s4"])
+    if not {"sink", "s1", "s2", "s3"} & set(only):
+        return out
     d = os.path.join(data, "s1", "checkpoint-100")
     os.makedirs(d)
     rand_file(os.path.join(d, "model.safetensors"), sz["s1"], "s1")
@@ -171,6 +181,35 @@ def make_data(work, sz):
     return out
 
 
+def make_s4(root, ckpts, size):
+    """ckpts checkpoints of one weights file: the same 60 % of its 256 KiB blocks (picked once,
+    by block index, as replay.py --frozen picks them) hold the same bytes in every checkpoint,
+    the others are new random bytes each time, as when a frozen backbone is fine-tuned."""
+    import random
+    os.makedirs(root)
+    nblocks = -(-size // FROZEN_BLOCK)
+    pick = random.Random("s4/frozen")
+    frozen = [pick.random() < FROZEN for _ in range(nblocks)]
+    base, fresh = os.path.join(root, "frozen.bin"), os.path.join(root, "fresh.bin")
+    rand_file(base, size, "s4-frozen")
+    out = []
+    for k in range(1, ckpts + 1):
+        d = os.path.join(root, f"checkpoint-{k * 100}")
+        os.makedirs(d)
+        rand_file(fresh, size, f"s4-{k}")
+        with open(base, "rb") as fb, open(fresh, "rb") as fr, \
+                open(os.path.join(d, "model.safetensors"), "wb") as dst:
+            for i in range(nblocks):
+                a, b = fb.read(FROZEN_BLOCK), fr.read(FROZEN_BLOCK)
+                dst.write(a if frozen[i] else b)
+        small_files(d, k * 100, 64 * 1024)
+        trainer_state(d, k * 100)
+        out.append(d)
+    os.unlink(base)
+    os.unlink(fresh)
+    return out
+
+
 def pushed_files(ckpt):
     """(path_in_repo, local path) of what every_save pushes: all but the training state."""
     skip = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth")
@@ -198,13 +237,18 @@ def sha256_file(path):
 
 
 class Hub:
-    def __init__(self, work, fast=True, nice=0, name=None):
+    def __init__(self, work, fast=True, nice=0, name=None, xet="off", sink_rate=0):
+        """xet: the hub's --xet. Off for everything but s4: s1-s3, idle and writer are LFS
+        comparisons (every client takes the LFS path), comparable with runs before Xet."""
         self.data = os.path.join(work, name or ("hub-fast" if fast else "hub-plain"))
         port_file = self.data + ".port"
+        self.log_path = self.data + ".log"
         argv = [sys.executable, HUB, "--data", self.data, "--port-file", port_file,
-                "--user", f"{USER}:{TOKEN}"]
+                "--user", f"{USER}:{TOKEN}", "--xet", xet, "--log", self.log_path]
         if fast:
             argv.append("--fast-parts")
+        if sink_rate:
+            argv += ["--sink-rate", str(sink_rate)]
         self.p = spawn(argv, stdout=subprocess.PIPE, stderr=open(self.data + ".err", "wb"),
                        preexec_fn=(lambda: os.nice(nice)) if nice else None)
         line = self.p.stdout.readline().decode()
@@ -241,6 +285,19 @@ class Hub:
         for sub in ("lfs", "multipart"):
             shutil.rmtree(os.path.join(self.data, sub), ignore_errors=True)
             os.makedirs(os.path.join(self.data, sub), exist_ok=True)
+
+    def sent_bytes(self):
+        """Bytes the clients sent to the storage sink and CAS: LFS PUT + part PUT + xorb +
+        shard request bodies, from the hub's request log (retries included): (all, Xet part)."""
+        n = xet = 0
+        with open(self.log_path) as f:
+            for line in f:
+                rec = json.loads(line)
+                if rec["route"] in ("lfs_put", "part_put", "xorb", "shard"):
+                    n += rec["bytes_in"]
+                if rec["route"] in ("xorb", "shard"):
+                    xet += rec["bytes_in"]
+        return n, xet
 
     def stop(self):
         self.p.terminate()
@@ -360,10 +417,38 @@ class Daemon:
         return rc
 
 
-def run_daemon(exe, hub, work, ckpts):
+class StatusProbe:
+    """The loop thread's responsiveness, from outside: a `status` request over the control
+    socket every 20 ms while the daemon pushes; the longest round trip bounds the longest time
+    the loop did not turn (plus this machine's scheduling delays on 2 busy cores)."""
+
+    def __init__(self, sock):
+        sys.path.insert(0, os.path.join(SRC, "client", "python"))
+        from ckptpush.client import Client
+        self.client = Client(socket_path=sock, timeout=60)
+        self.rtts = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopping.wait(0.02):
+            t = time.monotonic()
+            self.client.status()
+            self.rtts.append(time.monotonic() - t)
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join()
+        self.client.close()
+        return max(self.rtts) if self.rtts else 0.0
+
+
+def run_daemon(exe, hub, work, ckpts, extra=(), probe=False):
     repo = hub.new_repo("ckptpushd")
-    d = Daemon(exe, hub, work, repo)
+    d = Daemon(exe, hub, work, repo, extra)
     pid = d.p.pid
+    status = StatusProbe(os.path.join(work, "d.sock")) if probe else None
     cpu0 = proc_cpu(pid)
     t0 = time.monotonic()
     close_to_commit, sealed_to_commit, sent = [], [], 0
@@ -381,19 +466,20 @@ def run_daemon(exe, hub, work, ckpts):
     wall = time.monotonic() - t0
     cpu = proc_cpu(pid) - cpu0
     hwm = proc_status(pid, "VmHWM")
+    max_rtt = status.stop() if status else None
     d.stop()
     for dst, ck in moved:
         os.rename(dst, ck)
     shutil.rmtree(d.watch, ignore_errors=True)
     return dict(wall=wall, push=sum(sealed_to_commit), close_commit=sum(close_to_commit),
-                cpu=cpu, rss_kib=hwm, sent=sent)
+                cpu=cpu, rss_kib=hwm, sent=sent, max_rtt=max_rtt)
 
 
-def run_js(hub, work, ckpts):
+def run_js(hub, work, ckpts, use_xet=False):
     repo = hub.new_repo("js", create=False)
     spec = os.path.join(work, "js.json")
     with open(spec, "w") as f:
-        json.dump({"hubUrl": hub.url, "token": TOKEN, "repo": repo,
+        json.dump({"hubUrl": hub.url, "token": TOKEN, "repo": repo, "useXet": use_xet,
                    "commits": [pushed_files(c) for c in ckpts]}, f)
     t0 = time.monotonic()
     p = spawn(["node", JS_PUSH, spec], stdout=subprocess.PIPE)
@@ -602,6 +688,104 @@ def table(scs):
         lines.append(f"{'':9s} bytes hashed {sc['total'] / MIB:.0f} MiB, to send "
                      f"{sc['new'] / MIB:.0f} MiB; load before/after {sc['load'][0]} / "
                      f"{sc['load'][1]}")
+    return "\n".join(lines)
+
+
+S4_CLIENTS = ["ckptpushd-xet", "ckptpushd-lfs", "js-xet", "js-lfs", "py"]
+S4_TWIN = {"ckptpushd-xet": "ckptpushd-lfs", "js-xet": "js-lfs"}
+
+
+def scenario_s4(ckpts, args, work):
+    """s4, the WAN stand-in: successive checkpoints with frozen weights to a hub whose storage
+    sink receives at most --sink-rate bytes/s. A fresh Xet-enabled hub per run (its CAS must
+    not know the chunks of an earlier run), its request log counting what each client sent."""
+    files = [p for c in ckpts for _, p in pushed_files(c)]
+    total = sum(os.path.getsize(p) for p in files)
+    clients = list(S4_CLIENTS)
+    if args.py is None:
+        clients.remove("py")
+    if not os.path.isdir(os.path.join(SRC, "tests", "hub", "node_modules", "@huggingface")):
+        if args.size != "smoke":
+            raise RuntimeError("tests/hub/node_modules missing: npm ci --prefix tests/hub")
+        clients = [c for c in clients if not c.startswith("js")]
+    if args.only_clients:
+        want = args.only_clients.split(",")
+        clients = [c for c in clients if c in want or c.split("-")[0] in want]
+    res = {c: [] for c in clients}
+    la0 = loadavg()
+    for rep in range(args.reps):
+        order = clients[rep % len(clients):] + clients[:rep % len(clients)]
+        for c in order:
+            warm(files)
+            hub = Hub(work, name="hub-s4", xet="on", sink_rate=args.sink_rate)
+            try:
+                if c.startswith("ckptpushd"):
+                    r = run_daemon(args.daemon, hub, work, ckpts,
+                                   ["--transfer", c.split("-")[1]], probe=True)
+                elif c.startswith("js"):
+                    r = run_js(hub, work, ckpts, use_xet=c == "js-xet")
+                else:
+                    r = run_py(hub, work, ckpts, args.py)
+                r["hub_in"], r["hub_xet"] = hub.sent_bytes()
+            finally:
+                hub.stop()
+                shutil.rmtree(hub.data, ignore_errors=True)
+                os.unlink(hub.log_path)
+            res[c].append(r)
+            log(f"  s4 rep {rep + 1} {c:13s} close->commit {r['close_commit']:.2f}s "
+                f"sent {r['hub_in'] / 1e6:.1f} MB cpu {r['cpu']:.2f}s load {loadavg()}")
+    return dict(total=total, ckpts=len(ckpts), size=os.path.getsize(
+        os.path.join(ckpts[0], "model.safetensors")), res=res, load=(la0, loadavg()))
+
+
+def table_s4(sc, sink_rate):
+    res = {c: rs for c, rs in sc["res"].items() if rs}
+    med = lambda c, k: statistics.median(r[k] for r in res[c])  # noqa: E731
+    gb = sc["total"] / 1e9
+    lines = [f"s4: {sc['ckpts']} checkpoints, {sc['size'] / MIB:.0f} MiB of weights each "
+             f"({FROZEN:.0%} of its 256 KiB blocks frozen) + small files; the hub's sink "
+             f"receives {sink_rate / 1e6:.0f} MB/s at most; {sc['total'] / MIB:.0f} MiB in all; "
+             f"load before/after {sc['load'][0]} / {sc['load'][1]}"]
+    hdr = (f"{'client':14s} {'sent MB':>8s} {'Xet MB':>7s} {'x LFS':>6s} "
+           f"{'time-to-durable s':>22s} {'LFS/this':>8s} {'push s':>7s} {'CPU s':>6s} {'CPU s/GB':>8s} {'peak RSS MiB':>12s} "
+           f"{'max status ms':>13s}")
+    lines += [hdr, "-" * len(hdr)]
+    for c, rs in res.items():
+        twin = S4_TWIN.get(c)
+        has = twin in res
+        x_lfs = f"{med(c, 'hub_in') / med(twin, 'hub_in'):.2f}" if has else "-"
+        speed = f"{med(twin, 'close_commit') / med(c, 'close_commit'):.2f}" if has else "-"
+        rss = med(c, "rss_kib") / 1024
+        rtt = [r["max_rtt"] for r in rs if r.get("max_rtt") is not None]
+        lines.append(
+            f"{c:14s} {med(c, 'hub_in') / 1e6:8.1f} {med(c, 'hub_xet') / 1e6:7.1f} {x_lfs:>6s} "
+            f"{fmt_t([r['close_commit'] for r in rs]):>22s} {speed:>8s} {med(c, 'push'):7.2f} "
+            f"{med(c, 'cpu'):6.2f} "
+            f"{med(c, 'cpu') / gb:8.2f} {rss:12.1f} "
+            f"{(f'{max(rtt) * 1000:.0f}' if rtt else '-'):>13s}")
+    for xet, lfs in S4_TWIN.items():
+        if xet in res and lfs in res:
+            lines.append(
+                f"  {xet.split('-')[0]}: Xet bytes / LFS bytes "
+                f"{med(xet, 'hub_in') / med(lfs, 'hub_in'):.2f}"
+                f" (goal <= 0.45), LFS time / Xet time "
+                f"{med(lfs, 'close_commit') / med(xet, 'close_commit'):.2f} (goal >= 2)")
+    if "ckptpushd-xet" in res and "ckptpushd-lfs" in res:
+        lines.append(f"  ckptpushd CPU per GB of checkpoint: Xet "
+                     f"{med('ckptpushd-xet', 'cpu') / gb:.2f} s, LFS "
+                     f"{med('ckptpushd-lfs', 'cpu') / gb:.2f} s; peak RSS Xet "
+                     f"{med('ckptpushd-xet', 'rss_kib') / 1024:.1f} MiB (goal < 48), LFS "
+                     f"{med('ckptpushd-lfs', 'rss_kib') / 1024:.1f} MiB")
+    lines.append("  sent: LFS PUT + part PUT + xorb + shard bodies in the hub's request log "
+                 "(Xet MB: the xorb + shard part of it). "
+                 "time-to-durable: ckptpushd, each checkpoint's rename into the watched dir to "
+                 "its 'committed' (300 ms quiet period included), summed; js/py: their "
+                 "commit() / upload_folder calls. push s: ckptpushd from 'sealed' to "
+                 "'committed' (quiet periods left out), else the same as time-to-durable. "
+                 "x LFS, LFS/this: against the same client's "
+                 "LFS run. CPU: utime+stime of the client process (daemon: from ready to the "
+                 "last commit). max status ms: longest round trip of a 'status' request sent "
+                 "every 20 ms during the push (bounds the longest loop stall).")
     return "\n".join(lines)
 
 
@@ -822,11 +1006,13 @@ def main():
     ap.add_argument("--daemon", required=True)
     ap.add_argument("--size", choices=sorted(SIZES), default="full")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--only", default="sink,s1,s2,s3,idle,writer")
+    ap.add_argument("--only", default="sink,s1,s2,s3,s4,idle,writer")
     ap.add_argument("--only-clients", default="")
     ap.add_argument("--max-rate", default="100000000",
                     help="the daemon's bandwidth cap in the writer probe, bytes/s (100 MB/s)")
     ap.add_argument("--compare", default="", help="another ckptpushd build, run as 'candidate'")
+    ap.add_argument("--sink-rate", type=int, default=100_000_000,
+                    help="s4: what the hub's storage sink receives at most, bytes/s (100 MB/s)")
     args = ap.parse_args()
     sz = SIZES[args.size]
     args.py = hf_hub_python()
@@ -835,7 +1021,7 @@ def main():
     only = args.only.split(",")
     t0 = time.monotonic()
     log(f"bench: size {args.size}, {args.reps} reps, load {loadavg()}; preparing data")
-    data = make_data(args.work, sz)
+    data = make_data(args.work, sz, only)
     hub = Hub(args.work)
     out = []
     try:
@@ -849,6 +1035,10 @@ def main():
                 scs.append(scenario(name, data[name], args, hub, args.work))
         if scs:
             out.append(table(scs))
+        if "s4" in only:
+            log("scenario s4")
+            out.append(table_s4(scenario_s4(data["s4"], args, args.work), args.sink_rate))
+            log(out[-1])
         if "idle" in only:
             out.append(idle_probe(args.daemon, hub, args.work, sz["idle"]))
         if "writer" in only:

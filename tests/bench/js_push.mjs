@@ -1,7 +1,8 @@
 // The official JS client (@huggingface/hub, pinned in tests/hub/package.json) doing the commits a
 // benchmark scenario asks for, so bench.py can time it against ckptpushd on the same hub.
 // Owns: one repo creation and N commits, each of files read lazily from disk (file: URLs).
-// Input: argv[2] is a JSON file {hubUrl, token, repo, commits: [[[pathInRepo, localPath]...]...]}.
+// Input: argv[2] is a JSON file {hubUrl, token, repo, useXet, commits: [[[pathInRepo,
+// localPath]...]...]}; useXet (default false: the LFS path) is commit()'s option of that name.
 // Output: one JSON line {seconds: [...per commit], oids: [...]} on stdout. Main thread only.
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -23,6 +24,7 @@ for (const [i, files] of spec.commits.entries()) {
   const res = await commit({
     ...common,
     title: `bench commit ${i + 1}`,
+    useXet: spec.useXet ?? false,
     operations: files.map(([path, local]) => ({
       operation: "addOrUpdate",
       path,

@@ -5,6 +5,7 @@
 # run except --smoke (tiny sizes: the harness itself keeps working).
 #   bash tests/bench/run.sh [--quick | --smoke] [--reps N] [--only s1,s2,...] [--max-rate R]
 #       [--compare OTHER_CKPTPUSHD]   (a second build, interleaved as 'candidate')
+#       [--sink-rate BYTES_PER_S]     (s4: the hub's storage sink, default 100 MB/s)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
@@ -14,8 +15,8 @@ while [ $# -gt 0 ]; do
     --quick) size=quick ;;
     --smoke) size=smoke reps=1 ;;
     --reps) reps=$2; shift ;;
-    --only|--only-clients|--max-rate|--compare) pass+=("$1" "$2"); shift ;;
-    -h|--help) sed -n 2,8p "$0"; exit 0 ;;
+    --only|--only-clients|--max-rate|--compare|--sink-rate) pass+=("$1" "$2"); shift ;;
+    -h|--help) sed -n 2,9p "$0"; exit 0 ;;
     *) echo "run.sh: unknown option '$1'" >&2; exit 2 ;;
     esac
     shift
@@ -28,8 +29,10 @@ if [ -z "$daemon" ]; then
     # Release: the numbers are about the shipped build, not the Debug one tests use
     build=$src/build-bench
     cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >/dev/null
-    cmake --build "$build" -j2 --target ckptpushd >/dev/null
+    cmake --build "$build" -j2 --target ckptpushd ckptblake3 >/dev/null
     daemon=$build/ckptpushd
+    # the hub's Xet CAS (s4) hashes with the build's BLAKE3
+    export CKPT_BLAKE3_LIB=${CKPT_BLAKE3_LIB:-$build/lib/libckptblake3.so}
 fi
 if [ ! -d "$src/tests/hub/node_modules/@huggingface/hub" ] && [ "$size" != smoke ]; then
     npm ci --prefix "$src/tests/hub" --no-audit --no-fund >/dev/null

@@ -25,7 +25,9 @@ SETTLE_S = 1.5  # after the commit: several quiet periods for a second seal to s
 
 class KillResumeOwned(unittest.TestCase):
     def test_recovered_checkpoint_is_not_detected_again(self):
-        hub = h.Hub(args=["--multipart-threshold", str(MiB), "--chunk-size", str(MiB)])
+        # the LFS multipart path (Xet off): the kill must land between parts
+        hub = h.Hub(args=["--xet", "off", "--multipart-threshold", str(MiB),
+                          "--chunk-size", str(MiB)])
         root, watch = h.job_dir("ckpt-owned-")
         repo = f"{h.USER}/owned-{os.getpid()}"
         sock = ["--socket", os.path.join(root, "ctl.sock")]

@@ -52,7 +52,9 @@ def part_puts(hub):
 
 class Preempt(unittest.TestCase):
     def test_sigterm_mid_multipart(self):
-        hub = h.Hub(args=["--multipart-threshold", str(MiB), "--chunk-size", str(MiB)])
+        # the LFS multipart path (Xet off): the kill must land between parts
+        hub = h.Hub(args=["--xet", "off", "--multipart-threshold", str(MiB),
+                          "--chunk-size", str(MiB)])
         root, watch = h.job_dir("ckpt-preempt-")
         staging = os.path.join(watch, ".ckptpush")
         repo = f"{h.USER}/preempt-{os.getpid()}"
@@ -163,7 +165,9 @@ class Preempt(unittest.TestCase):
         is cancelled; the next start sends none of them again. Cancelling at once left the hub
         with parts the journal did not know (e2e.test_preempt once: 'finished parts sent again:
         [7]')."""
-        hub = h.Hub(args=["--multipart-threshold", str(MiB), "--chunk-size", str(MiB)])
+        # the LFS multipart path (Xet off): the kill must land between parts
+        hub = h.Hub(args=["--xet", "off", "--multipart-threshold", str(MiB),
+                          "--chunk-size", str(MiB)])
         root, watch = h.job_dir("ckpt-preempt-due-")
         repo = f"{h.USER}/preempt-due-{os.getpid()}"
         drain_s = 2

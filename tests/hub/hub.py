@@ -800,6 +800,34 @@ class Faults:
 # request body reading
 
 
+class SinkRate:
+    """--sink-rate: one token bucket shared by every connection, so the bodies the storage sink
+    receives (LFS PUT, part PUT, xorb POST) together arrive at most at `rate` bytes/s, as over a
+    WAN link. A reader takes what it got from the bucket and sleeps while the bucket is in debt;
+    the socket buffers fill and TCP slows the sender down."""
+
+    BURST_S = 0.05  # at most 50 ms of bytes go through unpaced after an idle moment
+
+    def __init__(self, rate):
+        self.rate = float(rate)
+        self.lock = threading.Lock()
+        self.tokens = self.rate * self.BURST_S
+        self.t = time.monotonic()
+
+    def take(self, n):
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.rate * self.BURST_S, self.tokens + (now - self.t) * self.rate)
+            self.t = now
+            self.tokens -= n
+            debt = -self.tokens
+        if debt > 0:
+            time.sleep(debt / self.rate)
+
+
+SINK_ROUTES = ("lfs_put", "part_put", "xorb")
+
+
 class Body:
     """Reads a request body (Content-Length or chunked), sending 100 Continue lazily."""
 
@@ -821,6 +849,9 @@ class Body:
         self.done = not self.chunked and not self.remaining
         self.read_bytes = 0
         self.continued = False
+        sink = handler.server.hub.sink_rate if hasattr(handler.server, "hub") else None
+        # the route is known only once the router ran: checked per read
+        self.sink = (lambda: sink if sink and handler.route in SINK_ROUTES else None)
 
     @property
     def present(self):
@@ -833,14 +864,25 @@ class Body:
                 self.h.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 self.h.wfile.flush()
 
+    def _step(self):
+        """Read size: under --sink-rate, about 10 ms worth, so the pacing is smooth."""
+        sink = self.sink()
+        return max(16384, int(sink.rate / 100)) if sink else 1 << 30
+
+    def _pace(self, n):
+        sink = self.sink()
+        if sink:
+            sink.take(n)
+
     def read(self, n=1 << 20):
         if self.done:
             return b""
         self._continue()
         if not self.chunked:
-            data = self.h.rfile.read(min(n, self.remaining))
+            data = self.h.rfile.read(min(n, self.remaining, self._step()))
             if not data:
                 raise ConnectionError("client closed mid-body")
+            self._pace(len(data))
             self.remaining -= len(data)
             self.read_bytes += len(data)
             if self.remaining == 0:
@@ -859,9 +901,10 @@ class Body:
                     pass
                 self.done = True
                 return b""
-        data = self.h.rfile.read(min(n, self.chunk_left))
+        data = self.h.rfile.read(min(n, self.chunk_left, self._step()))
         if not data:
             raise ConnectionError("client closed mid-body")
+        self._pace(len(data))
         self.chunk_left -= len(data)
         self.read_bytes += len(data)
         if self.chunk_left == 0:
@@ -873,9 +916,10 @@ class Body:
         if self.done:
             return 0
         self._continue()
-        n = self.h.rfile.readinto(mv[:min(len(mv), self.remaining)])
+        n = self.h.rfile.readinto(mv[:min(len(mv), self.remaining, self._step())])
         if not n:
             raise ConnectionError("client closed mid-body")
+        self._pace(n)
         self.remaining -= n
         self.read_bytes += n
         if self.remaining == 0:
@@ -2432,6 +2476,7 @@ class FastSession:
 class Hub:
     def __init__(self, args, users):
         self.fast_parts = args.fast_parts
+        self.sink_rate = SinkRate(args.sink_rate) if args.sink_rate else None
         self.fast_sessions = {}
         self._bufs = []
         self.store = Store(args.data)
@@ -2516,7 +2561,12 @@ def parse_args(argv):
     ap.add_argument("--fast-parts", action="store_true",
                     help="benchmarks: part bodies written in place without fsync, hashed as "
                     "they arrive, opaque ETags (same checks)")
+    ap.add_argument("--sink-rate", type=int, default=0, metavar="BYTES_PER_S",
+                    help="benchmarks: the storage sink (LFS PUT, part PUT and xorb POST bodies, "
+                    "all connections together) receives at most this many bytes/s (0: no limit)")
     args = ap.parse_args(argv)
+    if args.sink_rate < 0:
+        ap.error("--sink-rate must be 0 or positive")
     if args.chunk_size < 1 or args.multipart_threshold < 1 or args.page_size < 1:
         ap.error("sizes must be positive")
     return args
