@@ -155,6 +155,23 @@ static bool link_points_to_dir(int dfd, const char *name)
     return fstatat(dfd, name, &st, 0) == 0 && S_ISDIR(st.st_mode);
 }
 
+/* A symlink to a regular file of the same checkpoint folder (a Trainer's pytorch_model.bin naming
+ * model.safetensors, Lightning's save_last="link") is pushed with the bytes it names: its pin is
+ * a hard link of the target (pin.c). One that leaves the folder is not followed: that could
+ * publish any file the daemon can read (a key, another job's data). */
+static bool link_stays_inside(const char *dir, const char *path)
+{
+    char real_dir[PATH_MAX], real[PATH_MAX];
+    struct stat st;
+    size_t n;
+
+    if (realpath(dir, real_dir) == NULL || realpath(path, real) == NULL || stat(real, &st) < 0 ||
+        !S_ISREG(st.st_mode))
+        return false;
+    n = strlen(real_dir);
+    return strncmp(real, real_dir, n) == 0 && real[n] == '/';
+}
+
 /* One file the detector took: what lstat says it is. A file already gone is left to the queue:
  * its pin is the truth (rotation may have deleted the original after the seal). */
 static int check_member(struct admit_job *job, const char *rel)
@@ -167,8 +184,11 @@ static int check_member(struct admit_job *job, const char *rel)
     if ((size_t)snprintf(path, sizeof(path), "%s/%s", job->dir, rel) >= sizeof(path) ||
         lstat(path, &st) < 0)
         return list_add(&job->push, rel, NULL);
-    if (S_ISLNK(st.st_mode))
+    if (S_ISLNK(st.st_mode)) {
         to_dir = link_points_to_dir(AT_FDCWD, path);
+        if (!to_dir && admit_bad_name(rel) == NULL && link_stays_inside(job->dir, path))
+            return list_add(&job->push, rel, NULL);
+    }
     reason = admit_classify(rel, st.st_mode, to_dir, &refuse);
     if (reason == NULL && access(path, R_OK) < 0 && errno == EACCES) {
         reason = "unreadable";

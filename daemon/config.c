@@ -399,7 +399,7 @@ SETTER(set_layout)
     if (!detect_layout_known(v)) {
         snprintf(why, why_size,
                  "unknown layout '%s' (transformers-trainer, model-dir, torch-dcp, deepspeed, "
-                 "orbax, nemo, torchsnapshot, accelerate, single-file)",
+                 "orbax, nemo, torchsnapshot, accelerate, lightning, single-file)",
                  v);
         return -EINVAL;
     }

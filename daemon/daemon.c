@@ -179,7 +179,8 @@ static void on_detect_timer(uv_timer_t *timer)
     struct daemon *d = timer->data;
 
     /* Events still queued in the kernel (the loop was busy) may predate the deadline. */
-    watch_read_now(d->watch);
+    if (d->watch != NULL)
+        watch_read_now(d->watch);
     detect_tick(d->detect, now_ms(d));
     rearm_detect_timer(d);
 }
@@ -913,7 +914,8 @@ static void startup_failed(struct daemon *d, const struct ckpt_err *err)
 static void hub_usable(struct daemon *d)
 {
     d->hub_ready = true;
-    log_ready(d);
+    if (d->watch != NULL)
+        log_ready(d);
     queue_set_ready(d->queue, true);
     /* training ended (a short wrapped command) before the hub was known usable: its card */
     if (d->draining)
@@ -967,6 +969,40 @@ static void on_whoami(void *ctx, const struct ckpt_err *err, const char *user)
              d->cfg->token_source);
     if (hub_ensure_repo(d->hub, on_repo_ready, d, &d->startup_op) < 0)
         daemon_stop(d, CKPT_EXIT_FAILURE);
+}
+
+/* --- recovery first, then the watch --------------------------------------------------------- */
+
+/* A checkpoint the journal holds, unchanged on disk: recovery pushes it (or pushed it), so the
+ * scan that the watch starts with must not find it a second time. */
+static void on_owned_by_journal(void *ctx, const char *name, const char *layout,
+                                const char *const *files, size_t n)
+{
+    struct daemon *d = ctx;
+    int rc = detect_own(d->detect, name, layout, files, n);
+
+    if (rc < 0)
+        log_warn("own-failed", "ckpt='%s' layout=%s reason='%s', the scan may find it again", name,
+                 layout, strerror(-rc));
+}
+
+/* The journal is read: only now does the watch start, so that its first scan already knows
+ * which checkpoints are recovery's. */
+static void on_recovered(void *ctx)
+{
+    struct daemon *d = ctx;
+    struct ckpt_err err;
+
+    if (d->stopping || d->watch != NULL)
+        return;
+    if (watch_start(&d->watch, d->loop, d->cfg->watch_dir, STAGING_SKIP_NAME, on_watch_event, d,
+                    &err) < 0) {
+        log_error("startup-failed", "watch='%s' reason='%s'", d->cfg->watch_dir, err.msg);
+        daemon_stop(d, CKPT_EXIT_WATCH);
+        return;
+    }
+    if (d->hub_ready || d->cfg->dry_run)
+        log_ready(d);
 }
 
 /* --- signals, drain and shutdown ---------------------------------------------------------- */
@@ -1443,6 +1479,9 @@ static bool push_known_checkpoint(struct daemon *d, const char *abs, const char 
     rel = abs + root_len + 1;
     detect_seal_all_complete(d->detect, now_ms(d));
     rearm_detect_timer(d);
+    /* a file of a checkpoint named otherwise (Lightning's last.ckpt: its save's epoch file) */
+    if (detect_owner_name(d->detect, rel) != NULL)
+        rel = detect_owner_name(d->detect, rel);
     if (queue_retry_failed(d->queue, rel)) {
         use_push_message(d, rel, message); /* a failed push, retried from its pins */
         return true;
@@ -1663,7 +1702,9 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
         goto fail;
     }
     {
-        struct queue_deps deps = {loop, cfg, d->pin, d->hub, d->hashes, d->id_base + 1};
+        struct queue_deps deps = {
+            loop,         cfg, d->pin, d->hub, d->hashes, d->id_base + 1, on_owned_by_journal,
+            on_recovered, d};
         if ((rc = queue_new(&d->queue, &deps, on_queue_event, d)) < 0) {
             ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start: %s", strerror(-rc));
             goto fail;
@@ -1681,11 +1722,6 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
         ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start the watchdog: %s", uv_strerror(rc));
         goto fail;
     }
-    rc = watch_start(&d->watch, loop, cfg->watch_dir, STAGING_SKIP_NAME, on_watch_event, d, err);
-    if (rc < 0) {
-        *ret_exit = CKPT_EXIT_WATCH;
-        goto fail;
-    }
     if ((rc = control_start(&d->control, loop, d, cfg->socket_path, err)) < 0) {
         *ret_exit = CKPT_EXIT_INVALID;
         goto fail;
@@ -1698,8 +1734,7 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
     /* Only now: the wrapped command inherited the priority we were started with. */
     priority_lower_thread((int)cfg->nice);
     if (cfg->dry_run) {
-        log_ready(d);
-        queue_set_ready(d->queue, true);
+        queue_set_ready(d->queue, true); /* ready is said once the watch runs */
     } else if ((rc = hub_whoami(d->hub, on_whoami, d, &d->startup_op)) < 0) {
         ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start: %s", uv_strerror(rc));
         goto fail;

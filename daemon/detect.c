@@ -159,7 +159,9 @@ struct detect_cand {
 struct match {
     const struct layout *layout;
     int rule_idx;
-    size_t name_len; /* candidate name = path[0..name_len) */
+    const char *name; /* the candidate's name when it is not a prefix of the path (Lightning's
+                       * last.ckpt joins the save open in its folder), else NULL */
+    size_t name_len;  /* candidate name = path[0..name_len) */
     size_t dir_len;
     size_t rel_off;
     bool member;
@@ -190,6 +192,7 @@ struct detect {
     struct detect_rule *rules; /* copies of the configured custom rules */
     size_t n_rules;
     char *force_layout; /* NULL: auto-detect */
+    struct smap owned;  /* paths whose checkpoint the journal owns (detect_own): key == value */
 };
 
 /* --- path helpers ----------------------------------------------------------------------- */
@@ -884,6 +887,117 @@ static bool custom_complete(const struct detect *d, const struct detect_cand *c,
     return member_closed(d, c, r->marker);
 }
 
+/* Lightning's ModelCheckpoint (lightning/pytorch/callbacks/model_checkpoint.py): a save writes
+ * epoch=<E>-step=<S>.ckpt (the default file name; _save_topk_checkpoint), removes the file it
+ * pushes out of the top k, then writes last.ckpt (_save_last_checkpoint), each through
+ * _atomic_save (written under a temporary name elsewhere, renamed or copied in), or, with
+ * save_last="link", makes last.ckpt a symlink to the new file (_link_checkpoint). One save is one
+ * candidate, named after its epoch file; last.ckpt joins the save open in its folder. */
+#define LIGHTNING_LAST "last"
+/* How long a save waits for its last.ckpt when its folder has one from an earlier save
+ * (save_last is on): last.ckpt is serialised again after the epoch file. */
+#define LIGHTNING_LAST_WAIT_MS 60000
+
+/* "last.ckpt", or "last-v<N>.ckpt" (the version counter for a folder that had one already). */
+static bool lightning_is_last(const char *b)
+{
+    size_t n = strlen(LIGHTNING_LAST);
+    if (strncmp(b, LIGHTNING_LAST, n) != 0)
+        return false;
+    b += n;
+    if (strncmp(b, "-v", 2) == 0 && b[2] >= '0' && b[2] <= '9')
+        b += 2 + strspn(b + 2, "0123456789");
+    return strcmp(b, ".ckpt") == 0;
+}
+
+/* The names ModelCheckpoint auto-inserts ("{epoch}" becomes "epoch=3"); with --layout lightning
+ * any other *.ckpt file is a save too (a filename template without them). */
+static bool lightning_is_save(const struct detect *d, const char *b)
+{
+    if (d->force_layout != NULL && strcmp(d->force_layout, "lightning") == 0)
+        return true;
+    return strstr(b, "epoch=") != NULL || strstr(b, "step=") != NULL;
+}
+
+static bool lightning_is_cand(const struct detect_cand *c)
+{
+    return strcmp(c->layout->name, "lightning") == 0;
+}
+
+/* The newest unsealed save (not a lone last.ckpt) in the folder path[0..dir_len). */
+static struct detect_cand *lightning_open_save(const struct detect *d, const char *path,
+                                               size_t dir_len)
+{
+    struct detect_cand *best = NULL;
+    for (size_t i = 0; i < d->n_cands; i++) {
+        struct detect_cand *c = d->cands[i];
+        if (!lightning_is_cand(c) || c->sealed || c->doubtful || c->dir_len != dir_len ||
+            strncmp(c->dir, path, dir_len) != 0 || lightning_is_last(base_name(c->name)))
+            continue;
+        if (best == NULL || c->id > best->id)
+            best = c;
+    }
+    return best;
+}
+
+static bool lightning_match(const struct detect *d, const char *path, bool is_dir, struct match *m)
+{
+    const char *b = base_name(path);
+    if (is_dir || b[0] == '.' || !ends_with(b, ".ckpt") || strlen(b) == strlen(".ckpt") ||
+        has_hidden(path, (size_t)(b - path)))
+        return false;
+    m->dir_len = b == path ? 0 : (size_t)(b - path) - 1;
+    m->rel_off = (size_t)(b - path);
+    m->member = true;
+    m->name_len = strlen(path);
+    if (lightning_is_last(b)) {
+        const struct detect_cand *save = lightning_open_save(d, path, m->dir_len);
+        if (save != NULL) {
+            m->name = save->name;
+            m->name_len = strlen(save->name);
+        }
+        return true;
+    }
+    return lightning_is_save(d, b);
+}
+
+/* A save folder had a last.ckpt before this save: save_last is on, its new one is coming. */
+static bool lightning_expects_last(const struct detect *d, const struct detect_cand *c)
+{
+    char p[PATH_MAX_LEN + 16];
+    if (c->marked || !c->live || lightning_is_last(base_name(c->name)))
+        return false;
+    for (size_t i = 0; i < c->n_members; i++)
+        if (lightning_is_last(c->members[i]->path + c->members[i]->rel_off))
+            return false;
+    if (c->dir_len == 0)
+        snprintf(p, sizeof(p), LIGHTNING_LAST ".ckpt");
+    else
+        snprintf(p, sizeof(p), "%s/" LIGHTNING_LAST ".ckpt", c->dir);
+    return rec_get(d, p) != NULL;
+}
+
+static bool lightning_complete(const struct detect *d, const struct detect_cand *c, char *why,
+                               size_t n)
+{
+    bool last = false;
+    for (size_t i = 0; i < c->n_members; i++) {
+        const struct drec *r = c->members[i];
+        if (!r->closed || r->open)
+            return false;
+        last |= lightning_is_last(r->path + r->rel_off);
+    }
+    if (c->n_members == 0)
+        return false;
+    if (lightning_is_last(base_name(c->name)))
+        say(why, n, "%s closed", base_name(c->name));
+    else if (last)
+        say(why, n, "%s and last.ckpt written", base_name(c->name));
+    else
+        say(why, n, "%s closed%s", base_name(c->name), c->marked ? ", no last.ckpt came" : "");
+    return !lightning_expects_last(d, c);
+}
+
 /* Order is priority: the first match wins, and a folder first recognised by a weaker layout
  * (model-dir from its config.json) is upgraded when a stronger one's file shows up. */
 static const struct layout layouts[] = {
@@ -897,6 +1011,7 @@ static const struct layout layouts[] = {
     {"torch-dcp", true, false, true, dcp_match, dcp_complete},
     {"model-dir", true, true, true, model_dir_match, model_dir_complete},
     {"model-root", false, true, false, root_match, root_complete},
+    {"lightning", false, true, true, lightning_match, lightning_complete},
     {"single-file", false, true, true, file_match, file_complete},
 };
 
@@ -936,6 +1051,11 @@ static int64_t parse_step(const struct detect_cand *c)
     /* accelerate numbers its saves, not its steps */
     if (c->name[0] == '\0' || strcmp(c->layout->name, "accelerate") == 0)
         return -1;
+    if (lightning_is_cand(c)) {
+        /* "epoch=3.ckpt" names no step; a lone last.ckpt neither */
+        const char *s = strstr(b, "step=");
+        return s != NULL && s[5] >= '0' && s[5] <= '9' ? strtoll(s + 5, NULL, 10) : -1;
+    }
     const char *s = strstr(b, "step");
     if (s != NULL) {
         s += 4;
@@ -987,7 +1107,7 @@ static int cand_new(struct detect *d, const char *path, const struct match *m, i
     struct detect_cand *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return -ENOMEM;
-    c->name = strndup(path, m->name_len);
+    c->name = m->name != NULL ? strdup(m->name) : strndup(path, m->name_len);
     if (c->name == NULL) {
         free(c);
         return -ENOMEM;
@@ -1132,6 +1252,66 @@ static void cand_drop(struct detect *d, struct detect_cand *c, const char *why)
     cand_destroy(d, c);
 }
 
+/* --- Lightning: a save is over when the next one begins --------------------------------- */
+
+/* Seals a Lightning candidate now if it is complete, no longer waiting for a last.ckpt. */
+static void lightning_seal_now(struct detect *d, struct detect_cand *c, const char *how)
+{
+    if (c->sealed || !lightning_is_cand(c))
+        return;
+    c->marked = true;
+    if (cand_ready(d, c))
+        cand_seal(d, c, how);
+}
+
+/* Only what events showed in order: a listing shows a later state than the events still
+ * queued behind it, so a candidate it found waits out its quiet period instead. */
+static bool lightning_seen_live(const struct detect_cand *c)
+{
+    if (!c->live)
+        return false;
+    for (size_t i = 0; i < c->n_members; i++)
+        if (c->members[i]->scanned)
+            return false;
+    return true;
+}
+
+/* The epoch file of a new save was written (an event, not a listing): the saves before it in
+ * its folder are done, whatever the quiet period says, so that the new last.ckpt cannot mix
+ * into them. */
+static void lightning_next_save(struct detect *d, const char *path)
+{
+    const struct drec *r = rec_get(d, path);
+    const struct detect_cand *save = r != NULL ? r->cand : NULL;
+    if (save == NULL || !lightning_is_cand(save) || save->sealed || strcmp(save->name, path) != 0 ||
+        lightning_is_last(base_name(path)))
+        return;
+    for (size_t i = 0; i < d->n_cands; i++) {
+        struct detect_cand *c = d->cands[i];
+        if (c != save && c->id < save->id && lightning_is_cand(c) && !c->sealed &&
+            c->dir_len == save->dir_len && strcmp(c->dir, save->dir) == 0 && lightning_seen_live(c))
+            lightning_seal_now(d, c, "sealed early: the next save began");
+    }
+}
+
+/* A complete file of an unsealed Lightning candidate is about to be replaced (renamed over, or
+ * truncated by a copy): each save's version is pushed, not coalesced into the newer one. */
+static void lightning_replaced(struct detect *d, const struct drec *t)
+{
+    if (t->cand != NULL && lightning_is_cand(t->cand) && t->member && t->closed && !t->open &&
+        lightning_seen_live(t->cand))
+        lightning_seal_now(d, t->cand, "sealed early: a newer version replaced it");
+}
+
+/* When a save that waits for its last.ckpt gives up (-1: not waiting). */
+static int64_t lightning_wait_deadline(const struct detect *d, const struct detect_cand *c)
+{
+    if (!lightning_is_cand(c) || c->sealed || c->doubtful || c->n_open > 0 ||
+        !lightning_expects_last(d, c))
+        return -1;
+    return c->last_ms + LIGHTNING_LAST_WAIT_MS;
+}
+
 /* --- events ------------------------------------------------------------------------------- */
 
 static int rec_new(struct detect *d, const char *path, struct drec **ret)
@@ -1210,7 +1390,7 @@ static int cand_for(struct detect *d, const char *path, const struct match *m, i
                     struct detect_cand **ret)
 {
     char name[PATH_MAX_LEN + 1];
-    snprintf(name, sizeof(name), "%.*s", (int)m->name_len, path);
+    snprintf(name, sizeof(name), "%.*s", (int)m->name_len, m->name != NULL ? m->name : path);
     struct detect_cand *c = smap_get(&d->names, name);
     if (c != NULL && !c->sealed && c->layout != m->layout && c->layout->folder &&
         m->layout->folder && m->layout < c->layout) {
@@ -1408,6 +1588,27 @@ static int on_write(struct detect *d, const char *path, bool close, bool scan, i
     return 0;
 }
 
+/* A Lightning file made: a last.ckpt that is a symlink (save_last="link") is never written nor
+ * closed, so it counts as closed until a write shows up (a copy writes at once; the quiet period
+ * covers the gap). A complete version made again in place is sealed first. */
+static int lightning_on_create(struct detect *d, const char *path, int64_t now)
+{
+    struct drec *r = rec_get(d, path);
+    int rc;
+
+    if (r != NULL)
+        lightning_replaced(d, r);
+    rc = on_write(d, path, false, false, now);
+    r = rec_get(d, path);
+    if (rc == 0 && r != NULL && r->cand != NULL && lightning_is_cand(r->cand) && !r->cand->sealed &&
+        lightning_is_last(base_name(path))) {
+        rec_set_open(r, false);
+        r->closed = true;
+        r->wrote_ms = now;
+    }
+    return rc;
+}
+
 /* A delete inside a marked, closed checkpoint means its writer is done with it (rotation):
  * seal now, the pins hold the bytes, rather than lose it to the quiet period. */
 /* A delete read this soon after the listing that found a file was most likely queued before
@@ -1563,6 +1764,8 @@ static int on_rename(struct detect *d, const char *from, const char *to, int64_t
     bool old_member = false, added;
     int rc;
 
+    if (t != NULL && t != r)
+        lightning_replaced(d, t);
     if (t != NULL && t != r) {
         /* Replaced by the rename: its old inode is gone from this name. */
         struct match m;
@@ -1714,6 +1917,52 @@ static void on_overflow(struct detect *d, int64_t now)
         d->cands[i]->last_ms = now;
 }
 
+/* --- checkpoints the journal owns (detect_own) -------------------------------------------- */
+
+/* The owned entry that is path or one of its parent folders, or NULL. */
+static struct smap_ent *owned_find(const struct detect *d, const char *path)
+{
+    char p[PATH_MAX_LEN + 1];
+    size_t len = strlen(path);
+    if (d->owned.n == 0 || len > PATH_MAX_LEN)
+        return NULL;
+    memcpy(p, path, len + 1);
+    for (size_t i = 1; i <= len; i++) {
+        if (path[i] != '/' && path[i] != '\0')
+            continue;
+        p[i] = '\0';
+        struct smap_ent *e = smap_find(&d->owned, p);
+        p[i] = path[i];
+        if (e != NULL)
+            return e;
+    }
+    return NULL;
+}
+
+static void owned_drop(struct detect *d, struct smap_ent *e)
+{
+    char *key = (char *)e->key;
+    smap_del(&d->owned, key);
+    free(key);
+}
+
+/* A listing of an owned checkpoint's file is skipped. A write to one (an event) is a new save
+ * under that name: the journal no longer speaks for it. */
+static bool owned_event(struct detect *d, const struct watch_event *ev, const char *path)
+{
+    struct smap_ent *e;
+    if (d->owned.n == 0)
+        return false;
+    if (ev->kind == WATCH_SCANNED)
+        return owned_find(d, path) != NULL;
+    if (ev->kind != WATCH_CREATE && ev->kind != WATCH_MODIFY && ev->kind != WATCH_CLOSE_WRITE &&
+        ev->kind != WATCH_MOVED_IN && ev->kind != WATCH_RENAMED)
+        return false;
+    while ((e = owned_find(d, path)) != NULL)
+        owned_drop(d, e);
+    return false;
+}
+
 static int feed_one(struct detect *d, const struct watch_event *ev, int64_t now_ms)
 {
     const char *path = ev->path != NULL ? ev->path : "";
@@ -1726,6 +1975,8 @@ static int feed_one(struct detect *d, const struct watch_event *ev, int64_t now_
         return 0;
     if (!path_valid(path) || (ev->kind == WATCH_RENAMED && !path_valid(ev->old_path)))
         return strlen(path) > PATH_MAX_LEN ? -ENAMETOOLONG : -EINVAL;
+    if (owned_event(d, ev, path))
+        return 0;
     /* No detect_tick here: an event read after a deadline may have happened before it (the loop
      * was busy), so it postpones the seal rather than arrive as a write after it. */
 
@@ -1756,12 +2007,18 @@ static int feed_one(struct detect *d, const struct watch_event *ev, int64_t now_
     }
     if (path[0] == '\0')
         return -EINVAL;
+    int rc;
     switch (ev->kind) {
     case WATCH_CREATE:
+        if ((rc = lightning_on_create(d, path, now_ms)) == 0)
+            lightning_next_save(d, path);
+        return rc;
     case WATCH_MODIFY:
         return on_write(d, path, false, false, now_ms);
     case WATCH_CLOSE_WRITE:
-        return on_write(d, path, true, false, now_ms);
+        if ((rc = on_write(d, path, true, false, now_ms)) == 0)
+            lightning_next_save(d, path);
+        return rc;
     case WATCH_SCANNED:
         return on_write(d, path, false, true, now_ms);
     case WATCH_ATTRIB: {
@@ -1775,9 +2032,10 @@ static int feed_one(struct detect *d, const struct watch_event *ev, int64_t now_
         return 0;
     }
     case WATCH_MOVED_IN:
-        return on_rename(d, NULL, path, now_ms);
     case WATCH_RENAMED:
-        return on_rename(d, ev->old_path, path, now_ms);
+        if ((rc = on_rename(d, ev->kind == WATCH_RENAMED ? ev->old_path : NULL, path, now_ms)) == 0)
+            lightning_next_save(d, path);
+        return rc;
     case WATCH_DELETE:
     case WATCH_MOVED_OUT: {
         struct drec *r = rec_get(d, path);
@@ -1814,6 +2072,9 @@ int64_t detect_next_deadline_ms(const struct detect *d)
         const struct detect_cand *c = d->cands[i];
         if (!c->sealed && c->scan_settle_ms > 0 && (best < 0 || c->scan_settle_ms < best))
             best = c->scan_settle_ms;
+        int64_t waited = lightning_wait_deadline(d, c);
+        if (waited >= 0 && (best < 0 || waited < best))
+            best = waited;
         if (!cand_ready(d, c))
             continue;
         int64_t t = c->last_ms + c->quiet_ms;
@@ -1828,6 +2089,9 @@ void detect_tick(struct detect *d, int64_t now_ms)
     for (size_t i = 0; i < d->n_cands; i++) {
         struct detect_cand *c = d->cands[i];
         report_scan_settled(d, c, now_ms);
+        int64_t waited = lightning_wait_deadline(d, c);
+        if (waited >= 0 && now_ms >= waited)
+            c->marked = true; /* its last.ckpt did not come: sealed without */
         if (cand_ready(d, c) && now_ms >= c->last_ms + c->quiet_ms) {
             char how[64];
             snprintf(how, sizeof(how), "%lld ms quiet", (long long)c->quiet_ms);
@@ -1841,6 +2105,8 @@ void detect_seal_all_complete(struct detect *d, int64_t now_ms)
     detect_tick(d, now_ms);
     for (size_t i = 0; i < d->n_cands; i++) {
         struct detect_cand *c = d->cands[i];
+        if (lightning_is_cand(c))
+            c->marked = true; /* a last.ckpt still to come is not waited for */
         if (cand_ready(d, c))
             cand_seal(d, c, "shutdown, quiet period skipped");
     }
@@ -1940,7 +2206,75 @@ void detect_free(struct detect *d)
     }
     free(d->rules);
     free(d->force_layout);
+    for (size_t i = 0; i < d->owned.cap; i++)
+        if (d->owned.e[i].key != NULL && d->owned.e[i].key != &tomb)
+            free((char *)d->owned.e[i].key);
+    free(d->owned.e);
     free(d);
+}
+
+bool detect_layout_is_folder(const char *layout)
+{
+    for (size_t i = 0; i < N_LAYOUTS; i++)
+        if (strcmp(layouts[i].name, layout) == 0)
+            return layouts[i].folder;
+    return false;
+}
+
+int detect_layout_dir(const char *layout, const char *name, char *buf, size_t size)
+{
+    const char *slash = strrchr(name, '/');
+    size_t n;
+    if (!detect_layout_known(layout) && strcmp(layout, "custom") != 0)
+        return -EINVAL;
+    if (detect_layout_is_folder(layout))
+        n = strlen(name);
+    else
+        n = slash != NULL ? (size_t)(slash - name) : 0; /* model-root: "" */
+    if (n >= size)
+        return -ENAMETOOLONG;
+    memcpy(buf, name, n);
+    buf[n] = '\0';
+    return 0;
+}
+
+static int owned_add(struct detect *d, const char *path)
+{
+    char *key;
+    if (!path_valid(path) || smap_get(&d->owned, path) != NULL)
+        return 0;
+    if ((key = strdup(path)) == NULL)
+        return -ENOMEM;
+    if (smap_put(&d->owned, key, key) < 0) {
+        free(key);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+int detect_own(struct detect *d, const char *name, const char *layout, const char *const *files,
+               size_t n)
+{
+    char dir[PATH_MAX_LEN + 1], path[2 * PATH_MAX_LEN + 2];
+    int rc = detect_layout_dir(layout, name, dir, sizeof(dir));
+    if (rc < 0)
+        return rc;
+    if (detect_layout_is_folder(layout) && dir[0] != '\0')
+        return owned_add(d, dir); /* everything listed under it */
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (dir[0] == '\0')
+            snprintf(path, sizeof(path), "%s", files[i]);
+        else
+            snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
+        rc = owned_add(d, path);
+    }
+    return rc;
+}
+
+const char *detect_owner_name(const struct detect *d, const char *path)
+{
+    const struct drec *r = rec_get(d, path);
+    return r != NULL && r->cand != NULL && !r->cand->layout->folder ? r->cand->name : NULL;
 }
 
 uint64_t detect_cand_id(const struct detect_cand *c)

@@ -60,7 +60,8 @@ struct detect_callbacks {
 };
 
 /* Built-in layouts (the names detect_cand_layout returns): transformers-trainer, nemo,
- * deepspeed, accelerate, orbax, torchsnapshot, torch-dcp, model-dir, model-root, single-file;
+ * deepspeed, accelerate, orbax, torchsnapshot, torch-dcp, model-dir, model-root, lightning,
+ * single-file;
  * "custom" is a configured rule. Rules and completion sources: tests/fixtures/traces/synthetic/
  * SOURCES.md. -EINVAL: unknown layout, more than DETECT_MAX_RULES or an invalid rule. */
 int detect_new(struct detect **ret, const struct detect_config *cfg,
@@ -83,6 +84,22 @@ void detect_seal_all_complete(struct detect *d, int64_t now_ms);
 void detect_forget(struct detect *d, uint64_t id);
 /* Unsealed candidates alive now (tests, status). */
 size_t detect_pending(const struct detect *d);
+
+/* Recovery owns this checkpoint (the journal holds it, sealed or pushed, and its files are still
+ * the ones journaled): directory listings (the scan at start, rescans after an overflow) skip
+ * its files, so it is not detected, sealed or pinned a second time. name and layout as the
+ * journal has them, files relative to its directory (a folder layout owns all below its name).
+ * A file of it written again later (an event, not a listing) is a new save, detected as usual.
+ * Returns 0, -EINVAL for a name that is no built-in layout or "custom", -ENOMEM. */
+int detect_own(struct detect *d, const char *name, const char *layout, const char *const *files,
+               size_t n);
+/* Name of the file candidate a root-relative file belongs to now (a Lightning last.ckpt: its
+ * save's epoch file), or NULL (none, or a folder's). Valid until the next call into detect. */
+const char *detect_owner_name(const struct detect *d, const char *path);
+/* Pure: does layout make folder candidates; the root-relative directory a checkpoint's files are
+ * relative to (its name for a folder, else the name's parent; "" for the root). */
+bool detect_layout_is_folder(const char *layout);
+int detect_layout_dir(const char *layout, const char *name, char *buf, size_t size);
 
 uint64_t detect_cand_id(const struct detect_cand *c);
 /* Root-relative path of the folder or file; "" for the model-root candidate. */

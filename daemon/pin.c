@@ -129,18 +129,26 @@ static int do_link(const char *src, const char *dst, size_t base_len)
     int rc = mkdir_parents(dst, base_len);
     if (rc < 0)
         return rc;
+    int follow = 0;
     if (lstat(src, &st) < 0)
         return -errno;
+    if (S_ISLNK(st.st_mode)) {
+        /* Lightning's save_last="link": last.ckpt is a symlink to the save's file; the pin holds
+         * the file it names, so the push sends those bytes as last.ckpt. */
+        if (stat(src, &st) < 0)
+            return -errno;
+        follow = AT_SYMLINK_FOLLOW;
+    }
     if (!S_ISREG(st.st_mode))
         return -EINVAL;
-    if (link(src, dst) == 0)
+    if (linkat(AT_FDCWD, src, AT_FDCWD, dst, follow) == 0)
         return 0;
     if (errno != EEXIST)
         return -errno;
     /* Replaced by a rename: the old link pins the old inode, the new one must win. */
     if (unlink(dst) < 0 && errno != ENOENT)
         return -errno;
-    return link(src, dst) == 0 ? 0 : -errno;
+    return linkat(AT_FDCWD, src, AT_FDCWD, dst, follow) == 0 ? 0 : -errno;
 }
 
 static int do_copy(const char *src, const char *dst, size_t base_len)

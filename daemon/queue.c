@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "commit_split.h"
+#include "detect.h"
 #include "hub.h"
 #include "journal.h"
 #include "log.h"
@@ -860,9 +861,10 @@ static void after_stat(uv_work_t *w, int status)
         it->present[kept] = true;
         kept++;
     }
-    if (kept > 0 && kept < it->plan.count) {
+    if (kept > 0 && kept < it->plan.count && strcmp(it->layout, "lightning") != 0) {
         /* Half a checkpoint is worse than none: a reader (a resumed training, from_pretrained)
-         * would load it. Its pins stay for a person to look at. */
+         * would load it. Its pins stay for a person to look at. (Each file of a Lightning save
+         * is a whole checkpoint: the ones pinned are pushed.) */
         char why[160];
         snprintf(why, sizeof(why),
                  "%zu of its %zu files were deleted before they could be pinned (rotation "
@@ -1615,9 +1617,23 @@ struct pin_dir {
     bool original; /* its first file is a link of a file in the watched tree */
 };
 
+/* A checkpoint the journal holds: are its files in the watched tree still the journaled ones? */
+struct known_ckpt {
+    uint64_t id;
+    char *dir; /* watched-tree-relative directory of its files */
+    char **files;
+    struct journal_file *stats; /* have_stat, size, mtime_ns, ino of each file */
+    size_t n;
+    bool pushed; /* committed: a file it has no stat of was not pushed, so it cannot matter */
+    bool same;   /* out: every file still there is the one journaled (or pinned) */
+    bool taken;  /* recovery keeps it: requeued, or pushed already */
+};
+
 struct recover_job {
     uv_work_t work;
     struct queue *q;
+    struct known_ckpt *known;
+    size_t n_known;
     char *pins;      /* <staging>/pins */
     char *watch_dir; /* originals of unsealed checkpoints are looked for here */
     char **names;    /* unsealed checkpoints' names (in), exists[] (out) */
@@ -1695,11 +1711,45 @@ static bool original_exists(struct recover_job *job, const char *pin_dir, const 
     return found;
 }
 
+/* Pool thread: a file the scan would find is the journaled one when its inode, size and mtime
+ * are those journaled, or (not stat'ed yet) its inode is its pin's; a pushed checkpoint's file
+ * without a stat was not pushed (the strategy left it out). */
+static void compare_known(struct recover_job *job, struct known_ckpt *k)
+{
+    k->same = true;
+    for (size_t i = 0; i < k->n && k->same; i++) {
+        char path[PATH_MAX], pin[PATH_MAX];
+        struct stat st, ps;
+        const struct journal_file *f = &k->stats[i];
+        if (k->dir[0] == '\0')
+            snprintf(path, sizeof(path), "%s/%s", job->watch_dir, k->files[i]);
+        else
+            snprintf(path, sizeof(path), "%s/%s/%s", job->watch_dir, k->dir, k->files[i]);
+        if (stat(path, &st) != 0) { /* follows a symlink, as its pin did */
+            k->same = errno == ENOENT;
+            continue;
+        }
+        if (f->have_stat) {
+            k->same = f->size == (uint64_t)st.st_size && f->ino == (uint64_t)st.st_ino &&
+                      f->mtime_ns == (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+            continue;
+        }
+        snprintf(pin, sizeof(pin), "%s/%" PRIu64 "/%s", job->pins, k->id, k->files[i]);
+        if (lstat(pin, &ps) != 0)
+            k->same = k->pushed;
+        else
+            k->same = ps.st_ino == st.st_ino && ps.st_dev == st.st_dev;
+    }
+}
+
 static void recover_work(uv_work_t *w)
 {
     struct recover_job *job = w->data;
     DIR *dir = opendir(job->pins);
     struct dirent *de;
+
+    for (size_t i = 0; i < job->n_known; i++)
+        compare_known(job, &job->known[i]);
 
     for (size_t i = 0; i < job->n_names; i++) {
         char path[PATH_MAX];
@@ -1776,6 +1826,72 @@ static void requeue(struct queue *q, struct item ***tail, uint64_t id, const cha
     q->waiting++;
 }
 
+static void take_known(struct recover_job *job, uint64_t id)
+{
+    for (size_t i = 0; i < job->n_known; i++)
+        if (job->known[i].id == id)
+            job->known[i].taken = true;
+}
+
+/* The checkpoints recovery keeps, unchanged on disk: the scan is to leave them alone. */
+static void report_owned(struct queue *q, struct recover_job *job)
+{
+    for (size_t i = 0; i < job->n_known && q->deps.owned != NULL; i++) {
+        struct known_ckpt *k = &job->known[i];
+        struct journal_ckpt *c = journal_ckpt_find(q->journal, k->id);
+        if (!k->taken || !k->same || c == NULL)
+            continue;
+        q->deps.owned(q->deps.recovery_ctx, c->name, c->layout, (const char *const *)k->files,
+                      k->n);
+    }
+}
+
+static void known_free(struct recover_job *job)
+{
+    for (size_t i = 0; i < job->n_known; i++) {
+        struct known_ckpt *k = &job->known[i];
+        for (size_t f = 0; f < k->n; f++)
+            free(k->files[f]);
+        free(k->files);
+        free(k->stats);
+        free(k->dir);
+    }
+    free(job->known);
+}
+
+/* Copies what compare_known needs of each sealed or pushed checkpoint with a detector layout. */
+static int known_collect(struct queue *q, struct recover_job *job)
+{
+    size_t n = 0;
+    for (struct journal_ckpt *c = journal_ckpts(q->journal); c != NULL; c = c->next)
+        n++;
+    if ((job->known = calloc(n ? n : 1, sizeof(*job->known))) == NULL)
+        return -ENOMEM;
+    for (struct journal_ckpt *c = journal_ckpts(q->journal); c != NULL; c = c->next) {
+        char dir[PATH_MAX];
+        struct known_ckpt *k = &job->known[job->n_known];
+        if (c->state == JOURNAL_DETECTED || c->id >= q->deps.new_ids_from || c->name == NULL ||
+            c->layout == NULL || c->n_files == 0 ||
+            detect_layout_dir(c->layout, c->name, dir, sizeof(dir)) < 0)
+            continue;
+        job->n_known++;
+        k->id = c->id;
+        k->pushed = c->state == JOURNAL_COMMITTED || c->state == JOURNAL_RELEASED;
+        k->dir = strdup(dir);
+        k->files = calloc(c->n_files, sizeof(*k->files));
+        k->stats = calloc(c->n_files, sizeof(*k->stats));
+        if (k->dir == NULL || k->files == NULL || k->stats == NULL)
+            return -ENOMEM;
+        for (size_t i = 0; i < c->n_files; i++, k->n++) {
+            if ((k->files[i] = strdup(c->files[i].path)) == NULL)
+                return -ENOMEM;
+            k->stats[i] = c->files[i];
+            k->stats[i].path = NULL; /* not owned here */
+        }
+    }
+    return 0;
+}
+
 static void after_recover(uv_work_t *w, int status)
 {
     struct recover_job *job = w->data;
@@ -1807,6 +1923,7 @@ static void after_recover(uv_work_t *w, int status)
         if (d != NULL)
             d->id = 0; /* known */
         if (c->state == JOURNAL_COMMITTED || c->state == JOURNAL_RELEASED) {
+            take_known(job, c->id);
             if (d != NULL) {
                 release_quietly(q, c->id);
                 released++;
@@ -1848,6 +1965,7 @@ static void after_recover(uv_work_t *w, int status)
                 requeue(q, &tail, c->id, c->name ? c->name : "",
                         c->layout ? c->layout : "explicit-dir", c->step, files, c->n_files, true);
             free(files);
+            take_known(job, c->id);
         }
         requeued++;
     }
@@ -1892,6 +2010,7 @@ static void after_recover(uv_work_t *w, int status)
     }
     log_info("recovery", "journal_corrupt_records=%u requeued=%zu released=%zu",
              journal_corrupt_records(q->journal), requeued, released);
+    report_owned(q, job);
     for (size_t i = 0; i < job->n_dirs; i++) {
         for (size_t f = 0; f < job->dirs[i].n; f++)
             free(job->dirs[i].files[f]);
@@ -1904,6 +2023,7 @@ static void after_recover(uv_work_t *w, int status)
     free(job->exists);
     free(job->pins);
     free(job->watch_dir);
+    known_free(job);
     free(job);
     q->recovered = true;
     flush_notes(q);
@@ -1912,6 +2032,8 @@ static void after_recover(uv_work_t *w, int status)
         if (it->journaled && it->recovered)
             set_state(q, it, QUEUE_WAITING);
     journal_waiting(q);
+    if (q->deps.recovered != NULL)
+        q->deps.recovered(q->deps.recovery_ctx);
 }
 
 static void on_journal_open(void *ctx, int status)
@@ -1946,10 +2068,12 @@ static void on_journal_open(void *ctx, int status)
     }
     job->q = q;
     job->work.data = job;
-    if (uv_queue_work(q->deps.loop, &job->work, recover_work, after_recover) == 0)
+    if (known_collect(q, job) == 0 &&
+        uv_queue_work(q->deps.loop, &job->work, recover_work, after_recover) == 0)
         return;
 fail:
     if (job != NULL) {
+        known_free(job);
         for (size_t i = 0; i < job->n_names; i++)
             free(job->names[i]);
         free(job->names);
@@ -1962,6 +2086,8 @@ fail:
     q->recovered = true;
     flush_notes(q);
     journal_waiting(q);
+    if (q->deps.recovered != NULL)
+        q->deps.recovered(q->deps.recovery_ctx);
 }
 
 /* ---- the rest of the API ------------------------------------------------------------------ */

@@ -73,6 +73,15 @@ struct queue_deps {
     struct hash_pool *hashes;
     /* Pin ids from here up belong to this run: recovery leaves their pins alone. */
     uint64_t new_ids_from;
+    /* Recovery (the journal read, the pins listed) calls owned for each checkpoint the journal
+     * holds, recovered to push or pushed already, whose files in the watched tree are still the
+     * journaled ones (same inode, size and mtime, or the inode of its pin; gone counts too):
+     * the scan must leave it alone. Then recovered, once, also when recovery failed. Both may
+     * be NULL. */
+    void (*owned)(void *ctx, const char *name, const char *layout, const char *const *files,
+                  size_t n);
+    void (*recovered)(void *ctx);
+    void *recovery_ctx;
 };
 
 #define QUEUE_RETRY_BASE_MS 1000

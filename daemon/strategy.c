@@ -1,7 +1,8 @@
 /* strategy.c - transformers' hub strategies: every_save (a checkpoint's model files at the repo
  * root), checkpoint (+ the whole latest checkpoint under last-checkpoint/), all_checkpoints (+
  * each checkpoint under its own folder), end (only the end of training); include/exclude globs;
- * which checkpoint folders --keep-last retires. */
+ * which checkpoint folders --keep-last retires. Lightning's files keep their place in the tree
+ * under every strategy but end. */
 #include "strategy.h"
 
 #include <errno.h>
@@ -45,6 +46,28 @@ static char *join(const char *dir, const char *file)
     return out;
 }
 
+/* The epoch Lightning put in a file name ("epoch=3-step=400.ckpt"), or -1. */
+static long long lightning_epoch(const char *name)
+{
+    const char *base = strrchr(name, '/');
+    const char *e = strstr(base != NULL ? base + 1 : name, "epoch=");
+
+    if (e == NULL || e[6] < '0' || e[6] > '9')
+        return -1;
+    return strtoll(e + 6, NULL, 10);
+}
+
+/* file beside name: "a/b/epoch=1.ckpt" + "last.ckpt" -> "a/b/last.ckpt". */
+static char *join_dir_of(const char *name, const char *file)
+{
+    char *out;
+    int dir = (int)(strrchr(name, '/') - name);
+
+    if (asprintf(&out, "%.*s/%s", dir, name, file) < 0)
+        return NULL;
+    return out;
+}
+
 static char *message_for(const char *layout, const char *name, long long step)
 {
     char *out = NULL;
@@ -52,7 +75,10 @@ static char *message_for(const char *layout, const char *name, long long step)
 
     if (strcmp(layout, "model-root") == 0)
         return strdup("End of training");
-    if (step >= 0)
+    if (strcmp(layout, "lightning") == 0 && step >= 0 && lightning_epoch(name) >= 0)
+        rc = asprintf(&out, "Training in progress, epoch %lld, step %lld", lightning_epoch(name),
+                      step);
+    else if (step >= 0)
         rc = asprintf(&out, "Training in progress, step %lld", step);
     else
         rc = asprintf(&out, "Add checkpoint %s", name);
@@ -82,6 +108,7 @@ int strategy_plan(enum config_strategy strategy, const char *layout, const char 
     bool trainer = strcmp(layout, "transformers-trainer") == 0;
     bool root = strcmp(layout, "model-root") == 0;
     bool single = strcmp(layout, "single-file") == 0;
+    bool lightning = strcmp(layout, "lightning") == 0;
     /* where the whole checkpoint goes, besides its model files at the root */
     const char *folder = strategy == STRATEGY_CHECKPOINT        ? "last-checkpoint"
                          : strategy == STRATEGY_ALL_CHECKPOINTS ? name
@@ -107,6 +134,10 @@ int strategy_plan(enum config_strategy strategy, const char *layout, const char 
             path = strdup(f);
         else if (single)
             path = strdup(name); /* the file keeps its place in the tree */
+        else if (lightning)
+            path = strrchr(name, '/') != NULL
+                       ? join_dir_of(name, f) /* the save's files keep their place too */
+                       : strdup(f);
         else if (strategy == STRATEGY_CHECKPOINT)
             path = join("last-checkpoint", f);
         else

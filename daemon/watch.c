@@ -305,14 +305,18 @@ static void scan_one(struct watch *w, const char *rel, bool urgent)
             struct stat st;
             if (fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
                 continue;
-            type = S_ISDIR(st.st_mode) ? DT_DIR : S_ISREG(st.st_mode) ? DT_REG : DT_UNKNOWN;
+            type = S_ISDIR(st.st_mode)   ? DT_DIR
+                   : S_ISREG(st.st_mode) ? DT_REG
+                   : S_ISLNK(st.st_mode) ? DT_LNK
+                                         : DT_UNKNOWN;
         }
         if (type == DT_DIR) {
             emit(w, WATCH_SCANNED, true, child, NULL);
             rc = scan_push(w, child, urgent);
             if (rc < 0)
                 emit_error(w, child, rc);
-        } else if (type == DT_REG) {
+        } else if (type == DT_REG || type == DT_LNK) {
+            /* a symlink as its IN_CREATE reports it (Lightning's last.ckpt, save_last="link") */
             emit(w, WATCH_SCANNED, false, child, NULL);
         }
     }

@@ -75,6 +75,8 @@ class Trainer:
         self.checkpoint_callback = CheckpointCallback()
         self.checkpoint_callbacks = [self.checkpoint_callback]
         self.callback_metrics = {"val_loss": Tensor(0.5), "nan": float("nan")}
+        self.current_epoch = 0
+        self.global_step = 7
 
 
 class Module:
@@ -202,6 +204,9 @@ class WithDaemon(unittest.TestCase):
                          body={"route": "commit", "count": 20, "status": 422})
         cb.on_train_batch_start(trainer, Module(), None, 1)
         self.assertEqual(cb.pushed, [path])
+        # titled with the save's epoch and step, as the daemon titles a Lightning save
+        self.daemon.wait_event("push-message", timeout=10,
+                               message="Training in progress, epoch 0, step 7")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             cb.on_train_end(trainer, Module())

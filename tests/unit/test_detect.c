@@ -616,11 +616,6 @@ static const struct want_trace synthetic[] = {
      {{"checkpoints/checkpoint_0", "accelerate", 2, 1},
       {"checkpoints/checkpoint_1", "accelerate", 2, 1},
       {"checkpoints/checkpoint_2", "accelerate", 2, 1}}},
-    {"synthetic/lightning-model-checkpoint.jsonl",
-     {{"lightning_logs/version_0/checkpoints/epoch=0-step=50.ckpt", "single-file", 1, 1},
-      {"lightning_logs/version_0/checkpoints/epoch=1-step=100.ckpt", "single-file", 1, 1},
-      {"lightning_logs/version_0/checkpoints/epoch=2-step=150.ckpt", "single-file", 1, 1},
-      {"lightning_logs/version_0/checkpoints/last.ckpt", "single-file", 1, 2}}},
     {"synthetic/plain-torch-save.jsonl",
      {{"ckpt/step_100.pt", "single-file", 1, 1},
       {"ckpt/step_200.pt", "single-file", 1, 1},
@@ -786,8 +781,9 @@ static void test_moved_in_from_outside(void)
     advance(d, r, 1600);
     CHECK(r->n_seals == 1);
     const struct seal *s = find_seal(r, "lightning/epoch=3.ckpt");
-    CHECK(s != NULL && s->step == 3 && s->at_ms == 1600);
-    CHECK(s != NULL && strcmp(s->layout, "single-file") == 0);
+    /* Lightning's name template "{epoch}": a save of the lightning layout, naming no step */
+    CHECK(s != NULL && s->step == -1 && s->at_ms == 1600);
+    CHECK(s != NULL && strcmp(s->layout, "lightning") == 0);
     /* A second save replacing the sealed file is a new checkpoint with a new id. */
     feed(d, r, 5000, WATCH_MOVED_IN, false, "lightning/epoch=3.ckpt", NULL);
     finish(d, r);
@@ -1360,11 +1356,13 @@ static void test_late_watch(const char *trace, int64_t quiet)
                                 "and its listing before event %d\n",
                                 trace, name, a[at].path, w, s);
                 }
-                /* Never before the last write into it (a file replaced after its seal aside) */
+                /* Never before the last write into it (a file replaced after its seal aside:
+                 * a Lightning last.ckpt seen without its save is such a file) */
                 for (int k = 0; k < r->n_seals; k++) {
                     const struct seal *sl = &r->seals[k];
                     int64_t last = last_write(a, n, sl->name);
-                    if (seal_count(base, sl->name) > 1 || sl->at_ms >= last)
+                    if (seal_count(base, sl->name) > 1 || sl->at_ms >= last ||
+                        strstr(sl->name, "last.ckpt") != NULL)
                         continue;
                     if (failed++ < 5)
                         fprintf(stderr,
@@ -1438,6 +1436,242 @@ static void test_root_waits_for_weights(void)
     free(r);
 }
 
+/* --- Lightning ModelCheckpoint ------------------------------------------------------------ */
+
+#define LDIR "lightning_logs/version_0/checkpoints/"
+
+static bool has_file(const struct seal *s, const char *file)
+{
+    for (size_t i = 0; s != NULL && i < s->n_files && i < 32; i++)
+        if (strcmp(s->files[i], file) == 0)
+            return true;
+    return false;
+}
+
+/* The synthetic trace: epoch files and last.ckpt renamed in, the last save copied in. */
+static void test_lightning_trace(int64_t quiet)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct tev *a;
+    int n = load_trace("synthetic/lightning-model-checkpoint.jsonl", &a);
+    struct detect *d = make(r, quiet);
+
+    replay(d, r, a, n);
+    const struct seal *e0 = find_seal(r, LDIR "epoch=0-step=50.ckpt");
+    const struct seal *e1 = find_seal(r, LDIR "epoch=1-step=100.ckpt");
+    const struct seal *e2 = find_seal(r, LDIR "epoch=2-step=150.ckpt");
+    CHECK(e0 != NULL && e1 != NULL && e2 != NULL);
+    CHECK(e0 != NULL && strcmp(e0->layout, "lightning") == 0 && e0->step == 50);
+    /* last.ckpt comes 100 ms after epoch 0's file: within a 1000 ms quiet period it is part of
+     * that save; with 100 ms the save is sealed first and last.ckpt is a checkpoint alone */
+    CHECK(has_file(e0, "epoch=0-step=50.ckpt") && has_file(e0, "last.ckpt") == (quiet > 100));
+    CHECK(seal_count(r, LDIR "last.ckpt") == (quiet > 100 ? 0 : 1));
+    CHECK(e1 != NULL && e1->n_files == 2 && has_file(e1, "last.ckpt") && e1->step == 100);
+    /* the last save never got its last.ckpt (the trace ends): it waited, then went without */
+    CHECK(e2 != NULL && e2->n_files == 1 && strstr(e2->rule, "no last.ckpt came") != NULL);
+    CHECK(r->n_seals == (quiet > 100 ? 3 : 4));
+    for (int i = 0; i < r->n_seals; i++)
+        CHECK(strstr(r->seals[i].rule, "coalesced") == NULL);
+    CHECK(all_ready_before_seal(r));
+    CHECK(detect_pending(d) == 0);
+    detect_free(d);
+    free(a);
+    free(r);
+}
+
+/* save_top_k=1, save_last=True, saves faster than the quiet period: each save is one checkpoint
+ * with its own last.ckpt version, sealed when the next save begins; none is coalesced. */
+static void test_lightning_fast_saves(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 1000);
+    static const char *const epochs[] = {LDIR "epoch=0-step=10.ckpt", LDIR "epoch=1-step=20.ckpt",
+                                         LDIR "epoch=2-step=30.ckpt", LDIR "epoch=3-step=40.ckpt"};
+
+    for (int k = 0; k < 4; k++) {
+        int64_t t = 300 * k;
+        feed(d, r, t, WATCH_MOVED_IN, false, epochs[k], NULL);
+        feed(d, r, t + 1, WATCH_ATTRIB, false, epochs[k], NULL);
+        if (k > 0)
+            feed(d, r, t + 2, WATCH_DELETE, false, epochs[k - 1], NULL);
+        feed(d, r, t + 100, WATCH_MOVED_IN, false, LDIR "last.ckpt", NULL);
+        if (k > 0) /* sealed the moment the next save began, with its own last.ckpt */
+            CHECK(r->n_seals == k && r->seals[k - 1].at_ms == t);
+    }
+    finish(d, r);
+    CHECK(r->n_seals == 4);
+    for (int k = 0; k < 4; k++) {
+        const struct seal *s = find_seal(r, epochs[k]);
+        CHECK(s != NULL && s->n_files == 2 && has_file(s, "last.ckpt"));
+        CHECK(s != NULL && s->step == 10 * (k + 1));
+        CHECK(s != NULL && strstr(s->rule, "coalesced") == NULL);
+        CHECK(s != NULL && (k == 3 ? strstr(s->rule, "and last.ckpt written, 1000 ms quiet")
+                                   : strstr(s->rule, "the next save began")) != NULL);
+    }
+    /* each version of last.ckpt was pinned under its own save */
+    int added = 0;
+    for (int i = 0; i < r->n_notes; i++)
+        added += strncmp(r->notes[i], "added", 5) == 0 && strstr(r->notes[i], "' 'last.ckpt'");
+    CHECK(added == 4);
+    CHECK(!has_note(r, "dropped"));
+    detect_free(d);
+    free(r);
+}
+
+/* A folder that had a last.ckpt: the next save waits for its own, however long the quiet
+ * period is exceeded (a big model takes long to serialise again), at most a minute. */
+static void test_lightning_waits_for_last(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 1000);
+
+    feed(d, r, 0, WATCH_MOVED_IN, false, "ck/epoch=0-step=5.ckpt", NULL);
+    feed(d, r, 10, WATCH_MOVED_IN, false, "ck/last.ckpt", NULL);
+    advance(d, r, 1010);
+    CHECK(r->n_seals == 1 && r->seals[0].n_files == 2);
+    feed(d, r, 20000, WATCH_MOVED_IN, false, "ck/epoch=1-step=10.ckpt", NULL);
+    advance(d, r, 25000);
+    CHECK(r->n_seals == 1); /* waiting for last.ckpt */
+    feed(d, r, 25000, WATCH_MOVED_IN, false, "ck/last.ckpt", NULL);
+    advance(d, r, 26000);
+    CHECK(r->n_seals == 2 && r->seals[1].n_files == 2 && r->seals[1].at_ms == 26000);
+    /* no last.ckpt this time (save_last turned off, a stale one there): sealed after a minute */
+    feed(d, r, 30000, WATCH_MOVED_IN, false, "ck/epoch=2-step=15.ckpt", NULL);
+    CHECK(detect_next_deadline_ms(d) == 90000);
+    advance(d, r, 89999);
+    CHECK(r->n_seals == 2);
+    advance(d, r, 91000);
+    CHECK(r->n_seals == 3 && r->seals[2].n_files == 1 && r->seals[2].at_ms == 90000);
+    CHECK(strstr(r->seals[2].rule, "no last.ckpt came") != NULL);
+    /* a flush or shutdown does not wait for it either */
+    feed(d, r, 100000, WATCH_MOVED_IN, false, "ck/epoch=3-step=20.ckpt", NULL);
+    detect_seal_all_complete(d, 100001);
+    CHECK(r->n_seals == 4 && r->seals[3].n_files == 1);
+    detect_free(d);
+    free(r);
+}
+
+/* save_last="link": last.ckpt is removed and made again as a symlink: a CREATE, never written
+ * nor closed. It is part of the save (its pin holds the file it names). */
+static void test_lightning_symlink_last(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 500);
+
+    feed(d, r, 0, WATCH_CREATE, false, "ck/epoch=0-step=5.ckpt", NULL);
+    feed(d, r, 5, WATCH_MODIFY, false, "ck/epoch=0-step=5.ckpt", NULL);
+    feed(d, r, 20, WATCH_CLOSE_WRITE, false, "ck/epoch=0-step=5.ckpt", NULL);
+    feed(d, r, 21, WATCH_CREATE, false, "ck/last.ckpt", NULL); /* os.symlink */
+    finish(d, r);
+    CHECK(r->n_seals == 1 && r->seals[0].n_files == 2 && r->seals[0].at_ms == 521);
+    feed(d, r, 5000, WATCH_CREATE, false, "ck/epoch=1-step=10.ckpt", NULL);
+    feed(d, r, 5010, WATCH_CLOSE_WRITE, false, "ck/epoch=1-step=10.ckpt", NULL);
+    feed(d, r, 5011, WATCH_DELETE, false, "ck/epoch=0-step=5.ckpt", NULL);
+    feed(d, r, 5012, WATCH_DELETE, false, "ck/last.ckpt", NULL);
+    feed(d, r, 5013, WATCH_CREATE, false, "ck/last.ckpt", NULL);
+    finish(d, r);
+    CHECK(r->n_seals == 2 && r->seals[1].n_files == 2 && has_file(&r->seals[1], "last.ckpt"));
+    CHECK(r->seals[1].at_ms == 5513);
+    /* a last.ckpt copied in (created, then written) is waited for as any file */
+    feed(d, r, 9000, WATCH_MOVED_IN, false, "ck/epoch=2-step=15.ckpt", NULL);
+    feed(d, r, 9001, WATCH_DELETE, false, "ck/last.ckpt", NULL);
+    feed(d, r, 9100, WATCH_CREATE, false, "ck/last.ckpt", NULL);
+    feed(d, r, 9101, WATCH_MODIFY, false, "ck/last.ckpt", NULL);
+    advance(d, r, 20000);
+    CHECK(r->n_seals == 2);
+    feed(d, r, 20000, WATCH_CLOSE_WRITE, false, "ck/last.ckpt", NULL);
+    finish(d, r);
+    CHECK(r->n_seals == 3 && r->seals[2].n_files == 2 && r->seals[2].at_ms == 20500);
+    detect_free(d);
+    free(r);
+}
+
+/* save_top_k=0, save_last=True: only last.ckpt, replaced at every save: each version is a
+ * checkpoint, sealed when the next replaces it rather than coalesced into it. */
+static void test_lightning_last_only(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 1000);
+
+    for (int k = 0; k < 3; k++)
+        feed(d, r, 300 * k, WATCH_MOVED_IN, false, "ck/last.ckpt", NULL);
+    finish(d, r);
+    CHECK(seal_count(r, "ck/last.ckpt") == 3);
+    for (int i = 0; i < r->n_seals; i++) {
+        CHECK(strcmp(r->seals[i].layout, "lightning") == 0 && r->seals[i].step == -1);
+        CHECK(strstr(r->seals[i].rule, "coalesced") == NULL);
+    }
+    CHECK(r->seals[0].at_ms == 300 && r->seals[1].at_ms == 600 && r->seals[2].at_ms == 1600);
+    CHECK(strstr(r->seals[0].rule, "a newer version replaced it") != NULL);
+    /* other *.ckpt names stay single files unless --layout lightning */
+    feed(d, r, 5000, WATCH_CLOSE_WRITE, false, "ck/model.ckpt", NULL);
+    finish(d, r);
+    CHECK(find_seal(r, "ck/model.ckpt") != NULL &&
+          strcmp(find_seal(r, "ck/model.ckpt")->layout, "single-file") == 0);
+    detect_free(d);
+    struct detect_config forced = {.quiet_ms = 1000, .layout = "lightning"};
+    struct detect_callbacks cbs = {r,          cb_added,    cb_renamed, cb_removed, cb_sealed,
+                                   cb_dropped, cb_doubtful, cb_late,    cb_ready};
+    memset(r, 0, sizeof(*r));
+    CHECK(detect_new(&d, &forced, &cbs) == 0);
+    feed(d, r, 0, WATCH_MOVED_IN, false, "ck/my-model-0.25.ckpt", NULL);
+    feed(d, r, 10, WATCH_MOVED_IN, false, "ck/last.ckpt", NULL);
+    finish(d, r);
+    CHECK(r->n_seals == 1 && r->seals[0].n_files == 2 &&
+          strcmp(r->seals[0].layout, "lightning") == 0);
+    detect_free(d);
+    free(r);
+}
+
+/* --- checkpoints the journal owns --------------------------------------------------------- */
+
+static void test_owned(void)
+{
+    struct rec *r = calloc(1, sizeof(*r));
+    struct detect *d = make(r, 1000);
+    const char *trainer[] = {"model.safetensors", "trainer_state.json"};
+    const char *single[] = {"step_100.pt"};
+    const char *light[] = {"epoch=1-step=20.ckpt", "last.ckpt"};
+    char dir[64];
+
+    CHECK(detect_own(d, "checkpoint-10", "transformers-trainer", trainer, 2) == 0);
+    CHECK(detect_own(d, "ckpt/step_100.pt", "single-file", single, 1) == 0);
+    CHECK(detect_own(d, "ck/epoch=1-step=20.ckpt", "lightning", light, 2) == 0);
+    CHECK(detect_own(d, "x", "explicit-dir", single, 1) == -EINVAL);
+    /* the scan at start finds them all: the owned ones are not detected again */
+    feed(d, r, 0, WATCH_SCANNED, true, "checkpoint-10", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "checkpoint-10/model.safetensors", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "checkpoint-10/trainer_state.json", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "checkpoint-10/.hidden", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "ckpt/step_100.pt", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "ck/epoch=1-step=20.ckpt", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "ck/last.ckpt", NULL);
+    feed(d, r, 0, WATCH_SCANNED, true, "checkpoint-20", NULL);
+    feed(d, r, 0, WATCH_SCANNED, false, "checkpoint-20/trainer_state.json", NULL);
+    CHECK(r->n_notes == 1 && has_note(r, "added 'checkpoint-20' 'trainer_state.json'"));
+    CHECK(detect_pending(d) == 1);
+    finish(d, r);
+    CHECK(r->n_seals == 1 && strcmp(r->seals[0].name, "checkpoint-20") == 0);
+    /* an overflow's rescan skips them too */
+    feed(d, r, 5000, WATCH_OVERFLOW, false, "", NULL);
+    feed(d, r, 5000, WATCH_SCANNED, false, "ckpt/step_100.pt", NULL);
+    CHECK(detect_pending(d) == 0);
+    /* written again (an event): a new save under that name, detected as usual */
+    feed(d, r, 6000, WATCH_CLOSE_WRITE, false, "ckpt/step_100.pt", NULL);
+    finish(d, r);
+    CHECK(seal_count(r, "ckpt/step_100.pt") == 1);
+    CHECK(detect_layout_dir("lightning", "a/b/last.ckpt", dir, sizeof(dir)) == 0 &&
+          strcmp(dir, "a/b") == 0);
+    CHECK(detect_layout_dir("orbax", "100/default", dir, sizeof(dir)) == 0 &&
+          strcmp(dir, "100/default") == 0);
+    CHECK(detect_layout_dir("model-root", "", dir, sizeof(dir)) == 0 && dir[0] == '\0');
+    CHECK(detect_layout_dir("single-file", "w.pt", dir, sizeof(dir)) == 0 && dir[0] == '\0');
+    CHECK(detect_layout_dir("custom", "runs/a", dir, sizeof(dir)) == 0 &&
+          strcmp(dir, "runs/a") == 0);
+    detect_free(d);
+    free(r);
+}
+
 int main(void)
 {
     test_root_waits_for_weights();
@@ -1450,6 +1684,13 @@ int main(void)
     test_dcp_ranks();
     test_synthetic_traces(1000);
     test_synthetic_traces(100);
+    test_lightning_trace(1000);
+    test_lightning_trace(100);
+    test_lightning_fast_saves();
+    test_lightning_waits_for_last();
+    test_lightning_symlink_last();
+    test_lightning_last_only();
+    test_owned();
     test_rule_details();
     test_custom_rules();
     test_moved_in_from_outside();

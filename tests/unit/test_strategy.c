@@ -198,12 +198,52 @@ static void test_retire(void)
     CHECK_INT(strategy_retire("checkpoint-1", NULL, 0, 1, m), 0);
 }
 
+/* Lightning: one save is its epoch file and last.ckpt, each at its place in the tree, titled with
+ * the epoch and step the file name carries. */
+static void test_lightning(void)
+{
+    const char *save[] = {"epoch=3-step=400.ckpt", "last.ckpt"};
+    const char *last[] = {"last.ckpt"};
+    const enum config_strategy all[] = {STRATEGY_EVERY_SAVE, STRATEGY_CHECKPOINT,
+                                        STRATEGY_ALL_CHECKPOINTS};
+    struct strategy_plan plan;
+
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        CHECK_INT(strategy_plan(all[i], "lightning",
+                                "lightning_logs/version_0/checkpoints/"
+                                "epoch=3-step=400.ckpt",
+                                400, save, 2, &plan),
+                  0);
+        CHECK_INT(plan.count, 2);
+        CHECK_STR(plan.items[0].path_in_repo,
+                  "lightning_logs/version_0/checkpoints/epoch=3-step=400.ckpt");
+        CHECK_STR(plan.items[1].path_in_repo, "lightning_logs/version_0/checkpoints/last.ckpt");
+        CHECK_STR(plan.items[1].file, "last.ckpt");
+        CHECK_STR(plan.message, "Training in progress, epoch 3, step 400");
+        strategy_plan_release(&plan);
+    }
+    /* at the root; a name with a step and no epoch; a lone last.ckpt (no step known) */
+    CHECK_INT(strategy_plan(STRATEGY_EVERY_SAVE, "lightning", "step=7.ckpt", 7, save, 1, &plan), 0);
+    CHECK_STR(plan.items[0].path_in_repo, "epoch=3-step=400.ckpt");
+    CHECK_STR(plan.message, "Training in progress, step 7");
+    strategy_plan_release(&plan);
+    CHECK_INT(strategy_plan(STRATEGY_EVERY_SAVE, "lightning", "ck/last.ckpt", -1, last, 1, &plan),
+              0);
+    CHECK_STR(plan.items[0].path_in_repo, "ck/last.ckpt");
+    CHECK_STR(plan.message, "Add checkpoint ck/last.ckpt");
+    strategy_plan_release(&plan);
+    CHECK_INT(strategy_plan(STRATEGY_END, "lightning", "ck/last.ckpt", -1, last, 1, &plan), 0);
+    CHECK_INT(plan.count, 0);
+    strategy_plan_release(&plan);
+}
+
 int main(void)
 {
     test_checkpoint_number();
     test_retire();
     test_other_strategies();
     test_folders();
+    test_lightning();
     test_trainer_checkpoint();
     test_trainer_variants();
     test_single_file_and_root();

@@ -4,7 +4,9 @@ Uses lightning.pytorch or pytorch_lightning when importable, a duck-typed base o
 raises into training when the daemon is absent (one warning).
 
 on_save_checkpoint runs before Lightning writes the file, so the path is pushed at the next hook
-(batch, epoch, validation or train end), once the file exists.
+(batch, epoch, validation or train end), once the file exists, titled with the epoch and step of
+the save ("Training in progress, epoch E, step S", as the daemon titles a save whose file name
+carries them; this also titles a last.ckpt saved alone, or files named by a template of your own).
 """
 
 import os
@@ -39,6 +41,7 @@ class CkptpushCallback(NotifierCallback, _Base):
         self._init_notifier(socket_path, job, wait, wait_timeout, timeout)
         self._pending = False
         self._seen = {}  # path -> mtime_ns pushed
+        self._title = None  # the commit title of the latest save
 
     @staticmethod
     def _main_process(trainer):
@@ -57,11 +60,16 @@ class CkptpushCallback(NotifierCallback, _Base):
             if self._seen.get(path) == mtime:
                 continue
             self._seen[path] = mtime
-            self.notifier.push(path, hint_dir=getattr(trainer, "default_root_dir", None))
+            self.notifier.push(path, hint_dir=getattr(trainer, "default_root_dir", None),
+                               message=self._title)
         self._pending = waiting
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         self._pending = True
+        epoch = getattr(trainer, "current_epoch", None)
+        step = getattr(trainer, "global_step", None)
+        if isinstance(epoch, int) and isinstance(step, int):
+            self._title = f"Training in progress, epoch {epoch}, step {step}"
 
     def on_train_batch_start(self, trainer, pl_module, *args, **kwargs):
         self._push_written(trainer)
