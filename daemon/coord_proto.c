@@ -112,7 +112,8 @@ int coord_open(const unsigned char *key, size_t key_len, char dir, char *line, s
     size_t body_len = len - MAC_SUFFIX_LEN;
     mac_closed(key, key_len, dir, line, body_len, true, want);
     if (CRYPTO_memcmp(want, line + body_len + MAC_FIELD_LEN, COORD_MAC_HEX) != 0) {
-        snprintf(why, why_size, "the message's HMAC does not match (wrong job secret, or altered)");
+        snprintf(why, why_size,
+                 "the HMAC of the message does not match (wrong job secret, or altered)");
         return -EACCES;
     }
     cJSON *json = cJSON_ParseWithLength(line, len);
@@ -124,7 +125,7 @@ int coord_open(const unsigned char *key, size_t key_len, char dir, char *line, s
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(json, "v");
     if (!cJSON_IsNumber(v) || v->valuedouble != COORD_PROTO_VERSION) {
         cJSON_Delete(json);
-        snprintf(why, why_size, "field 'v' is not %d", COORD_PROTO_VERSION);
+        snprintf(why, why_size, "field v is not %d", COORD_PROTO_VERSION);
         return -EINVAL;
     }
     *ret_json = json;
@@ -154,12 +155,12 @@ int coord_check_fresh(const cJSON *json, const char *want_nonce, uint64_t last_s
     uint64_t seq;
 
     if (!cJSON_IsString(nonce) || strcmp(nonce->valuestring, want_nonce) != 0) {
-        snprintf(why, why_size, "the message names another connection's nonce (a replay)");
+        snprintf(why, why_size, "the message names the nonce of another connection (a replay)");
         return -EACCES;
     }
     if (!get_uint(json, "seq", 9007199254740991.0, &seq) || seq <= last_seq) {
         snprintf(why, why_size,
-                 "field 'seq' is missing or not above %" PRIu64 " (a replay or a reordered line)",
+                 "field seq is missing or not above %" PRIu64 " (a replay or a reordered line)",
                  last_seq);
         return -EACCES;
     }
@@ -203,26 +204,26 @@ int coord_parse_report(const cJSON *json, long nodes, struct coord_report *ret, 
 
     memset(ret, 0, sizeof(*ret));
     if (!get_uint(json, "rank", (double)nodes - 1, &rank)) {
-        snprintf(why, why_size, "field 'rank' is not a node rank from 0 to %ld", nodes - 1);
+        snprintf(why, why_size, "field rank is not a node rank from 0 to %ld", nodes - 1);
         return -EINVAL;
     }
     if (!cJSON_IsString(ckpt) || bad_relpath(ckpt->valuestring, COORD_MAX_NAME)) {
-        snprintf(why, why_size, "field 'ckpt' is not a checkpoint name (1-%d bytes, relative)",
+        snprintf(why, why_size, "field ckpt is not a checkpoint name (1-%d bytes, relative)",
                  COORD_MAX_NAME);
         return -EINVAL;
     }
     if (!cJSON_IsNumber(step) || !isfinite(step->valuedouble) ||
         step->valuedouble != floor(step->valuedouble) || fabs(step->valuedouble) > 9.0e15) {
-        snprintf(why, why_size, "field 'step' is not an integer");
+        snprintf(why, why_size, "field step is not an integer");
         return -EINVAL;
     }
     if (!cJSON_IsString(msg) || msg->valuestring[0] == '\0' || strlen(msg->valuestring) > 1024) {
-        snprintf(why, why_size, "field 'message' is not a commit title (1-1024 bytes)");
+        snprintf(why, why_size, "field message is not a commit title (1-1024 bytes)");
         return -EINVAL;
     }
     int n = cJSON_IsArray(files) ? cJSON_GetArraySize(files) : -1;
     if (n < 1 || n > 20000) {
-        snprintf(why, why_size, "field 'files' is not a list of 1 to 20000 files");
+        snprintf(why, why_size, "field files is not a list of 1 to 20000 files");
         return -EINVAL;
     }
     ret->files = calloc((size_t)n, sizeof(*ret->files));
@@ -244,8 +245,8 @@ int coord_parse_report(const cJSON *json, long nodes, struct coord_report *ret, 
              strcmp(via->valuestring, "hub") != 0) ||
             !get_uint(f, "size", 9007199254740991.0, &cf->size)) {
             snprintf(why, why_size,
-                     "file %zu of 'files' lacks a relative 'path', a 'size', a lowercase "
-                     "'sha256' or a 'via' of lfs, xet or hub",
+                     "file %zu of files lacks a relative path, a size, a lowercase sha256 "
+                     "or a via of lfs, xet or hub",
                      i + 1);
             free(ret->files);
             ret->files = NULL;
