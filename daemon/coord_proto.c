@@ -74,21 +74,15 @@ char *coord_seal(const unsigned char *key, size_t key_len, char dir, const char 
     char hex[COORD_MAC_HEX + 1];
     char *line;
 
-    if (len < 2 || body[0] != '{' || body[len - 1] != '}')
+    if (len < 3 || body[0] != '{' || body[len - 1] != '}')
         return NULL;
     coord_mac(key, key_len, dir, body, len, hex);
     if ((line = malloc(len - 1 + MAC_SUFFIX_LEN + 2)) == NULL)
         return NULL;
     memcpy(line, body, len - 1);
-    /* an empty object gets no leading comma: "{" + "\"mac\"..." */
     size_t at = len - 1;
-    if (len == 2) {
-        memcpy(line + at, MAC_FIELD + 1, MAC_FIELD_LEN - 1);
-        at += MAC_FIELD_LEN - 1;
-    } else {
-        memcpy(line + at, MAC_FIELD, MAC_FIELD_LEN);
-        at += MAC_FIELD_LEN;
-    }
+    memcpy(line + at, MAC_FIELD, MAC_FIELD_LEN);
+    at += MAC_FIELD_LEN;
     memcpy(line + at, hex, COORD_MAC_HEX);
     at += COORD_MAC_HEX;
     memcpy(line + at, "\"}\n", 4);

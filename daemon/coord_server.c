@@ -473,7 +473,7 @@ static void conn_close(struct conn *c, const char *why)
         log_warn("coord-node-lost", "rank=%ld peer=%s reason='%s'", c->rank, c->peer, why);
         for (struct ckpt *ck = s->ckpts; ck != NULL; ck = ck->next)
             if (ck->parts[c->rank].json == NULL && !ck->committing)
-                log_waiting(ck, "a node's connection dropped before its report");
+                log_waiting(ck, "the connection of a node dropped before its report");
     }
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
 }

@@ -753,8 +753,8 @@ static void report_part(struct queue *q, struct item *it)
         return;
     }
     it->reporting = true;
-    log_info("node-uploaded", "ckpt='%s' files=%zu next='waiting for the coordinator's commit'",
-             it->name, n);
+    log_info("node-uploaded",
+             "ckpt='%s' files=%zu next='waiting for the commit of the coordinator'", it->name, n);
 }
 
 static void on_uploaded(void *ctx, const struct ckpt_err *err, const char *commit_oid)
