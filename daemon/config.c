@@ -569,9 +569,10 @@ SETTER(set_job_secret_file)
     return set_path(&cfg->job_secret_file, v, why, why_size);
 }
 
-/* KEY_LIST: a file gives a string or a list of strings, the environment one value, each flag
+/* KEY_NUMBER_OR_TEXT: a whole number or a word ("nodes": 4 or "auto").
+ * KEY_LIST: a file gives a string or a list of strings, the environment one value, each flag
  * one more; every value is added. */
-enum key_type { KEY_TEXT, KEY_NUMBER, KEY_BOOL, KEY_LIST };
+enum key_type { KEY_TEXT, KEY_NUMBER, KEY_BOOL, KEY_LIST, KEY_NUMBER_OR_TEXT };
 
 struct key_def {
     const char *key;        /* JSON key; the environment variable is CKPTPUSH_<KEY> */
@@ -611,7 +612,7 @@ static const struct key_def keys[] = {
     {"layout", "layout", NULL, NULL, KEY_TEXT, false, set_layout},
     {"rules", "rule", NULL, NULL, KEY_LIST, false, add_rule},
     {"token_path", "token-path", NULL, "HF_TOKEN_PATH", KEY_TEXT, true, set_token_path},
-    {"nodes", "nodes", NULL, NULL, KEY_TEXT, false, set_nodes},
+    {"nodes", "nodes", NULL, NULL, KEY_NUMBER_OR_TEXT, false, set_nodes},
     {"node_rank", "node-rank", NULL, NULL, KEY_NUMBER, false, set_node_rank},
     {"coordinator", "coordinator", NULL, NULL, KEY_TEXT, false, set_coordinator},
     {"coordinator_wait_s", "coordinator-wait", NULL, NULL, KEY_NUMBER, false, set_coord_wait},
@@ -773,16 +774,19 @@ int config_apply_text(struct config *cfg, char *text, const char *path)
             value = cJSON_IsTrue(item) ? "true" : cJSON_IsFalse(item) ? "false" : NULL;
             want = "true or false";
             break;
+        case KEY_NUMBER_OR_TEXT:
         case KEY_NUMBER:
-            if (cJSON_IsNumber(item) && item->valuedouble >= 0 && item->valuedouble <= 4e9 &&
-                item->valuedouble == (double)(unsigned long)item->valuedouble) {
+            if (k->type == KEY_NUMBER_OR_TEXT && cJSON_IsString(item)) {
+                value = item->valuestring;
+            } else if (cJSON_IsNumber(item) && item->valuedouble >= 0 && item->valuedouble <= 4e9 &&
+                       item->valuedouble == (double)(unsigned long)item->valuedouble) {
                 snprintf(number, sizeof(number), "%lu", (unsigned long)item->valuedouble);
                 value = number;
             } else if (cJSON_IsNumber(item)) {
                 snprintf(number, sizeof(number), "%g", item->valuedouble);
                 value = number; /* the setter says why it is out of range */
             }
-            want = "a whole number";
+            want = k->type == KEY_NUMBER ? "a whole number" : "a whole number or a word";
             break;
         }
         if (value == NULL) {
