@@ -212,12 +212,13 @@ class MultiNode(unittest.TestCase):
             self.assertIsNone(coord.proc.poll(), "the coordinator is still up")
             self.assertEqual(len(hub.commits(repo)) - before, 1, "nothing forged was committed")
         finally:
-            for d in every:
-                if d.proc.poll() is None:
-                    d.stop()
+            rcs = {id(d): d.stop() for d in every if d.proc.poll() is None}
         for d in every:
             for ln in d.lines:
                 self.assertNotIn(secret, ln, "the job secret appeared in a log")
+                self.assertNotRegex(ln, r"Sanitizer|runtime error", "\n" + d.tail())
+            if id(d) in rcs:  # stopped by SIGTERM here: a clean exit
+                self.assertEqual(rcs[id(d)], 0, d.tail())
 
 
 if __name__ == "__main__":
