@@ -492,6 +492,12 @@ static void print_status(FILE *f, const cJSON *st, bool tty)
         int pct;
         jnum(ck, "bytes_total", &total);
         jnum(ck, "bytes_done", &done);
+        {
+            /* Xet: chunks the Hub already had are done without being sent */
+            double deduped = 0;
+            if (jnum(ck, "xet_bytes_deduped", &deduped))
+                done += deduped;
+        }
         pct = total > 0 ? (int)(100.0 * done / total) : 0;
         if (state != NULL && strcmp(state, "committed") == 0)
             pct = 100;

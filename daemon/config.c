@@ -74,7 +74,9 @@ void config_print_usage(void)
           "  --include GLOB       push only repo paths matching GLOB (repeatable)\n"
           "  --exclude GLOB       never push repo paths matching GLOB (repeatable)\n"
           "  --max-rate BYTES     upload bandwidth cap, all transfers together (0: none)\n"
-          "  --max-transfers N    parts or files uploading at once (4)\n"
+          "  --max-transfers N    parts, files or xorbs uploading at once (4)\n"
+          "  --transfer MODE      auto (default: Xet when the Hub offers it, else LFS),\n"
+          "                       xet (fail when the Hub does not offer it) or lfs\n"
           "  --nice N             CPU niceness of the daemon's threads, 0-19 (10), with the\n"
           "                       lowest I/O priority: the training keeps the machine; a\n"
           "                       wrapped command keeps its own; 0 leaves them as they are\n"
@@ -125,6 +127,18 @@ static const char *const strategy_names[] = {
 const char *config_strategy_name(enum config_strategy strategy)
 {
     return (unsigned)strategy < STRATEGY_COUNT ? strategy_names[strategy] : "unknown";
+}
+
+static const char *const transfer_names[] = {
+    [TRANSFER_AUTO] = "auto",
+    [TRANSFER_XET] = "xet",
+    [TRANSFER_LFS] = "lfs",
+};
+#define TRANSFER_COUNT (sizeof(transfer_names) / sizeof(transfer_names[0]))
+
+const char *config_transfer_name(enum config_transfer transfer)
+{
+    return (unsigned)transfer < TRANSFER_COUNT ? transfer_names[transfer] : "unknown";
 }
 
 /* --- one setter per key: check the text, store it, or say why not ------------------------ */
@@ -227,6 +241,18 @@ SETTER(set_strategy)
     }
     snprintf(why, why_size,
              "unknown strategy '%.100s' (known: every_save, checkpoint, all_checkpoints, end)", v);
+    return -EINVAL;
+}
+
+SETTER(set_transfer)
+{
+    for (size_t i = 0; i < TRANSFER_COUNT; i++) {
+        if (strcmp(v, transfer_names[i]) == 0) {
+            cfg->transfer = (enum config_transfer)i;
+            return 0;
+        }
+    }
+    snprintf(why, why_size, "unknown transfer '%.100s' (known: auto, xet, lfs)", v);
     return -EINVAL;
 }
 
@@ -596,6 +622,7 @@ static const struct key_def keys[] = {
     {"exclude", "exclude", NULL, NULL, KEY_LIST, false, add_exclude},
     {"max_rate", "max-rate", NULL, NULL, KEY_NUMBER, false, set_max_rate},
     {"max_transfers", "max-transfers", NULL, NULL, KEY_NUMBER, false, set_max_transfers},
+    {"transfer", "transfer", NULL, NULL, KEY_TEXT, false, set_transfer},
     {"nice", "nice", NULL, NULL, KEY_NUMBER, false, set_nice},
     {"staging_max", "staging-max", NULL, NULL, KEY_NUMBER, false, set_staging_max},
     {"commits_per_hour", "commits-per-hour", NULL, NULL, KEY_NUMBER, false, set_commits_per_hour},
@@ -1328,6 +1355,7 @@ char *config_to_json(const struct config *cfg)
     }
     cJSON_AddNumberToObject(o, "max_rate", (double)cfg->max_rate);
     cJSON_AddNumberToObject(o, "max_transfers", cfg->max_transfers);
+    cJSON_AddStringToObject(o, "transfer", config_transfer_name(cfg->transfer));
     cJSON_AddNumberToObject(o, "nice", cfg->nice);
     cJSON_AddNumberToObject(o, "staging_max", (double)cfg->staging_max);
     cJSON_AddNumberToObject(o, "commits_per_hour", cfg->commits_per_hour);

@@ -33,6 +33,13 @@ enum config_strategy {
     STRATEGY_END,             /* nothing during training, everything at the end */
 };
 
+/* How LFS files travel (issue 13): Xet when the Hub offers it, Xet or fail, or plain LFS. */
+enum config_transfer {
+    TRANSFER_AUTO,
+    TRANSFER_XET,
+    TRANSFER_LFS,
+};
+
 #define CONFIG_GLOBS_MAX 64
 
 /* The largest configuration file read. */
@@ -69,9 +76,10 @@ struct config {
     char *include[CONFIG_GLOBS_MAX + 1]; /* fnmatch globs on repo paths, NULL-terminated */
     char *exclude[CONFIG_GLOBS_MAX + 1];
     unsigned long long max_rate; /* upload bytes per second, all transfers; 0: none */
-    unsigned max_transfers;      /* PUTs in flight (parts or files) */
-    unsigned nice;               /* niceness of the daemon's threads; 0: unchanged */
-    unsigned commits_per_hour;   /* commit budget per repo; later saves coalesce */
+    unsigned max_transfers;      /* PUTs in flight (parts or files, or xorbs) */
+    enum config_transfer transfer;
+    unsigned nice;             /* niceness of the daemon's threads; 0: unchanged */
+    unsigned commits_per_hour; /* commit budget per repo; later saves coalesce */
     /* Remote retention: checkpoint folders kept, newest first (all_checkpoints; a later bucket
      * target shares the key); 0: all. */
     unsigned keep_last;
@@ -115,6 +123,7 @@ void config_release(struct config *cfg);
  * problem is added to cfg->problems. Pure: the setters only check and copy. */
 int config_apply_text(struct config *cfg, char *text, const char *path);
 const char *config_strategy_name(enum config_strategy strategy);
+const char *config_transfer_name(enum config_transfer transfer);
 void config_print_usage(void);
 /* The effective configuration as one JSON object (token redacted to "hf_***" with its source),
  * newline-terminated; free() the result. NULL when out of memory. */

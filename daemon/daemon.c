@@ -34,6 +34,7 @@
 #include "priority.h"
 #include "queue.h"
 #include "watch.h"
+#include "xet_session.h"
 
 #define STAGING_SKIP_NAME ".ckptpush"
 #define MAX_WAITERS 64
@@ -57,6 +58,9 @@ struct daemon {
     struct hash_pool *hashes;
     struct http *http;
     struct hub *hub;
+    struct xet_session *xet; /* NULL in dry-run */
+    char *xet_dir;           /* <staging>/xet: the shard cache and xorbs being sent */
+    char *xet_work_dir;
     struct hub_op *startup_op;
     struct queue *queue;
     struct control *control;
@@ -774,6 +778,11 @@ static cJSON *item_json(const struct queue_item_view *v)
     cJSON_AddNumberToObject(o, "bytes_to_send", (double)v->progress.bytes_to_send);
     cJSON_AddNumberToObject(o, "bytes_done", (double)v->progress.bytes_sent);
     cJSON_AddNumberToObject(o, "files_skipped", (double)v->progress.files_skipped);
+    cJSON_AddNumberToObject(o, "files_xet", (double)v->progress.files_xet);
+    cJSON_AddNumberToObject(o, "xet_bytes_new", (double)v->progress.xet_bytes_new);
+    cJSON_AddNumberToObject(o, "xet_bytes_deduped", (double)v->progress.xet_bytes_dedup);
+    cJSON_AddNumberToObject(o, "xorbs_sent", (double)v->progress.xorbs_sent);
+    cJSON_AddNumberToObject(o, "xorbs_resumed", (double)v->progress.xorbs_resumed);
     cJSON_AddNumberToObject(o, "rate_bps", v->rate_bps);
     cJSON_AddNumberToObject(o, "eta_s", v->rate_bps > 0 ? (double)left / v->rate_bps : -1);
     cJSON_AddNumberToObject(o, "seconds", v->seconds);
@@ -1106,6 +1115,7 @@ static void reload(struct daemon *d)
     NEEDS_RESTART(!same_globs(fresh.exclude, d->cfg->exclude), "exclude");
     NEEDS_RESTART(fresh.max_rate != d->cfg->max_rate, "max_rate");
     NEEDS_RESTART(fresh.max_transfers != d->cfg->max_transfers, "max_transfers");
+    NEEDS_RESTART(fresh.transfer != d->cfg->transfer, "transfer");
     NEEDS_RESTART(fresh.commits_per_hour != d->cfg->commits_per_hour, "commits_per_hour");
     NEEDS_RESTART(fresh.keep_last != d->cfg->keep_last, "keep_last");
     NEEDS_RESTART(fresh.private_repo != d->cfg->private_repo, "private");
@@ -1750,6 +1760,9 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
             .token = cfg->token,
             .repo_id = cfg->repo_id,
             .private_repo = cfg->private_repo,
+            .transfer = cfg->transfer == TRANSFER_XET   ? HUB_TRANSFER_XET
+                        : cfg->transfer == TRANSFER_LFS ? HUB_TRANSFER_LFS
+                                                        : HUB_TRANSFER_AUTO,
         };
         struct http_opts http_opts = {.max_rate = cfg->max_rate};
         if ((rc = http_init(&d->http, loop, &http_opts)) < 0) {
@@ -1760,6 +1773,14 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
             *ret_exit = CKPT_EXIT_INVALID;
             goto fail;
         }
+        if (cfg->transfer != TRANSFER_LFS) {
+            if (asprintf(&d->xet_dir, "%s/xet", cfg->staging_dir) < 0 ||
+                asprintf(&d->xet_work_dir, "%s/xet/tmp", cfg->staging_dir) < 0 ||
+                (rc = xet_session_new(&d->xet, loop, d->hub, d->xet_dir)) < 0) {
+                ckpt_err_set(err, CKPT_ERR_IO, -ENOMEM, "cannot start Xet: out of memory");
+                goto fail;
+            }
+        }
     }
     if ((rc = pin_new(&d->pin, loop, cfg->watch_dir, STAGING_SKIP_NAME, on_pin_result, d)) < 0 ||
         (rc = hash_pool_init(&d->hashes, loop, 2, (int)cfg->nice)) < 0 ||
@@ -1768,22 +1789,23 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
         goto fail;
     }
     {
-        struct queue_deps deps = {
-            .loop = loop,
-            .cfg = cfg,
-            .pin = d->pin,
-            .hub = d->hub,
-            .hashes = d->hashes,
-            .new_ids_from = d->id_base + 1,
-            .owned = on_owned_by_journal,
-            .recovered = on_recovered,
-            .recovery_ctx = d,
-        };
+        struct queue_deps deps = {.loop = loop,
+                                  .cfg = cfg,
+                                  .pin = d->pin,
+                                  .hub = d->hub,
+                                  .hashes = d->hashes,
+                                  .new_ids_from = d->id_base + 1,
+                                  .owned = on_owned_by_journal,
+                                  .recovered = on_recovered,
+                                  .recovery_ctx = d,
+                                  .xet = d->xet,
+                                  .xet_work_dir = d->xet_work_dir};
         if (cfg->nodes > 1 && (rc = start_coordination(d, err)) < 0) {
             *ret_exit = CKPT_EXIT_INVALID;
             goto fail;
         }
         deps.coord = d->coord_client;
+
         if ((rc = queue_new(&d->queue, &deps, on_queue_event, d)) < 0) {
             ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start: %s", strerror(-rc));
             goto fail;
@@ -1831,6 +1853,9 @@ void daemon_free(struct daemon *d)
     if (d == NULL)
         return;
     queue_free(d->queue);
+    xet_session_free(d->xet);
+    free(d->xet_dir);
+    free(d->xet_work_dir);
     hub_free(d->hub);
     hash_pool_free(d->hashes);
     detect_free(d->detect);

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <cjson/cJSON.h>
@@ -35,6 +36,7 @@ struct hub {
     const char *web_prefix; /* "", "datasets/", "spaces/" */
     const char *type_name;  /* model, dataset, space */
     bool private_repo;
+    enum hub_transfer transfer;
     size_t n_ops;
 };
 
@@ -48,7 +50,8 @@ enum op_kind {
     OP_PUT,
     OP_COMPLETE,
     OP_COMMIT,
-    OP_COMMITS
+    OP_COMMITS,
+    OP_XET_TOKEN
 };
 
 struct hub_op {
@@ -62,6 +65,7 @@ struct hub_op {
         hub_oid_cb oid;
         hub_etag_cb etag;
         hub_dates_cb dates;
+        hub_xet_token_cb xet_token;
     } cb;
     hub_sent_cb sent;
     struct hub_preupload_file *files;
@@ -392,6 +396,7 @@ int hub_init(struct hub **ret, struct http *http, const struct hub_config *cfg,
     hub->type_name = type[0] == 'm' ? "model" : type[0] == 'd' ? "dataset" : "space";
     hub->http = http;
     hub->private_repo = cfg->private_repo;
+    hub->transfer = cfg->transfer;
     hub->endpoint = strdup(ep);
     hub->repo_id = strdup(cfg->repo_id);
     hub->rev = strdup(cfg->revision != NULL ? cfg->revision : "main");
@@ -471,6 +476,16 @@ const char *hub_repo_id(const struct hub *hub)
 const char *hub_endpoint(const struct hub *hub)
 {
     return hub->endpoint;
+}
+
+enum hub_transfer hub_transfer_mode(const struct hub *hub)
+{
+    return hub->transfer;
+}
+
+struct http *hub_http(const struct hub *hub)
+{
+    return hub->http;
 }
 
 /* ---- request plumbing -------------------------------------------------------------------- */
@@ -748,11 +763,53 @@ static int parse_multipart(struct hub_op *op, struct hub_lfs_object *o, const cJ
     return 0;
 }
 
+/* The value of header name (any case) in an LFS action's header object, or NULL. */
+static const char *header_value(const cJSON *hdr, const char *name)
+{
+    const cJSON *h;
+    cJSON_ArrayForEach(h, hdr)
+    {
+        if (h->string != NULL && strcasecmp(h->string, name) == 0)
+            return cJSON_IsString(h) ? h->valuestring : NULL;
+    }
+    return NULL;
+}
+
+/* A Xet answer's upload headers: where the CAS is and a first write token. */
+static int parse_xet_action(struct hub_op *op, struct hub_lfs_object *lo, const cJSON *hdr,
+                            struct ckpt_err *err)
+{
+    const char *cas = header_value(hdr, "X-Xet-Cas-Url");
+    const char *token = header_value(hdr, "X-Xet-Access-Token");
+    const char *exp = header_value(hdr, "X-Xet-Token-Expiration");
+    const char *sid = header_value(hdr, "X-Xet-Session-Id");
+    lo->action = HUB_LFS_XET;
+    if (cas != NULL && strncmp(cas, "http://", 7) != 0 && strncmp(cas, "https://", 8) != 0)
+        return protocol_error(op, err, "'X-Xet-Cas-Url' is not an http(s) URL");
+    if (exp != NULL &&
+        (exp[0] == '\0' || strlen(exp) > 12 || strspn(exp, "0123456789") != strlen(exp)))
+        return protocol_error(op, err, "'X-Xet-Token-Expiration' is not a number of seconds");
+    if (cas == NULL || token == NULL || token[0] == '\0')
+        return 0; /* the session asks the token endpoint */
+    lo->xet_cas_url = strdup(cas);
+    lo->xet_token = strdup(token);
+    lo->xet_session_id = sid != NULL && sid[0] != '\0' ? strdup(sid) : NULL;
+    lo->xet_token_exp = exp != NULL ? (int64_t)strtoll(exp, NULL, 10) : 0;
+    if (lo->xet_cas_url == NULL || lo->xet_token == NULL ||
+        (sid != NULL && sid[0] != '\0' && lo->xet_session_id == NULL))
+        return ckpt_err_set(err, CKPT_ERR_IO, -ENOMEM, "%s: out of memory", op->what);
+    return 0;
+}
+
 static int parse_batch(struct hub_op *op, const cJSON *j, struct ckpt_err *err)
 {
     const cJSON *objects = cJSON_GetObjectItemCaseSensitive(j, "objects");
     if (!cJSON_IsArray(objects))
         return protocol_error(op, err, "'objects' is not an array");
+    const char *transfer = json_str(j, "transfer");
+    bool xet = transfer != NULL && strcmp(transfer, "xet") == 0;
+    if (xet && op->hub->transfer == HUB_TRANSFER_LFS)
+        return protocol_error(op, err, "transfer 'xet', which we did not offer");
     int *seen = calloc(op->n, sizeof(int));
     if (seen == NULL)
         return ckpt_err_set(err, CKPT_ERR_IO, -ENOMEM, "%s: out of memory", op->what);
@@ -805,6 +862,26 @@ static int parse_batch(struct hub_op *op, const cJSON *j, struct ckpt_err *err)
             r = protocol_error(op, err, "'href' is not an http(s) URL");
             break;
         }
+        if (xet) {
+            r = parse_xet_action(op, lo, hdr, err);
+            if (r < 0)
+                break;
+            if ((lo->href = strdup(href)) == NULL) {
+                r = ckpt_err_set(err, CKPT_ERR_IO, -ENOMEM, "%s: out of memory", op->what);
+                break;
+            }
+            continue;
+        }
+        if (op->hub->transfer == HUB_TRANSFER_XET) {
+            char shown[32];
+            clean_copy(shown, sizeof(shown), transfer != NULL ? transfer : "basic",
+                       transfer != NULL ? strlen(transfer) : 5);
+            r = ckpt_err_set(err, CKPT_ERR_REJECTED, -EPROTONOSUPPORT,
+                             "%s: the hub does not offer Xet uploads (it answered transfer '%s'); "
+                             "--transfer xet requires them (use auto or lfs)",
+                             op->what, shown);
+            break;
+        }
         const cJSON *exp = cJSON_GetObjectItemCaseSensitive(up, "expires_in");
         if (cJSON_IsNumber(exp) && exp->valuedouble > 0 && exp->valuedouble < 1e9)
             lo->expires_at = (int64_t)time(NULL) + (int64_t)exp->valuedouble;
@@ -834,6 +911,25 @@ static int parse_batch(struct hub_op *op, const cJSON *j, struct ckpt_err *err)
     return r;
 }
 
+static int parse_xet_token(struct hub_op *op, const cJSON *j, struct ckpt_err *err,
+                           struct hub_xet_token *tok)
+{
+    const char *cas = json_str(j, "casUrl");
+    const char *token = json_str(j, "accessToken");
+    const cJSON *exp = cJSON_GetObjectItemCaseSensitive(j, "exp");
+    uint64_t e;
+    if (cas == NULL || (strncmp(cas, "http://", 7) != 0 && strncmp(cas, "https://", 8) != 0))
+        return protocol_error(op, err, "'casUrl' is not an http(s) URL");
+    if (token == NULL || token[0] == '\0')
+        return protocol_error(op, err, "no string 'accessToken'");
+    if (parse_u64(exp, &e) < 0 || e > (uint64_t)INT64_MAX)
+        return protocol_error(op, err, "'exp' is not a number of seconds");
+    tok->cas_url = cas;
+    tok->access_token = token;
+    tok->exp = (int64_t)e;
+    return 0;
+}
+
 static void on_http_done(void *ctx, const struct http_response *res)
 {
     struct hub_op *op = ctx;
@@ -854,7 +950,7 @@ static void on_http_done(void *ctx, const struct http_response *res)
         r = 0; /* the branch is made by the first commit to it */
     }
     int needs_json = op->kind == OP_WHOAMI || op->kind == OP_HEAD || op->kind == OP_PREUPLOAD ||
-                     op->kind == OP_BATCH || op->kind == OP_COMMIT ||
+                     op->kind == OP_BATCH || op->kind == OP_COMMIT || op->kind == OP_XET_TOKEN ||
                      (op->kind == OP_COMMITS && !no_history);
     if (r == 0 && needs_json) {
         j = cJSON_ParseWithLength(res->body, res->body_len);
@@ -864,6 +960,7 @@ static void on_http_done(void *ctx, const struct http_response *res)
     int64_t *dates = NULL;
     size_t n_dates = 0;
     const char *text = NULL; /* the user name or oid the answer carries */
+    struct hub_xet_token tok = {0};
     if (r == 0) {
         switch (op->kind) {
         case OP_WHOAMI:
@@ -880,6 +977,9 @@ static void on_http_done(void *ctx, const struct http_response *res)
             break;
         case OP_BATCH:
             r = parse_batch(op, j, &e);
+            break;
+        case OP_XET_TOKEN:
+            r = parse_xet_token(op, j, &e, &tok);
             break;
         case OP_COMMITS:
             if (!no_history)
@@ -908,6 +1008,9 @@ static void on_http_done(void *ctx, const struct http_response *res)
         break;
     case OP_COMMITS:
         op->cb.dates(op->ctx, errp, dates, n_dates);
+        break;
+    case OP_XET_TOKEN:
+        op->cb.xet_token(op->ctx, errp, errp == NULL ? &tok : NULL);
         break;
     case OP_BATCH:
     case OP_ENSURE_REPO:
@@ -1022,6 +1125,15 @@ int hub_commit_dates(struct hub *hub, hub_dates_cb cb, void *ctx, struct hub_op 
     return api_get(op, "commits", ret_op);
 }
 
+int hub_xet_write_token(struct hub *hub, hub_xet_token_cb cb, void *ctx, struct hub_op **ret_op)
+{
+    struct hub_op *op = op_new(hub, OP_XET_TOKEN, ctx, "Xet write token for");
+    if (op == NULL)
+        return UV_ENOMEM;
+    op->cb.xet_token = cb;
+    return api_get(op, "xet-write-token", ret_op);
+}
+
 int hub_preupload(struct hub *hub, struct hub_preupload_file *files, size_t n, hub_oid_cb cb,
                   void *ctx, struct hub_op **ret_op)
 {
@@ -1073,6 +1185,15 @@ void hub_lfs_object_release(struct hub_lfs_object *obj)
     obj->n_parts = 0;
     obj->chunk_size = 0;
     obj->action = HUB_LFS_STORED;
+    if (obj->xet_token != NULL)
+        explicit_bzero(obj->xet_token, strlen(obj->xet_token));
+    free(obj->xet_token);
+    free(obj->xet_cas_url);
+    free(obj->xet_session_id);
+    obj->xet_token = NULL;
+    obj->xet_cas_url = NULL;
+    obj->xet_session_id = NULL;
+    obj->xet_token_exp = 0;
 }
 
 int hub_lfs_batch(struct hub *hub, struct hub_lfs_object *objs, size_t n, hub_done_cb cb, void *ctx,
@@ -1086,8 +1207,14 @@ int hub_lfs_batch(struct hub *hub, struct hub_lfs_object *objs, size_t n, hub_do
     if (len < 0 || (size_t)len >= sizeof(url))
         return UV_ENAMETOOLONG;
     struct sbuf b = {.max = 1024 * 1024};
-    sb_str(&b, "{\"operation\":\"upload\",\"transfers\":[\"basic\",\"multipart\"],"
-               "\"hash_algo\":\"sha256\",\"ref\":{\"name\":");
+    static const char *const offers[] = {
+        [HUB_TRANSFER_LFS] = "[\"basic\",\"multipart\"]",
+        [HUB_TRANSFER_AUTO] = "[\"basic\",\"multipart\",\"xet\"]",
+        [HUB_TRANSFER_XET] = "[\"xet\"]",
+    };
+    sb_str(&b, "{\"operation\":\"upload\",\"transfers\":");
+    sb_str(&b, offers[hub->transfer]);
+    sb_str(&b, ",\"hash_algo\":\"sha256\",\"ref\":{\"name\":");
     sb_json(&b, hub->rev);
     sb_str(&b, "},\"objects\":[");
     for (size_t i = 0; i < n; i++) {
@@ -1104,6 +1231,10 @@ int hub_lfs_batch(struct hub *hub, struct hub_lfs_object *objs, size_t n, hub_do
         objs[i].part_urls = NULL;
         objs[i].n_parts = 0;
         objs[i].expires_at = 0;
+        objs[i].xet_cas_url = NULL;
+        objs[i].xet_token = NULL;
+        objs[i].xet_session_id = NULL;
+        objs[i].xet_token_exp = 0;
     }
     sb_str(&b, "]}");
     int err;
@@ -1267,6 +1398,7 @@ int hub_answer(struct hub *hub, const struct hub_answer_args *a, const struct ht
         [HUB_ANSWER_COMMIT] = OP_COMMIT,
         [HUB_ANSWER_ENSURE] = OP_ENSURE_REPO,
         [HUB_ANSWER_COMMITS] = OP_COMMITS,
+        [HUB_ANSWER_XET_TOKEN] = OP_XET_TOKEN,
     };
     struct hub_op *op;
 
@@ -1294,6 +1426,9 @@ int hub_answer(struct hub *hub, const struct hub_answer_args *a, const struct ht
         break;
     case HUB_ANSWER_COMMITS:
         op->cb.dates = a->dates;
+        break;
+    case HUB_ANSWER_XET_TOKEN:
+        op->cb.xet_token = a->xet_token;
         break;
     }
     op->files = a->files;

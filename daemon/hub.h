@@ -22,6 +22,11 @@ struct hub;
 #define HUB_PARTS_MAX 10000   /* multipart parts per object (S3) */
 #define HUB_REGULAR_MAX (10u * 1024 * 1024)
 
+/* What the LFS batch offers (docs/hub-protocol.md section 8). LFS: basic and multipart only, as
+ * before Xet; AUTO adds "xet" and takes it when the Hub answers "transfer":"xet"; XET offers only
+ * "xet" and fails the batch when the Hub answers anything else for an object it lacks. */
+enum hub_transfer { HUB_TRANSFER_LFS = 0, HUB_TRANSFER_AUTO, HUB_TRANSFER_XET };
+
 struct hub_config {
     const char *endpoint;  /* "https://huggingface.co"; a path prefix is allowed */
     const char *token;     /* may be NULL (anonymous) */
@@ -29,6 +34,7 @@ struct hub_config {
     const char *repo_type; /* "model" (default when NULL), "dataset", "space" */
     const char *revision;  /* branch; "main" when NULL */
     bool private_repo;     /* visibility when ensure_repo creates it */
+    enum hub_transfer transfer;
 };
 
 /* Every callback gets err == NULL on success. A cancelled operation reports kind CKPT_ERR_IO
@@ -57,6 +63,9 @@ const char *hub_revision(const struct hub *hub);
 /* A rotated token (SIGHUP): used from the next request on. -ENOMEM or 0. */
 int hub_set_token(struct hub *hub, const char *token);
 const char *hub_endpoint(const struct hub *hub);
+enum hub_transfer hub_transfer_mode(const struct hub *hub);
+/* The transport the hub sends on, for the Xet session's CAS requests. */
+struct http *hub_http(const struct hub *hub);
 
 /* Validates "namespace/name" as the Hub does; fills err naming the id (escaped). */
 int hub_validate_repo_id(const char *repo_id, struct ckpt_err *err);
@@ -94,7 +103,7 @@ struct hub_preupload_file {
 int hub_preupload(struct hub *hub, struct hub_preupload_file *files, size_t n, hub_oid_cb cb,
                   void *ctx, struct hub_op **ret_op);
 
-enum hub_lfs_action { HUB_LFS_STORED = 0, HUB_LFS_BASIC, HUB_LFS_MULTIPART };
+enum hub_lfs_action { HUB_LFS_STORED = 0, HUB_LFS_BASIC, HUB_LFS_MULTIPART, HUB_LFS_XET };
 
 struct hub_lfs_object {
     char oid[65]; /* sha256 hex */
@@ -106,6 +115,12 @@ struct hub_lfs_object {
     char **part_urls; /* multipart: n_parts URLs, part i+1 at [i] */
     size_t n_parts;
     int64_t expires_at; /* unix seconds from the answer's expires_in; 0 when not given */
+    /* Xet (the answer's X-Xet-* upload headers; NULL / 0 when absent: the session asks the
+     * token endpoint). xet_token is a secret: never logged, never journaled. */
+    char *xet_cas_url;
+    char *xet_token;
+    int64_t xet_token_exp; /* unix seconds */
+    char *xet_session_id;
 };
 void hub_lfs_object_release(struct hub_lfs_object *obj);
 
@@ -120,6 +135,18 @@ int hub_lfs_put(struct hub *hub, const char *url, const char *local_path, uint64
 /* POST the multipart completion (etags[i] for part i+1), without Authorization; retried. */
 int hub_lfs_complete(struct hub *hub, const char *href, const char *oid, const char *const *etags,
                      size_t n_parts, hub_done_cb cb, void *ctx, struct hub_op **ret_op);
+
+/* A Xet write token (GET /api/T/R/xet-write-token/REV). access_token is a secret. */
+struct hub_xet_token {
+    const char *cas_url;
+    const char *access_token;
+    int64_t exp; /* unix seconds */
+};
+typedef void (*hub_xet_token_cb)(void *ctx, const struct ckpt_err *err,
+                                 const struct hub_xet_token *token);
+/* Retried like every Hub GET; a 404 or 501 means the Hub has no Xet (CKPT_ERR_NOT_FOUND /
+ * CKPT_ERR_REJECTED). */
+int hub_xet_write_token(struct hub *hub, hub_xet_token_cb cb, void *ctx, struct hub_op **ret_op);
 
 enum hub_commit_kind { HUB_COMMIT_FILE, HUB_COMMIT_LFS, HUB_COMMIT_DELETE };
 

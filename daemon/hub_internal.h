@@ -20,6 +20,7 @@ enum hub_answer_kind {
     HUB_ANSWER_COMMIT,    /* cb.oid */
     HUB_ANSWER_ENSURE,    /* cb.done */
     HUB_ANSWER_COMMITS,   /* cb.dates */
+    HUB_ANSWER_XET_TOKEN, /* cb.xet_token */
 };
 
 struct hub_answer_args {
@@ -29,6 +30,7 @@ struct hub_answer_args {
     hub_done_cb done;
     hub_etag_cb etag;
     hub_dates_cb dates;
+    hub_xet_token_cb xet_token;
     void *ctx;
     struct hub_preupload_file *files;
     struct hub_lfs_object *objs;

@@ -87,6 +87,9 @@ struct journal {
     size_t n_ckpts;
     struct journal_obj *objs;
     size_t n_objs;
+    /* Xet xorbs the CAS accepted, in the order recorded (a ring of JOURNAL_XORBS_MAX) */
+    struct journal_xorb *xorbs;
+    size_t n_xorbs, xorbs_next;
     uint64_t next_seq;
     unsigned corrupt;
 };
@@ -429,6 +432,41 @@ static int files_set(struct journal_ckpt *c, const cJSON *arr)
     return 0;
 }
 
+static bool is_lower_hex64(const char *s)
+{
+    if (s == NULL || strlen(s) != 64)
+        return false;
+    for (size_t i = 0; i < 64; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return true;
+}
+
+static bool is_cas_key(const char *s)
+{
+    if (s == NULL || strlen(s) != 16)
+        return false;
+    for (size_t i = 0; i < 16; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return true;
+}
+
+static void xorb_put(struct journal *j, const char *hash, const char *cas, uint64_t packed)
+{
+    if (journal_xorb_find(j, hash, cas) != NULL)
+        return;
+    if (j->xorbs == NULL && (j->xorbs = calloc(JOURNAL_XORBS_MAX, sizeof(*j->xorbs))) == NULL)
+        return;
+    struct journal_xorb *x = &j->xorbs[j->xorbs_next];
+    memcpy(x->hash, hash, 65);
+    memcpy(x->cas, cas, 17);
+    x->packed_bytes = packed;
+    j->xorbs_next = (j->xorbs_next + 1) % JOURNAL_XORBS_MAX;
+    if (j->n_xorbs < JOURNAL_XORBS_MAX)
+        j->n_xorbs++;
+}
+
 /* One record into the image: the only place the image changes (load and append alike). */
 static int apply(struct journal *j, const cJSON *r)
 {
@@ -503,6 +541,14 @@ static int apply(struct journal *j, const cJSON *r)
             if (f != NULL)
                 file_apply(f, r);
         }
+        return 0;
+    }
+    if (strcmp(k, "xorb") == 0) {
+        /* a bad hash or size is refused like any bad record: the xorb is sent again */
+        if (!is_lower_hex64(jstr(r, "h")) || !is_cas_key(jstr(r, "c")) || !ju64(r, "b", &u) ||
+            u == 0 || u > 64u * 1024 * 1024)
+            return UV_EINVAL;
+        xorb_put(j, jstr(r, "h"), jstr(r, "c"), u);
         return 0;
     }
     if (!ju64(r, "size", &size) || jstr(r, "oid") == NULL)
@@ -666,6 +712,16 @@ static int snapshot(struct journal *j, struct jbuf *out)
         rc = add_record(out, ckpt_record(c), JOURNAL_FILE_MAX);
     for (struct journal_obj *o = j->objs; o != NULL && rc == 0; o = o->next)
         rc = add_record(out, obj_record(o, true), JOURNAL_FILE_MAX);
+    for (size_t i = 0; i < j->n_xorbs && rc == 0; i++) {
+        /* oldest first, so that a reload keeps the same ring order */
+        size_t at = (j->xorbs_next + JOURNAL_XORBS_MAX - j->n_xorbs + i) % JOURNAL_XORBS_MAX;
+        cJSON *r = cJSON_CreateObject();
+        cJSON_AddStringToObject(r, "k", "xorb");
+        cJSON_AddStringToObject(r, "h", j->xorbs[at].hash);
+        cJSON_AddStringToObject(r, "c", j->xorbs[at].cas);
+        cJSON_AddNumberToObject(r, "b", (double)j->xorbs[at].packed_bytes);
+        rc = add_record(out, r, JOURNAL_FILE_MAX);
+    }
     return rc;
 }
 
@@ -1083,6 +1139,7 @@ void journal_free(struct journal *j)
         j->objs = o->next;
         obj_free(o);
     }
+    free(j->xorbs);
     free(j->pending.p);
     free(j->cbs);
     free(j->dir);
@@ -1234,6 +1291,30 @@ int journal_obj_done(struct journal *j, const char *oid, uint64_t size, journal_
     cJSON_AddStringToObject(r, "k", "done");
     cJSON_AddStringToObject(r, "oid", oid);
     cJSON_AddNumberToObject(r, "size", (double)size);
+    return append(j, r, cb, ctx);
+}
+
+const struct journal_xorb *journal_xorb_find(const struct journal *j, const char *hash,
+                                             const char *cas)
+{
+    for (size_t i = 0; i < j->n_xorbs; i++)
+        if (strcmp(j->xorbs[i].hash, hash) == 0 && strcmp(j->xorbs[i].cas, cas) == 0)
+            return &j->xorbs[i];
+    return NULL;
+}
+
+int journal_xorb_done(struct journal *j, const char *hash, const char *cas, uint64_t packed_bytes,
+                      journal_done_cb cb, void *ctx)
+{
+    cJSON *r;
+
+    if (!is_lower_hex64(hash) || !is_cas_key(cas) || packed_bytes == 0)
+        return UV_EINVAL;
+    r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "k", "xorb");
+    cJSON_AddStringToObject(r, "h", hash);
+    cJSON_AddStringToObject(r, "c", cas);
+    cJSON_AddNumberToObject(r, "b", (double)packed_bytes);
     return append(j, r, cb, ctx);
 }
 

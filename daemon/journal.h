@@ -24,6 +24,7 @@ struct journal;
 #define JOURNAL_CKPTS_MAX 65536                 /* checkpoints remembered */
 #define JOURNAL_OBJS_MAX 65536                  /* LFS uploads remembered */
 #define JOURNAL_RELEASED_KEPT 256               /* released checkpoints kept by compaction */
+#define JOURNAL_XORBS_MAX 16384                 /* Xet xorbs remembered (the newest) */
 
 /* A checkpoint's life, in order. FAILED is off the line: kept with its pins, retried later. */
 enum journal_state {
@@ -75,6 +76,13 @@ struct journal_obj {
     bool done;
 };
 
+/* A Xet xorb the CAS accepted (issue 13): after a restart it is not sent again. No token. */
+struct journal_xorb {
+    char hash[65]; /* Xet hex form */
+    char cas[17];  /* which CAS took it: 16 hex digits naming the Hub endpoint */
+    uint64_t packed_bytes;
+};
+
 /* status: 0 once every byte up to this record is on disk, or a negative errno. */
 typedef void (*journal_done_cb)(void *ctx, int status);
 
@@ -122,6 +130,13 @@ int journal_part_done(struct journal *j, const char *oid, uint64_t size, size_t 
                       const char *etag, journal_done_cb cb, void *ctx);
 int journal_obj_done(struct journal *j, const char *oid, uint64_t size, journal_done_cb cb,
                      void *ctx);
+/* The CAS named cas (16 lowercase hex digits) accepted xorb hash (Xet hex), packed_bytes long. */
+int journal_xorb_done(struct journal *j, const char *hash, const char *cas, uint64_t packed_bytes,
+                      journal_done_cb cb, void *ctx);
+/* NULL when that CAS is not recorded as having it (or it was forgotten: only the newest
+ * JOURNAL_XORBS_MAX are kept). */
+const struct journal_xorb *journal_xorb_find(const struct journal *j, const char *hash,
+                                             const char *cas);
 /* Forgets a checkpoint entirely (its pins are gone). */
 int journal_forget(struct journal *j, uint64_t id, journal_done_cb cb, void *ctx);
 /* cb once everything appended so far is durable. */

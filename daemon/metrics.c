@@ -25,6 +25,7 @@
 
 struct snapshot {
     uint64_t uploaded_bytes;
+    uint64_t xet_new_bytes, xet_dedup_bytes;
     uint64_t committed, failed, skipped;
     uint64_t retries;
     uint64_t waiting, pinning, uploading;
@@ -52,6 +53,7 @@ struct metrics {
     const struct queue *queue;
     struct write_job job_buf;
     uint64_t finished_bytes; /* bytes sent by pushes that ended */
+    uint64_t finished_xet_new, finished_xet_dedup;
     uint64_t committed, failed, skipped;
     double last_commit_s;
     uint64_t files_skipped;
@@ -142,9 +144,15 @@ static int format(const struct metrics *m, const struct snapshot *s, const struc
         "# HELP ckptpush_info The daemon's version and target.\n"
         "# TYPE ckptpush_info gauge\n"
         "ckptpush_info{version=\"%s\",repo=\"%s\",job=\"%s\"} 1\n"
-        "# HELP ckptpush_uploaded_bytes_total File bytes sent to the Hub (LFS uploads).\n"
+        "# HELP ckptpush_uploaded_bytes_total File bytes sent to the Hub (LFS uploads, Xet "
+        "xorbs).\n"
         "# TYPE ckptpush_uploaded_bytes_total counter\n"
         "ckptpush_uploaded_bytes_total %" PRIu64 "\n"
+        "# HELP ckptpush_xet_chunk_bytes_total Bytes of Xet chunks, by whether they were new "
+        "(sent in xorbs) or deduplicated (the CAS had them).\n"
+        "# TYPE ckptpush_xet_chunk_bytes_total counter\n"
+        "ckptpush_xet_chunk_bytes_total{kind=\"new\"} %" PRIu64 "\n"
+        "ckptpush_xet_chunk_bytes_total{kind=\"deduplicated\"} %" PRIu64 "\n"
         "# HELP ckptpush_checkpoints Checkpoints sealed and not yet pushed, by state.\n"
         "# TYPE ckptpush_checkpoints gauge\n"
         "ckptpush_checkpoints{state=\"waiting\"} %" PRIu64 "\n"
@@ -180,9 +188,10 @@ static int format(const struct metrics *m, const struct snapshot *s, const struc
         "away.\n"
         "# TYPE ckptpush_watch_root_missing gauge\n"
         "ckptpush_watch_root_missing %d\n",
-        s->up ? 1 : 0, CKPT_VERSION, repo, job, s->uploaded_bytes, s->waiting, s->pinning,
-        s->uploading, s->committed, s->failed, s->skipped, s->retries, s->pending, s->last_commit_s,
-        st->bytes, st->exclusive, s->files_skipped, s->root_missing ? 1 : 0);
+        s->up ? 1 : 0, CKPT_VERSION, repo, job, s->uploaded_bytes, s->xet_new_bytes,
+        s->xet_dedup_bytes, s->waiting, s->pinning, s->uploading, s->committed, s->failed,
+        s->skipped, s->retries, s->pending, s->last_commit_s, st->bytes, st->exclusive,
+        s->files_skipped, s->root_missing ? 1 : 0);
 }
 
 static void write_work(uv_work_t *work)
@@ -236,6 +245,8 @@ static void count_active(void *ctx, const struct queue_item_view *v)
     case QUEUE_UPLOADING:
         s->uploading++;
         s->uploaded_bytes += v->progress.bytes_sent;
+        s->xet_new_bytes += v->progress.xet_bytes_new;
+        s->xet_dedup_bytes += v->progress.xet_bytes_dedup;
         break;
     default:
         break;
@@ -300,6 +311,8 @@ static void start_write(struct metrics *m)
     j->m = m;
     j->work.data = j;
     j->snap.uploaded_bytes = m->finished_bytes;
+    j->snap.xet_new_bytes = m->finished_xet_new;
+    j->snap.xet_dedup_bytes = m->finished_xet_dedup;
     j->snap.committed = m->committed;
     j->snap.failed = m->failed;
     j->snap.skipped = m->skipped;
@@ -366,12 +379,16 @@ void metrics_on_queue_event(struct metrics *m, const struct queue_item_view *v)
     case QUEUE_COMMITTED:
         m->committed++;
         m->finished_bytes += v->progress.bytes_sent;
+        m->finished_xet_new += v->progress.xet_bytes_new;
+        m->finished_xet_dedup += v->progress.xet_bytes_dedup;
         clock_gettime(CLOCK_REALTIME, &ts);
         m->last_commit_s = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
         break;
     case QUEUE_FAILED:
         m->failed++;
         m->finished_bytes += v->progress.bytes_sent;
+        m->finished_xet_new += v->progress.xet_bytes_new;
+        m->finished_xet_dedup += v->progress.xet_bytes_dedup;
         break;
     case QUEUE_SKIPPED:
         m->skipped++;

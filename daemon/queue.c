@@ -643,12 +643,15 @@ static void on_committed_journaled(void *ctx, int status)
     view_of(q, it, &view);
     log_info("committed",
              "ckpt='%s' commit=%s files=%zu skipped=%zu bytes=%" PRIu64 " sent=%" PRIu64
-             " parts_sent=%zu parts_resumed=%zu hash_skipped=%zu rebatches=%zu attempts=%u"
-             " recovered=%s seconds=%.3f message='%s'",
+             " parts_sent=%zu parts_resumed=%zu hash_skipped=%zu rebatches=%zu xet_files=%zu"
+             " xet_new=%" PRIu64 " xet_dedup=%" PRIu64 " xorbs_sent=%zu xorbs_resumed=%zu"
+             " attempts=%u recovered=%s seconds=%.3f message='%s'",
              it->name, it->commit, view.progress.files_total, view.progress.files_skipped,
              view.progress.bytes_total, view.progress.bytes_sent, view.progress.parts_sent,
              view.progress.parts_resumed, view.progress.files_hash_skipped, view.progress.rebatches,
-             it->attempts + 1, it->recovered ? "yes" : "no", view.seconds, it->plan.message);
+             view.progress.files_xet, view.progress.xet_bytes_new, view.progress.xet_bytes_dedup,
+             view.progress.xorbs_sent, view.progress.xorbs_resumed, it->attempts + 1,
+             it->recovered ? "yes" : "no", view.seconds, it->plan.message);
     release(q, it);
 }
 
@@ -1222,8 +1225,11 @@ static void start_upload(struct queue *q, struct item *it)
 {
     struct upload_file *files = calloc(it->plan.count, sizeof(*files));
     struct journal_ckpt *c = journaled(it) ? journal_ckpt_find(q->journal, it->id) : NULL;
-    struct upload_opts opts = {
-        .journal = q->journal, .journal_id = it->id, .max_transfers = q->deps.cfg->max_transfers};
+    struct upload_opts opts = {.journal = q->journal,
+                               .journal_id = it->id,
+                               .max_transfers = q->deps.cfg->max_transfers,
+                               .xet = q->deps.xet,
+                               .xet_work_dir = q->deps.xet_work_dir};
     int rc = -ENOMEM;
 
     if (q->stopped) {

@@ -87,6 +87,9 @@ struct queue_deps {
      * commit. Explicit pushes and the end-of-training commit are committed here as before.
      * NULL: one node. */
     struct coord_client *coord;
+    /* The Xet session and where xorbs are built (<staging>/xet/tmp); NULL: no Xet. */
+    struct xet_session *xet;
+    const char *xet_work_dir;
 };
 
 #define QUEUE_RETRY_BASE_MS 1000

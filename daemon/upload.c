@@ -21,6 +21,8 @@
 #include "hub.h"
 #include "journal.h"
 #include "log.h"
+#include "xet_session.h"
+#include "xet_upload.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -83,6 +85,7 @@ struct up_obj {
     int rebatching;
     int completing;
     int counted;
+    int via_xet; /* the batch gave it to Xet */
     int done;
 };
 
@@ -146,6 +149,13 @@ struct upload {
     size_t running_jobs;
     size_t objs_done;
 
+    /* Xet: objects the batch handed to Xet wait in xet_wait; one xet_upload at a time takes
+     * all that wait (its own shard) */
+    struct xet_upload *xu, *xu_old;
+    size_t *xet_wait, n_xet_wait;
+    size_t *xet_run, n_xet_run;
+    struct xet_upload_progress xet_done_progress;
+
     size_t next_read, reads_done;
     size_t n_regular;
 
@@ -169,6 +179,7 @@ static void send_preupload(struct upload *u);
 static void obj_forget_parts(struct upload *u, size_t i);
 static void pipe_preupload(struct upload *u);
 static void pipe_check_done(struct upload *u);
+static void xet_pump(struct upload *u);
 
 /* Pipelined phases overlap: a state is recorded only when it moves forward. */
 static void journal_state(struct upload *u, enum journal_state s)
@@ -197,6 +208,10 @@ static void upload_release(struct upload *u)
     for (size_t i = 0; i < u->n_del; i++)
         free(u->del[i]);
     free(u->del);
+    xet_upload_free(u->xu);
+    xet_upload_free(u->xu_old);
+    free(u->xet_wait);
+    free(u->xet_run);
     free(u->entries);
     free(u->ready);
     free(u->otab);
@@ -235,6 +250,8 @@ static void fail(struct upload *u, const struct ckpt_err *err)
     u->err = *err;
     for (struct up_req *r = u->reqs; r != NULL; r = r->next)
         hub_op_cancel(r->op);
+    if (u->xu != NULL)
+        xet_upload_cancel(u->xu);
     maybe_finish_failed(u);
 }
 
@@ -599,8 +616,10 @@ static void on_batch(void *ctx, const struct ckpt_err *err)
         obj_setup(u, i);
     u->batch_answered += rc.n;
     pipe_check_done(u);
-    if (u->state == UP_PIPE && !u->failed)
+    if (u->state == UP_PIPE && !u->failed) {
         pump_transfers(u);
+        xet_pump(u);
+    }
 }
 
 /* The objects new since the last batch, at once: their PUTs start while others still hash. */
@@ -654,6 +673,119 @@ static uint64_t part_len(const struct hub_lfs_object *o, size_t k)
     return o->size - off < o->chunk_size ? o->size - off : o->chunk_size;
 }
 
+/* ---- Xet ------------------------------------------------------------------------------- */
+
+static void on_xet_sent(void *ctx, int64_t delta)
+{
+    struct upload_progress *p = &((struct upload *)ctx)->progress;
+    if (delta < 0 && (uint64_t)-delta > p->bytes_sent)
+        p->bytes_sent = 0;
+    else
+        p->bytes_sent += (uint64_t)delta;
+}
+
+static void xet_add_progress(struct xet_upload_progress *sum, const struct xet_upload_progress *p)
+{
+    sum->bytes_new += p->bytes_new;
+    sum->bytes_deduped += p->bytes_deduped;
+    sum->xorbs_sent += p->xorbs_sent;
+    sum->xorbs_resumed += p->xorbs_resumed;
+}
+
+static void on_xet_done(void *ctx, const struct ckpt_err *err, const struct xet_upload_result *res,
+                        size_t n)
+{
+    struct upload *u = ctx;
+    struct xet_upload_progress p;
+    u->outstanding--;
+    xet_upload_get_progress(u->xu, &p);
+    xet_add_progress(&u->xet_done_progress, &p);
+    u->xu_old = u->xu; /* freed after this callback returns, at the next start or the end */
+    u->xu = NULL;
+    if (u->failed) {
+        maybe_finish_failed(u);
+        return;
+    }
+    if (err != NULL) {
+        fail(u, err);
+        return;
+    }
+    log_info("upload_xet_done",
+             "repo='%s' files=%zu new_bytes=%" PRIu64 " dedup_bytes=%" PRIu64
+             " xorbs_sent=%zu xorbs_resumed=%zu",
+             hub_repo_id(u->hub), n, p.bytes_new, p.bytes_deduped, p.xorbs_sent, p.xorbs_resumed);
+    size_t k = u->n_xet_run;
+    u->n_xet_run = 0;
+    for (size_t j = 0; j < k && !u->failed && u->state == UP_PIPE; j++) {
+        log_debug("upload_xet_file", "oid=%s xet_hash=%s", res[j].sha256, res[j].xet_hash);
+        obj_done(u, u->xet_run[j]);
+    }
+    xet_pump(u);
+}
+
+/* Starts one Xet upload with every object waiting, unless one runs. */
+static void xet_pump(struct upload *u)
+{
+    if (u->failed || u->xu != NULL || u->n_xet_wait == 0 || u->state != UP_PIPE)
+        return;
+    xet_upload_free(u->xu_old);
+    u->xu_old = NULL;
+    struct xet_upload_file *files = calloc(u->n_xet_wait, sizeof(*files));
+    if (files == NULL) {
+        fail_code(u, UV_ENOMEM, "Xet upload");
+        return;
+    }
+    for (size_t j = 0; j < u->n_xet_wait; j++) {
+        size_t i = u->xet_wait[j];
+        files[j].local_path = u->entries[u->ob[i].entry].local_path;
+        files[j].sha256 = u->lo[i].oid;
+        files[j].size = u->lo[i].size;
+    }
+    struct xet_upload_opts xo = {.max_transfers = u->opts.max_transfers,
+                                 .journal = u->opts.journal,
+                                 .work_dir = u->opts.xet_work_dir};
+    int rc = xet_upload_start(&u->xu, u->loop, u->opts.xet, files, u->n_xet_wait, &xo, on_xet_sent,
+                              on_xet_done, u);
+    free(files);
+    if (rc < 0) {
+        u->xu = NULL;
+        fail_code(u, rc, "Xet upload");
+        return;
+    }
+    u->outstanding++;
+    memcpy(u->xet_run, u->xet_wait, u->n_xet_wait * sizeof(*u->xet_run));
+    u->n_xet_run = u->n_xet_wait;
+    u->n_xet_wait = 0;
+    journal_state(u, JOURNAL_UPLOADING);
+}
+
+/* An object the batch gave to Xet: it waits for the next Xet upload. */
+static void xet_take(struct upload *u, size_t i)
+{
+    struct hub_lfs_object *o = &u->lo[i];
+    struct ckpt_err e;
+    if (u->opts.xet == NULL || u->opts.xet_work_dir == NULL) {
+        ckpt_err_set(&e, CKPT_ERR_PROTOCOL, -EPROTO,
+                     "LFS batch for '%s': the hub answered transfer 'xet', which this upload "
+                     "cannot use",
+                     hub_repo_id(u->hub));
+        fail(u, &e);
+        return;
+    }
+    if (u->xet_wait == NULL && ((u->xet_wait = calloc(u->n, sizeof(size_t))) == NULL ||
+                                (u->xet_run = calloc(u->n, sizeof(size_t))) == NULL)) {
+        fail_code(u, UV_ENOMEM, "Xet upload");
+        return;
+    }
+    xet_session_offer_token(u->opts.xet, o);
+    u->ob[i].via_xet = 1;
+    if (!u->ob[i].counted) {
+        u->ob[i].counted = 1;
+        u->progress.files_xet++;
+    }
+    u->xet_wait[u->n_xet_wait++] = i;
+}
+
 /* After a batch answer for object i (the first one or a re-batch): what is left to send. */
 static void obj_setup(struct upload *u, size_t i)
 {
@@ -666,6 +798,10 @@ static void obj_setup(struct upload *u, size_t i)
         return;
     if (o->action == HUB_LFS_STORED) {
         obj_done(u, i);
+        return;
+    }
+    if (o->action == HUB_LFS_XET) {
+        xet_take(u, i);
         return;
     }
     if (ob->pstate == NULL || ob->n != n || ob->chunk_size != (multi ? o->chunk_size : 0)) {
@@ -1324,7 +1460,18 @@ nomem:
 
 void upload_get_progress(const struct upload *u, struct upload_progress *ret)
 {
+    struct xet_upload_progress x = u->xet_done_progress;
     *ret = u->progress;
+    if (u->xu != NULL) {
+        struct xet_upload_progress p;
+        xet_upload_get_progress(u->xu, &p);
+        xet_add_progress(&x, &p);
+    }
+    ret->bytes_to_send += x.bytes_new; /* known once each file is planned */
+    ret->xet_bytes_new = x.bytes_new;
+    ret->xet_bytes_dedup = x.bytes_deduped;
+    ret->xorbs_sent = x.xorbs_sent;
+    ret->xorbs_resumed = x.xorbs_resumed;
 }
 
 int upload_file_result(const struct upload *u, size_t i, struct upload_file_result *ret)
@@ -1336,7 +1483,10 @@ int upload_file_result(const struct upload *u, size_t i, struct upload_file_resu
     ret->sha256 = e->sha256;
     ret->size = e->size;
     ret->ignored = u->pf[i].should_ignore;
-    ret->via = e->skip ? "hub" : "lfs";
+    ret->via = e->skip                                  ? "hub"
+               : u->ob[e->obj].via_xet                  ? "xet"
+               : u->lo[e->obj].action == HUB_LFS_STORED ? "hub"
+                                                        : "lfs";
     return 0;
 }
 

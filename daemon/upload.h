@@ -17,6 +17,7 @@ struct hub;
 struct hash_pool;
 struct journal;
 struct upload;
+struct xet_session;
 
 #define UPLOAD_FILES_MAX 20000
 #define UPLOAD_REGULAR_BYTES_MAX (128u * 1024 * 1024) /* base64 in one commit body */
@@ -44,6 +45,12 @@ struct upload_progress {
     size_t parts_sent;         /* PUTs (whole objects or parts) that succeeded */
     size_t parts_resumed;      /* multipart parts finished by an earlier run: not sent again */
     size_t rebatches;          /* objects re-batched for fresh URLs (expired, session lost) */
+    /* Xet (the Hub answered transfer "xet"): bytes_sent counts xorb bytes */
+    size_t files_xet;         /* LFS objects that went through Xet */
+    uint64_t xet_bytes_new;   /* chunk bytes no dedup level had */
+    uint64_t xet_bytes_dedup; /* chunk bytes the CAS had already */
+    size_t xorbs_sent;
+    size_t xorbs_resumed; /* accepted before a restart (journal): not sent again */
 };
 
 struct upload_opts {
@@ -57,6 +64,10 @@ struct upload_opts {
      * path already gone is no error); copied. A path also uploaded is not deleted. */
     const char *const *deletes;
     size_t n_deletes;
+    /* Where objects go when the batch answers transfer "xet" (hub_config.transfer offers it);
+     * work_dir holds xorbs between their build and their POST. NULL: such an answer fails. */
+    struct xet_session *xet;
+    const char *xet_work_dir;
     /* Stop once every object is on the Hub: no commit (another process makes it, naming each
      * file by sha256 as an lfsFile; the Hub accepts an object any client uploaded). Every file
      * goes as an LFS object then, also one the Hub would take as a regular file, and deletes are
@@ -69,7 +80,7 @@ struct upload_file_result {
     const char *path_in_repo;
     const char *sha256; /* 64 hex */
     uint64_t size;
-    const char *via; /* "lfs", or "hub" when the Hub had the content already */
+    const char *via; /* "lfs", "xet", or "hub" when the Hub had the content already */
     bool ignored;    /* the Hub's .gitignore matched: not to be committed */
 };
 

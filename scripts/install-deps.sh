@@ -8,7 +8,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 packages=(build-essential cmake pkg-config git python3 curl ca-certificates
           libuv1-dev libcurl4-openssl-dev libcjson-dev libssl-dev zlib1g-dev inotify-tools
           clang-format valgrind python3-yaml nodejs npm
-          librust-blake3-dev liblz4-dev python3-lz4 # Xet: BLAKE3 C source, LZ4 (daemon and test hub)
+          librust-blake3-dev liblz4-dev # Xet: BLAKE3 C source, LZ4 (daemon; the test hub via ctypes)
           clang libclang-rt-14-dev) # libFuzzer and the sanitizer runtimes (tests/fuzz/run.sh)
 
 missing=()

@@ -4,7 +4,7 @@ and the test hub. Prints the wall time from the checkpoint's appearance (folders
 watched directories at once) to its commit, the aggregate bytes per second, the commits made
 (1 each), and the ratio multi/single. Each run uses fresh random bytes and a fresh repo.
 
-  python3 tests/bench/multinode.py [--nodes 4] [--shards 4] [--shard-mib 8] [--reps 2]
+  python3 tests/bench/multinode.py [--nodes 4] [--shards 4] [--shard-mib 12] [--reps 2]
   (CKPTPUSHD=... picks the daemon; run.sh passes its Release build)"""
 
 import argparse
@@ -90,7 +90,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--shards", type=int, default=4, help="per node")
-    ap.add_argument("--shard-mib", type=int, default=8)
+    ap.add_argument("--shard-mib", type=int, default=12)
     ap.add_argument("--reps", type=int, default=2)
     a = ap.parse_args()
     hub = h.Hub(args=["--fast-parts"])

@@ -547,7 +547,7 @@ def write_checkpoint(root, step, model_size, rng):
 
 
 # ---- replay and the JS client ---------------------------------------------------------------
-def replay(trace, into, speed=1.0, seed=None, size_scale=None, timeout=120):
+def replay(trace, into, speed=1.0, seed=None, size_scale=None, timeout=120, frozen=None):
     """Replay a trace into `into` (blocking); returns the manifest."""
     d = tempdir("ckpt-replay-")
     manifest = os.path.join(d, "manifest.json")
@@ -557,6 +557,8 @@ def replay(trace, into, speed=1.0, seed=None, size_scale=None, timeout=120):
         argv += ["--seed", str(seed)]
     if size_scale is not None:
         argv += ["--size-scale", str(size_scale)]
+    if frozen is not None:
+        argv += ["--frozen", str(frozen)]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise AssertionError(f"replay failed ({r.returncode}): {r.stderr}")

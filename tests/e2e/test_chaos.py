@@ -92,7 +92,8 @@ class Chaos(unittest.TestCase):
         hub = h.Hub(args=["--multipart-threshold", str(MiB), "--chunk-size", str(MiB)])
         root, watch = h.job_dir("ckpt-chaos-")
         repo = f"{h.USER}/chaos-{os.getpid()}"
-        args = ["--quiet-ms", "300", "--max-rate", str(RATE), "--max-transfers", "3",
+        args = ["--quiet-ms", "300", "--transfer", "lfs", "--max-rate", str(RATE),
+                "--max-transfers", "3",
                 "--drain-timeout", "60", "--socket", os.path.join(root, "ctl.sock")]
         expected, sizes = {}, {}
         daemons = h.Restarts(watch, repo=repo, endpoint=hub.url, args=args, log_level="info")

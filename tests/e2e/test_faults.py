@@ -30,7 +30,8 @@ class Faults(unittest.TestCase):
         repo = f"{h.USER}/faults-{os.getpid()}"
         rng = random.Random(7)
         d = h.Daemon(watch, repo=repo, endpoint=hub.url, log_level="info",
-                     args=["--quiet-ms", "200", "--max-rate", str(2 * MiB), "--max-transfers",
+                     args=["--quiet-ms", "200", "--transfer", "lfs",
+                           "--max-rate", str(2 * MiB), "--max-transfers",
                            "2", "--socket", os.path.join(root, "ctl.sock")])
         d.wait_event("ready", timeout=20)
         hub.fault([
@@ -100,7 +101,8 @@ class Faults(unittest.TestCase):
         root, watch = h.job_dir("ckpt-refused-")
         repo = f"{h.USER}/refused-{os.getpid()}"
         rng = random.Random(9)
-        args = ["--quiet-ms", "200", "--socket", os.path.join(root, "ctl.sock")]
+        args = ["--quiet-ms", "200", "--transfer", "lfs",
+                "--socket", os.path.join(root, "ctl.sock")]
         d = h.Daemon(watch, repo=repo, endpoint=hub.url, log_level="info", args=args)
         d.wait_event("ready", timeout=20)
         hub.fault([{"route": "commit", "count": 1, "status": 413},
@@ -178,7 +180,8 @@ class Faults(unittest.TestCase):
         os.rmdir(os.path.join(watch, "checkpoint-1"))
         os.unlink([p for p in found if p.endswith("model.safetensors")][0])
 
-        again = h.Daemon(watch, repo=repo, endpoint=hub.url, args=["--quiet-ms", "200"])
+        again = h.Daemon(watch, repo=repo, endpoint=hub.url,
+                         args=["--quiet-ms", "200", "--transfer", "lfs"])
         failed = again.wait_event("push-failed", timeout=20, ckpt="checkpoint-1")[0]
         self.assertEqual(failed["kv"]["kind"], "incomplete", again.tail())
         self.assertIn("1 of its 2 files", failed["kv"]["reason"])  # every_save: 2 files

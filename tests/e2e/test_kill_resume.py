@@ -50,7 +50,8 @@ class KillResume(unittest.TestCase):
         hub = h.Hub(args=["--multipart-threshold", str(MiB), "--chunk-size", str(MiB)])
         root, watch = h.job_dir("ckpt-kill-")
         repo = f"{h.USER}/kill-resume-{os.getpid()}"
-        args = ["--quiet-ms", "300", "--max-rate", str(RATE), "--max-transfers", "3",
+        args = ["--quiet-ms", "300", "--transfer", "lfs",
+                "--max-rate", str(RATE), "--max-transfers", "3",
                 "--socket", os.path.join(root, "ctl.sock")]
         rng = random.Random(int(os.environ.get("CKPT_SEED", "4")))
         expected = {}
@@ -145,7 +146,7 @@ class KillResume(unittest.TestCase):
         hub = h.Hub()
         root, watch = h.job_dir("ckpt-corrupt-")
         repo = f"{h.USER}/corrupt-{os.getpid()}"
-        args = ["--quiet-ms", "200", "--max-rate", "300000",
+        args = ["--quiet-ms", "200", "--transfer", "lfs", "--max-rate", "300000",
                 "--socket", os.path.join(root, "ctl.sock")]
         rng = random.Random(12)
         d = h.Daemon(watch, repo=repo, endpoint=hub.url, args=args, log_level="info")
@@ -165,7 +166,8 @@ class KillResume(unittest.TestCase):
         with open(journal, "r+b") as f:
             f.write(rng.randbytes(os.path.getsize(journal)))
         d2 = h.Daemon(watch, repo=repo, endpoint=hub.url, log_level="info",
-                      args=["--quiet-ms", "200", "--socket", os.path.join(root, "ctl.sock"),
+                      args=["--quiet-ms", "200", "--transfer", "lfs",
+                            "--socket", os.path.join(root, "ctl.sock"),
                             "--staging-max", "100000"])
         bad = d2.wait_event("journal-corrupt", timeout=20)
         self.assertEqual(bad[0]["kv"].get("file"), journal)
@@ -198,7 +200,7 @@ class KillResume(unittest.TestCase):
         sock = ["--socket", os.path.join(root, "ctl.sock")]
         rng = random.Random(5)
         d = h.Daemon(watch, repo=repo, endpoint=hub.url, log_level="info",
-                     args=["--quiet-ms", "200", "--max-rate", str(2 * MiB),
+                     args=["--quiet-ms", "200", "--transfer", "lfs", "--max-rate", str(2 * MiB),
                            "--max-transfers", "2"] + sock)
         d.wait_event("ready", timeout=20)
         ck = os.path.join(watch, "checkpoint-7")
@@ -220,7 +222,7 @@ class KillResume(unittest.TestCase):
         self.assertGreaterEqual(before, 5)
         self.assertLess(before, 13)
         d2 = h.Daemon(watch, repo=repo, endpoint=hub.url, log_level="info",
-                      args=["--quiet-ms", "200"] + sock)
+                      args=["--quiet-ms", "200", "--transfer", "lfs"] + sock)
         rec = d2.wait_event("committed", timeout=30, ckpt="checkpoint-7")[0]["kv"]
         self.assertEqual(d2.stop(signal.SIGTERM, 30), 0, d2.tail())
         self.assertEqual(rec["hash_skipped"], "1", d2.tail())

@@ -18,6 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ckpt_harness as h  # noqa: E402
 
 MiB = 1 << 20
+# The kill must land between multipart parts, which only the LFS path has (Xet: test_xet_kill).
+LFS = ["--transfer", "lfs"]
 SETTLE_S = 1.5  # after the commit: several quiet periods for a second seal to show up
 
 
@@ -29,7 +31,7 @@ class KillResumeOwned(unittest.TestCase):
         sock = ["--socket", os.path.join(root, "ctl.sock")]
         rng = random.Random(9)
         d = h.Daemon(watch, repo=repo, endpoint=hub.url, log_level="info",
-                     args=["--quiet-ms", "200", "--max-rate", str(MiB)] + sock)
+                     args=["--quiet-ms", "200", "--max-rate", str(MiB)] + LFS + sock)
         d.wait_event("ready", timeout=20)
         h.write_checkpoint(watch, 1, 100_000, rng)
         d.wait_event("committed", timeout=30, ckpt="checkpoint-1")
@@ -49,7 +51,7 @@ class KillResumeOwned(unittest.TestCase):
         self.assertNotIn("Training in progress, step 2", before, "killed too late")
 
         d2 = h.Daemon(watch, repo=repo, endpoint=hub.url, log_level="debug",
-                      args=["--quiet-ms", "200"] + sock)
+                      args=["--quiet-ms", "200"] + LFS + sock)
         d2.wait_event("committed", timeout=60, ckpt="checkpoint-2")
         time.sleep(SETTLE_S)
         self.assertEqual(d2.stop(signal.SIGTERM, 30), 0, d2.tail())

@@ -56,7 +56,8 @@ class Preempt(unittest.TestCase):
         root, watch = h.job_dir("ckpt-preempt-")
         staging = os.path.join(watch, ".ckptpush")
         repo = f"{h.USER}/preempt-{os.getpid()}"
-        args = ["--quiet-ms", "300", "--max-rate", str(RATE), "--max-transfers", "2",
+        args = ["--quiet-ms", "300", "--transfer", "lfs",
+                "--max-rate", str(RATE), "--max-transfers", "2",
                 "--drain-timeout", str(DRAIN_S), "--socket", os.path.join(root, "ctl.sock")]
         rng = random.Random(9)
         d = h.Daemon(watch, repo=repo, endpoint=hub.url, args=args, log_level="info")
@@ -166,7 +167,8 @@ class Preempt(unittest.TestCase):
         root, watch = h.job_dir("ckpt-preempt-due-")
         repo = f"{h.USER}/preempt-due-{os.getpid()}"
         drain_s = 2
-        args = ["--quiet-ms", "300", "--max-transfers", "2", "--drain-timeout", str(drain_s)]
+        args = ["--quiet-ms", "300", "--transfer", "lfs", "--max-transfers", "2",
+                "--drain-timeout", str(drain_s)]
         d = h.Daemon(watch, repo=repo, endpoint=hub.url, args=args, log_level="info")
         d.wait_event("ready", timeout=20)
         hub.fault({"route": "part_put", "count": 1000, "delay_answer_s": 0.6})

@@ -65,14 +65,16 @@ def env():
 
 
 class Restore(h.HubTestCase):
-    def push(self, strategy, steps, final=False, model_size=200000):
+    def push(self, strategy, steps, final=False, model_size=200000, transfer="auto"):
         """Runs ckptpushd over checkpoints `steps` (and the final model with its
-        trainer_state.json at the root); returns (repo, watched dir)."""
+        trainer_state.json at the root); returns (repo, watched dir). transfer 'auto' stores the
+        files through Xet on the test hub (restore reads them through the Hub's bridge); 'lfs'
+        for the tests that reach into the hub's LFS storage or its lfs_get route."""
         root, watch = h.job_dir(f"ckpt-restore-{strategy}-")
         repo = f"{h.USER}/restore-{strategy.replace('_', '-')}-{len(steps)}-{os.getpid()}"
         rng = random.Random(strategy)
         d = h.Daemon(watch, repo=repo, endpoint=self.hub.url, log_level="info",
-                     args=["--strategy", strategy, "--quiet-ms", "200",
+                     args=["--strategy", strategy, "--quiet-ms", "200", "--transfer", transfer,
                            "--socket", os.path.join(root, "ctl.sock")])
         d.wait_event("ready", timeout=20)
         for s in steps:
@@ -153,7 +155,7 @@ class Restore(h.HubTestCase):
 
     def kill_and_resume(self, strategy, step):
         size = 6 * 1024 * 1024
-        repo, watch = self.push(strategy, (step,), model_size=size)
+        repo, watch = self.push(strategy, (step,), model_size=size, transfer="lfs")
         original = files_of(os.path.join(watch, f"checkpoint-{step}"))
         # the two LFS downloads (optimizer.pt, then model.safetensors) trickle
         self.hub.fault({"route": "lfs_get", "count": 2, "slow_bytes_per_s": 1500000})
@@ -200,7 +202,7 @@ class Restore(h.HubTestCase):
         self.kill_and_resume("checkpoint", 8)
 
     def test_corrupted_object_is_detected(self):
-        repo, watch = self.push("all_checkpoints", (3,))
+        repo, watch = self.push("all_checkpoints", (3,), transfer="lfs")
         oid = files_of(os.path.join(watch, "checkpoint-3"))["optimizer.pt"]
         path = os.path.join(self.hub.data, "lfs", oid[:2], oid)  # the hub stores lfs/<2 hex>/<oid>
         with open(path, "r+b") as f:  # one byte flipped, same size

@@ -52,7 +52,7 @@ class Secrets(unittest.TestCase):
         cls.metrics = os.path.join(root, "ckptpush.prom")
         cls.repo = f"{h.USER}/secrets-{os.getpid()}"
         cls.daemon = h.Daemon(cls.watch, repo=cls.repo, endpoint=cls.hub.url, token=SECRET,
-                              args=["--quiet-ms", "200", "--socket", cls.sock,
+                              args=["--quiet-ms", "200", "--transfer", "lfs", "--socket", cls.sock,
                                     "--metrics-path", cls.metrics])
         cls.daemon.wait_event("ready", timeout=30)
         with open(f"/proc/{cls.daemon.proc.pid}/cmdline", "rb") as f:

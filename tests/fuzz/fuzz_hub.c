@@ -77,6 +77,16 @@ static void on_etag(void *ctx, const struct ckpt_err *err, const char *etag)
     check((err == NULL) == (etag != NULL));
 }
 
+static void on_xet_token(void *ctx, const struct ckpt_err *err, const struct hub_xet_token *tok)
+{
+    (void)ctx;
+    calls++;
+    check_err(err);
+    check((err == NULL) == (tok != NULL));
+    if (tok != NULL)
+        check(tok->cas_url != NULL && tok->access_token != NULL && tok->access_token[0] != '\0');
+}
+
 static void on_dates(void *ctx, const struct ckpt_err *err, const int64_t *dates, size_t n)
 {
     (void)ctx;
@@ -97,6 +107,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     verbose = getenv("FUZZ_VERBOSE") != NULL;
     memset(&cfg, 0, sizeof(cfg));
     cfg.repo_id = "alice/fuzz";
+    cfg.transfer = HUB_TRANSFER_AUTO; /* Xet answers are parsed too */
     cfg.endpoint = "http://127.0.0.1:1";
     cfg.token = FUZZ_TOKEN;
     ckpt_err_clear(&err);
@@ -144,12 +155,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     objs[1].size = 100;
 
     memset(&a, 0, sizeof(a));
-    a.kind = (enum hub_answer_kind)((data[0] & 0x7f) % (HUB_ANSWER_COMMITS + 1));
+    a.kind = (enum hub_answer_kind)((data[0] & 0x7f) % (HUB_ANSWER_XET_TOKEN + 1));
     a.user = on_user;
     a.oid = on_oid;
     a.done = on_done;
     a.etag = on_etag;
     a.dates = on_dates;
+    a.xet_token = on_xet_token;
     if (a.kind == HUB_ANSWER_PREUPLOAD) {
         a.files = files;
         a.n = 2;
@@ -169,6 +181,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             for (size_t k = 0; k < o->n_parts; k++)
                 check(o->part_urls[k] != NULL);
         }
+        if (o->action == HUB_LFS_XET)
+            check(o->href != NULL && (o->xet_token == NULL) == (o->xet_cas_url == NULL));
         hub_lfs_object_release(&objs[i]);
     }
     free(res.body);

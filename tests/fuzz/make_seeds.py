@@ -27,7 +27,7 @@ TOKEN = "hf_fuzz_seed_token"
 OBJ_MULTI = b"w" * 7000
 OBJ_BASIC = b"x" * 100
 KINDS = {"whoami": 0, "head": 1, "preupload": 2, "batch": 3, "put": 4, "complete": 5,
-         "commit": 6, "ensure": 7, "commits": 8}
+         "commit": 6, "ensure": 7, "commits": 8, "xet_token": 9}
 STATUSES = [200, 201, 400, 401, 403, 404, 409, 412, 413, 422, 429, 500, 503]
 
 
@@ -105,6 +105,15 @@ def hub_seeds():
         bad = json.loads(b)
         bad["objects"][0]["error"] = {"code": 422, "message": "Invalid oid"}
         hub_seed("batch-error", "batch", 200, json.dumps(bad).encode())
+        # Xet (the hub's --xet auto turns it on where the build's BLAKE3 library loads)
+        st, b = request(f"{base}/{rid}.git/info/lfs/objects/batch", "POST",
+                        json.dumps({"operation": "upload",
+                                    "transfers": ["basic", "multipart", "xet"],
+                                    "objects": objs, "hash_algo": "sha256"}).encode(),
+                        ctype="application/vnd.git-lfs+json")
+        hub_seed("batch-xet", "batch", st, b)
+        st, b = request(f"{base}/api/models/{rid}/xet-write-token/main")
+        hub_seed("xet-token", "xet_token", st, b)
         ndjson = "\n".join(json.dumps(x) for x in [
             {"key": "header", "value": {"summary": "seed", "description": ""}},
             {"key": "file", "value": {"path": "config.json", "encoding": "base64",

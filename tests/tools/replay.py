@@ -12,6 +12,12 @@ the replay starts: 1 = recorded timing, 0.2 = five times faster, 0.1 = ten times
 
 Content: random (seeded with --seed); printable ASCII for text-like names (*.json, *.md, ...).
 
+Frozen data: --frozen F (0..1) makes a fraction F of each binary file's 256 KiB blocks hold the
+same bytes in every version of that file, as frozen weights do between checkpoints (which blocks,
+and their bytes, depend on the seed, the block index and the file's base name; temporary names
+.tmp* share one name, since frameworks write weights under one and rename). The other blocks stay
+random. Text-like files are never frozen.
+
 Sizes: every recorded size is multiplied by --size-scale (a non-empty size stays at least 1 byte).
 A file's size at CLOSE_WRITE is its final size (if the trace recorded null there because the file
 was already renamed, the next size recorded for the same file, following renames, is used).
@@ -45,6 +51,7 @@ import time
 
 OPEN_FLAGS = os.O_WRONLY | os.O_CLOEXEC
 WRITE_CHUNK = 1 << 20
+FROZEN_BLOCK = 256 * 1024
 # Files a framework writes as text get printable random content, as a hub sees real JSON or a
 # model card (the Hub refuses binary content committed inline); weights etc. get random bytes.
 TEXT_SUFFIXES = (".json", ".md", ".txt", ".yaml", ".yml", ".jinja", ".csv")
@@ -83,8 +90,10 @@ def top_of(rel):
 
 class Replayer:
     def __init__(self, events, into, speed=1.0, size_scale=1.0, seed=None, events_out=None,
-                 trace_name="", contents=None):
+                 trace_name="", contents=None, frozen=0.0):
         self.events = events
+        self.frozen = frozen
+        self.frozen_cache = {}  # (name, block) -> bytes
         self.contents = contents or {}  # rel path -> real bytes to write instead of random
         self.into = os.path.abspath(into)
         self.speed = speed
@@ -124,6 +133,34 @@ class Replayer:
         if rel.endswith(TEXT_SUFFIXES):
             b = b.translate(TEXT_TABLE)
         return b
+
+    def frozen_key(self, rel):
+        base = os.path.basename(rel)
+        return "tmp" if base.startswith(".tmp") else base
+
+    def frozen_block(self, rel, block):
+        """The bytes of a frozen block, or None when the block is not frozen."""
+        key = (self.frozen_key(rel), block)
+        if key not in self.frozen_cache:
+            pick = random.Random(f"{self.seed}/{key[0]}/{block}/pick").random()
+            self.frozen_cache[key] = (
+                random.Random(f"{self.seed}/{key[0]}/{block}").randbytes(FROZEN_BLOCK)
+                if pick < self.frozen else None)
+        return self.frozen_cache[key]
+
+    def content(self, rel, offset, n):
+        """n bytes for rel at offset: frozen blocks where --frozen says, random elsewhere."""
+        if self.frozen <= 0 or rel.endswith(TEXT_SUFFIXES):
+            return self.randbytes(n, rel)
+        out = bytearray()
+        while n > 0:
+            block, within = divmod(offset, FROZEN_BLOCK)
+            k = min(n, FROZEN_BLOCK - within)
+            fb = self.frozen_block(rel, block)
+            out += fb[within:within + k] if fb is not None else self.randbytes(k, rel)
+            offset += k
+            n -= k
+        return bytes(out)
 
     def abs(self, rel):
         return os.path.join(self.into, rel)
@@ -224,7 +261,8 @@ class Replayer:
         real = self.contents.get(rel, b"")[of[1]:target]
         while left > 0:
             done = n - left
-            chunk = real[done:done + WRITE_CHUNK] or self.randbytes(min(left, WRITE_CHUNK), rel)
+            chunk = real[done:done + WRITE_CHUNK] or \
+                self.content(rel, of[1] + done, min(left, WRITE_CHUNK))
             mv = memoryview(chunk)
             while mv:
                 k = os.write(of[0], mv)
@@ -352,7 +390,7 @@ class Replayer:
                 left = size
                 while left > 0:
                     n = min(left, WRITE_CHUNK)
-                    f.write(self.randbytes(n, rel))
+                    f.write(self.content(rel, size - left, n))
                     left -= n
             self.log(t, "write-outside", rel, size=size)
         if os.path.isdir(self.abs(rel)) and "ISDIR" not in ev["ev"]:
@@ -486,6 +524,9 @@ def main(argv=None):
     ap.add_argument("--content", action="append", default=[], metavar="REL=FILE",
                     help="write FILE's bytes to the trace path REL instead of random bytes "
                     "(e.g. the run's real trainer_state.json); repeatable")
+    ap.add_argument("--frozen", type=float, default=0.0, metavar="F",
+                    help="fraction of each binary file's blocks identical across its versions "
+                    "(frozen weights; default 0)")
     args = ap.parse_args(argv)
     contents = {}
     for spec in args.content:
@@ -496,13 +537,15 @@ def main(argv=None):
             contents[rel] = f.read()
     if args.speed < 0 or args.size_scale <= 0:
         ap.error("--speed must be >= 0 and --size-scale > 0")
+    if not 0.0 <= args.frozen <= 1.0:
+        ap.error("--frozen must be between 0 and 1")
 
     events = load_trace(args.trace)
     evout = open(args.events, "w", encoding="utf-8") if args.events else None
     try:
         r = Replayer(events, args.into, speed=args.speed, size_scale=args.size_scale,
                      seed=args.seed, events_out=evout, trace_name=os.path.basename(args.trace),
-                     contents=contents)
+                     contents=contents, frozen=args.frozen)
         duration = r.run()
     finally:
         if evout is not None:

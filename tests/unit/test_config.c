@@ -506,6 +506,56 @@ static void test_nodes(void)
     unsetenv("HF_TOKEN");
 }
 
+/* --transfer: auto by default; file < CKPTPUSH_TRANSFER < flag; an unknown mode names the known. */
+static void test_transfer(void)
+{
+    char path[512], text[1024];
+    struct config cfg;
+    struct ckpt_err err;
+
+    setenv("HF_TOKEN", "hf_secret_value", 1);
+    char *plain[] = {"ckptpushd", "--watch", tmpdir, "--repo", "a/b", NULL};
+    CHECK_INT(load(&cfg, &err, 5, plain), 0);
+    CHECK_INT(cfg.transfer, TRANSFER_AUTO);
+    config_release(&cfg);
+
+    snprintf(path, sizeof(path), "%s/transfer.json", tmpdir);
+    snprintf(text, sizeof(text), "{\"watch\": \"%s\", \"repo\": \"a/b\", \"transfer\": \"lfs\"}\n",
+             tmpdir);
+    write_file(path, text);
+    char *file[] = {"ckptpushd", "--config", path, NULL};
+    CHECK_INT(load(&cfg, &err, 3, file), 0);
+    CHECK_INT(cfg.transfer, TRANSFER_LFS);
+    char *json = config_to_json(&cfg);
+    CHECK(json != NULL && strstr(json, "\"transfer\":\t\"lfs\"") != NULL);
+    free(json);
+    config_release(&cfg);
+
+    setenv("CKPTPUSH_TRANSFER", "xet", 1);
+    CHECK_INT(load(&cfg, &err, 3, file), 0);
+    CHECK_INT(cfg.transfer, TRANSFER_XET);
+    config_release(&cfg);
+
+    char *flag[] = {"ckptpushd", "--config", path, "--transfer", "auto", NULL};
+    CHECK_INT(load(&cfg, &err, 5, flag), 0);
+    CHECK_INT(cfg.transfer, TRANSFER_AUTO);
+    config_release(&cfg);
+
+    setenv("CKPTPUSH_TRANSFER", "s3", 1);
+    CHECK_INT(load(&cfg, &err, 3, file), CKPT_EXIT_INVALID);
+    CHECK(strstr(cfg.problems,
+                 "CKPTPUSH_TRANSFER: unknown transfer 's3' (known: auto, xet, lfs)") != NULL);
+    config_release(&cfg);
+    unsetenv("CKPTPUSH_TRANSFER");
+
+    char *bad[] = {"ckptpushd", "--watch", tmpdir, "--repo", "a/b", "--transfer", "XET", NULL};
+    CHECK_INT(load(&cfg, &err, 7, bad), CKPT_EXIT_INVALID);
+    CHECK(strstr(cfg.problems, "--transfer: unknown transfer 'XET'") != NULL);
+    config_release(&cfg);
+    unsetenv("HF_TOKEN");
+    unlink(path);
+}
+
 int main(void)
 {
     if (mkdtemp(tmpdir) == NULL)
@@ -524,6 +574,7 @@ int main(void)
     test_credentials_and_token_path();
     test_layout_and_rules();
     test_nodes();
+    test_transfer();
     rmdir(tmpdir);
     return check_report("test_config");
 }

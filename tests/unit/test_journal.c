@@ -218,6 +218,58 @@ int main(void)
     snprintf(cmd, sizeof(cmd), "%s/stage/journal.tmp", dir);
     CHECK(access(cmd, F_OK) != 0); /* no temp file left behind */
 
+    /* 6. Xet xorbs the CAS accepted survive a reopening and a compaction; bad ones are refused,
+     * and a torn or garbled xorb record only means that xorb is sent again */
+    test_rm_rf(stage);
+    j = open_journal(&loop, stage);
+    const char *xa = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const char *xb = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+    const char *cas = "00112233445566ff", *other = "ffeeddccbbaa9988";
+    CHECK(journal_xorb_done(j, xa, cas, 1000, NULL, NULL) == 0);
+    CHECK(journal_xorb_find(j, xa, cas) != NULL &&
+          journal_xorb_find(j, xa, cas)->packed_bytes == 1000);
+    CHECK(journal_xorb_done(j, "0123", cas, 1000, NULL, NULL) == UV_EINVAL);
+    CHECK(journal_xorb_done(j, "0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",
+                            cas, 1000, NULL, NULL) == UV_EINVAL);
+    CHECK(journal_xorb_done(j, xb, cas, 0, NULL, NULL) == UV_EINVAL);
+    CHECK(journal_xorb_done(j, xb, "00112233", 10, NULL, NULL) == UV_EINVAL);
+    CHECK(journal_xorb_find(j, xa, other) == NULL); /* another CAS never took it */
+    close_journal(&loop, j);
+    j = open_journal(&loop, stage); /* read back, then compacted */
+    CHECK(journal_xorb_find(j, xa, cas) != NULL &&
+          journal_xorb_find(j, xa, cas)->packed_bytes == 1000);
+    CHECK(journal_xorb_find(j, xb, cas) == NULL);
+    CHECK(journal_xorb_done(j, xb, cas, 2000, NULL, NULL) == 0);
+    close_journal(&loop, j);
+    full = file_size(path);
+    REQUIRE(truncate(path, full - 5) == 0); /* xb's record torn */
+    j = open_journal(&loop, stage);
+    CHECK(journal_corrupt_records(j) == 1);
+    CHECK(journal_xorb_find(j, xa, cas) != NULL);
+    CHECK(journal_xorb_find(j, xb, cas) == NULL);
+    close_journal(&loop, j);
+    {
+        /* a garbled xorb record (its checksum fails) is skipped and counted: sent again */
+        struct journal *m = NULL;
+        char *snap = NULL;
+        size_t snap_len = 0;
+        j = open_journal(&loop, stage);
+        close_journal(&loop, j);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        char buf[4096];
+        ssize_t got = read(fd, buf, sizeof(buf));
+        close(fd);
+        REQUIRE(got > 0);
+        char *hit = memmem(buf, (size_t)got, xa, 64);
+        REQUIRE(hit != NULL);
+        hit[10] = 'Z'; /* the CRC now fails: skipped, counted */
+        CHECK(journal_load_bytes(&m, buf, (size_t)got, &snap, &snap_len) == 0);
+        CHECK(journal_corrupt_records(m) == 1);
+        CHECK(journal_xorb_find(m, xa, cas) == NULL);
+        free(snap);
+        journal_free(m);
+    }
+
     /* 5. an append before the load finished is refused, not reordered */
     {
         struct journal *j2 = NULL;
