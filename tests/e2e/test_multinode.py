@@ -1,7 +1,7 @@
 """Several nodes, one commit: NODES daemons on this machine (ranks 0..NODES-1), each watching its
 own directory as each node of a cluster would, rank 0 coordinating over loopback TCP.
 
-- Each node writes its .distcp shards of a DCP checkpoint into its own directory (rank 0 also
+- Each node writes its .distcp shards (rank 1 through LFS, the others through Xet) of a DCP checkpoint into its own directory (rank 0 also
   .metadata, last): exactly one commit holds every node's files, byte-exact.
 - A node SIGKILLed while it uploads (before it reported): no commit; the coordinator's log and
   `ckptpush status` name the missing rank. Restarted on the same directory, the node resumes
@@ -111,7 +111,9 @@ class MultiNode(unittest.TestCase):
             d.wait_event("ready", timeout=30)
             return d
 
-        daemons = [start(r) for r in range(NODES)]
+        # rank 1 uploads LFS objects, the others Xet (the test hub offers it): one commit
+        # names both kinds by sha256
+        daemons = [start(r, ["--transfer", "lfs"] if r == 1 else []) for r in range(NODES)]
         every = list(daemons)
         coord = daemons[0]
         try:
@@ -129,6 +131,9 @@ class MultiNode(unittest.TestCase):
                 self.assertEqual(got[0]["kv"]["commit"], oid, f"rank {r}")
             commits = hub.commits(repo)
             self.assertEqual(len(commits) - before, 1, "exactly one commit for the checkpoint")
+            self.assertTrue(daemons[0].events("upload_xet_done"), "rank 0 went through Xet")
+            self.assertTrue(daemons[2].events("upload_xet_done"), "rank 2 went through Xet")
+            self.assertEqual(daemons[1].events("upload_xet_done"), [], "rank 1 went through LFS")
             tree = hub.tree(repo)
             for path, sha in expected.items():
                 self.assertIn(path, tree)
