@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import socket
+import statistics
 import sys
 import time
 
@@ -108,8 +109,7 @@ def main():
         hub.stop()
     med = {}
     for mode, rs in rows.items():
-        ts = sorted(r[0] for r in rs)
-        med[mode] = ts[len(ts) // 2]
+        med[mode] = statistics.median(r[0] for r in rs)
         total = rs[0][1]
         print(f"{mode:6s} ({1 if mode == 'single' else a.nodes} daemon(s)): median "
               f"{med[mode]:.2f} s, {total / med[mode] / MiB:.1f} MiB/s aggregate, commits "
