@@ -169,6 +169,11 @@ class MultiNode(unittest.TestCase):
             pending = {p["ckpt"]: p for p in status["daemon"]["coordinator"]["pending"]}
             self.assertEqual(pending["step-200"]["missing"], [2])
             self.assertEqual(pending["step-200"]["reported"], [0, 1])
+            table = subprocess.run(
+                [h.client_path(), "--socket", os.path.join(dirs[0][0], "ctl.sock"), "status"],
+                capture_output=True, text=True, timeout=20, check=True).stdout
+            self.assertIn("node 0 of 3 (coordinator; connected: ", table)
+            self.assertIn("waiting: step-200 missing node(s) 2, reported 0,1", table)
             self.assertEqual(len(hub.commits(repo)), before, "no commit of a partial checkpoint")
 
             # restarted with the same rank on the same directory: resumes from its journal
