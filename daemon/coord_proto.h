@@ -73,8 +73,8 @@ struct coord_report {
 /* HMAC-SHA256 of label, dir, '\n', body[0..len) as 64 lowercase hex (+ NUL). */
 void coord_mac(const unsigned char *key, size_t key_len, char dir, const char *body, size_t len,
                char hex[COORD_MAC_HEX + 1]);
-/* body: a JSON object's text with at least one member (it ends with '}'). Returns a malloc'd line ending with the mac
- * field and '\n', or NULL (out of memory, or body not an object's text). */
+/* body: a JSON object's text with at least one member (it ends with '}'). Returns a malloc'd line
+ * ending with the mac field and '\n', or NULL (out of memory, or body not an object's text). */
 char *coord_seal(const unsigned char *key, size_t key_len, char dir, const char *body,
                  size_t *ret_len);
 /* Checks line[0..len) (a trailing '\r' cut) sent in direction dir: the mac field is where
