@@ -439,6 +439,52 @@ static bool status_idle(const cJSON *st)
     return true;
 }
 
+/* "2,3" from a list of ranks. */
+static void put_ranks(FILE *f, const cJSON *list)
+{
+    const cJSON *r;
+    bool first = true;
+    cJSON_ArrayForEach(r, list)
+    {
+        if (cJSON_IsNumber(r)) {
+            fprintf(f, "%s%.0f", first ? "" : ",", r->valuedouble);
+            first = false;
+        }
+    }
+    if (first)
+        fputs("none", f);
+}
+
+/* Several nodes: this node's rank; on rank 0, the checkpoints waiting for nodes. */
+static void print_nodes(FILE *f, const cJSON *d)
+{
+    const cJSON *node = cJSON_GetObjectItemCaseSensitive(d, "node");
+    const cJSON *coord = cJSON_GetObjectItemCaseSensitive(d, "coordinator"), *p;
+    double rank, nodes;
+
+    if (!jnum(node, "rank", &rank) || !jnum(node, "nodes", &nodes))
+        return;
+    fprintf(f, "node %.0f of %.0f", rank, nodes);
+    if (coord != NULL) {
+        fputs(" (coordinator; connected: ", f);
+        put_ranks(f, cJSON_GetObjectItemCaseSensitive(coord, "connected"));
+        fputc(')', f);
+    }
+    fputc('\n', f);
+    cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(coord, "pending"))
+    {
+        double waited = 0;
+        jnum(p, "waited_s", &waited);
+        fputs("waiting: ", f);
+        put_safe(f, jstr(p, "ckpt") ? jstr(p, "ckpt") : "?");
+        fputs(" missing node(s) ", f);
+        put_ranks(f, cJSON_GetObjectItemCaseSensitive(p, "missing"));
+        fputs(", reported ", f);
+        put_ranks(f, cJSON_GetObjectItemCaseSensitive(p, "reported"));
+        fprintf(f, " (%.0f s)\n", waited);
+    }
+}
+
 static void print_status(FILE *f, const cJSON *st, bool tty)
 {
     const cJSON *d = cJSON_GetObjectItemCaseSensitive(st, "daemon");
@@ -479,6 +525,7 @@ static void print_status(FILE *f, const cJSON *st, bool tty)
     if (jnum(d, "files_skipped", &v) && v > 0)
         fprintf(f, "  %.0f file%s skipped (see the log)", v, v == 1 ? "" : "s");
     fputc('\n', f);
+    print_nodes(f, d);
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(d, "root_missing")))
         fputs("the watched directory is missing (deleted or moved away): waiting for it to be "
               "made again\n",

@@ -7,6 +7,8 @@
  */
 #include "config.h"
 
+#include "coord_proto.h"
+
 #include <cjson/cJSON.h>
 #include <ctype.h>
 #include <errno.h>
@@ -21,6 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "coord_proto.h"
 #include "detect.h"
 #include "hub.h"
 #include "ipc_proto.h"
@@ -100,6 +103,13 @@ void config_print_usage(void)
           "  --layout NAME        only this checkpoint layout (default: auto-detect)\n"
           "  --rule GLOB[:MARKER[:QUIET_MS]]  a checkpoint rule of your own (repeatable)\n"
           "  --token-path FILE    read the token from FILE (like HF_TOKEN_PATH)\n"
+          "  --nodes N|auto       several nodes, one daemon each, one commit per checkpoint\n"
+          "                       (auto: $SLURM_NNODES, else $NNODES; default 1)\n"
+          "  --node-rank R        this node's rank (default: $SLURM_NODEID, else $NODE_RANK);\n"
+          "                       rank 0 coordinates and commits\n"
+          "  --coordinator HOST[:PORT]  rank 0's address (default: $MASTER_ADDR, port 29555)\n"
+          "  --coordinator-wait S seconds before a checkpoint's missing nodes are logged (60)\n"
+          "  --job-secret-file F  the job's shared secret (default: $CKPTPUSH_JOB_SECRET)\n"
           "  --config FILE        JSON configuration file (also $CKPTPUSH_CONFIG)\n"
           "  --check-config       print the effective configuration as JSON and exit\n"
           "  --help, --version\n"
@@ -516,9 +526,102 @@ SETTER(set_token_path)
     return set_path(&cfg->token_path, v, why, why_size);
 }
 
-/* KEY_LIST: a file gives a string or a list of strings, the environment one value, each flag
+SETTER(set_nodes)
+{
+    unsigned n;
+    if (strcmp(v, "auto") == 0) {
+        cfg->nodes_auto = true;
+        return 0;
+    }
+    if (parse_unsigned(v, COORD_MAX_NODES, &n) != 0 || n == 0) {
+        snprintf(why, why_size, "'%.100s' is not auto or a number of nodes from 1 to %d", v,
+                 COORD_MAX_NODES);
+        return -EINVAL;
+    }
+    cfg->nodes_auto = false;
+    cfg->nodes = n;
+    return 0;
+}
+
+SETTER(set_node_rank)
+{
+    unsigned n;
+    if (parse_unsigned(v, COORD_MAX_NODES - 1, &n) != 0) {
+        snprintf(why, why_size, "'%.100s' is not a node rank from 0 to %d", v, COORD_MAX_NODES - 1);
+        return -EINVAL;
+    }
+    cfg->node_rank = n;
+    return 0;
+}
+
+/* HOST, HOST:PORT, [V6]:PORT */
+static int split_host_port(const char *v, char **ret_host, int *ret_port)
+{
+    const char *colon = NULL, *end;
+    unsigned port = COORD_DEFAULT_PORT;
+    size_t host_len;
+
+    if (v[0] == '[') {
+        if ((end = strchr(v, ']')) == NULL || end == v + 1)
+            return -EINVAL;
+        host_len = (size_t)(end - v - 1);
+        if (end[1] == ':')
+            colon = end + 1;
+        else if (end[1] != '\0')
+            return -EINVAL;
+        v++;
+    } else {
+        colon = strchr(v, ':');
+        if (colon != NULL && strchr(colon + 1, ':') != NULL)
+            return -EINVAL; /* a bare IPv6 address: it needs brackets */
+        host_len = colon != NULL ? (size_t)(colon - v) : strlen(v);
+    }
+    if (host_len == 0 || host_len > 253)
+        return -EINVAL;
+    for (size_t i = 0; i < host_len; i++)
+        if (!isalnum((unsigned char)v[i]) && strchr(".-_:", v[i]) == NULL)
+            return -EINVAL;
+    if (colon != NULL && (parse_unsigned(colon + 1, 65535, &port) != 0 || port == 0))
+        return -EINVAL;
+    if ((*ret_host = strndup(v, host_len)) == NULL)
+        return -ENOMEM;
+    *ret_port = (int)port;
+    return 0;
+}
+
+SETTER(set_coordinator)
+{
+    char *host = NULL;
+    int port, rc = split_host_port(v, &host, &port);
+    if (rc == -ENOMEM)
+        return rc;
+    if (rc < 0) {
+        snprintf(why, why_size,
+                 "'%.100s' is not HOST or HOST:PORT (port 1-65535; an IPv6 address in [])", v);
+        return -EINVAL;
+    }
+    free(host);
+    return replace(&cfg->coordinator, v);
+}
+
+SETTER(set_coord_wait)
+{
+    if (parse_unsigned(v, 86400, &cfg->coord_wait_s) != 0 || cfg->coord_wait_s == 0) {
+        snprintf(why, why_size, "'%.100s' is not a number of seconds from 1 to 86400", v);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+SETTER(set_job_secret_file)
+{
+    return set_path(&cfg->job_secret_file, v, why, why_size);
+}
+
+/* KEY_NUMBER_OR_TEXT: a whole number or a word ("nodes": 4 or "auto").
+ * KEY_LIST: a file gives a string or a list of strings, the environment one value, each flag
  * one more; every value is added. */
-enum key_type { KEY_TEXT, KEY_NUMBER, KEY_BOOL, KEY_LIST };
+enum key_type { KEY_TEXT, KEY_NUMBER, KEY_BOOL, KEY_LIST, KEY_NUMBER_OR_TEXT };
 
 struct key_def {
     const char *key;        /* JSON key; the environment variable is CKPTPUSH_<KEY> */
@@ -560,6 +663,11 @@ static const struct key_def keys[] = {
     {"layout", "layout", NULL, NULL, KEY_TEXT, false, set_layout},
     {"rules", "rule", NULL, NULL, KEY_LIST, false, add_rule},
     {"token_path", "token-path", NULL, "HF_TOKEN_PATH", KEY_TEXT, true, set_token_path},
+    {"nodes", "nodes", NULL, NULL, KEY_NUMBER_OR_TEXT, false, set_nodes},
+    {"node_rank", "node-rank", NULL, NULL, KEY_NUMBER, false, set_node_rank},
+    {"coordinator", "coordinator", NULL, NULL, KEY_TEXT, false, set_coordinator},
+    {"coordinator_wait_s", "coordinator-wait", NULL, NULL, KEY_NUMBER, false, set_coord_wait},
+    {"job_secret_file", "job-secret-file", NULL, NULL, KEY_TEXT, true, set_job_secret_file},
 };
 #define KEY_COUNT (sizeof(keys) / sizeof(keys[0]))
 
@@ -717,16 +825,19 @@ int config_apply_text(struct config *cfg, char *text, const char *path)
             value = cJSON_IsTrue(item) ? "true" : cJSON_IsFalse(item) ? "false" : NULL;
             want = "true or false";
             break;
+        case KEY_NUMBER_OR_TEXT:
         case KEY_NUMBER:
-            if (cJSON_IsNumber(item) && item->valuedouble >= 0 && item->valuedouble <= 4e9 &&
-                item->valuedouble == (double)(unsigned long)item->valuedouble) {
+            if (k->type == KEY_NUMBER_OR_TEXT && cJSON_IsString(item)) {
+                value = item->valuestring;
+            } else if (cJSON_IsNumber(item) && item->valuedouble >= 0 && item->valuedouble <= 4e9 &&
+                       item->valuedouble == (double)(unsigned long)item->valuedouble) {
                 snprintf(number, sizeof(number), "%lu", (unsigned long)item->valuedouble);
                 value = number;
             } else if (cJSON_IsNumber(item)) {
                 snprintf(number, sizeof(number), "%g", item->valuedouble);
                 value = number; /* the setter says why it is out of range */
             }
-            want = "a whole number";
+            want = k->type == KEY_NUMBER ? "a whole number" : "a whole number or a word";
             break;
         }
         if (value == NULL) {
@@ -940,6 +1051,120 @@ static void make_absolute(char **field)
     replace(field, path);
 }
 
+/* --- several nodes: what the cluster gives, then the secret ------------------------------ */
+
+/* A whole number from the environment, or -1. */
+static long env_number(const char *name, long max)
+{
+    const char *v = getenv(name);
+    unsigned n;
+    if (v == NULL || parse_unsigned(v, (unsigned)max, &n) != 0)
+        return -1;
+    return n;
+}
+
+static void read_job_secret(struct config *cfg, int *code)
+{
+    char buf[COORD_SECRET_MAX + 2];
+    size_t len = 0;
+    const char *where = cfg->job_secret_file;
+
+    if (where != NULL) {
+        FILE *f = fopen(where, "re");
+        if (f == NULL) {
+            add_problem(cfg, "job_secret_file: cannot read '%s': %s", where, strerror(errno));
+            set_code(code, CKPT_EXIT_INVALID);
+            return;
+        }
+        len = fread(buf, 1, sizeof(buf), f);
+        fclose(f);
+    } else if (getenv("CKPTPUSH_JOB_SECRET") != NULL) {
+        where = "CKPTPUSH_JOB_SECRET";
+        len = strlen(getenv("CKPTPUSH_JOB_SECRET"));
+        if (len > sizeof(buf))
+            len = sizeof(buf);
+        memcpy(buf, getenv("CKPTPUSH_JOB_SECRET"), len);
+    } else {
+        add_problem(cfg, "nodes: several nodes need the job's shared secret: set "
+                         "CKPTPUSH_JOB_SECRET, or --job-secret-file on shared storage");
+        set_code(code, CKPT_EXIT_USAGE);
+        return;
+    }
+    while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
+        len--;
+    if (len < COORD_SECRET_MIN || len > COORD_SECRET_MAX) {
+        add_problem(cfg, "%s: the job secret must hold %d to %d bytes (it holds %zu)", where,
+                    COORD_SECRET_MIN, COORD_SECRET_MAX, len);
+        set_code(code, CKPT_EXIT_INVALID);
+    } else if ((cfg->job_secret = malloc(len)) != NULL) {
+        memcpy(cfg->job_secret, buf, len);
+        cfg->job_secret_len = len;
+    } else {
+        set_code(code, CKPT_EXIT_FAILURE);
+    }
+    explicit_bzero(buf, sizeof(buf));
+}
+
+static void check_nodes(struct config *cfg, int *code)
+{
+    if (cfg->nodes_auto) {
+        cfg->nodes = env_number("SLURM_NNODES", COORD_MAX_NODES);
+        if (cfg->nodes < 0)
+            cfg->nodes = env_number("NNODES", COORD_MAX_NODES);
+        if (cfg->nodes < 1) {
+            add_problem(cfg, "nodes: auto needs SLURM_NNODES or NNODES (a number from 1 to %d)",
+                        COORD_MAX_NODES);
+            set_code(code, CKPT_EXIT_USAGE);
+            return;
+        }
+    }
+    if (cfg->nodes <= 1)
+        return;
+    if (cfg->node_rank < 0)
+        cfg->node_rank = env_number("SLURM_NODEID", COORD_MAX_NODES - 1);
+    if (cfg->node_rank < 0)
+        cfg->node_rank = env_number("NODE_RANK", COORD_MAX_NODES - 1);
+    if (cfg->node_rank < 0) {
+        add_problem(cfg, "node_rank: several nodes need this node's rank: --node-rank, or "
+                         "SLURM_NODEID or NODE_RANK in the environment");
+        set_code(code, CKPT_EXIT_USAGE);
+    } else if (cfg->node_rank >= cfg->nodes) {
+        add_problem(cfg, "node_rank: %ld is not below nodes (%ld)", cfg->node_rank, cfg->nodes);
+        set_code(code, CKPT_EXIT_INVALID);
+    }
+    const char *addr = cfg->coordinator != NULL ? cfg->coordinator : getenv("MASTER_ADDR");
+    if (addr == NULL) {
+        add_problem(cfg, "coordinator: several nodes need rank 0's address: --coordinator "
+                         "HOST[:PORT], or MASTER_ADDR in the environment");
+        set_code(code, CKPT_EXIT_USAGE);
+    } else if (split_host_port(addr, &cfg->coord_host, &cfg->coord_port) < 0) {
+        add_problem(cfg, "MASTER_ADDR: '%.100s' is not a host name or address", addr);
+        set_code(code, CKPT_EXIT_INVALID);
+    }
+    if (cfg->dry_run) {
+        add_problem(cfg, "nodes: a dry run cannot be one of several nodes (the coordinator "
+                         "commits)");
+        set_code(code, CKPT_EXIT_INVALID);
+    }
+    if (cfg->strategy != STRATEGY_EVERY_SAVE && cfg->strategy != STRATEGY_ALL_CHECKPOINTS) {
+        add_problem(cfg,
+                    "strategy: %s is not supported with several nodes (every_save or "
+                    "all_checkpoints)",
+                    config_strategy_name(cfg->strategy));
+        set_code(code, CKPT_EXIT_INVALID);
+    }
+    if (cfg->keep_last > 0) {
+        add_problem(cfg, "keep_last: not supported with several nodes");
+        set_code(code, CKPT_EXIT_INVALID);
+    }
+    if (cfg->bucket_id != NULL) {
+        /* the coordinator commits to the repo; a bucket batch from several nodes is not built */
+        add_problem(cfg, "bucket: not supported with several nodes");
+        set_code(code, CKPT_EXIT_INVALID);
+    }
+    read_job_secret(cfg, code);
+}
+
 /* --- loading --------------------------------------------------------------------------------- */
 
 struct flag_value {
@@ -965,6 +1190,8 @@ static int load(struct config *cfg, int argc, char **argv)
     cfg->max_transfers = 4;
     cfg->nice = 10;
     cfg->commits_per_hour = 128;
+    cfg->node_rank = -1;
+    cfg->coord_wait_s = 60;
 
     for (size_t i = 0; i < KEY_COUNT; i++)
         if (keys[i].flag != NULL)
@@ -1047,6 +1274,7 @@ static int load(struct config *cfg, int argc, char **argv)
     free(flags);
     make_absolute(&cfg->metrics_path);
     make_absolute(&cfg->token_path);
+    make_absolute(&cfg->job_secret_file);
 
     if (cfg->watch_dir == NULL) {
         add_problem(cfg, "missing --watch DIR (or 'watch' in the config, CKPTPUSH_WATCH)");
@@ -1071,6 +1299,7 @@ static int load(struct config *cfg, int argc, char **argv)
                     cfg->bucket_id);
         set_code(&code, CKPT_EXIT_INVALID);
     }
+    check_nodes(cfg, &code);
     if (cfg->endpoint == NULL && (cfg->endpoint = strdup(DEFAULT_ENDPOINT)) == NULL)
         set_code(&code, CKPT_EXIT_FAILURE);
     if (cfg->offline && !cfg->dry_run) {
@@ -1197,6 +1426,17 @@ char *config_to_json(const struct config *cfg)
             cJSON_AddItemToArray(rules, cJSON_CreateString(rule));
         }
     }
+    cJSON_AddNumberToObject(o, "nodes", cfg->nodes > 1 ? (double)cfg->nodes : 1);
+    if (cfg->nodes > 1) {
+        char addr[300];
+        snprintf(addr, sizeof(addr), strchr(cfg->coord_host, ':') ? "[%s]:%d" : "%s:%d",
+                 cfg->coord_host, cfg->coord_port);
+        cJSON_AddNumberToObject(o, "node_rank", (double)cfg->node_rank);
+        cJSON_AddStringToObject(o, "coordinator", addr);
+        cJSON_AddNumberToObject(o, "coordinator_wait_s", cfg->coord_wait_s);
+        add_string_or_null(o, "job_secret_file", cfg->job_secret_file);
+        cJSON_AddStringToObject(o, "job_secret", "***");
+    }
     add_string_or_null(o, "token_path", cfg->token_path);
     add_string_or_null(o, "token", token);
     add_string_or_null(o, "token_source", cfg->token_source);
@@ -1217,6 +1457,13 @@ void config_release(struct config *cfg)
         explicit_bzero(cfg->token, strlen(cfg->token));
         free(cfg->token);
     }
+    if (cfg->job_secret != NULL) {
+        explicit_bzero(cfg->job_secret, cfg->job_secret_len);
+        free(cfg->job_secret);
+    }
+    free(cfg->coordinator);
+    free(cfg->coord_host);
+    free(cfg->job_secret_file);
     free(cfg->token_source);
     free(cfg->token_path);
     free(cfg->config_path);

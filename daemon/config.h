@@ -85,6 +85,17 @@ struct config {
      * checkpoint prefixes in the bucket); 0: all. */
     unsigned keep_last;
     unsigned long long staging_max; /* copies at seal start within it (queue.c); 0: none */
+    /* Several nodes (README "Several nodes"): nodes > 1 turns it on. */
+    long nodes;                /* 0 or 1: one node, this daemon commits */
+    bool nodes_auto;           /* "auto": SLURM_NNODES, else NNODES */
+    long node_rank;            /* -1: SLURM_NODEID, else NODE_RANK */
+    char *coordinator;         /* HOST[:PORT] as given; NULL: $MASTER_ADDR */
+    char *coord_host;          /* resolved at load when nodes > 1 */
+    int coord_port;            /* COORD_DEFAULT_PORT unless given */
+    unsigned coord_wait_s;     /* missing nodes are logged after this long, and again */
+    char *job_secret_file;     /* NULL: $CKPTPUSH_JOB_SECRET */
+    unsigned char *job_secret; /* secret: never logged */
+    size_t job_secret_len;
     enum log_format log_format;
     bool private_repo;
     bool dry_run;

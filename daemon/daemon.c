@@ -22,6 +22,8 @@
 #include "card.h"
 #include "card_job.h"
 #include "control.h"
+#include "coord_client.h"
+#include "coord_server.h"
 #include "detect.h"
 #include "hash.h"
 #include "http.h"
@@ -67,8 +69,10 @@ struct daemon {
     struct hub_op *startup_op;
     struct queue *queue;
     struct control *control;
-    struct metrics *metrics;          /* NULL without --metrics-path */
-    struct notify_watchdog *watchdog; /* NULL unless systemd asked for one */
+    struct coord_server *coord_server; /* several nodes, rank 0 */
+    struct coord_client *coord_client; /* several nodes, every rank */
+    struct metrics *metrics;           /* NULL without --metrics-path */
+    struct notify_watchdog *watchdog;  /* NULL unless systemd asked for one */
 
     uv_timer_t detect_timer;
     uv_timer_t drain_timer;
@@ -1262,6 +1266,20 @@ static void on_control_closed(void *ctx)
     d->control = NULL;
 }
 
+static void on_coord_client_closed(void *ctx)
+{
+    struct daemon *d = ctx;
+
+    d->coord_client = NULL;
+}
+
+static void on_coord_server_closed(void *ctx)
+{
+    struct daemon *d = ctx;
+
+    d->coord_server = NULL;
+}
+
 static void on_pin_closed(void *ctx)
 {
     struct daemon *d = ctx;
@@ -1293,6 +1311,11 @@ static void daemon_stop(struct daemon *d, int exit_code)
     }
     if (d->queue != NULL)
         queue_stop(d->queue);
+    /* a report still waiting for its commit ends interrupted: resumed at the next start */
+    if (d->coord_client != NULL)
+        coord_client_close(d->coord_client, on_coord_client_closed, d);
+    if (d->coord_server != NULL)
+        coord_server_close(d->coord_server, on_coord_server_closed, d);
     if (d->hashes != NULL)
         hash_pool_drop_primes(d->hashes);
     finish_waiters(d);
@@ -1320,6 +1343,39 @@ static void daemon_stop(struct daemon *d, int exit_code)
     log_info("stopped", "exit=%d committed=%u failed=%u pending=%zu", exit_code,
              d->queue ? queue_committed_count(d->queue) : 0,
              d->queue ? queue_failed_count(d->queue) : 0, pending);
+}
+
+/* Several nodes: rank 0 listens for every node's reports; every rank (0 too) reports to it. */
+static int start_coordination(struct daemon *d, struct ckpt_err *err)
+{
+    const struct config *cfg = d->cfg;
+    int rc;
+
+    if (cfg->node_rank == 0) {
+        struct coord_server_opts so = {
+            .bind_host = strchr(cfg->coord_host, ':') != NULL ? "::" : "0.0.0.0",
+            .port = cfg->coord_port,
+            .nodes = cfg->nodes,
+            .secret = cfg->job_secret,
+            .secret_len = cfg->job_secret_len,
+            .wait_log_ms = (uint64_t)cfg->coord_wait_s * 1000,
+        };
+        if ((rc = coord_server_start(&d->coord_server, d->loop, d->hub, &so, err)) < 0)
+            return rc;
+    }
+    struct coord_client_opts co = {
+        .host = cfg->coord_host,
+        .port = cfg->coord_port,
+        .rank = cfg->node_rank,
+        .secret = cfg->job_secret,
+        .secret_len = cfg->job_secret_len,
+    };
+    if ((rc = coord_client_start(&d->coord_client, d->loop, &co)) < 0)
+        return ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start the coordinator link: %s",
+                            strerror(-rc));
+    log_info("node", "rank=%ld nodes=%ld coordinator=%s:%d%s", cfg->node_rank, cfg->nodes,
+             cfg->coord_host, cfg->coord_port, cfg->node_rank == 0 ? " (this node)" : "");
+    return 0;
 }
 
 int daemon_exit_code(const struct daemon *d)
@@ -1351,6 +1407,15 @@ int daemon_status(struct daemon *d, cJSON *out)
     cJSON_AddStringToObject(daemon, "version", CKPT_VERSION);
     cJSON_AddStringToObject(daemon, "repo", d->cfg->repo_id ? d->cfg->repo_id : "");
     cJSON_AddStringToObject(daemon, "bucket", d->cfg->bucket_id ? d->cfg->bucket_id : "");
+    if (d->cfg->nodes > 1) {
+        cJSON *node = cJSON_AddObjectToObject(daemon, "node");
+        if (node != NULL) {
+            cJSON_AddNumberToObject(node, "rank", (double)d->cfg->node_rank);
+            cJSON_AddNumberToObject(node, "nodes", (double)d->cfg->nodes);
+        }
+        if (d->coord_server != NULL)
+            cJSON_AddItemToObject(daemon, "coordinator", coord_server_status(d->coord_server));
+    }
     cJSON_AddStringToObject(daemon, "endpoint", d->cfg->endpoint);
     cJSON_AddStringToObject(daemon, "watch", d->cfg->watch_dir);
     cJSON_AddStringToObject(daemon, "strategy", config_strategy_name(d->cfg->strategy));
@@ -1691,6 +1756,7 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
 {
     struct detect_rule rules[CONFIG_MAX_RULES];
     struct detect_config detect_cfg = {
+        .dcp_part = cfg->nodes > 1 && cfg->node_rank > 0,
         .quiet_ms = cfg->quiet_ms,
         .layout = cfg->layout,
         .rules = rules,
@@ -1797,6 +1863,12 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
                                   .xet_work_dir = d->xet_work_dir,
                                   .bucket_hub = d->bucket_hub,
                                   .bucket_xet = d->bucket_xet};
+        if (cfg->nodes > 1 && (rc = start_coordination(d, err)) < 0) {
+            *ret_exit = CKPT_EXIT_INVALID;
+            goto fail;
+        }
+        deps.coord = d->coord_client;
+
         if ((rc = queue_new(&d->queue, &deps, on_queue_event, d)) < 0) {
             ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start: %s", strerror(-rc));
             goto fail;

@@ -463,6 +463,10 @@ static bool dcp_complete(const struct detect *d, const struct detect_cand *c, ch
     size_t data = 0;
     for (size_t i = 0; i < c->n_members; i++)
         data += is_distcp_name(base_name(c->members[i]->path));
+    if (d->cfg.dcp_part && data > 0) {
+        say(why, n, "this node's %zu .distcp closed (its part of a multi-node checkpoint)", data);
+        return true;
+    }
     say(why, n, ".metadata written after %zu .distcp", data);
     return member_closed(d, c, ".metadata");
 }

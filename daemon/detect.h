@@ -33,6 +33,9 @@ struct detect_rule {
 };
 
 struct detect_config {
+    /* One node of several, not the one that writes DCP's .metadata (rank > 0): a DCP folder is
+     * this node's part once its .distcp files are closed, then the quiet period. */
+    bool dcp_part;
     int64_t quiet_ms;   /* quiet period after the last event of a candidate; 0 -> default */
     const char *layout; /* NULL or "": auto-detect; else only this built-in layout (and rules) */
     const struct detect_rule *rules; /* copied by detect_new */

@@ -564,7 +564,7 @@ int ipc_framer_compact(struct ipc_framer *f)
     memmove(f->buf, f->buf + f->start, f->len - f->start);
     f->len -= f->start;
     f->start = 0;
-    if (f->len == IPC_MAX_MESSAGE) {
+    if (f->len == (f->cap != 0 ? f->cap : IPC_MAX_MESSAGE)) {
         f->discarding = true;
         f->len = 0;
         return -EMSGSIZE;

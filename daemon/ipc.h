@@ -55,11 +55,12 @@ int ipc_reply_error_kind(struct ipc_request *req, const char *code, const char *
 
 /* ---- pure parsing: no loop, no I/O, no logging; any thread (the fuzzer's entry points) ---- */
 
-/* Line framing over a buffer of IPC_MAX_MESSAGE bytes: read into buf + len, add to len, then
- * take lines with ipc_framer_next and call ipc_framer_compact once none is left. */
+/* Line framing over a buffer of cap bytes (0: IPC_MAX_MESSAGE): read into buf + len, add to
+ * len, then take lines with ipc_framer_next and call ipc_framer_compact once none is left. */
 struct ipc_framer {
-    char *buf;       /* IPC_MAX_MESSAGE bytes */
-    size_t len;      /* bytes held; < IPC_MAX_MESSAGE between reads */
+    char *buf;       /* cap bytes */
+    size_t cap;      /* 0: IPC_MAX_MESSAGE (the control socket); the coordinator's is larger */
+    size_t len;      /* bytes held; < cap between reads */
     size_t start;    /* where the next line begins */
     bool discarding; /* skipping the rest of an oversized line */
 };

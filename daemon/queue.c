@@ -31,6 +31,8 @@
 
 #include "bucket_push.h"
 #include "commit_split.h"
+#include "coord_client.h"
+#include "coord_proto.h"
 #include "detect.h"
 #include "hub.h"
 #include "journal.h"
@@ -79,7 +81,9 @@ struct item {
     struct journal_file *stats; /* plan.count, after the stat step */
     bool *present;
     struct upload *upload;
-    struct bucket_push *bpush;       /* instead of upload: to the bucket (--bucket) */
+    struct bucket_push *bpush; /* instead of upload: to the bucket (--bucket) */
+    bool reporting; /* several nodes: its objects are up, the coordinator's answer is due */
+    bool reported;  /* that answer came: on_uploaded takes it as the upload's end */
     struct upload_progress progress; /* kept after the upload is freed */
     char commit[41];
     char *error;
@@ -737,10 +741,76 @@ static void on_retry_timer(uv_timer_t *timer)
 
 static bool part_over_budget(struct queue *q, struct item *it);
 
+/* Several nodes: this checkpoint goes to the coordinator's commit (explicit pushes and the
+ * end-of-training commit do not). */
+static bool via_coordinator(const struct queue *q, const struct item *it)
+{
+    return q->deps.coord != NULL && it->source_dir == NULL &&
+           strcmp(it->layout, "model-root") != 0 && strcmp(it->layout, "explicit-dir") != 0 &&
+           strcmp(it->layout, "single-file") != 0;
+}
+
+static void on_uploaded(void *ctx, const struct ckpt_err *err, const char *commit_oid);
+
+static void on_reported(void *ctx, const struct ckpt_err *err, const char *commit_oid)
+{
+    struct item *it = ctx;
+    it->reporting = false;
+    it->reported = true;
+    if (err == NULL)
+        log_info("node-committed", "ckpt='%s' commit=%s", it->name, commit_oid);
+    on_uploaded(it, err, commit_oid);
+}
+
+/* The objects of this node's part are on the Hub: tell the coordinator what they are. */
+static void report_part(struct queue *q, struct item *it)
+{
+    struct coord_file *files = calloc(it->part_n ? it->part_n : 1, sizeof(*files));
+    size_t n = 0;
+    int rc = -ENOMEM;
+
+    for (size_t k = 0; files != NULL && k < it->part_n; k++) {
+        struct upload_file_result r;
+        if (upload_file_result(it->upload, k, &r) < 0 || r.ignored)
+            continue;
+        files[n++] = (struct coord_file){r.path_in_repo, r.sha256, r.size, r.via};
+    }
+    if (files != NULL && n == 0) {
+        struct ckpt_err err;
+        free(files);
+        ckpt_err_set(&err, CKPT_ERR_INPUT, -EINVAL,
+                     "every file of this node's part is ignored by "
+                     "the repo's .gitignore: nothing to report");
+        it->reported = true;
+        on_uploaded(it, &err, NULL);
+        return;
+    }
+    if (files != NULL)
+        rc = coord_client_report(q->deps.coord, it->name, it->step,
+                                 it->title != NULL ? it->title : it->plan.message, files, n,
+                                 on_reported, it);
+    free(files);
+    if (rc < 0) {
+        struct ckpt_err err;
+        ckpt_err_set(&err, CKPT_ERR_IO, rc, "cannot report to the coordinator: %s", strerror(-rc));
+        it->reported = true;
+        on_uploaded(it, &err, NULL);
+        return;
+    }
+    it->reporting = true;
+    log_info("node-uploaded",
+             "ckpt='%s' files=%zu next='waiting for the commit of the coordinator'", it->name, n);
+}
+
 static void on_uploaded(void *ctx, const struct ckpt_err *err, const char *commit_oid)
 {
     struct item *it = ctx;
     struct queue *q = it->queue;
+
+    if (err == NULL && commit_oid == NULL && !it->reported) {
+        report_part(q, it);
+        return;
+    }
 
     if (err != NULL && transient(err, it->attempts) && !q->stopped) {
         uint64_t delay = QUEUE_RETRY_BASE_MS << (it->attempts < 8 ? it->attempts : 8);
@@ -1285,8 +1355,12 @@ static void start_upload(struct queue *q, struct item *it)
     }
     /* One commit per checkpoint: each commit counts against the budget. Only what one commit
      * cannot carry (commit_split.c) makes several; the later ones say "(part N)", as
-     * upload_folder does. */
-    size_t n = next_part(it);
+     * upload_folder does. Several nodes: the coordinator commits all at once (LFS only). */
+    bool coord = via_coordinator(q, it);
+    size_t n = coord ? it->plan.count : next_part(it);
+    it->reported = false;
+    it->reporting = false;
+    opts.no_commit = coord;
     char message[512];
     if (n == 0) {
         rc = -ENOMEM;
@@ -1313,7 +1387,7 @@ static void start_upload(struct queue *q, struct item *it)
      * all_checkpoints with --keep-last: folders beyond the newest K go the same way */
     char **deletes = NULL;
     size_t n_deletes = 0;
-    if (it->part_off + n == it->plan.count) {
+    if (it->part_off + n == it->plan.count && !coord) {
         stale_last_checkpoint(q, it, &deletes, &n_deletes);
         if (n_deletes == 0) {
             free(deletes); /* an empty list */

@@ -82,6 +82,11 @@ struct queue_deps {
                   size_t n);
     void (*recovered)(void *ctx);
     void *recovery_ctx;
+    /* Several nodes: a detected checkpoint's objects are uploaded without a commit and reported
+     * to the coordinator, which makes the one commit of every node's part; its answer is the
+     * commit. Explicit pushes and the end-of-training commit are committed here as before.
+     * NULL: one node. */
+    struct coord_client *coord;
     /* The Xet session and where xorbs are built (<staging>/xet/tmp); NULL: no Xet. */
     struct xet_session *xet;
     const char *xet_work_dir;

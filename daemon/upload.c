@@ -85,6 +85,7 @@ struct up_obj {
     int rebatching;
     int completing;
     int counted;
+    int via_xet; /* the batch gave it to Xet */
     int done;
 };
 
@@ -166,6 +167,7 @@ struct upload {
     struct up_req *reqs;
     int failed;
     int finished;
+    int succeeded; /* a no_commit upload reached its end: file results may be read */
     int free_when_done;
     int starting; /* inside upload_start: a failure is returned, never called back */
     struct ckpt_err err;
@@ -530,8 +532,8 @@ static int classify(struct upload *u, const size_t *idx, size_t n)
             u->progress.files_ignored++;
             continue;
         }
-        if (p->mode == HUB_MODE_LFS) {
-            if (strcmp(p->remote_oid, e->sha256) == 0) {
+        if (p->mode == HUB_MODE_LFS || u->opts.no_commit) {
+            if (p->mode == HUB_MODE_LFS && strcmp(p->remote_oid, e->sha256) == 0) {
                 e->skip = 1;
                 u->progress.files_skipped++;
                 continue;
@@ -579,6 +581,11 @@ static void pipe_check_done(struct upload *u)
         return;
     journal_state(u, JOURNAL_PLANNED);
     snprintf(u->parent, sizeof(u->parent), "%s", u->head);
+    if (u->opts.no_commit) {
+        u->succeeded = 1;
+        finish(u, NULL, NULL);
+        return;
+    }
     if (u->changes == 0) {
         log_debug("upload_unchanged", "repo='%s' head=%s", hub_repo_id(u->hub), u->head);
         finish(u, NULL, u->head);
@@ -771,6 +778,7 @@ static void xet_take(struct upload *u, size_t i)
         return;
     }
     xet_session_offer_token(u->opts.xet, o);
+    u->ob[i].via_xet = 1;
     if (!u->ob[i].counted) {
         u->ob[i].counted = 1;
         u->progress.files_xet++;
@@ -1368,6 +1376,8 @@ int upload_start(struct upload **ret, struct hub *hub, struct hash_pool *hashes,
         u->opts = *opts;
     if (u->opts.max_transfers == 0)
         u->opts.max_transfers = 4;
+    if (u->opts.no_commit)
+        opts = NULL; /* nothing is deleted without a commit */
     u->cb = cb;
     u->ctx = ctx;
     u->n = n;
@@ -1462,6 +1472,22 @@ void upload_get_progress(const struct upload *u, struct upload_progress *ret)
     ret->xet_bytes_dedup = x.bytes_deduped;
     ret->xorbs_sent = x.xorbs_sent;
     ret->xorbs_resumed = x.xorbs_resumed;
+}
+
+int upload_file_result(const struct upload *u, size_t i, struct upload_file_result *ret)
+{
+    if (!u->succeeded || i >= u->n)
+        return -EINVAL;
+    const struct up_entry *e = &u->entries[i];
+    ret->path_in_repo = e->repo_path;
+    ret->sha256 = e->sha256;
+    ret->size = e->size;
+    ret->ignored = u->pf[i].should_ignore;
+    ret->via = e->skip                                  ? "hub"
+               : u->ob[e->obj].via_xet                  ? "xet"
+               : u->lo[e->obj].action == HUB_LFS_STORED ? "hub"
+                                                        : "lfs";
+    return 0;
 }
 
 void upload_cancel(struct upload *u)

@@ -7,6 +7,7 @@
 #ifndef CKPT_UPLOAD_H
 #define CKPT_UPLOAD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -67,6 +68,20 @@ struct upload_opts {
      * work_dir holds xorbs between their build and their POST. NULL: such an answer fails. */
     struct xet_session *xet;
     const char *xet_work_dir;
+    /* Stop once every object is on the Hub: no commit (another process makes it, naming each
+     * file by sha256 as an lfsFile; the Hub accepts an object any client uploaded). Every file
+     * goes as an LFS object then, also one the Hub would take as a regular file, and deletes are
+     * ignored. The callback gets commit_oid NULL; upload_file_result says what to commit. */
+    bool no_commit;
+};
+
+/* What a no_commit upload put on the Hub for one file. */
+struct upload_file_result {
+    const char *path_in_repo;
+    const char *sha256; /* 64 hex */
+    uint64_t size;
+    const char *via; /* "lfs", "xet", or "hub" when the Hub had the content already */
+    bool ignored;    /* the Hub's .gitignore matched: not to be committed */
 };
 
 #define UPLOAD_REBATCH_MAX 8 /* fresh URLs per object per upload */
@@ -83,6 +98,9 @@ int upload_start(struct upload **ret, struct hub *hub, struct hash_pool *hashes,
                  const struct upload_file *files, size_t n, const char *commit_message,
                  const struct upload_opts *opts, upload_done_cb cb, void *ctx);
 void upload_get_progress(const struct upload *u, struct upload_progress *ret);
+/* File i (in upload_start's order) once the callback reported success; valid until upload_free.
+ * Returns 0, or -EINVAL when i is out of range or the upload has not succeeded. */
+int upload_file_result(const struct upload *u, size_t i, struct upload_file_result *ret);
 /* Replaces the commit message while the commit is not yet asked for. Returns 0, -EALREADY once
  * the commit was sent (a retried commit keeps what the first one said), or -ENOMEM. */
 int upload_set_message(struct upload *u, const char *commit_message);

@@ -6,14 +6,17 @@
 #   bash tests/bench/run.sh [--quick | --smoke] [--reps N] [--only s1,s2,...] [--max-rate R]
 #       [--compare OTHER_CKPTPUSHD]   (a second build, interleaved as 'candidate')
 #       [--sink-rate BYTES_PER_S]     (s4: the hub's storage sink, default 100 MB/s)
+#   bash tests/bench/run.sh --multinode [--reps N]   (4 daemons x 4 shards against one daemon
+#       pushing all 16: aggregate bytes/s, one commit each, the ratio; see multinode.py)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
-size=full reps=3 pass=()
+size=full reps=3 pass=() multinode=
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) size=quick ;;
     --smoke) size=smoke reps=1 ;;
+    --multinode) multinode=1 ;;
     --reps) reps=$2; shift ;;
     --only|--only-clients|--max-rate|--compare|--sink-rate) pass+=("$1" "$2"); shift ;;
     -h|--help) sed -n 2,9p "$0"; exit 0 ;;
@@ -36,6 +39,9 @@ if [ -z "$daemon" ]; then
 fi
 if [ ! -d "$src/tests/hub/node_modules/@huggingface/hub" ] && [ "$size" != smoke ]; then
     npm ci --prefix "$src/tests/hub" --no-audit --no-fund >/dev/null
+fi
+if [ -n "$multinode" ]; then
+    CKPTPUSHD="$daemon" exec python3 "$here/multinode.py" --reps "$reps"
 fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/ckpt-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT

@@ -331,9 +331,29 @@ def xet_seeds():
         b"\1" + chunk(b"".join(h(200 + i) for i in range(94)), 0) + chunk(b"a" * 20000, 1) + chunk(floats, 2))
 
 
+def coord_seeds():
+    """fuzz_coord: byte 0 bit 0 = seal the body with the fuzzer's key; bits 1-3 = nodes - 1."""
+    import hmac
+    key = b"fuzz-job-secret-0123456789"
+    sha = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    report = {"v": 1, "type": "report", "nonce": "00112233445566778899aabbccddeeff", "seq": 1,
+              "rank": 2, "ckpt": "step-100", "step": 100, "message": "step 100",
+              "files": [{"path": "step-100/__2_0.distcp", "size": 10, "sha256": sha, "via": "lfs"},
+                        {"path": "step-100/.metadata", "size": 3, "sha256": sha, "via": "hub"}]}
+    body = json.dumps(report, separators=(",", ":"))
+    put("fuzz_coord", "report-sealed", bytes([1 | (3 << 1)]) + body.encode())
+    bad = dict(report, rank=9, files=[{"path": "../x", "size": -1, "sha256": "ABC", "via": "ftp"}])
+    put("fuzz_coord", "bad-report-sealed", bytes([1 | (3 << 1)]) + json.dumps(bad).encode())
+    mac = hmac.new(key, b"ckptpush-coord-v1n\n" + body.encode(), hashlib.sha256).hexdigest()
+    put("fuzz_coord", "report-wire",
+        bytes([3 << 1]) + (body[:-1] + ',"mac":"' + mac + '"}').encode())
+    put("fuzz_coord", "wrong-mac", bytes([0]) + (body[:-1] + ',"mac":"' + "0" * 64 + '"}').encode())
+    put("fuzz_coord", "garbage", b"\x00{\"mac\":\"x\"}")
+
+
 def main():
     for t in ("fuzz_hub", "fuzz_watch", "fuzz_card", "fuzz_ipc", "fuzz_config", "fuzz_journal",
-              "fuzz_xet"):
+              "fuzz_xet", "fuzz_coord"):
         shutil.rmtree(os.path.join(CORPUS, t), ignore_errors=True)
     hub_seeds()
     watch_seeds()
@@ -342,6 +362,7 @@ def main():
     config_seeds()
     journal_seeds()
     xet_seeds()
+    coord_seeds()
     for t in sorted(os.listdir(CORPUS)):
         print(f"{t}: {len(os.listdir(os.path.join(CORPUS, t)))} seeds")
 

@@ -27,6 +27,8 @@ EXAMPLE = os.path.join(SOURCE, "config", "ckptpushd.example.jsonc")
 CONFIG_README = os.path.join(SOURCE, "config", "README.md")
 POD = os.path.join(SOURCE, "examples", "kubernetes", "training-pod.yaml")
 SBATCH = os.path.join(SOURCE, "examples", "slurm", "train-with-ckptpushd.sbatch")
+MULTI_SBATCH = os.path.join(SOURCE, "examples", "slurm", "multinode.sbatch")
+MULTI_JOB = os.path.join(SOURCE, "examples", "kubernetes", "multinode-job.yaml")
 
 
 def clean_env(**extra):
@@ -337,6 +339,74 @@ class Slurm(unittest.TestCase):
                 self.assertIn("nothing to restore: repo not found", r.stdout)
 
 
+class MultiNodeExamples(unittest.TestCase):
+    """One daemon per node, rank 0 coordinates, the secret from shared storage or a Secret: the
+    examples' daemon arguments, through the daemon's own parser with the cluster's environment."""
+
+    def check_config(self, args, **env):
+        tmp = tempfile.mkdtemp(prefix="ckpt-multi-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        local = [a.replace("=/ckpt", "=" + tmp).replace("=/run/ckptpush/", "=" + tmp + "/")
+                 for a in args]
+        r = subprocess.run([DAEMON, "--watch", tmp, *local, "--check-config"],
+                           capture_output=True, text=True, timeout=30,
+                           env=clean_env(HF_TOKEN="hf_multi", HOME=tmp, **env))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout
+
+    def test_sbatch(self):
+        r = subprocess.run(["bash", "-n", MULTI_SBATCH], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(MULTI_SBATCH) as f:
+            text = f.read()
+        self.assertRegex(text, r"(?m)^srun --overlap --ntasks-per-node=1 .*bash -c")
+        self.assertIn("umask 077", text)
+        for flag in ("--nodes auto", "--coordinator", "--job-secret-file"):
+            self.assertIn(flag, text)
+        # a task on node 2 of 4: what srun gives it
+        tmp = tempfile.mkdtemp(prefix="ckpt-multi-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        secret = os.path.join(tmp, "job.secret")
+        with open(secret, "w") as f:
+            f.write("c2VjcmV0LW9mLXRoaXMtam9iLW5vdC1sb2dnZWQ=\n")
+        out = self.check_config(["--repo", "org/run", "--nodes", "auto", "--coordinator",
+                                 "node001:29555", "--job-secret-file", secret],
+                                SLURM_NNODES="4", SLURM_NODEID="2")
+        cfg = json.loads(out)
+        self.assertEqual((cfg["nodes"], cfg["node_rank"], cfg["coordinator"]),
+                         (4, 2, "node001:29555"))
+        self.assertEqual(cfg["job_secret"], "***")
+        self.assertNotIn("c2VjcmV0", out)
+
+    def test_job(self):
+        import yaml
+        with open(MULTI_JOB) as f:
+            docs = [d for d in yaml.safe_load_all(f) if d]
+        job = [d for d in docs if d["kind"] == "Job"][0]
+        svc = [d for d in docs if d["kind"] == "Service"][0]
+        spec = job["spec"]
+        self.assertEqual(spec["completionMode"], "Indexed")
+        pod = spec["template"]["spec"]
+        side = [c for c in pod["initContainers"] if c["name"] == "ckptpushd"][0]
+        self.assertEqual(side.get("restartPolicy"), "Always", "a native sidecar in each pod")
+        opt = dict(a[2:].split("=", 1) for a in side["args"] if a.startswith("--"))
+        self.assertEqual(int(opt["nodes"]), spec["completions"])
+        self.assertEqual(opt["coordinator"],
+                         f"{job['metadata']['name']}-0.{pod['subdomain']}:29555")
+        self.assertEqual(svc["metadata"]["name"], pod["subdomain"])
+        self.assertEqual(svc["spec"]["clusterIP"], "None")
+        env = {e["name"]: e for e in side["env"]}
+        self.assertIn("job-completion-index", env["NODE_RANK"]["valueFrom"]["fieldRef"]
+                      ["fieldPath"])
+        self.assertIn("secretKeyRef", env["CKPTPUSH_JOB_SECRET"]["valueFrom"])
+        self.assertNotIn("value", env["CKPTPUSH_JOB_SECRET"])
+        cfg = json.loads(self.check_config(
+            [a for a in side["args"] if not a.startswith("--watch")], NODE_RANK="3",
+            CKPTPUSH_JOB_SECRET="a-secret-of-twenty-four-b"))
+        self.assertEqual((cfg["nodes"], cfg["node_rank"]), (4, 3))
+        self.assertGreater(pod["terminationGracePeriodSeconds"], int(opt["drain-timeout"]))
+
+
 class Install(unittest.TestCase):
     def test_destdir(self):
         cache = os.path.join(BUILD, "CMakeCache.txt")
@@ -355,7 +425,9 @@ class Install(unittest.TestCase):
                 "share/doc/ckptpush/config/ckptpushd.example.jsonc",
                 "share/doc/ckptpush/config/README.md",
                 "share/doc/ckptpush/examples/slurm/train-with-ckptpushd.sbatch",
-                "share/doc/ckptpush/examples/kubernetes/training-pod.yaml"]
+                "share/doc/ckptpush/examples/kubernetes/training-pod.yaml",
+                "share/doc/ckptpush/examples/slurm/multinode.sbatch",
+                "share/doc/ckptpush/examples/kubernetes/multinode-job.yaml"]
         if os.path.isdir(os.path.join(SOURCE, "client", "python")):
             want.append("share/ckptpush/python/ckptpush/__init__.py")
         for rel in want:

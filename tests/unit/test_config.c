@@ -421,6 +421,91 @@ static void test_layout_and_rules(void)
     unsetenv("HF_TOKEN");
 }
 
+/* Several nodes: the cluster's variables, flags over them, the secret, and every problem named. */
+static void test_nodes(void)
+{
+    struct config cfg;
+    struct ckpt_err err;
+    char secret_file[600];
+    const char *vars[] = {"SLURM_NNODES", "SLURM_NODEID", "NNODES",
+                          "NODE_RANK",    "MASTER_ADDR",  "CKPTPUSH_JOB_SECRET"};
+
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
+        unsetenv(vars[i]);
+    setenv("HF_TOKEN", "hf_nodes", 1);
+
+    /* one node: nothing else needed */
+    char *one[] = {"ckptpushd", "--watch", tmpdir, "--repo", "a/b", "--nodes", "1", NULL};
+    CHECK_INT(load(&cfg, &err, 7, one), 0);
+    CHECK_INT(cfg.nodes, 1);
+    config_release(&cfg);
+
+    /* SLURM's variables, MASTER_ADDR, the secret from the environment */
+    setenv("SLURM_NNODES", "4", 1);
+    setenv("SLURM_NODEID", "3", 1);
+    setenv("NODE_RANK", "1", 1); /* SLURM's wins */
+    setenv("MASTER_ADDR", "node001", 1);
+    setenv("CKPTPUSH_JOB_SECRET", "0123456789abcdef-secret\n", 1);
+    char *aut[] = {"ckptpushd", "--watch", tmpdir, "--repo", "a/b", "--nodes", "auto", NULL};
+    CHECK_INT(load(&cfg, &err, 7, aut), 0);
+    CHECK_INT(cfg.nodes, 4);
+    CHECK_INT(cfg.node_rank, 3);
+    CHECK_STR(cfg.coord_host, "node001");
+    CHECK_INT(cfg.coord_port, 29555);
+    CHECK_INT(cfg.job_secret_len, 23); /* the newline dropped */
+    char *json = config_to_json(&cfg);
+    CHECK(json != NULL && strstr(json, "0123456789abcdef") == NULL);
+    CHECK(json != NULL && strstr(json, "\"node001:29555\"") != NULL);
+    free(json);
+    config_release(&cfg);
+
+    /* flags over the environment; a secret file; an IPv6 coordinator */
+    snprintf(secret_file, sizeof(secret_file), "%s/job.secret", tmpdir);
+    write_file(secret_file, "from-a-file-on-shared-storage");
+    char *flags[] = {
+        "ckptpushd", "--watch",     tmpdir, "--repo",        "a/b",        "--nodes",
+        "3",         "--node-rank", "0",    "--coordinator", "[::1]:4000", "--job-secret-file",
+        secret_file, NULL};
+    CHECK_INT(load(&cfg, &err, 13, flags), 0);
+    CHECK_INT(cfg.nodes, 3);
+    CHECK_INT(cfg.node_rank, 0);
+    CHECK_STR(cfg.coord_host, "::1");
+    CHECK_INT(cfg.coord_port, 4000);
+    CHECK_INT(cfg.job_secret_len, strlen("from-a-file-on-shared-storage"));
+    config_release(&cfg);
+    unlink(secret_file);
+
+    /* problems, each named: rank out of range, a bad address, a short secret */
+    setenv("CKPTPUSH_JOB_SECRET", "short", 1);
+    char *bad[] = {"ckptpushd", "--watch",     tmpdir, "--repo",        "a/b",        "--nodes",
+                   "2",         "--node-rank", "2",    "--coordinator", "host:99999", NULL};
+    CHECK_INT(load(&cfg, &err, 11, bad), CKPT_EXIT_INVALID);
+    CHECK(strstr(cfg.problems, "--coordinator: 'host:99999'") != NULL);
+    CHECK(strstr(cfg.problems, "node_rank: 2 is not below nodes (2)") != NULL);
+    CHECK(strstr(cfg.problems, "CKPTPUSH_JOB_SECRET: the job secret must hold 16") != NULL);
+    CHECK(strstr(cfg.problems, "short") == NULL); /* the secret is never echoed */
+    config_release(&cfg);
+    char *v6[] = {"ckptpushd", "--watch", tmpdir, "--repo", "a/b", "--coordinator", "::1:80", NULL};
+    CHECK_INT(load(&cfg, &err, 7, v6), CKPT_EXIT_INVALID);
+    config_release(&cfg);
+    char *zero[] = {"ckptpushd", "--watch", tmpdir, "--repo", "a/b", "--nodes", "0", NULL};
+    CHECK_INT(load(&cfg, &err, 7, zero), CKPT_EXIT_INVALID);
+    config_release(&cfg);
+
+    /* no rank, no address, no secret: usage, each said */
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
+        unsetenv(vars[i]);
+    char *bare[] = {"ckptpushd", "--watch", tmpdir, "--repo", "a/b", "--nodes", "2", NULL};
+    CHECK_INT(load(&cfg, &err, 7, bare), CKPT_EXIT_USAGE);
+    CHECK(strstr(cfg.problems, "node_rank: several nodes need") != NULL);
+    CHECK(strstr(cfg.problems, "coordinator: several nodes need") != NULL);
+    CHECK(strstr(cfg.problems, "job's shared secret") != NULL);
+    config_release(&cfg);
+    CHECK_INT(load(&cfg, &err, 7, aut), CKPT_EXIT_USAGE); /* auto with no SLURM_NNODES/NNODES */
+    config_release(&cfg);
+    unsetenv("HF_TOKEN");
+}
+
 /* --transfer: auto by default; file < CKPTPUSH_TRANSFER < flag; an unknown mode names the known. */
 static void test_bucket(void)
 {
@@ -548,6 +633,7 @@ int main(void)
     test_offline();
     test_credentials_and_token_path();
     test_layout_and_rules();
+    test_nodes();
     test_transfer();
     test_bucket();
     rmdir(tmpdir);

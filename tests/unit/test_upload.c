@@ -327,6 +327,53 @@ int main(void)
     CHECK(!r.ok && r.err.code == UV_ECANCELED);
     upload_free(current);
 
+    /* 6b. no_commit (a node of several): the objects go up, even a small JSON one as LFS, no
+     * commit is made, and the results name what another process commits by sha256 */
+    {
+        char nc_json[600], nc_big[600], before[64], after[64];
+        snprintf(nc_json, sizeof(nc_json), "%s/nc.json", e.dir);
+        snprintf(nc_big, sizeof(nc_big), "%s/nc.bin", e.dir);
+        test_write_file(nc_json, "{\"rank\": 1}\n", 12);
+        test_random_file(nc_big, 3 * 1024 * 1024 + 5, 11);
+        struct upload_file nc[] = {
+            {.path_in_repo = "node1/nc.json", .local_path = nc_json},
+            {.path_in_repo = "node1/nc.bin", .local_path = nc_big},
+        };
+        struct upload_opts no = {.no_commit = true};
+        head_of_main(&e, before, sizeof(before));
+        memset(&r, 0, sizeof(r));
+        REQUIRE(upload_start(&current, e.hub, e.pool, nc, 2, "unused", &no, on_upload_done, &r) ==
+                0);
+        test_run_until(&e.loop, &r.done);
+        CHECK(r.ok);
+        CHECK_STR(r.oid, "");
+        head_of_main(&e, after, sizeof(after));
+        CHECK_STR(after, before);
+        struct upload_file_result res[2];
+        struct hub_commit_op ops[2];
+        for (size_t i = 0; i < 2; i++) {
+            REQUIRE(upload_file_result(current, i, &res[i]) == 0);
+            CHECK_STR(res[i].path_in_repo, nc[i].path_in_repo);
+            CHECK_STR(res[i].via, "lfs");
+            CHECK(strlen(res[i].sha256) == 64 && !res[i].ignored);
+            ops[i] = (struct hub_commit_op){.kind = HUB_COMMIT_LFS,
+                                            .path = res[i].path_in_repo,
+                                            .oid = res[i].sha256,
+                                            .size = res[i].size};
+        }
+        CHECK_INT(res[0].size, 12);
+        CHECK_INT(res[1].size, 3 * 1024 * 1024 + 5);
+        CHECK(upload_file_result(current, 2, &res[0]) == -EINVAL);
+        memset(&r, 0, sizeof(r));
+        REQUIRE(hub_commit(e.hub, "node parts", "", NULL, ops, 2, on_upload_done, &r, NULL) == 0);
+        test_run_until(&e.loop, &r.done);
+        CHECK(r.ok);
+        upload_free(current);
+        current = NULL;
+        CHECK(same_remote(&e, "node1/nc.json", nc_json));
+        CHECK(same_remote(&e, "node1/nc.bin", nc_big));
+    }
+
     /* 7. nothing ever sent a token to a presigned URL */
     CHECK(test_hub_auth_leaks(&e.th) == 0);
 
