@@ -221,6 +221,7 @@ static int hash_fd(struct hash_pool *p, int fd, struct hash_result *res)
 
     uint64_t off = 0;
     res->sample_len = 0;
+    res->binary = false;
     while (off < size) {
         size_t want = size - off < HASH_CHUNK ? (size_t)(size - off) : HASH_CHUNK;
         ssize_t n = pread(fd, buf, want, (off_t)off);
@@ -241,6 +242,8 @@ static int hash_fd(struct hash_pool *p, int fd, struct hash_result *res)
             memcpy(res->sample + res->sample_len, buf, take);
             res->sample_len += take;
         }
+        if (!res->binary && want_sha1)
+            res->binary = memchr(buf, 0, (size_t)n) != NULL;
         if (EVP_DigestUpdate(sha256, buf, (size_t)n) != 1 ||
             (want_sha1 && EVP_DigestUpdate(sha1, buf, (size_t)n) != 1)) {
             r = -EIO;

@@ -7,6 +7,7 @@
 #ifndef CKPT_HASH_H
 #define CKPT_HASH_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,6 +28,9 @@ struct hash_result {
     char git_sha1[41]; /* "" when size > HASH_GIT_SHA1_MAX */
     unsigned char sample[HASH_SAMPLE_MAX];
     size_t sample_len;
+    /* A NUL byte somewhere in the file: the Hub rejects such a file committed as regular, whatever
+     * its first 512 bytes (the preupload sample) looked like. */
+    bool binary;
 };
 
 /* status: 0, or a negative errno (UV_ELOOP for a symlink, UV_EINVAL for a non-regular file,

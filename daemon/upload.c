@@ -63,7 +63,8 @@ struct up_entry {
     char git_sha1[41];
     unsigned char sample[HASH_SAMPLE_MAX];
     size_t sample_len;
-    int skip; /* same content on the Hub, or ignored */
+    bool binary; /* a NUL byte in it (small files only: larger ones are LFS anyway) */
+    int skip;    /* same content on the Hub, or ignored */
     size_t obj;
     char *content;
     size_t content_len;
@@ -340,6 +341,7 @@ static void on_hashed(void *ctx, int status, const struct hash_result *res)
     memcpy(e->git_sha1, res->git_sha1, sizeof(e->git_sha1));
     memcpy(e->sample, res->sample, res->sample_len);
     e->sample_len = res->sample_len;
+    e->binary = res->binary;
     u->progress.bytes_hashed += res->size;
     u->progress.bytes_total += res->size;
     u->ready[u->n_ready++] = (size_t)(e - u->entries);
@@ -531,6 +533,12 @@ static int classify(struct upload *u, const size_t *idx, size_t n)
             e->skip = 1;
             u->progress.files_ignored++;
             continue;
+        }
+        /* The Hub judges a file by its first 512 bytes; one with a NUL further on would be
+         * refused as a regular file ("contains binary files"), failing the whole commit. */
+        if (p->mode != HUB_MODE_LFS && e->binary) {
+            log_debug("binary-as-lfs", "path='%s' size=%" PRIu64, e->repo_path, e->size);
+            p->mode = HUB_MODE_LFS;
         }
         if (p->mode == HUB_MODE_LFS || u->opts.no_commit) {
             if (p->mode == HUB_MODE_LFS && strcmp(p->remote_oid, e->sha256) == 0) {

@@ -72,6 +72,8 @@ int main(void)
                  "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad") == 0);
     CHECK(strcmp(ex[0].res.git_sha1, "f2ba8f84ab5c1bce84a7b441cb1959cfc7093b7f") == 0);
     CHECK(ex[0].res.sample_len == 3 && memcmp(ex[0].res.sample, "abc", 3) == 0);
+    CHECK(!ex[0].res.binary && !ex[1].res.binary);
+    CHECK(ex[2].res.binary); /* 5 MiB of random bytes hold a NUL */
 
     CHECK(ex[1].status == 0 && ex[1].res.size == 0 && ex[1].res.sample_len == 0);
     CHECK(strcmp(ex[1].res.sha256,
@@ -140,6 +142,18 @@ int main(void)
     CHECK(again[0].status == 0 && again[1].status == 0);
     CHECK(strcmp(again[0].res.sha256, again[1].res.sha256) == 0);
     CHECK(hash_pool_files_read(pool) == reads + 1);
+    /* Text for the first 512 bytes (the preupload sample), a NUL far behind it: binary. */
+    static char text_then_nul[70000];
+    memset(text_then_nul, 'a', sizeof(text_then_nul));
+    text_then_nul[65536 + 3] = '\0';
+    char mixed[640];
+    snprintf(mixed, sizeof(mixed), "%s/text-then-nul", dir);
+    test_write_file(mixed, text_then_nul, sizeof(text_then_nul));
+    memset(again, 0, sizeof(again));
+    REQUIRE(hash_file(pool, mixed, on_hash, &again[0]) == 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(again[0].status == 0 && again[0].res.binary && again[0].res.sample_len == 512);
+    CHECK(memchr(again[0].res.sample, 0, again[0].res.sample_len) == NULL);
     /* Shutdown forgets primes not started. */
     CHECK(hash_file(pool, path[0], on_hash, &again[0]) == 0);
     CHECK(hash_prime(pool, path[8]) == 0 && hash_prime(pool, path[9]) == 0);
