@@ -49,7 +49,7 @@ struct watch_event {
     enum watch_kind kind;
     bool is_dir;
     const char *path;
-    const char *old_path; /* WATCH_RENAMED only, else NULL */
+    const char *old_path; /* WATCH_RENAMED: where from; WATCH_ROOT_LOST: see above; else NULL */
     int error;            /* WATCH_ERROR only: negative errno */
     const char *message;  /* WATCH_ERROR only: a sentence for the person */
 };

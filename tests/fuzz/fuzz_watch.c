@@ -32,7 +32,13 @@ static void on_event(void *ctx, const struct watch_event *ev)
     (void)ctx;
     events++;
     check(ev->path != NULL && ev->path[0] != '/');
-    check((ev->kind == WATCH_RENAMED) == (ev->old_path != NULL));
+    /* old_path: where a rename came from, or where the lost root went (absolute) */
+    if (ev->kind == WATCH_RENAMED)
+        check(ev->old_path != NULL && ev->old_path[0] != '/');
+    else if (ev->kind == WATCH_ROOT_LOST)
+        check(ev->old_path == NULL || ev->old_path[0] == '/');
+    else
+        check(ev->old_path == NULL);
     /* The skipped directory never shows, nor anything under it. */
     check(strcmp(ev->path, ".ckptpush") != 0 && strncmp(ev->path, ".ckptpush/", 10) != 0);
 }
