@@ -48,51 +48,11 @@ static void wait_res(struct res *r)
     CHECK(strstr(r->err.msg, TOKEN) == NULL);
 }
 
-/* Queues one answer: status, a JSON object of headers (NULL: JSON content type), body. */
-static void canned(int status, const char *headers, const char *body)
-{
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddNumberToObject(j, "status", status);
-    cJSON_AddItemToObject(j, "headers",
-                          cJSON_Parse(headers ? headers
-                                              : "{\"Content-Type\":"
-                                                "\"application/json\"}"));
-    cJSON_AddStringToObject(j, "body", body);
-    char *s = cJSON_PrintUnformatted(j);
-    char url[256];
-    struct test_buf b;
-    snprintf(url, sizeof(url), "%s/_canned", srv.endpoint);
-    REQUIRE(test_http("POST", url, NULL, s, &b) == 200);
-    free(b.p);
-    free(s);
-    cJSON_Delete(j);
-}
-
-/* The last request hub.c sent (free with cJSON_Delete). */
-static cJSON *last(void)
-{
-    char url[256];
-    struct test_buf b;
-    snprintf(url, sizeof(url), "%s/_last", srv.endpoint);
-    REQUIRE(test_http("GET", url, NULL, NULL, &b) == 200);
-    cJSON *j = cJSON_Parse(b.p);
-    free(b.p);
-    return j;
-}
-
-static const char *jpath(const cJSON *j, const char *a, const char *b)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, a);
-    if (b != NULL)
-        v = cJSON_GetObjectItemCaseSensitive(v, b);
-    return cJSON_IsString(v) ? v->valuestring : "";
-}
-
 static void preupload_case(const char *answer, enum ckpt_err_kind want, const char *hint,
                            struct hub_preupload_file *f, size_t n)
 {
     struct res r = {0};
-    canned(200, NULL, answer);
+    test_echo_canned(&srv, 200, NULL, answer);
     REQUIRE(hub_preupload(hub, f, n, on_str, &r, NULL) == 0);
     wait_res(&r);
     if (want == CKPT_ERR_NONE) {
@@ -110,7 +70,7 @@ static void batch_case(const char *answer, enum ckpt_err_kind want, const char *
                        struct hub_lfs_object *o, size_t n)
 {
     struct res r = {0};
-    canned(200, NULL, answer);
+    test_echo_canned(&srv, 200, NULL, answer);
     REQUIRE(hub_lfs_batch(hub, o, n, on_done, &r, NULL) == 0);
     wait_res(&r);
     if (want == CKPT_ERR_NONE) {
@@ -178,7 +138,7 @@ static void test_commit_dates(void)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct dates_res d;
         memset(&d, 0, sizeof(d));
-        canned(cases[i].status, cases[i].headers, cases[i].body);
+        test_echo_canned(&srv, cases[i].status, cases[i].headers, cases[i].body);
         REQUIRE(hub_commit_dates(hub, on_dates, &d, NULL) == 0);
         wait_res(&d.r);
         if (d.r.ok != cases[i].ok || d.n != cases[i].n ||
@@ -190,8 +150,9 @@ static void test_commit_dates(void)
         if (!cases[i].ok && d.r.err.kind == CKPT_ERR_PROTOCOL)
             CHECK(strstr(d.r.err.msg, "commit history") != NULL);
     }
-    cJSON *j = last();
-    CHECK(strcmp(jpath(j, "path", NULL), "/hub/api/models/alice/m/commits/refs%2Fpr%2F1") == 0);
+    cJSON *j = test_echo_last(&srv);
+    CHECK(strcmp(test_json_str(j, "path", NULL), "/hub/api/models/alice/m/commits/refs%2Fpr%2F1") ==
+          0);
     cJSON_Delete(j);
 }
 
@@ -245,23 +206,25 @@ static void test_bucket(const char *endpoint)
     cJSON *j;
 
     REQUIRE(hub_init(&b, http, &cfg, &e) == 0);
-    canned(409, NULL, "{\"error\":\"You already created this bucket: alice/ckpts\"}");
+    test_echo_canned(&srv, 409, NULL,
+                     "{\"error\":\"You already created this bucket: alice/ckpts\"}");
     REQUIRE(hub_ensure_repo(b, on_done, &r, NULL) == 0);
     wait_res(&r);
     CHECK(r.ok);
-    j = last();
-    CHECK_STR(jpath(j, "path", NULL), "/hub/api/buckets/alice/ckpts");
-    CHECK_STR(jpath(j, "body", NULL), "{\"visibility\":\"private\"}");
+    j = test_echo_last(&srv);
+    CHECK_STR(test_json_str(j, "path", NULL), "/hub/api/buckets/alice/ckpts");
+    CHECK_STR(test_json_str(j, "body", NULL), "{\"visibility\":\"private\"}");
     cJSON_Delete(j);
 
     memset(&r, 0, sizeof(r));
-    canned(200, NULL, "{\"accessToken\":\"t\",\"exp\":9999999999,\"casUrl\":\"http://c/cas\"}");
+    test_echo_canned(&srv, 200, NULL,
+                     "{\"accessToken\":\"t\",\"exp\":9999999999,\"casUrl\":\"http://c/cas\"}");
     REQUIRE(hub_xet_write_token(b, on_token, &r, NULL) == 0);
     wait_res(&r);
     CHECK(r.ok);
     CHECK_STR(r.str, "http://c/cas");
-    j = last();
-    CHECK_STR(jpath(j, "path", NULL), "/hub/api/buckets/alice/ckpts/xet-write-token");
+    j = test_echo_last(&srv);
+    CHECK_STR(test_json_str(j, "path", NULL), "/hub/api/buckets/alice/ckpts/xet-write-token");
     cJSON_Delete(j);
 
     struct bucket_op ops[] = {
@@ -270,23 +233,23 @@ static void test_bucket(const char *endpoint)
         {BUCKET_DELETE, "checkpoint-1/w.bin", NULL},
     };
     memset(&r, 0, sizeof(r));
-    canned(422, NULL,
-           "{\"success\":false,\"processed\":2,\"succeeded\":1,\"failed\":[{\"path\":"
-           "\"checkpoint-1/w.bin\",\"error\":\"file not found\"}]}");
+    test_echo_canned(&srv, 422, NULL,
+                     "{\"success\":false,\"processed\":2,\"succeeded\":1,\"failed\":[{\"path\":"
+                     "\"checkpoint-1/w.bin\",\"error\":\"file not found\"}]}");
     REQUIRE(bucket_batch(b, ops, 2, on_done, &r, NULL) == 0);
     wait_res(&r);
     CHECK(r.ok);
-    j = last();
-    CHECK_STR(jpath(j, "path", NULL), "/hub/api/buckets/alice/ckpts/batch");
-    CHECK_STR(jpath(j, "headers", "content-type"), "application/x-ndjson");
-    CHECK(strstr(jpath(j, "body", NULL),
+    j = test_echo_last(&srv);
+    CHECK_STR(test_json_str(j, "path", NULL), "/hub/api/buckets/alice/ckpts/batch");
+    CHECK_STR(test_json_str(j, "headers", "content-type"), "application/x-ndjson");
+    CHECK(strstr(test_json_str(j, "body", NULL),
                  "{\"type\":\"deleteFile\",\"path\":\"checkpoint-1/w.bin\"}") != NULL);
     cJSON_Delete(j);
 
     memset(&r, 0, sizeof(r));
-    canned(422, NULL,
-           "{\"success\":false,\"failed\":[{\"path\":\"checkpoint-2/w.bin\",\"error\":"
-           "\"xet hash not found in CAS\"}]}");
+    test_echo_canned(&srv, 422, NULL,
+                     "{\"success\":false,\"failed\":[{\"path\":\"checkpoint-2/w.bin\",\"error\":"
+                     "\"xet hash not found in CAS\"}]}");
     REQUIRE(bucket_batch(b, ops, 2, on_done, &r, NULL) == 0);
     wait_res(&r);
     CHECK(!r.ok && r.err.kind == CKPT_ERR_REJECTED &&
@@ -294,7 +257,7 @@ static void test_bucket(const char *endpoint)
 
     /* a 401 is the token's fault, named as for a repo */
     memset(&r, 0, sizeof(r));
-    canned(401, NULL, "{\"error\":\"Invalid credentials\"}");
+    test_echo_canned(&srv, 401, NULL, "{\"error\":\"Invalid credentials\"}");
     REQUIRE(bucket_batch(b, ops, 1, on_done, &r, NULL) == 0);
     wait_res(&r);
     CHECK(!r.ok && r.err.kind == CKPT_ERR_AUTH);
@@ -326,33 +289,33 @@ int main(void)
 
     /* whoami */
     memset(&r, 0, sizeof(r));
-    canned(200, NULL, "{\"name\":\"alice\",\"auth\":{}}");
+    test_echo_canned(&srv, 200, NULL, "{\"name\":\"alice\",\"auth\":{}}");
     REQUIRE(hub_whoami(hub, on_str, &r, NULL) == 0);
     wait_res(&r);
     CHECK(r.ok && strcmp(r.str, "alice") == 0);
-    j = last();
-    CHECK(strcmp(jpath(j, "path", NULL), "/hub/api/whoami-v2") == 0);
-    CHECK(strcmp(jpath(j, "headers", "authorization"), "Bearer " TOKEN) == 0);
-    CHECK(strncmp(jpath(j, "headers", "user-agent"), "ckptpush/", 9) == 0);
+    j = test_echo_last(&srv);
+    CHECK(strcmp(test_json_str(j, "path", NULL), "/hub/api/whoami-v2") == 0);
+    CHECK(strcmp(test_json_str(j, "headers", "authorization"), "Bearer " TOKEN) == 0);
+    CHECK(strncmp(test_json_str(j, "headers", "user-agent"), "ckptpush/", 9) == 0);
     cJSON_Delete(j);
     memset(&r, 0, sizeof(r));
-    canned(200, NULL, "{\"name\":17}");
+    test_echo_canned(&srv, 200, NULL, "{\"name\":17}");
     REQUIRE(hub_whoami(hub, on_str, &r, NULL) == 0);
     wait_res(&r);
     CHECK(!r.ok && r.err.kind == CKPT_ERR_PROTOCOL);
 
     /* create repo: 409 is fine; the body asks for a private model */
     memset(&r, 0, sizeof(r));
-    canned(409, NULL, "{\"error\":\"You already created this model repo\"}");
+    test_echo_canned(&srv, 409, NULL, "{\"error\":\"You already created this model repo\"}");
     REQUIRE(hub_ensure_repo(hub, on_done, &r, NULL) == 0);
     wait_res(&r);
     CHECK(r.ok);
-    j = last();
-    cJSON *body = cJSON_Parse(jpath(j, "body", NULL));
-    CHECK(strcmp(jpath(body, "name", NULL), "m") == 0);
-    CHECK(strcmp(jpath(body, "organization", NULL), "alice") == 0);
-    CHECK(strcmp(jpath(body, "visibility", NULL), "private") == 0);
-    CHECK(strcmp(jpath(body, "type", NULL), "model") == 0);
+    j = test_echo_last(&srv);
+    cJSON *body = cJSON_Parse(test_json_str(j, "body", NULL));
+    CHECK(strcmp(test_json_str(body, "name", NULL), "m") == 0);
+    CHECK(strcmp(test_json_str(body, "organization", NULL), "alice") == 0);
+    CHECK(strcmp(test_json_str(body, "visibility", NULL), "private") == 0);
+    CHECK(strcmp(test_json_str(body, "type", NULL), "model") == 0);
     cJSON_Delete(body);
     cJSON_Delete(j);
 
@@ -377,7 +340,7 @@ int main(void)
     };
     for (size_t i = 0; i < sizeof(errs) / sizeof(errs[0]); i++) {
         memset(&r, 0, sizeof(r));
-        canned(errs[i].status, errs[i].headers, errs[i].body);
+        test_echo_canned(&srv, errs[i].status, errs[i].headers, errs[i].body);
         REQUIRE(hub_get_head(hub, on_str, &r, NULL) == 0);
         wait_res(&r);
         CHECK(!r.ok && r.err.kind == errs[i].kind && r.err.code == errs[i].status);
@@ -393,7 +356,7 @@ int main(void)
         memset(clipped, 'x', 190);
         snprintf(clipped + 190, sizeof(clipped) - 190, "%s", TOKEN);
         memset(&r, 0, sizeof(r));
-        canned(400, "{\"Content-Type\":\"text/plain\"}", clipped);
+        test_echo_canned(&srv, 400, "{\"Content-Type\":\"text/plain\"}", clipped);
         REQUIRE(hub_get_head(hub, on_str, &r, NULL) == 0);
         wait_res(&r);
         CHECK(!r.ok && strstr(r.err.msg, "xxxxxx***") != NULL);
@@ -401,19 +364,20 @@ int main(void)
     }
     /* 5xx is retried (2 attempts here), then a server error */
     memset(&r, 0, sizeof(r));
-    canned(500, NULL, "{\"error\":\"boom\"}");
-    canned(503, NULL, "{\"error\":\"still boom\"}");
+    test_echo_canned(&srv, 500, NULL, "{\"error\":\"boom\"}");
+    test_echo_canned(&srv, 503, NULL, "{\"error\":\"still boom\"}");
     REQUIRE(hub_get_head(hub, on_str, &r, NULL) == 0);
     wait_res(&r);
     CHECK(!r.ok && r.err.kind == CKPT_ERR_SERVER && strstr(r.err.msg, "still boom") != NULL);
     /* head: revision percent-encoded as one segment */
     memset(&r, 0, sizeof(r));
-    canned(200, NULL, "{\"sha\":\"" HEAD1 "\"}");
+    test_echo_canned(&srv, 200, NULL, "{\"sha\":\"" HEAD1 "\"}");
     REQUIRE(hub_get_head(hub, on_str, &r, NULL) == 0);
     wait_res(&r);
     CHECK(r.ok && strcmp(r.str, HEAD1) == 0);
-    j = last();
-    CHECK(strcmp(jpath(j, "path", NULL), "/hub/api/models/alice/m/revision/refs%2Fpr%2F1") == 0);
+    j = test_echo_last(&srv);
+    CHECK(strcmp(test_json_str(j, "path", NULL),
+                 "/hub/api/models/alice/m/revision/refs%2Fpr%2F1") == 0);
     cJSON_Delete(j);
 
     test_commit_dates();
@@ -433,12 +397,13 @@ int main(void)
     CHECK(f[0].mode == HUB_MODE_LFS && strcmp(f[0].remote_oid, SHA_A) == 0);
     CHECK(!f[0].should_ignore);
     CHECK(f[1].mode == HUB_MODE_REGULAR && f[1].should_ignore && f[1].remote_oid[0] == '\0');
-    j = last();
-    CHECK(strcmp(jpath(j, "path", NULL), "/hub/api/models/alice/m/preupload/refs%2Fpr%2F1") == 0);
-    body = cJSON_Parse(jpath(j, "body", NULL));
+    j = test_echo_last(&srv);
+    CHECK(strcmp(test_json_str(j, "path", NULL),
+                 "/hub/api/models/alice/m/preupload/refs%2Fpr%2F1") == 0);
+    body = cJSON_Parse(test_json_str(j, "body", NULL));
     cJSON *files = cJSON_GetObjectItemCaseSensitive(body, "files");
     CHECK(cJSON_GetArraySize(files) == 2);
-    CHECK(strcmp(jpath(cJSON_GetArrayItem(files, 0), "sample", NULL), "YWJj") == 0);
+    CHECK(strcmp(test_json_str(cJSON_GetArrayItem(files, 0), "sample", NULL), "YWJj") == 0);
     CHECK(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(files, 0), "size")->valuedouble ==
           100);
     cJSON_Delete(body);
@@ -489,12 +454,12 @@ int main(void)
           strcmp(o[1].part_urls[2], "http://s/3") == 0);
     CHECK(o[1].href != NULL && strcmp(o[1].href, "http://s/complete") == 0);
     hub_lfs_object_release(&o[1]);
-    j = last();
-    CHECK(strcmp(jpath(j, "path", NULL), "/hub/alice/m.git/info/lfs/objects/batch") == 0);
-    CHECK(strcmp(jpath(j, "headers", "accept"), "application/vnd.git-lfs+json") == 0);
-    body = cJSON_Parse(jpath(j, "body", NULL));
-    CHECK(strcmp(jpath(body, "hash_algo", NULL), "sha256") == 0);
-    CHECK(strcmp(jpath(body, "ref", "name"), "refs/pr/1") == 0);
+    j = test_echo_last(&srv);
+    CHECK(strcmp(test_json_str(j, "path", NULL), "/hub/alice/m.git/info/lfs/objects/batch") == 0);
+    CHECK(strcmp(test_json_str(j, "headers", "accept"), "application/vnd.git-lfs+json") == 0);
+    body = cJSON_Parse(test_json_str(j, "body", NULL));
+    CHECK(strcmp(test_json_str(body, "hash_algo", NULL), "sha256") == 0);
+    CHECK(strcmp(test_json_str(body, "ref", "name"), "refs/pr/1") == 0);
     CHECK(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(body, "transfers")) == 2);
     cJSON_Delete(body);
     cJSON_Delete(j);
@@ -538,25 +503,25 @@ int main(void)
     const char *etags[] = {"\"e1\"", "\"e2\""};
     char curl_[300];
     snprintf(curl_, sizeof(curl_), "%s/hub/complete?sig=x", srv.endpoint);
-    canned(200, NULL, "{}");
+    test_echo_canned(&srv, 200, NULL, "{}");
     REQUIRE(hub_lfs_complete(hub, curl_, SHA_A, etags, 2, on_done, &r, NULL) == 0);
     wait_res(&r);
     CHECK(r.ok);
-    j = last();
+    j = test_echo_last(&srv);
     CHECK(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "headers"),
                                            "authorization") == NULL);
-    CHECK(strcmp(jpath(j, "headers", "content-type"), "application/vnd.git-lfs+json") == 0);
-    body = cJSON_Parse(jpath(j, "body", NULL));
+    CHECK(strcmp(test_json_str(j, "headers", "content-type"), "application/vnd.git-lfs+json") == 0);
+    body = cJSON_Parse(test_json_str(j, "body", NULL));
     cJSON *parts = cJSON_GetObjectItemCaseSensitive(body, "parts");
     CHECK(cJSON_GetArraySize(parts) == 2);
-    CHECK(strcmp(jpath(cJSON_GetArrayItem(parts, 1), "etag", NULL), "\"e2\"") == 0);
+    CHECK(strcmp(test_json_str(cJSON_GetArrayItem(parts, 1), "etag", NULL), "\"e2\"") == 0);
     CHECK(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(parts, 1), "partNumber")->valueint ==
           2);
     cJSON_Delete(body);
     cJSON_Delete(j);
     /* a storage 403 (expired URL) is not blamed on the token */
     memset(&r, 0, sizeof(r));
-    canned(403, NULL, "{\"error\":\"expired\"}");
+    test_echo_canned(&srv, 403, NULL, "{\"error\":\"expired\"}");
     REQUIRE(hub_lfs_complete(hub, curl_, SHA_A, etags, 2, on_done, &r, NULL) == 0);
     wait_res(&r);
     CHECK(!r.ok && r.err.kind == CKPT_ERR_REJECTED && strstr(r.err.msg, "sig=") == NULL);
@@ -568,40 +533,43 @@ int main(void)
         {.kind = HUB_COMMIT_DELETE, .path = "a/old.bin"},
     };
     memset(&r, 0, sizeof(r));
-    canned(200, NULL, "{\"success\":true,\"commitOid\":\"" HEAD1 "\"}");
+    test_echo_canned(&srv, 200, NULL, "{\"success\":true,\"commitOid\":\"" HEAD1 "\"}");
     REQUIRE(hub_commit(hub, "step 40", "desc", HEAD1, ops, 3, on_str, &r, NULL) == 0);
     wait_res(&r);
     CHECK(r.ok && strcmp(r.str, HEAD1) == 0);
-    j = last();
-    CHECK(strcmp(jpath(j, "headers", "content-type"), "application/x-ndjson") == 0);
-    const char *nd = jpath(j, "body", NULL);
+    j = test_echo_last(&srv);
+    CHECK(strcmp(test_json_str(j, "headers", "content-type"), "application/x-ndjson") == 0);
+    const char *nd = test_json_str(j, "body", NULL);
     char *copy = strdup(nd);
     int line = 0;
     for (char *s = strtok(copy, "\n"); s != NULL; s = strtok(NULL, "\n"), line++) {
         cJSON *l = cJSON_Parse(s);
-        const char *key = jpath(l, "key", NULL);
+        const char *key = test_json_str(l, "key", NULL);
         cJSON *v = cJSON_GetObjectItemCaseSensitive(l, "value");
         if (line == 0)
-            CHECK(strcmp(key, "header") == 0 && strcmp(jpath(v, "summary", NULL), "step 40") == 0 &&
-                  strcmp(jpath(v, "parentCommit", NULL), HEAD1) == 0);
+            CHECK(strcmp(key, "header") == 0 &&
+                  strcmp(test_json_str(v, "summary", NULL), "step 40") == 0 &&
+                  strcmp(test_json_str(v, "parentCommit", NULL), HEAD1) == 0);
         if (line == 1)
-            CHECK(strcmp(key, "file") == 0 && strcmp(jpath(v, "content", NULL), "e30K") == 0 &&
-                  strcmp(jpath(v, "encoding", NULL), "base64") == 0);
+            CHECK(strcmp(key, "file") == 0 &&
+                  strcmp(test_json_str(v, "content", NULL), "e30K") == 0 &&
+                  strcmp(test_json_str(v, "encoding", NULL), "base64") == 0);
         if (line == 2)
-            CHECK(strcmp(key, "lfsFile") == 0 && strcmp(jpath(v, "oid", NULL), SHA_A) == 0 &&
-                  strcmp(jpath(v, "algo", NULL), "sha256") == 0 &&
+            CHECK(strcmp(key, "lfsFile") == 0 &&
+                  strcmp(test_json_str(v, "oid", NULL), SHA_A) == 0 &&
+                  strcmp(test_json_str(v, "algo", NULL), "sha256") == 0 &&
                   cJSON_GetObjectItemCaseSensitive(v, "size")->valuedouble == 12);
         if (line == 3)
             CHECK(strcmp(key, "deletedFile") == 0 &&
-                  strcmp(jpath(v, "path", NULL), "a/old.bin") == 0);
+                  strcmp(test_json_str(v, "path", NULL), "a/old.bin") == 0);
         cJSON_Delete(l);
     }
     CHECK(line == 4);
     free(copy);
     cJSON_Delete(j);
     memset(&r, 0, sizeof(r));
-    canned(500, NULL, "{\"error\":\"commit failed\"}");
-    canned(200, NULL, "{\"success\":true,\"commitOid\":\"" HEAD1 "\"}");
+    test_echo_canned(&srv, 500, NULL, "{\"error\":\"commit failed\"}");
+    test_echo_canned(&srv, 200, NULL, "{\"success\":true,\"commitOid\":\"" HEAD1 "\"}");
     REQUIRE(hub_commit(hub, "step 40", NULL, NULL, ops, 3, on_str, &r, NULL) == 0);
     wait_res(&r);
     CHECK(!r.ok && r.err.kind == CKPT_ERR_SERVER && strstr(r.err.msg, "1 attempts") != NULL);

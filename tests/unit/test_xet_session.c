@@ -48,42 +48,6 @@ static void wait_res(struct res *r)
     CHECK(strstr(r->err.msg, CAS_TOKEN) == NULL);
 }
 
-static void canned(int status, const char *headers, const char *body)
-{
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddNumberToObject(j, "status", status);
-    cJSON_AddItemToObject(
-        j, "headers", cJSON_Parse(headers ? headers : "{\"Content-Type\":\"application/json\"}"));
-    cJSON_AddStringToObject(j, "body", body);
-    char *s = cJSON_PrintUnformatted(j);
-    char url[256];
-    struct test_buf b;
-    snprintf(url, sizeof(url), "%s/_canned", srv.endpoint);
-    REQUIRE(test_http("POST", url, NULL, s, &b) == 200);
-    free(b.p);
-    free(s);
-    cJSON_Delete(j);
-}
-
-static cJSON *last(void)
-{
-    char url[256];
-    struct test_buf b;
-    snprintf(url, sizeof(url), "%s/_last", srv.endpoint);
-    REQUIRE(test_http("GET", url, NULL, NULL, &b) == 200);
-    cJSON *j = cJSON_Parse(b.p);
-    free(b.p);
-    return j;
-}
-
-static const char *jpath(const cJSON *j, const char *a, const char *b)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, a);
-    if (b != NULL)
-        v = cJSON_GetObjectItemCaseSensitive(v, b);
-    return cJSON_IsString(v) ? v->valuestring : "";
-}
-
 static void expect_err(const struct res *r, enum ckpt_err_kind kind, const char *hint)
 {
     CHECK(!r->ok && r->err.kind == kind);
@@ -111,7 +75,7 @@ static void batch(struct hub *hub, const char *answer, struct hub_lfs_object *o,
     memset(o, 0, sizeof(*o));
     memcpy(o->oid, SHA_A, 65);
     o->size = 100;
-    canned(200, NULL, answer);
+    test_echo_canned(&srv, 200, NULL, answer);
     REQUIRE(hub_lfs_batch(hub, o, 1, on_done, r, NULL) == 0);
     wait_res(r);
 }
@@ -138,8 +102,8 @@ static void test_batch_offers_and_answers(void)
     CHECK(o.xet_cas_url != NULL && strstr(o.xet_cas_url, "/hub/cas") != NULL);
     CHECK(o.xet_token_exp == 4102444800);
     CHECK(o.xet_session_id != NULL && strcmp(o.xet_session_id, "s1") == 0);
-    j = last();
-    body = cJSON_Parse(jpath(j, "body", NULL));
+    j = test_echo_last(&srv);
+    body = cJSON_Parse(test_json_str(j, "body", NULL));
     char *offer = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(body, "transfers"));
     CHECK(offer != NULL && strcmp(offer, "[\"basic\",\"multipart\",\"xet\"]") == 0);
     free(offer);
@@ -169,8 +133,8 @@ static void test_batch_offers_and_answers(void)
           "\"actions\":{\"upload\":{\"href\":\"http://s/put\"}}}]}",
           &o, &r);
     expect_err(&r, CKPT_ERR_REJECTED, "the hub does not offer Xet uploads");
-    j = last();
-    body = cJSON_Parse(jpath(j, "body", NULL));
+    j = test_echo_last(&srv);
+    body = cJSON_Parse(test_json_str(j, "body", NULL));
     offer = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(body, "transfers"));
     CHECK(offer != NULL && strcmp(offer, "[\"xet\"]") == 0);
     free(offer);
@@ -188,8 +152,8 @@ static void test_batch_offers_and_answers(void)
           "\"actions\":{\"upload\":{\"href\":\"http://s/t\"}}}]}",
           &o, &r);
     expect_err(&r, CKPT_ERR_PROTOCOL, "did not offer");
-    j = last();
-    body = cJSON_Parse(jpath(j, "body", NULL));
+    j = test_echo_last(&srv);
+    body = cJSON_Parse(test_json_str(j, "body", NULL));
     offer = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(body, "transfers"));
     CHECK(offer != NULL && strcmp(offer, "[\"basic\",\"multipart\"]") == 0);
     free(offer);
@@ -204,7 +168,7 @@ static void token_answer(int64_t exp)
     snprintf(body, sizeof(body),
              "{\"accessToken\":\"" CAS_TOKEN "\",\"exp\":%lld,\"casUrl\":\"%s/hub/cas/\"}",
              (long long)exp, srv.endpoint);
-    canned(200, NULL, body);
+    test_echo_canned(&srv, 200, NULL, body);
 }
 
 static void shard(struct xet_session *s, struct res *r)
@@ -227,37 +191,37 @@ static void test_cas_requests(void)
 
     /* the first request fetches the write token from the Hub, then goes to the CAS with it */
     token_answer(later);
-    canned(200, NULL, "{\"result\":0}");
+    test_echo_canned(&srv, 200, NULL, "{\"result\":0}");
     shard(s, &r);
     CHECK(r.ok);
-    j = last();
-    CHECK(strcmp(jpath(j, "path", NULL), "/hub/cas/v1/shards") == 0);
-    CHECK(strcmp(jpath(j, "headers", "authorization"), "Bearer " CAS_TOKEN) == 0);
-    CHECK(strcmp(jpath(j, "body", NULL), "shard-bytes") == 0);
+    j = test_echo_last(&srv);
+    CHECK(strcmp(test_json_str(j, "path", NULL), "/hub/cas/v1/shards") == 0);
+    CHECK(strcmp(test_json_str(j, "headers", "authorization"), "Bearer " CAS_TOKEN) == 0);
+    CHECK(strcmp(test_json_str(j, "body", NULL), "shard-bytes") == 0);
     cJSON_Delete(j);
     xet_session_get_stats(s, &st);
     CHECK(st.token_refreshes == 1 && st.shards_sent == 1);
 
     /* a valid token is reused; a 503 is retried */
-    canned(503, NULL, "{\"error\":\"busy\"}");
-    canned(200, NULL, "{\"result\":1}");
+    test_echo_canned(&srv, 503, NULL, "{\"error\":\"busy\"}");
+    test_echo_canned(&srv, 200, NULL, "{\"result\":1}");
     shard(s, &r);
     CHECK(r.ok);
     xet_session_get_stats(s, &st);
     CHECK(st.token_refreshes == 1);
 
     /* a 401 from the CAS: one fresh token, one more try */
-    canned(401, NULL, "{\"error\":\"token expired\"}");
+    test_echo_canned(&srv, 401, NULL, "{\"error\":\"token expired\"}");
     token_answer(later);
-    canned(200, NULL, "{\"result\":0}");
+    test_echo_canned(&srv, 200, NULL, "{\"result\":0}");
     shard(s, &r);
     CHECK(r.ok);
     xet_session_get_stats(s, &st);
     CHECK(st.token_refreshes == 2);
     /* ... only once: a second 401 is an auth error naming the CAS, never the token */
-    canned(401, NULL, "{\"error\":\"no good: " CAS_TOKEN "\"}");
+    test_echo_canned(&srv, 401, NULL, "{\"error\":\"no good: " CAS_TOKEN "\"}");
     token_answer(later);
-    canned(401, NULL, "{\"error\":\"still no good: " CAS_TOKEN "\"}");
+    test_echo_canned(&srv, 401, NULL, "{\"error\":\"still no good: " CAS_TOKEN "\"}");
     shard(s, &r);
     expect_err(&r, CKPT_ERR_AUTH, "refused the Xet token");
     CHECK(strstr(r.err.msg, "/hub/cas") == NULL); /* the origin only */
@@ -265,10 +229,10 @@ static void test_cas_requests(void)
 
     /* garbage: a 2xx that is not the route's JSON is named, never taken as success */
     token_answer(later);
-    canned(200, "{\"Content-Type\":\"text/html\"}", "<html>proxy login</html>");
+    test_echo_canned(&srv, 200, "{\"Content-Type\":\"text/html\"}", "<html>proxy login</html>");
     shard(s, &r);
     expect_err(&r, CKPT_ERR_PROTOCOL, "answered garbage");
-    canned(200, NULL, "[1,2]");
+    test_echo_canned(&srv, 200, NULL, "[1,2]");
     memset(&r, 0, sizeof(r));
     struct xet_hash h = {{1, 2, 3}};
     char path[600];
@@ -279,22 +243,22 @@ static void test_cas_requests(void)
     REQUIRE(xet_post_xorb(s, &h, path, 10, NULL, on_cas, &r, NULL) == 0);
     wait_res(&r);
     expect_err(&r, CKPT_ERR_PROTOCOL, "not a JSON object with 'was_inserted'");
-    j = last();
+    j = test_echo_last(&srv);
     char hex[XET_HASH_HEX_LEN + 1];
     xet_hash_to_hex(&h, hex);
     char want[200];
     snprintf(want, sizeof(want), "/hub/cas/v1/xorbs/default/%s", hex);
-    CHECK(strcmp(jpath(j, "path", NULL), want) == 0);
-    CHECK(strcmp(jpath(j, "body", NULL), "xorb-bytes") == 0);
+    CHECK(strcmp(test_json_str(j, "path", NULL), want) == 0);
+    CHECK(strcmp(test_json_str(j, "body", NULL), "xorb-bytes") == 0);
     cJSON_Delete(j);
 
     /* dedup query: 404 is "no match", 200 hands the shard bytes over */
-    canned(404, NULL, "{}");
+    test_echo_canned(&srv, 404, NULL, "{}");
     memset(&r, 0, sizeof(r));
     REQUIRE(xet_query_chunk(s, &h, on_cas, &r, NULL) == 0);
     wait_res(&r);
     CHECK(r.ok && !r.had_body);
-    canned(200, "{\"Content-Type\":\"application/octet-stream\"}", "SHARDDATA");
+    test_echo_canned(&srv, 200, "{\"Content-Type\":\"application/octet-stream\"}", "SHARDDATA");
     memset(&r, 0, sizeof(r));
     REQUIRE(xet_query_chunk(s, &h, on_cas, &r, NULL) == 0);
     wait_res(&r);
@@ -303,18 +267,20 @@ static void test_cas_requests(void)
     /* a token route answering garbage, or an expired token, fails the waiting requests */
     xet_session_free(s);
     REQUIRE(xet_session_new(&s, &loop, hub, NULL) == 0);
-    canned(200, NULL, "{\"accessToken\":17}");
+    test_echo_canned(&srv, 200, NULL, "{\"accessToken\":17}");
     shard(s, &r);
     expect_err(&r, CKPT_ERR_PROTOCOL, "Xet write token");
-    j = last();
-    CHECK(strcmp(jpath(j, "path", NULL), "/hub/api/models/alice/m/xet-write-token/main") == 0);
-    CHECK(strcmp(jpath(j, "headers", "authorization"), "Bearer " TOKEN) == 0);
+    j = test_echo_last(&srv);
+    CHECK(strcmp(test_json_str(j, "path", NULL), "/hub/api/models/alice/m/xet-write-token/main") ==
+          0);
+    CHECK(strcmp(test_json_str(j, "headers", "authorization"), "Bearer " TOKEN) == 0);
     cJSON_Delete(j);
     token_answer((int64_t)time(NULL) - 10);
     shard(s, &r);
     expect_err(&r, CKPT_ERR_PROTOCOL, "expired");
-    canned(501, NULL, "{\"error\":\"Xet is off on this hub\"}");
-    canned(501, NULL, "{\"error\":\"Xet is off on this hub\"}"); /* 5xx: retried once */
+    test_echo_canned(&srv, 501, NULL, "{\"error\":\"Xet is off on this hub\"}");
+    test_echo_canned(&srv, 501, NULL,
+                     "{\"error\":\"Xet is off on this hub\"}"); /* 5xx: retried once */
     shard(s, &r);
     expect_err(&r, CKPT_ERR_SERVER, "Xet is off");
     xet_session_free(s);

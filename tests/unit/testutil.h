@@ -321,6 +321,47 @@ static inline long test_http(const char *method, const char *url, const char *to
     return status;
 }
 
+/* http_echo.py: queues one answer for the next request: status, a JSON object of headers (NULL:
+ * a JSON content type), body. */
+static inline void test_echo_canned(struct test_hub *t, int status, const char *headers,
+                                    const char *body)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "status", status);
+    cJSON_AddItemToObject(
+        j, "headers", cJSON_Parse(headers ? headers : "{\"Content-Type\":\"application/json\"}"));
+    cJSON_AddStringToObject(j, "body", body);
+    char *s = cJSON_PrintUnformatted(j);
+    char url[256];
+    struct test_buf b;
+    snprintf(url, sizeof(url), "%s/_canned", t->endpoint);
+    REQUIRE(test_http("POST", url, NULL, s, &b) == 200);
+    free(b.p);
+    free(s);
+    cJSON_Delete(j);
+}
+
+/* http_echo.py: the last request it got (free with cJSON_Delete). */
+static inline cJSON *test_echo_last(struct test_hub *t)
+{
+    char url[256];
+    struct test_buf b;
+    snprintf(url, sizeof(url), "%s/_last", t->endpoint);
+    REQUIRE(test_http("GET", url, NULL, NULL, &b) == 200);
+    cJSON *j = cJSON_Parse(b.p);
+    free(b.p);
+    return j;
+}
+
+/* j[a], or j[a][b], when it is a string; else "". */
+static inline const char *test_json_str(const cJSON *j, const char *a, const char *b)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, a);
+    if (b != NULL)
+        v = cJSON_GetObjectItemCaseSensitive(v, b);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
 static inline void test_hub_fault(struct test_hub *t, const char *json)
 {
     char url[128];
