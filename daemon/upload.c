@@ -790,6 +790,8 @@ static void obj_setup(struct upload *u, size_t i)
 
     if (ob->done)
         return;
+    if (u->opts.xet != NULL && u->opts.xet_scans_follow_hub && o->action != HUB_LFS_STORED)
+        hash_pool_keep_xet_scans(u->hashes, o->action == HUB_LFS_XET);
     if (o->action == HUB_LFS_STORED) {
         obj_done(u, i);
         return;

@@ -7,6 +7,7 @@
 #ifndef CKPT_UPLOAD_H
 #define CKPT_UPLOAD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -67,6 +68,10 @@ struct upload_opts {
      * work_dir holds xorbs between their build and their POST. NULL: such an answer fails. */
     struct xet_session *xet;
     const char *xet_work_dir;
+    /* true: the hub's batch answers switch the hash pool's Xet scans (hash_pool_keep_xet_scans)
+     * on (transfer xet) and off (basic, multipart), so a hub without Xet costs no chunking.
+     * false where something else (a bucket) uses Xet whatever the hub answers. */
+    bool xet_scans_follow_hub;
 };
 
 #define UPLOAD_REBATCH_MAX 8 /* fresh URLs per object per upload */
