@@ -97,7 +97,7 @@ struct hash_pool {
     int n_spare_bufs;
     bool xet; /* scan for Xet in the same read */
     struct kept_scan *kept_head, *kept_tail;
-    size_t kept_bytes;
+    size_t kept_bytes, kept_max;
 };
 
 static size_t kept_size(const struct xet_file_result *scan)
@@ -129,7 +129,7 @@ static void kept_free(struct kept_scan *k)
 static void kept_add(struct hash_pool *p, const struct file_id *id, struct xet_file_result *scan)
 {
     size_t bytes = kept_size(scan);
-    struct kept_scan *k = bytes <= HASH_XET_KEEP_MAX ? malloc(sizeof(*k)) : NULL;
+    struct kept_scan *k = malloc(sizeof(*k));
     if (k == NULL) {
         xet_file_result_free(scan);
         return;
@@ -137,7 +137,12 @@ static void kept_add(struct hash_pool *p, const struct file_id *id, struct xet_f
     *k = (struct kept_scan){.id = *id, .scan = *scan};
     struct kept_scan *drop = NULL;
     uv_mutex_lock(&p->cache_lock);
-    while (p->kept_head != NULL && p->kept_bytes + bytes > HASH_XET_KEEP_MAX) {
+    if (bytes > p->kept_max) {
+        uv_mutex_unlock(&p->cache_lock);
+        kept_free(k);
+        return;
+    }
+    while (p->kept_head != NULL && p->kept_bytes + bytes > p->kept_max) {
         struct kept_scan *old = kept_unlink_locked(p, NULL);
         old->next = drop;
         drop = old;
@@ -492,6 +497,7 @@ int hash_pool_init(struct hash_pool **ret, uv_loop_t *loop, int max_jobs, int ni
     p->loop = loop;
     p->nice = nice > 0 ? (nice < 19 ? nice : 19) : 0;
     p->max_jobs = max_jobs > 0 && max_jobs <= HASH_MAX_JOBS ? max_jobs : 2;
+    p->kept_max = HASH_XET_KEEP_MAX;
     if (uv_mutex_init(&p->cache_lock) != 0) {
         free(p);
         return UV_ENOMEM;
@@ -551,6 +557,13 @@ void hash_pool_keep_xet_scans(struct hash_pool *p, bool on)
 {
     uv_mutex_lock(&p->cache_lock);
     p->xet = on;
+    uv_mutex_unlock(&p->cache_lock);
+}
+
+void hash_pool_set_xet_keep_max(struct hash_pool *p, size_t max_bytes)
+{
+    uv_mutex_lock(&p->cache_lock);
+    p->kept_max = max_bytes;
     uv_mutex_unlock(&p->cache_lock);
 }
 

@@ -57,6 +57,9 @@ void hash_pool_drop_primes(struct hash_pool *p);
 /* on: every file read from now on also gets its Xet scan (xet_file.h) in the same read, kept
  * for hash_take_xet_scan, so a Xet upload does not read and SHA-256 the file again. */
 void hash_pool_keep_xet_scans(struct hash_pool *p, bool on);
+/* At most max_bytes of kept chunk lists from now on (default HASH_XET_KEEP_MAX); for tests and
+ * tight memory. Lists already kept over it go as new ones arrive. */
+void hash_pool_set_xet_keep_max(struct hash_pool *p, size_t max_bytes);
 /* Any thread. Moves the kept Xet scan of the file st (an fstat of the open file) identifies
  * (inode, size, mtime) into out and forgets it: true. false when none is kept for it (never
  * read in Xet mode, dropped past HASH_XET_KEEP_MAX, or changed since). */
