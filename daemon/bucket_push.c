@@ -247,6 +247,8 @@ static void on_xet_done(void *ctx, const struct ckpt_err *err, const struct xet_
                         size_t n)
 {
     struct bucket_push *p = ctx;
+    struct xet_upload_progress x;
+    xet_upload_get_progress(p->xu, &x);
     take_xet_progress(p);
     p->xu_done = p->xu;
     p->xu = NULL;
@@ -259,9 +261,9 @@ static void on_xet_done(void *ctx, const struct ckpt_err *err, const struct xet_
     p->progress.files_xet = n;
     log_info("upload_xet_done",
              "repo='%s' files=%zu new_bytes=%" PRIu64 " dedup_bytes=%" PRIu64
-             " xorbs_sent=%zu xorbs_resumed=%zu",
+             " xorbs_sent=%zu xorbs_resumed=%zu xet_scan_reused=%zu",
              hub_repo_id(p->hub), n, p->progress.xet_bytes_new, p->progress.xet_bytes_dedup,
-             p->progress.xorbs_sent, p->progress.xorbs_resumed);
+             p->progress.xorbs_sent, p->progress.xorbs_resumed, x.scans_reused);
     /* the batch goes once every xorb record is on disk: a SIGKILL from then on never makes a
      * restart send a xorb again */
     if (p->journal != NULL && journal_set_state(p->journal, p->journal_id, JOURNAL_UPLOADING, NULL,
@@ -275,8 +277,10 @@ static void on_xet_done(void *ctx, const struct ckpt_err *err, const struct xet_
 static void start_xet(struct bucket_push *p)
 {
     struct xet_upload_file *files = calloc(p->n, sizeof(*files));
-    struct xet_upload_opts xo = {
-        .max_transfers = p->max_transfers, .journal = p->journal, .work_dir = p->work_dir};
+    struct xet_upload_opts xo = {.max_transfers = p->max_transfers,
+                                 .journal = p->journal,
+                                 .work_dir = p->work_dir,
+                                 .hashes = p->hashes};
     int rc;
 
     if (files == NULL) {

@@ -1849,6 +1849,8 @@ int daemon_start(struct daemon **ret, uv_loop_t *loop, const struct config *cfg,
         ckpt_err_set(err, CKPT_ERR_IO, rc, "cannot start: %s", strerror(-rc));
         goto fail;
     }
+    /* with Xet in use, the early hash also chunks each file so the upload need not read it again */
+    hash_pool_keep_xet_scans(d->hashes, d->xet != NULL || d->bucket_xet != NULL);
     {
         struct queue_deps deps = {.loop = loop,
                                   .cfg = cfg,

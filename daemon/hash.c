@@ -12,12 +12,17 @@
  * mtime; a pin is a hard link of the file primed) being read by another job waits for that read
  * and takes its digest from the cache, so a file is read once however it is reached.
  *
+ * With Xet in use (hash_pool_keep_xet_scans), the same read also chunks the file and hashes its
+ * chunks (xet_file.h); the chunk list is kept, by file identity, until the Xet upload takes it
+ * (hash_take_xet_scan), within HASH_XET_KEEP_MAX bytes.
+ *
  * Hashing is the daemon's heaviest CPU user, and it runs beside a training job: each pool thread
  * lowers its own CPU and I/O priority before its first hash (priority.h).
  */
 #include "hash.h"
 
 #include "priority.h"
+#include "xet_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -46,6 +51,13 @@ struct hash_cache_entry {
     struct file_id id;
     bool used;
     struct hash_result res;
+};
+
+/* A Xet scan kept for the upload, oldest first. */
+struct kept_scan {
+    struct file_id id;
+    struct xet_file_result scan;
+    struct kept_scan *next;
 };
 
 struct hash_job {
@@ -83,7 +95,71 @@ struct hash_pool {
      * freed 2 MiB blocks in each thread's arena). */
     unsigned char *spare_bufs[HASH_MAX_JOBS];
     int n_spare_bufs;
+    bool xet; /* scan for Xet in the same read */
+    struct kept_scan *kept_head, *kept_tail;
+    size_t kept_bytes, kept_max;
 };
+
+static size_t kept_size(const struct xet_file_result *scan)
+{
+    return scan->nchunks * sizeof(*scan->chunks);
+}
+
+/* cache_lock held. Unlinks the entry after prev (NULL: the head) and returns it. */
+static struct kept_scan *kept_unlink_locked(struct hash_pool *p, struct kept_scan *prev)
+{
+    struct kept_scan *k = prev != NULL ? prev->next : p->kept_head;
+    if (prev != NULL)
+        prev->next = k->next;
+    else
+        p->kept_head = k->next;
+    if (p->kept_tail == k)
+        p->kept_tail = prev;
+    p->kept_bytes -= kept_size(&k->scan);
+    return k;
+}
+
+static void kept_free(struct kept_scan *k)
+{
+    xet_file_result_free(&k->scan);
+    free(k);
+}
+
+/* Pool thread. Takes scan (freed here when it is not kept). */
+static void kept_add(struct hash_pool *p, const struct file_id *id, struct xet_file_result *scan)
+{
+    size_t bytes = kept_size(scan);
+    struct kept_scan *k = malloc(sizeof(*k));
+    if (k == NULL) {
+        xet_file_result_free(scan);
+        return;
+    }
+    *k = (struct kept_scan){.id = *id, .scan = *scan};
+    struct kept_scan *drop = NULL;
+    uv_mutex_lock(&p->cache_lock);
+    if (bytes > p->kept_max) {
+        uv_mutex_unlock(&p->cache_lock);
+        kept_free(k);
+        return;
+    }
+    while (p->kept_head != NULL && p->kept_bytes + bytes > p->kept_max) {
+        struct kept_scan *old = kept_unlink_locked(p, NULL);
+        old->next = drop;
+        drop = old;
+    }
+    if (p->kept_tail != NULL)
+        p->kept_tail->next = k;
+    else
+        p->kept_head = k;
+    p->kept_tail = k;
+    p->kept_bytes += bytes;
+    uv_mutex_unlock(&p->cache_lock);
+    while (drop != NULL) {
+        struct kept_scan *next = drop->next;
+        kept_free(drop);
+        drop = next;
+    }
+}
 
 static struct file_id id_of(const struct stat *st)
 {
@@ -187,6 +263,30 @@ static void hex(char *dst, const unsigned char *src, size_t n)
     dst[2 * n] = '\0';
 }
 
+struct xet_read {
+    struct hash_result *res;
+    EVP_MD_CTX *sha1; /* NULL: none wanted */
+    bool failed;
+};
+
+/* Pool thread: what hash_fd's loop does besides SHA-256, on the Xet scan's reads. */
+static void xet_read_piece(void *ctx, const uint8_t *data, size_t n)
+{
+    struct xet_read *x = ctx;
+    struct hash_result *res = x->res;
+    if (res->sample_len < HASH_SAMPLE_MAX) {
+        size_t take = HASH_SAMPLE_MAX - res->sample_len;
+        if (take > n)
+            take = n;
+        memcpy(res->sample + res->sample_len, data, take);
+        res->sample_len += take;
+    }
+    if (!res->binary && x->sha1 != NULL) /* small files only: larger ones are LFS anyway */
+        res->binary = memchr(data, 0, n) != NULL;
+    if (x->sha1 != NULL && EVP_DigestUpdate(x->sha1, data, n) != 1)
+        x->failed = true;
+}
+
 /* Pool thread. Returns 0 or a negative errno. */
 static int hash_fd(struct hash_pool *p, int fd, struct hash_result *res)
 {
@@ -200,11 +300,18 @@ static int hash_fd(struct hash_pool *p, int fd, struct hash_result *res)
 
     uint64_t size = (uint64_t)st.st_size;
     int want_sha1 = size <= HASH_GIT_SHA1_MAX;
-    unsigned char *buf = buf_take(p);
+    uv_mutex_lock(&p->cache_lock);
+    bool xet = p->xet;
+    uv_mutex_unlock(&p->cache_lock);
+    struct xet_file_result scan;
+    bool scanned = false;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    unsigned char *buf = xet ? NULL : buf_take(p);
     EVP_MD_CTX *sha256 = EVP_MD_CTX_new();
     EVP_MD_CTX *sha1 = want_sha1 ? EVP_MD_CTX_new() : NULL;
     int r = -ENOMEM;
-    if (buf == NULL || sha256 == NULL || (want_sha1 && sha1 == NULL))
+    if ((buf == NULL && !xet) || sha256 == NULL || (want_sha1 && sha1 == NULL))
         goto out;
     r = -EIO;
     if (EVP_DigestInit_ex(sha256, EVP_sha256(), NULL) != 1)
@@ -222,6 +329,18 @@ static int hash_fd(struct hash_pool *p, int fd, struct hash_result *res)
     uint64_t off = 0;
     res->sample_len = 0;
     res->binary = false;
+    if (xet) {
+        struct xet_read x = {.res = res, .sha1 = sha1};
+        r = xet_file_scan_fd(fd, &st, xet_read_piece, &x, &scan);
+        if (r != 0)
+            goto out;
+        scanned = true;
+        r = -EIO;
+        if (x.failed)
+            goto out;
+        memcpy(res->sha256, scan.sha256_hex, sizeof(res->sha256));
+        goto digests;
+    }
     while (off < size) {
         size_t want = size - off < HASH_CHUNK ? (size_t)(size - off) : HASH_CHUNK;
         ssize_t n = pread(fd, buf, want, (off_t)off);
@@ -252,11 +371,10 @@ static int hash_fd(struct hash_pool *p, int fd, struct hash_result *res)
         off += (uint64_t)n;
     }
 
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
     if (EVP_DigestFinal_ex(sha256, md, &mdlen) != 1 || mdlen != 32)
         goto out;
     hex(res->sha256, md, 32);
+digests:
     res->git_sha1[0] = '\0';
     if (want_sha1) {
         if (EVP_DigestFinal_ex(sha1, md, &mdlen) != 1 || mdlen != 20)
@@ -267,12 +385,18 @@ static int hash_fd(struct hash_pool *p, int fd, struct hash_result *res)
     r = 0;
 out:
     /* Remember it only if nothing wrote to the file while it was read. */
-    reading_end(p, &st,
-                r == 0 && fstat(fd, &after) == 0 && after.st_size == st.st_size &&
-                        after.st_mtim.tv_sec == st.st_mtim.tv_sec &&
-                        after.st_mtim.tv_nsec == st.st_mtim.tv_nsec
-                    ? res
-                    : NULL);
+    bool unchanged = r == 0 && fstat(fd, &after) == 0 && after.st_size == st.st_size &&
+                     after.st_mtim.tv_sec == st.st_mtim.tv_sec &&
+                     after.st_mtim.tv_nsec == st.st_mtim.tv_nsec;
+    if (scanned) {
+        /* kept before the cache entry appears, so a job answered by the cache finds it too */
+        struct file_id id = id_of(&st);
+        if (unchanged)
+            kept_add(p, &id, &scan);
+        else
+            xet_file_result_free(&scan);
+    }
+    reading_end(p, &st, unchanged ? res : NULL);
     EVP_MD_CTX_free(sha1);
     EVP_MD_CTX_free(sha256);
     buf_give(p, buf);
@@ -378,6 +502,7 @@ int hash_pool_init(struct hash_pool **ret, uv_loop_t *loop, int max_jobs, int ni
     p->loop = loop;
     p->nice = nice > 0 ? (nice < 19 ? nice : 19) : 0;
     p->max_jobs = max_jobs > 0 && max_jobs <= HASH_MAX_JOBS ? max_jobs : 2;
+    p->kept_max = HASH_XET_KEEP_MAX;
     if (uv_mutex_init(&p->cache_lock) != 0) {
         free(p);
         return UV_ENOMEM;
@@ -433,6 +558,38 @@ int hash_prime(struct hash_pool *p, const char *path)
     return 0;
 }
 
+void hash_pool_keep_xet_scans(struct hash_pool *p, bool on)
+{
+    uv_mutex_lock(&p->cache_lock);
+    p->xet = on;
+    uv_mutex_unlock(&p->cache_lock);
+}
+
+void hash_pool_set_xet_keep_max(struct hash_pool *p, size_t max_bytes)
+{
+    uv_mutex_lock(&p->cache_lock);
+    p->kept_max = max_bytes;
+    uv_mutex_unlock(&p->cache_lock);
+}
+
+bool hash_take_xet_scan(struct hash_pool *p, const struct stat *st, struct xet_file_result *out)
+{
+    struct kept_scan *found = NULL;
+    uv_mutex_lock(&p->cache_lock);
+    for (struct kept_scan *prev = NULL, *k = p->kept_head; k != NULL; prev = k, k = k->next) {
+        if (same_id(&k->id, st)) {
+            found = kept_unlink_locked(p, prev);
+            break;
+        }
+    }
+    uv_mutex_unlock(&p->cache_lock);
+    if (found == NULL)
+        return false;
+    *out = found->scan;
+    free(found);
+    return true;
+}
+
 uv_loop_t *hash_pool_loop(const struct hash_pool *p)
 {
     return p->loop;
@@ -470,6 +627,8 @@ int hash_pool_free(struct hash_pool *p)
         return UV_EBUSY;
     while (p->n_spare_bufs > 0)
         free(p->spare_bufs[--p->n_spare_bufs]);
+    while (p->kept_head != NULL)
+        kept_free(kept_unlink_locked(p, NULL));
     uv_cond_destroy(&p->read_done);
     uv_mutex_destroy(&p->cache_lock);
     free(p);

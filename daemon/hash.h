@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 
 #include <uv.h>
 
@@ -20,7 +21,12 @@
 #define HASH_PRIME_QUEUE_MAX 4096
 #define HASH_MAX_JOBS 16
 
+/* Chunk lists kept for Xet uploads, in all (48 bytes a 64 KiB chunk: 64 MiB covers about 85 GB
+ * of files hashed but not yet uploaded); past it the oldest are dropped and rescanned. */
+#define HASH_XET_KEEP_MAX (64u * 1024 * 1024)
+
 struct hash_pool;
+struct xet_file_result;
 
 struct hash_result {
     uint64_t size;
@@ -51,6 +57,16 @@ int hash_file(struct hash_pool *p, const char *path, hash_done_cb cb, void *ctx)
 int hash_prime(struct hash_pool *p, const char *path);
 /* Forgets the primes not started yet (shutdown: nobody will want them). */
 void hash_pool_drop_primes(struct hash_pool *p);
+/* on: every file read from now on also gets its Xet scan (xet_file.h) in the same read, kept
+ * for hash_take_xet_scan, so a Xet upload does not read and SHA-256 the file again. */
+void hash_pool_keep_xet_scans(struct hash_pool *p, bool on);
+/* At most max_bytes of kept chunk lists from now on (default HASH_XET_KEEP_MAX); for tests and
+ * tight memory. Lists already kept over it go as new ones arrive. */
+void hash_pool_set_xet_keep_max(struct hash_pool *p, size_t max_bytes);
+/* Any thread. Moves the kept Xet scan of the file st (an fstat of the open file) identifies
+ * (inode, size, mtime) into out and forgets it: true. false when none is kept for it (never
+ * read in Xet mode, dropped past HASH_XET_KEEP_MAX, or changed since). */
+bool hash_take_xet_scan(struct hash_pool *p, const struct stat *st, struct xet_file_result *out);
 /* The loop the pool's jobs complete on. */
 uv_loop_t *hash_pool_loop(const struct hash_pool *p);
 /* Files read so far (the rest were answered by the cache). */

@@ -1330,7 +1330,8 @@ static void start_upload(struct queue *q, struct item *it)
                                .journal_id = it->id,
                                .max_transfers = q->deps.cfg->max_transfers,
                                .xet = q->deps.xet,
-                               .xet_work_dir = q->deps.xet_work_dir};
+                               .xet_work_dir = q->deps.xet_work_dir,
+                               .xet_scans_follow_hub = q->deps.bucket_xet == NULL};
     int rc = -ENOMEM;
 
     if (q->stopped) {

@@ -720,8 +720,9 @@ static void on_xet_done(void *ctx, const struct ckpt_err *err, const struct xet_
     }
     log_info("upload_xet_done",
              "repo='%s' files=%zu new_bytes=%" PRIu64 " dedup_bytes=%" PRIu64
-             " xorbs_sent=%zu xorbs_resumed=%zu",
-             hub_repo_id(u->hub), n, p.bytes_new, p.bytes_deduped, p.xorbs_sent, p.xorbs_resumed);
+             " xorbs_sent=%zu xorbs_resumed=%zu xet_scan_reused=%zu",
+             hub_repo_id(u->hub), n, p.bytes_new, p.bytes_deduped, p.xorbs_sent, p.xorbs_resumed,
+             p.scans_reused);
     size_t k = u->n_xet_run;
     u->n_xet_run = 0;
     for (size_t j = 0; j < k && !u->failed && u->state == UP_PIPE; j++) {
@@ -751,7 +752,8 @@ static void xet_pump(struct upload *u)
     }
     struct xet_upload_opts xo = {.max_transfers = u->opts.max_transfers,
                                  .journal = u->opts.journal,
-                                 .work_dir = u->opts.xet_work_dir};
+                                 .work_dir = u->opts.xet_work_dir,
+                                 .hashes = u->hashes};
     int rc = xet_upload_start(&u->xu, u->loop, u->opts.xet, files, u->n_xet_wait, &xo, on_xet_sent,
                               on_xet_done, u);
     free(files);
@@ -804,6 +806,8 @@ static void obj_setup(struct upload *u, size_t i)
 
     if (ob->done)
         return;
+    if (u->opts.xet != NULL && u->opts.xet_scans_follow_hub && o->action != HUB_LFS_STORED)
+        hash_pool_keep_xet_scans(u->hashes, o->action == HUB_LFS_XET);
     if (o->action == HUB_LFS_STORED) {
         obj_done(u, i);
         return;

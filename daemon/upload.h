@@ -73,6 +73,10 @@ struct upload_opts {
      * goes as an LFS object then, also one the Hub would take as a regular file, and deletes are
      * ignored. The callback gets commit_oid NULL; upload_file_result says what to commit. */
     bool no_commit;
+    /* true: the hub's batch answers switch the hash pool's Xet scans (hash_pool_keep_xet_scans)
+     * on (transfer xet) and off (basic, multipart), so a hub without Xet costs no chunking.
+     * false where something else (a bucket) uses Xet whatever the hub answers. */
+    bool xet_scans_follow_hub;
 };
 
 /* What a no_commit upload put on the Hub for one file. */

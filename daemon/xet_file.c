@@ -25,6 +25,8 @@ struct scan {
     struct xet_merkle merkle;
     xet_file_chunk_cb cb;
     void *ctx;
+    xet_file_read_cb on_read;
+    void *read_ctx;
 };
 
 static int emit_chunk(struct scan *s, uint64_t offset, const uint8_t *data, size_t len)
@@ -87,6 +89,8 @@ static int scan_fd(int fd, uint64_t size, struct scan *s, EVP_MD_CTX *sha)
             rc = -ENOMEM;
             break;
         }
+        if (s->on_read)
+            s->on_read(s->read_ctx, buf + filled, (size_t)n);
         filled += (size_t)n;
         total += (uint64_t)n;
         while (scanned < filled) {
@@ -113,6 +117,53 @@ out:
     return rc;
 }
 
+static int scan_open_fd(int fd, const struct stat *st, struct scan *s)
+{
+    struct xet_file_result *out = s->res;
+    (void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    xet_merkle_init(&s->merkle);
+    EVP_MD_CTX *sha = EVP_MD_CTX_new();
+    int rc = -ENOMEM;
+    if (sha && EVP_DigestInit_ex(sha, EVP_sha256(), NULL) == 1) {
+        rc = scan_fd(fd, (uint64_t)st->st_size, s, sha);
+    }
+    if (rc == 0) {
+        struct stat after;
+        if (fstat(fd, &after) != 0 || after.st_size != st->st_size) {
+            rc = -EIO;
+        }
+    }
+    unsigned int dlen = 0;
+    if (rc == 0 && EVP_DigestFinal_ex(sha, out->sha256, &dlen) != 1) {
+        rc = -ENOMEM;
+    }
+    EVP_MD_CTX_free(sha);
+    if (rc != 0) {
+        xet_file_result_free(out);
+        return rc;
+    }
+    out->size = (uint64_t)st->st_size;
+    for (int i = 0; i < 32; i++) {
+        static const char digits[] = "0123456789abcdef";
+        out->sha256_hex[2 * i] = digits[out->sha256[i] >> 4];
+        out->sha256_hex[2 * i + 1] = digits[out->sha256[i] & 15];
+    }
+    out->sha256_hex[64] = '\0';
+    xet_merkle_file_hash(&s->merkle, &out->file_hash);
+    return 0;
+}
+
+int xet_file_scan_fd(int fd, const struct stat *st, xet_file_read_cb on_read, void *read_ctx,
+                     struct xet_file_result *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!S_ISREG(st->st_mode)) {
+        return -EINVAL;
+    }
+    struct scan s = {.res = out, .on_read = on_read, .read_ctx = read_ctx};
+    return scan_open_fd(fd, st, &s);
+}
+
 int xet_file_scan(const char *path, xet_file_chunk_cb cb, void *ctx, struct xet_file_result *out)
 {
     memset(out, 0, sizeof(*out));
@@ -130,40 +181,10 @@ int xet_file_scan(const char *path, xet_file_chunk_cb cb, void *ctx, struct xet_
         close(fd);
         return -EINVAL;
     }
-    (void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-
     struct scan s = {.res = out, .cb = cb, .ctx = ctx};
-    xet_merkle_init(&s.merkle);
-    EVP_MD_CTX *sha = EVP_MD_CTX_new();
-    int rc = -ENOMEM;
-    if (sha && EVP_DigestInit_ex(sha, EVP_sha256(), NULL) == 1) {
-        rc = scan_fd(fd, (uint64_t)st.st_size, &s, sha);
-    }
-    if (rc == 0) {
-        struct stat after;
-        if (fstat(fd, &after) != 0 || after.st_size != st.st_size) {
-            rc = -EIO;
-        }
-    }
-    unsigned int dlen = 0;
-    if (rc == 0 && EVP_DigestFinal_ex(sha, out->sha256, &dlen) != 1) {
-        rc = -ENOMEM;
-    }
-    EVP_MD_CTX_free(sha);
+    int rc = scan_open_fd(fd, &st, &s);
     close(fd);
-    if (rc != 0) {
-        xet_file_result_free(out);
-        return rc;
-    }
-    out->size = (uint64_t)st.st_size;
-    for (int i = 0; i < 32; i++) {
-        static const char digits[] = "0123456789abcdef";
-        out->sha256_hex[2 * i] = digits[out->sha256[i] >> 4];
-        out->sha256_hex[2 * i + 1] = digits[out->sha256[i] & 15];
-    }
-    out->sha256_hex[64] = '\0';
-    xet_merkle_file_hash(&s.merkle, &out->file_hash);
-    return 0;
+    return rc;
 }
 
 void xet_file_result_free(struct xet_file_result *r)

@@ -13,6 +13,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 
 #define XET_FILE_READ_SIZE (1u * 1024 * 1024)
 
@@ -40,6 +41,13 @@ typedef int (*xet_file_chunk_cb)(void *ctx, const struct xet_file_chunk *chunk,
  * (-EIO when the file changed size while being read), or the callback's nonzero return. On
  * success the caller calls xet_file_result_free; on failure *out holds nothing to free. */
 int xet_file_scan(const char *path, xet_file_chunk_cb cb, void *ctx, struct xet_file_result *out);
+/* Called with each piece read, in file order, before it is chunked (valid during the call). */
+typedef void (*xet_file_read_cb)(void *ctx, const uint8_t *data, size_t len);
+/* The same scan of an open regular file from its current offset, st its fstat before reading;
+ * on_read (may be NULL) sees every byte, so a caller can compute more digests in the same read.
+ * Returns as xet_file_scan; fd stays open. */
+int xet_file_scan_fd(int fd, const struct stat *st, xet_file_read_cb on_read, void *read_ctx,
+                     struct xet_file_result *out);
 void xet_file_result_free(struct xet_file_result *r);
 
 #endif

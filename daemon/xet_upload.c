@@ -13,6 +13,7 @@
  */
 #include "xet_upload.h"
 
+#include "hash.h"
 #include "journal.h"
 #include "log.h"
 #include "xet_chunk.h"
@@ -78,6 +79,7 @@ struct xu_job {
     int status;
     char why[200];
     struct xet_file_result scan;
+    bool reused; /* scan taken from the hash pool, not read again */
 };
 
 struct xet_upload {
@@ -85,6 +87,7 @@ struct xet_upload {
     struct xet_session *s;
     unsigned max_transfers;
     struct journal *journal;
+    struct hash_pool *hashes;
     char *work_dir;
     xet_upload_sent_cb sent;
     xet_upload_done_cb cb;
@@ -240,6 +243,21 @@ static void scan_work(uv_work_t *w)
 {
     struct xu_job *job = w->data;
     struct xu_file *f = &job->u->files[job->index];
+    if (job->u->hashes != NULL) {
+        /* the identity is taken from the open file, so the kept scan describes what is read later
+         * at least as far as the hash cache can tell */
+        int fd = open(f->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+        struct stat st;
+        if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+            hash_take_xet_scan(job->u->hashes, &st, &job->scan))
+            job->reused = true;
+        if (fd >= 0)
+            close(fd);
+        if (job->reused) {
+            job->status = 0;
+            return;
+        }
+    }
     job->status = xet_file_scan(f->path, NULL, NULL, &job->scan);
 }
 
@@ -267,6 +285,8 @@ static void after_scan(uv_work_t *w, int status)
     }
     f->scan = job->scan;
     f->scanned = 1;
+    if (job->reused)
+        u->progress.scans_reused++;
     free(job);
     if (f->scan.size != f->size || strcmp(f->scan.sha256_hex, f->sha256) != 0) {
         xet_file_result_free(&f->scan);
@@ -897,6 +917,7 @@ int xet_upload_start(struct xet_upload **ret, uv_loop_t *loop, struct xet_sessio
     u->s = session;
     u->max_transfers = opts->max_transfers > 0 ? opts->max_transfers : 4;
     u->journal = opts->journal;
+    u->hashes = opts->hashes;
     u->sent = sent;
     u->cb = cb;
     u->ctx = ctx;

@@ -1,12 +1,13 @@
 /* xet_upload.h - upload local files to the Xet CAS: chunks, dedup, xorbs, one shard.
  *
- * Owns the per-upload pipeline: scan each file on the pool (chunks, chunk hashes, SHA-256, Xet
- * file hash), decide per chunk whether the CAS already has it (this session's xorbs, the local
- * shard cache, the global dedup query), pack new chunks into xorbs of at most XET_UPLOAD_XORB_MAX
- * bytes (built on the pool into a file under the cache dir, then POSTed from it), and POST one
- * shard naming every file. Makes no commit: the caller gets each file's Xet hash and SHA-256
- * (a commit names the file by its sha256 lfsFile oid; a bucket or another node may use them).
- * Loop thread only.
+ * Owns the per-upload pipeline: scan each file on the pool, or take the scan its early hash made
+ * in the same read (hash.h) while the file's inode, size and mtime still match (chunks, chunk
+ * hashes, SHA-256, Xet file hash), decide per chunk whether the CAS already has it (this session's
+ * xorbs, the local shard cache, the global dedup query), pack new chunks into xorbs of at most
+ * XET_UPLOAD_XORB_MAX bytes (built on the pool into a file under the cache dir, then POSTed from
+ * it), and POST one shard naming every file. Makes no commit: the caller gets each file's Xet hash
+ * and SHA-256 (a commit names the file by its sha256 lfsFile oid; a bucket or another node may use
+ * them). Loop thread only.
  *
  * Resume: each xorb the CAS accepted is journaled (hash, size) once; xorbs are packed per file
  * in file order, so after a SIGKILL the same files give the same xorbs and the journaled ones
@@ -23,6 +24,7 @@
 #include "err.h"
 #include "xet_hash.h"
 
+struct hash_pool;
 struct journal;
 struct xet_session;
 struct xet_upload;
@@ -52,12 +54,15 @@ struct xet_upload_progress {
     size_t xorbs_sent;
     size_t xorbs_resumed;
     size_t dedup_queries;
+    size_t scans_reused; /* files whose chunks came from their early hash, not a second read */
 };
 
 struct xet_upload_opts {
-    unsigned max_transfers;  /* xorb POSTs in flight; 0 -> 4 */
-    struct journal *journal; /* NULL: nothing recorded, nothing resumed */
-    const char *work_dir;    /* where xorbs are built before their POST: <staging>/xet/tmp */
+    unsigned max_transfers;   /* xorb POSTs in flight; 0 -> 4 */
+    struct journal *journal;  /* NULL: nothing recorded, nothing resumed */
+    const char *work_dir;     /* where xorbs are built before their POST: <staging>/xet/tmp */
+    struct hash_pool *hashes; /* NULL: every file is scanned; else a scan its early hash kept
+                                 (hash_pool_keep_xet_scans) is used while the file is unchanged */
 };
 
 /* err NULL on success; results[i] for files[i]; valid only during the call. */

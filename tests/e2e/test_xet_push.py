@@ -83,6 +83,13 @@ class XetTrainerPush(unittest.TestCase):
         self.assertNotIn("multipart_part", routes)
         self.assertTrue(self.daemon.events("upload_xet_done"), self.daemon.tail())
 
+    def test_each_file_read_once(self):
+        # the early hash chunked each file in its one read: no Xet upload scanned a file again
+        done = self.daemon.events("upload_xet_done")
+        self.assertTrue(done, self.daemon.tail())
+        for r in done:
+            self.assertEqual(r["kv"].get("xet_scan_reused"), r["kv"]["files"], r)
+
     def test_each_version_via_official_js_client_over_xet(self):
         for step in STEPS:
             commit = self.commit_of(f"checkpoint-{step}")["kv"]["commit"]

@@ -1,5 +1,7 @@
-/* test_hash.c - hash.c against known vectors, `openssl dgst` and `git hash-object`. */
+/* test_hash.c - hash.c against known vectors, `openssl dgst` and `git hash-object`; the Xet
+ * scans it keeps, by file identity and within their memory cap. */
 #include "hash.h"
+#include "xet_file.h"
 
 #include "testutil.h"
 
@@ -161,6 +163,62 @@ int main(void)
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK(hash_pool_pending(pool) == 0);
 
+    CHECK(hash_pool_free(pool) == 0);
+
+    /* Xet mode keeps each file's scan (the same one xet_file_scan makes) until it is taken,
+     * within the cap: past it the oldest is dropped, and a file changed since is not answered. */
+    REQUIRE(hash_pool_init(&pool, &loop, 1, 0) == 0);
+    hash_pool_keep_xet_scans(pool, true);
+    struct xet_file_result want, got;
+    REQUIRE(xet_file_scan(path[2], NULL, NULL, &want) == 0);
+    REQUIRE(want.nchunks > 4);
+    /* room for one of the two files' lists */
+    hash_pool_set_xet_keep_max(pool, (want.nchunks + want.nchunks / 2) * sizeof(*want.chunks));
+    char other[640];
+    snprintf(other, sizeof(other), "%s/other", dir);
+    test_random_file(other, (size_t)want.size, 5);
+    struct expect x[2] = {{0}};
+    REQUIRE(hash_file(pool, path[2], on_hash, &x[0]) == 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    REQUIRE(x[0].status == 0);
+    struct stat st2, st_other;
+    REQUIRE(stat(path[2], &st2) == 0);
+    REQUIRE(hash_take_xet_scan(pool, &st2, &got));
+    CHECK(got.nchunks == want.nchunks && got.size == want.size &&
+          xet_hash_equal(&got.file_hash, &want.file_hash) &&
+          strcmp(got.sha256_hex, x[0].res.sha256) == 0);
+    for (size_t i = 0; i < want.nchunks && i < got.nchunks; i++)
+        CHECK(got.chunks[i].offset == want.chunks[i].offset &&
+              got.chunks[i].len == want.chunks[i].len &&
+              xet_hash_equal(&got.chunks[i].hash, &want.chunks[i].hash));
+    xet_file_result_free(&got);
+    CHECK(!hash_take_xet_scan(pool, &st2, &got)); /* taken: gone */
+    /* a new read of path[2] (new mtime), then of another file: path[2]'s list is dropped */
+    struct timespec newer[2] = {{0, UTIME_OMIT}, {st2.st_mtim.tv_sec + 7, 0}};
+    REQUIRE(utimensat(AT_FDCWD, path[2], newer, 0) == 0);
+    REQUIRE(stat(path[2], &st2) == 0);
+    memset(x, 0, sizeof(x));
+    REQUIRE(hash_file(pool, path[2], on_hash, &x[0]) == 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    REQUIRE(hash_file(pool, other, on_hash, &x[1]) == 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(x[0].status == 0 && x[1].status == 0);
+    REQUIRE(stat(other, &st_other) == 0);
+    CHECK(!hash_take_xet_scan(pool, &st2, &got));
+    CHECK(hash_take_xet_scan(pool, &st_other, &got));
+    if (got.size > 0)
+        xet_file_result_free(&got);
+    /* kept, then the file changed (a new mtime): not answered */
+    memset(x, 0, sizeof(x));
+    REQUIRE(utimensat(AT_FDCWD, other, newer, 0) == 0);
+    REQUIRE(stat(other, &st_other) == 0);
+    REQUIRE(hash_file(pool, other, on_hash, &x[0]) == 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    struct timespec newest[2] = {{0, UTIME_OMIT}, {st_other.st_mtim.tv_sec + 3, 0}};
+    REQUIRE(utimensat(AT_FDCWD, other, newest, 0) == 0);
+    REQUIRE(stat(other, &st_other) == 0);
+    CHECK(!hash_take_xet_scan(pool, &st_other, &got));
+    xet_file_result_free(&want);
     CHECK(hash_pool_free(pool) == 0);
     test_close_loop(&loop);
     test_rm_rf(dir);

@@ -6,7 +6,11 @@
  * answering nothing and a journal naming the xorbs, nothing is sent again either (the resume
  * after a SIGKILL). A CAS answering garbage to a dedup query fails the upload with a sentence
  * that says so, and no shard is sent; so does a file that changed since it was hashed.
+ * A hash pool in Xet mode gives the same digests as without, and keeps the file's scan: the
+ * upload takes it instead of reading the file again, unless the file changed since (then it is
+ * read again and refused, as without the pool).
  */
+#include "hash.h"
 #include "http.h"
 #include "hub.h"
 #include "journal.h"
@@ -25,6 +29,30 @@ static struct http *http;
 static struct hub *hub;
 static struct test_hub th;
 static char dir[512];
+static struct hash_pool *upload_hashes; /* the uploads' opts.hashes */
+
+struct hashed {
+    int done;
+    int status;
+    struct hash_result res;
+};
+
+static void on_hashed(void *ctx, int status, const struct hash_result *res)
+{
+    struct hashed *h = ctx;
+    h->done = 1;
+    h->status = status;
+    if (res != NULL)
+        h->res = *res;
+}
+
+static struct hashed hash_once(struct hash_pool *p, const char *path)
+{
+    struct hashed h = {0};
+    REQUIRE(hash_file(p, path, on_hashed, &h) == 0);
+    test_run_until(&loop, &h.done);
+    return h;
+}
 
 struct res {
     int done;
@@ -68,7 +96,8 @@ static struct res upload(struct xet_session *s, const char *path, const char *sh
     struct res r = {0};
     snprintf(work, sizeof(work), "%s/xet/tmp", dir);
     struct xet_upload_file f = {.local_path = path, .sha256 = sha256, .size = size};
-    struct xet_upload_opts o = {.max_transfers = 2, .journal = j, .work_dir = work};
+    struct xet_upload_opts o = {
+        .max_transfers = 2, .journal = j, .work_dir = work, .hashes = upload_hashes};
     REQUIRE(xet_upload_start(&r.u, &loop, s, &f, 1, &o, NULL, on_done, &r) == 0);
     test_run_until(&loop, &r.done);
     xet_upload_free(r.u);
@@ -266,8 +295,62 @@ int main(void)
     r = upload(s, path, "0000000000000000000000000000000000000000000000000000000000000000",
                scan.size, NULL);
     CHECK(!r.ok && strstr(r.err.msg, "changed since it was hashed") != NULL);
+    CHECK(r.p.scans_reused == 0);
     xet_session_free(s);
     settle();
+
+    /* 7. the early hash in Xet mode: same digests, and the upload does not read the file again */
+    {
+        struct hash_pool *plain, *xp;
+        REQUIRE(hash_pool_init(&plain, &loop, 2, 0) == 0);
+        REQUIRE(hash_pool_init(&xp, &loop, 2, 0) == 0);
+        hash_pool_keep_xet_scans(xp, true);
+        struct hashed a = hash_once(plain, path), b = hash_once(xp, path);
+        CHECK(a.status == 0 && b.status == 0);
+        CHECK(strcmp(a.res.sha256, scan.sha256_hex) == 0 &&
+              strcmp(b.res.sha256, a.res.sha256) == 0);
+        CHECK(strcmp(a.res.git_sha1, b.res.git_sha1) == 0 && a.res.git_sha1[0] != '\0');
+        CHECK(a.res.sample_len == b.res.sample_len &&
+              memcmp(a.res.sample, b.res.sample, a.res.sample_len) == 0);
+        upload_hashes = xp;
+        snprintf(cache3, sizeof(cache3), "%s/xet7", dir);
+        s = session(cache3);
+        r = upload(s, path, scan.sha256_hex, scan.size, NULL);
+        CHECK(r.ok && r.p.scans_reused == 1);
+        CHECK(strcmp(r.r.xet_hash, xet_hex) == 0);
+        /* taken: a second upload reads the file itself */
+        r = upload(s, path, scan.sha256_hex, scan.size, NULL);
+        CHECK(r.ok && r.p.scans_reused == 0 && strcmp(r.r.xet_hash, xet_hex) == 0);
+        xet_session_free(s);
+        settle();
+
+        /* hashed, then rewritten in place (same size, one byte differs, a new mtime): the kept
+         * scan no longer matches the file, which is read again and refused */
+        struct hash_pool *xp2; /* its own cache: this pool read xp's file and kept its scan */
+        REQUIRE(hash_pool_init(&xp2, &loop, 2, 0) == 0);
+        hash_pool_keep_xet_scans(xp2, true);
+        b = hash_once(xp2, path);
+        CHECK(b.status == 0 && strcmp(b.res.sha256, scan.sha256_hex) == 0);
+        upload_hashes = xp2;
+        fp = fopen(path, "r+b");
+        REQUIRE(fp != NULL);
+        fseek(fp, 1000, SEEK_SET);
+        int c = fgetc(fp);
+        fseek(fp, 1000, SEEK_SET);
+        fputc(c ^ 0xff, fp);
+        fclose(fp);
+        struct timespec later[2] = {{0, UTIME_OMIT}, {time(NULL) + 5, 0}};
+        REQUIRE(utimensat(AT_FDCWD, path, later, 0) == 0);
+        snprintf(cache3, sizeof(cache3), "%s/xet8", dir);
+        s = session(cache3);
+        r = upload(s, path, scan.sha256_hex, scan.size, NULL);
+        CHECK(!r.ok && strstr(r.err.msg, "changed since it was hashed") != NULL);
+        CHECK(r.p.scans_reused == 0);
+        xet_session_free(s);
+        settle();
+        upload_hashes = NULL;
+        CHECK(hash_pool_free(plain) == 0 && hash_pool_free(xp) == 0 && hash_pool_free(xp2) == 0);
+    }
 
     xet_file_result_free(&scan);
     while (journal_busy(j))
