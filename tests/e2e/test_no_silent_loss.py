@@ -205,12 +205,12 @@ class NoSilentLoss(h.HubTestCase):
         outside = os.path.join(h.tempdir("ckpt-outside-"), "blob.bin")
         with open(outside, "wb") as f:
             f.write(b"outside")
-        os.mkdir(os.path.join(watch, "shared"))
+        os.mkdir(os.path.join(watch, "common"))
 
         def extra(dd):
             os.symlink("model.safetensors", os.path.join(dd, "pytorch_model.bin"))
             os.symlink(outside, os.path.join(dd, "outside.bin"))
-            os.symlink("../shared", os.path.join(dd, "shared-dir"))
+            os.symlink("../common", os.path.join(dd, "shared-dir"))
             with open(os.path.join(dd, ".notes"), "w") as f:
                 f.write("hidden\n")
             with open(os.path.join(dd, ".tmpab12cd"), "w") as f:
