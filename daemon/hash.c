@@ -291,6 +291,7 @@ static void xet_read_piece(void *ctx, const uint8_t *data, size_t n)
 static int hash_fd(struct hash_pool *p, int fd, struct hash_result *res)
 {
     struct stat st, after;
+    bool unchanged;
     if (fstat(fd, &st) < 0)
         return -errno;
     if (!S_ISREG(st.st_mode))
@@ -385,9 +386,9 @@ digests:
     r = 0;
 out:
     /* Remember it only if nothing wrote to the file while it was read. */
-    bool unchanged = r == 0 && fstat(fd, &after) == 0 && after.st_size == st.st_size &&
-                     after.st_mtim.tv_sec == st.st_mtim.tv_sec &&
-                     after.st_mtim.tv_nsec == st.st_mtim.tv_nsec;
+    unchanged = r == 0 && fstat(fd, &after) == 0 && after.st_size == st.st_size &&
+                after.st_mtim.tv_sec == st.st_mtim.tv_sec &&
+                after.st_mtim.tv_nsec == st.st_mtim.tv_nsec;
     if (scanned) {
         /* kept before the cache entry appears, so a job answered by the cache finds it too */
         struct file_id id = id_of(&st);
